@@ -1,0 +1,285 @@
+import { mkdir, open, readdir, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { OutputError, RxquantError } from '../errors.js';
+import { dtypeSize, numelOf, type DType } from './dtypes.js';
+import { INDEX_FILE, SINGLE_FILE } from './checkpoint.js';
+
+/** What the writer needs to know about an output tensor before any of its data exists. */
+export interface TensorSpec {
+  name: string;
+  dtype: DType;
+  shape: readonly number[];
+}
+
+export interface PlannedTensor extends TensorSpec {
+  /** Offset in the shard's data section. */
+  offset: number;
+  byteLength: number;
+}
+
+export interface PlannedShard {
+  file: string;
+  tensors: PlannedTensor[];
+  /** The header bytes: 8-byte length + JSON padded with spaces to a multiple of 8. */
+  header: Uint8Array;
+  dataLength: number;
+}
+
+export interface ShardPlan {
+  shards: PlannedShard[];
+  /** Sum of tensor bytes (what `metadata.total_size` of the index holds). */
+  totalSize: number;
+  /** Shard file of every tensor. */
+  weightMap: Map<string, string>;
+}
+
+/**
+ * Plans shards as transformers' `save_pretrained` does: tensors in the given order, a new shard
+ * whenever the next tensor would push the current one past `maxShardSize` (a tensor larger than
+ * the limit gets a shard of its own). Inside a shard, tensors are laid out by decreasing dtype size,
+ * then name, as the safetensors library does, so every tensor is aligned to its element size.
+ */
+export function planShards(specs: readonly TensorSpec[], maxShardSize: number): ShardPlan {
+  const groups: TensorSpec[][] = [];
+  let current: TensorSpec[] = [];
+  let currentSize = 0;
+  const seen = new Set<string>();
+  for (const s of specs) {
+    if (seen.has(s.name)) throw new RxquantError(`output tensor "${s.name}" is planned twice`);
+    seen.add(s.name);
+    const bytes = numelOf(s.shape) * dtypeSize(s.dtype);
+    if (current.length > 0 && currentSize + bytes > maxShardSize) {
+      groups.push(current);
+      current = [];
+      currentSize = 0;
+    }
+    current.push(s);
+    currentSize += bytes;
+  }
+  if (current.length > 0 || groups.length === 0) groups.push(current);
+  const n = groups.length;
+  const weightMap = new Map<string, string>();
+  let totalSize = 0;
+  const shards = groups.map((group, i) => {
+    const file = n === 1 ? SINGLE_FILE : `model-${String(i + 1).padStart(5, '0')}-of-${String(n).padStart(5, '0')}.safetensors`;
+    const ordered = [...group].sort((a, b) => dtypeSize(b.dtype) - dtypeSize(a.dtype) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    let offset = 0;
+    const tensors: PlannedTensor[] = ordered.map((s) => {
+      const byteLength = numelOf(s.shape) * dtypeSize(s.dtype);
+      const t = { name: s.name, dtype: s.dtype, shape: [...s.shape], offset, byteLength };
+      offset += byteLength;
+      weightMap.set(s.name, file);
+      return t;
+    });
+    totalSize += offset;
+    return { file, tensors, header: encodeHeader(tensors), dataLength: offset };
+  });
+  return { shards, totalSize, weightMap };
+}
+
+/** Serializes a safetensors header with `__metadata__: {"format": "pt"}` like transformers. */
+export function encodeHeader(tensors: readonly PlannedTensor[], metadata: Record<string, string> = { format: 'pt' }): Uint8Array {
+  const obj: Record<string, unknown> = { __metadata__: metadata };
+  for (const t of tensors) obj[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [t.offset, t.offset + t.byteLength] };
+  let json = JSON.stringify(obj);
+  const len = Buffer.byteLength(json);
+  json += ' '.repeat((8 - (len % 8)) % 8);
+  const body = Buffer.from(json, 'utf8');
+  const out = new Uint8Array(8 + body.length);
+  new DataView(out.buffer).setBigUint64(0, BigInt(body.length), true);
+  out.set(body, 8);
+  return out;
+}
+
+export interface ShardWriterOptions {
+  /** Replace an existing non-empty output folder. */
+  overwrite?: boolean;
+}
+
+/** The temporary folder an export is built in, beside its destination. */
+export function tempDirFor(outDir: string): string {
+  const abs = resolve(outDir);
+  return join(dirname(abs), `.${basename(abs)}.rxquant-partial`);
+}
+
+/**
+ * Writes a planned set of shards. Headers are written first; tensor data then arrives in any order
+ * (whole tensors or byte ranges of them) and goes to its planned place with positioned writes.
+ * Everything happens in a temporary folder beside the destination, renamed into place by `finish()`
+ * only once every tensor has been written exactly once.
+ */
+export class ShardWriter {
+  private handles = new Map<string, FileHandle>();
+  private located = new Map<string, { shard: PlannedShard; tensor: PlannedTensor; handle: string }>();
+  /** Written byte ranges per tensor, kept sorted and disjoint. */
+  private written = new Map<string, [number, number][]>();
+  private finished = false;
+
+  private constructor(
+    readonly outDir: string,
+    readonly tempDir: string,
+    readonly plan: ShardPlan,
+  ) {}
+
+  static async create(outDir: string, plan: ShardPlan, options: ShardWriterOptions = {}): Promise<ShardWriter> {
+    const abs = resolve(outDir);
+    await checkDestination(abs, options.overwrite ?? false);
+    const tmp = tempDirFor(abs);
+    try {
+      await rm(tmp, { recursive: true, force: true });
+      await mkdir(tmp, { recursive: true });
+    } catch (e) {
+      throw new OutputError(`${dirname(abs)}: cannot create the output folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    const w = new ShardWriter(abs, tmp, plan);
+    try {
+      for (const shard of plan.shards) {
+        const p = join(tmp, shard.file);
+        const h = await open(p, 'w+');
+        w.handles.set(shard.file, h);
+        await writeFully(h, shard.header, 0, p);
+        await h.truncate(shard.header.length + shard.dataLength);
+        for (const t of shard.tensors) w.located.set(t.name, { shard, tensor: t, handle: shard.file });
+      }
+    } catch (e) {
+      await w.abort();
+      throw e instanceof RxquantError ? e : new OutputError(`${tmp}: ${(e as Error).message}`);
+    }
+    return w;
+  }
+
+  /** The planned layout of one output tensor. */
+  tensor(name: string): PlannedTensor {
+    const loc = this.located.get(name);
+    if (!loc) throw new RxquantError(`output tensor "${name}" is not in the shard plan`);
+    return loc.tensor;
+  }
+
+  /** Writes `data` at byte `offset` of tensor `name`. Ranges of one tensor must not overlap. */
+  async write(name: string, data: Uint8Array, offset = 0): Promise<void> {
+    const loc = this.located.get(name);
+    if (!loc) throw new RxquantError(`output tensor "${name}" is not in the shard plan`);
+    const end = offset + data.length;
+    if (offset < 0 || end > loc.tensor.byteLength) {
+      throw new RxquantError(`output tensor "${name}": write of bytes [${offset}, ${end}) outside its ${loc.tensor.byteLength} bytes`);
+    }
+    this.markWritten(name, offset, end);
+    const p = join(this.tempDir, loc.shard.file);
+    await writeFully(this.handles.get(loc.handle)!, data, loc.shard.header.length + loc.tensor.offset + offset, p);
+  }
+
+  private markWritten(name: string, start: number, end: number): void {
+    if (start === end) return;
+    const ranges = this.written.get(name) ?? [];
+    let i = 0;
+    while (i < ranges.length && ranges[i]![1] <= start) i++;
+    if (i < ranges.length && ranges[i]![0] < end) {
+      throw new RxquantError(`output tensor "${name}": bytes [${start}, ${end}) written twice`);
+    }
+    ranges.splice(i, 0, [start, end]);
+    // merge neighbours so complete tensors hold a single range
+    for (let j = Math.max(0, i - 1); j < ranges.length - 1; ) {
+      if (ranges[j]![1] === ranges[j + 1]![0]) {
+        ranges[j]![1] = ranges[j + 1]![1];
+        ranges.splice(j + 1, 1);
+      } else j++;
+    }
+    this.written.set(name, ranges);
+  }
+
+  /** Names of planned tensors not yet completely written. */
+  missing(): string[] {
+    const out: string[] = [];
+    for (const [name, loc] of this.located) {
+      const r = this.written.get(name);
+      const complete = loc.tensor.byteLength === 0 || (r?.length === 1 && r[0]![0] === 0 && r[0]![1] === loc.tensor.byteLength);
+      if (!complete) out.push(name);
+    }
+    return out;
+  }
+
+  /** Writes a side file (config.json, tokenizer, ...) into the output folder. */
+  async writeSideFile(name: string, content: string | Uint8Array): Promise<void> {
+    await writeFile(join(this.tempDir, name), content);
+  }
+
+  /** Checks completeness, writes the index (more than one shard), and renames the folder into place. */
+  async finish(): Promise<void> {
+    if (this.finished) return;
+    const missing = this.missing();
+    if (missing.length > 0) {
+      await this.abort();
+      throw new RxquantError(`export incomplete: ${missing.length} tensor(s) never written, e.g. "${missing[0]}"`);
+    }
+    for (const [file, h] of this.handles) {
+      await h.sync();
+      await h.close();
+      this.handles.delete(file);
+    }
+    if (this.plan.shards.length > 1) {
+      await writeFile(join(this.tempDir, INDEX_FILE), indexJson(this.plan));
+    }
+    await moveIntoPlace(this.tempDir, this.outDir);
+    this.finished = true;
+  }
+
+  /** Closes everything and removes the temporary folder; the destination is left as it was. */
+  async abort(): Promise<void> {
+    for (const h of this.handles.values()) await h.close().catch(() => undefined);
+    this.handles.clear();
+    await rm(this.tempDir, { recursive: true, force: true });
+  }
+}
+
+/** `model.safetensors.index.json` as transformers writes it (indent 2, sorted keys). */
+export function indexJson(plan: ShardPlan): string {
+  const weightMap: Record<string, string> = {};
+  for (const name of [...plan.weightMap.keys()].sort()) weightMap[name] = plan.weightMap.get(name)!;
+  return JSON.stringify({ metadata: { total_size: plan.totalSize }, weight_map: weightMap }, null, 2) + '\n';
+}
+
+async function checkDestination(abs: string, overwrite: boolean): Promise<void> {
+  let st;
+  try {
+    st = await stat(abs);
+  } catch {
+    return; // does not exist: fine
+  }
+  if (!st.isDirectory()) throw new OutputError(`${abs}: exists and is not a folder`);
+  const entries = await readdir(abs);
+  if (entries.length > 0 && !overwrite) {
+    throw new OutputError(`${abs}: output folder exists and is not empty (pass --overwrite to replace it)`);
+  }
+}
+
+async function moveIntoPlace(tmp: string, dest: string): Promise<void> {
+  const old = `${tmp}-old`;
+  let hadOld = false;
+  try {
+    await rename(dest, old);
+    hadOld = true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new OutputError(`${dest}: cannot replace (${(e as Error).message})`);
+  }
+  try {
+    await rename(tmp, dest);
+  } catch (e) {
+    if (hadOld) await rename(old, dest).catch(() => undefined);
+    throw new OutputError(`${dest}: cannot move the finished export into place (${(e as Error).message})`);
+  }
+  if (hadOld) await rm(old, { recursive: true, force: true });
+}
+
+async function writeFully(h: FileHandle, data: Uint8Array, position: number, path: string): Promise<void> {
+  let done = 0;
+  try {
+    while (done < data.length) {
+      const { bytesWritten } = await h.write(data, done, data.length - done, position + done);
+      done += bytesWritten;
+    }
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOSPC') throw new OutputError(`${path}: disk full while writing (ENOSPC)`);
+    throw new OutputError(`${path}: write failed (${code ?? (e as Error).message})`);
+  }
+}
