@@ -1,0 +1,53 @@
+/**
+ * FP8 per-tensor (quant_algo "FP8", spec §6.1):
+ *   weight_scale = amax(W) / 448                       (f32 scalar)
+ *   weight       = e4m3( dtype( W / weight_scale ) )   (torch CPU: a bf16 tensor divided by a 0-d f32 stays bf16)
+ * The quotient is rounded to the weight's own dtype before the e4m3 cast; for f32 weights that is a no-op.
+ */
+import { e4m3EncodeRef, e4m3Encode, E4M3_VALUES } from '../codecs/e4m3.js';
+import { bf16ToF32, roundToDType, f32ToBf16 } from '../codecs/float.js';
+import type { FloatDType } from '../safetensors/dtypes.js';
+
+export const FP8_MAX = 448;
+
+/** weight_scale for a per-tensor amax. An all-zero weight gets 1 (ModelOpt would write 0 and NaN weights; §15.12). */
+export function fp8WeightScale(amax: number): number {
+  return amax === 0 ? 1 : Math.fround(amax / FP8_MAX);
+}
+
+/** Reference: one element at a time, with the scalar reference encoder. */
+export function quantizeFp8Ref(w: Float32Array, scale: number, dtype: FloatDType): Uint8Array {
+  const out = new Uint8Array(w.length);
+  for (let i = 0; i < w.length; i++) out[i] = e4m3EncodeRef(roundToDType(Math.fround(w[i]! / scale), dtype));
+  return out;
+}
+
+/** Fast: f32-valued input with the bit-twiddling encoder. */
+export function quantizeFp8(w: Float32Array, scale: number, dtype: FloatDType, out = new Uint8Array(w.length)): Uint8Array {
+  if (dtype === 'F32') {
+    for (let i = 0; i < w.length; i++) out[i] = e4m3Encode(Math.fround(w[i]! / scale));
+  } else {
+    for (let i = 0; i < w.length; i++) out[i] = e4m3Encode(roundToDType(Math.fround(w[i]! / scale), dtype));
+  }
+  return out;
+}
+
+/**
+ * Fastest for bf16 weights: a 65,536-entry table over the bf16 bit patterns absorbs the scale,
+ * the division and both roundings (node-performance §2: bit-exact for any per-tensor formula).
+ */
+export function fp8LutForBf16(scale: number): Uint8Array {
+  const lut = new Uint8Array(65536);
+  for (let b = 0; b < 65536; b++) lut[b] = e4m3Encode(bf16ToF32(f32ToBf16(Math.fround(bf16ToF32(b) / scale))));
+  return lut;
+}
+
+export function quantizeFp8Bf16Lut(bits: Uint16Array, lut: Uint8Array, out = new Uint8Array(bits.length)): Uint8Array {
+  for (let i = 0; i < bits.length; i++) out[i] = lut[bits[i]!]!;
+  return out;
+}
+
+export function dequantizeFp8(q: Uint8Array, scale: number, out = new Float32Array(q.length)): Float32Array {
+  for (let i = 0; i < q.length; i++) out[i] = Math.fround(E4M3_VALUES[q[i]!]! * scale);
+  return out;
+}

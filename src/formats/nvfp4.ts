@@ -1,0 +1,86 @@
+/**
+ * NVFP4 (quant_algo "NVFP4", group 16, spec §6.4):
+ *   weight_scale_2 = amax(W) / 2688                                  (f32 scalar; shared across a fused group)
+ *   s[n, b]        = blockAmax / (6 * weight_scale_2); 0 -> 1        (f32)
+ *   weight_scale   = e4m3( clamp(s, 2^-9, 448) )                     (float8_e4m3fn [N, K/16])
+ *   q[n, k]        = e2m1( W / (f32(weight_scale) * weight_scale_2) ) (f32 math, RNE, saturate at 6)
+ *   weight         = q packed two per byte along K, even k low        (uint8 [N, K/2])
+ */
+import { e4m3EncodeRef, e4m3Encode, E4M3_VALUES } from '../codecs/e4m3.js';
+import { e2m1EncodeRef, e2m1Encode, E2M1_VALUES } from '../codecs/e2m1.js';
+
+export const NVFP4_GROUP = 16;
+export const NVFP4_MAXBOUND = 6 * 448; // 2688
+
+/** Global (per-tensor) scale: amax / 2688, f32. A zero amax gives 1 (no zero scales reach an engine). */
+export function nvfp4GlobalScale(amax: number): number {
+  return amax === 0 ? 1 : Math.fround(amax / NVFP4_MAXBOUND);
+}
+
+function blockScaleValue(blockAmax: number, sixWs2: number): number {
+  let s = Math.fround(blockAmax / sixWs2);
+  if (s === 0) s = 1;
+  return Math.min(448, Math.max(2 ** -9, s));
+}
+
+/** Reference: per-element with the scalar reference encoders; returns packed weight and e4m3 block scales. */
+export function quantizeNvfp4Ref(w: Float32Array, N: number, K: number, ws2: number): { weight: Uint8Array; scales: Uint8Array } {
+  const G = NVFP4_GROUP;
+  const nb = K / G;
+  const scales = new Uint8Array(N * nb);
+  const codes = new Uint8Array(N * K);
+  const sixWs2 = Math.fround(6 * ws2);
+  for (let n = 0; n < N; n++)
+    for (let b = 0; b < nb; b++) {
+      let m = 0;
+      for (let k = b * G; k < (b + 1) * G; k++) m = Math.max(m, Math.abs(w[n * K + k]!));
+      const sb = e4m3EncodeRef(blockScaleValue(m, sixWs2));
+      scales[n * nb + b] = sb;
+      const div = Math.fround(E4M3_VALUES[sb]! * ws2);
+      for (let k = b * G; k < (b + 1) * G; k++) codes[n * K + k] = e2m1EncodeRef(Math.fround(w[n * K + k]! / div));
+    }
+  const weight = new Uint8Array((N * K) / 2);
+  for (let j = 0; j < weight.length; j++) weight[j] = codes[2 * j]! | (codes[2 * j + 1]! << 4);
+  return { weight, scales };
+}
+
+/** Fast: one pass per 16-element block, packing as it goes. Rows [0, N) of w. */
+export function quantizeNvfp4(
+  w: Float32Array,
+  N: number,
+  K: number,
+  ws2: number,
+  weight = new Uint8Array((N * K) / 2),
+  scales = new Uint8Array((N * K) / NVFP4_GROUP),
+): { weight: Uint8Array; scales: Uint8Array } {
+  const sixWs2 = Math.fround(6 * ws2);
+  const total = N * K;
+  for (let base = 0, b = 0; base < total; base += NVFP4_GROUP, b++) {
+    let m = 0;
+    for (let i = 0; i < NVFP4_GROUP; i++) {
+      const a = Math.abs(w[base + i]!);
+      if (a > m) m = a;
+    }
+    const sb = e4m3Encode(blockScaleValue(m, sixWs2));
+    scales[b] = sb;
+    const div = Math.fround(E4M3_VALUES[sb]! * ws2);
+    const o = base >> 1;
+    for (let i = 0; i < NVFP4_GROUP; i += 2) {
+      const lo = e2m1Encode(Math.fround(w[base + i]! / div));
+      const hi = e2m1Encode(Math.fround(w[base + i + 1]! / div));
+      weight[o + (i >> 1)] = lo | (hi << 4);
+    }
+  }
+  return { weight, scales };
+}
+
+export function dequantizeNvfp4(weight: Uint8Array, scales: Uint8Array, N: number, K: number, ws2: number): Float32Array {
+  const out = new Float32Array(N * K);
+  for (let i = 0; i < N * K; i++) {
+    const byte = weight[i >> 1]!;
+    const code = i & 1 ? byte >>> 4 : byte & 0xf;
+    const s = Math.fround(E4M3_VALUES[scales[(i / NVFP4_GROUP) | 0]!]! * ws2);
+    out[i] = Math.fround(E2M1_VALUES[code]! * s);
+  }
+  return out;
+}
