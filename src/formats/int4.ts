@@ -2,11 +2,10 @@
  * INT4 AWQ weights (W4A16_AWQ and W4A8_AWQ, spec §6.8-6.9), group 128 along K:
  *   weight_scale[n, g] = blockAmax / 7; 0 -> 1                     (f32 [N, K/128])
  *   q[n, k]            = clamp(rne(W / weight_scale[n, k/128]), -8, 7)   (f32 division)
- *   weight             = pairs of output rows, row 2i low nibble   (uint8 [N/2, K])
+ *   weight             = pairs of output rows, row 2i low nibble   (uint8 [N/2, K], done by pack())
  * W4A8 adds weight_scale_2 = amax(W) / 448 (a scalar, shared across a fused group).
  */
 import { rne } from '../codecs/float.js';
-import { packInt4Rows, unpackInt4Rows } from '../codecs/int4.js';
 import { exportScale } from './common.js';
 
 export const INT4_GROUP = 128;
@@ -27,8 +26,8 @@ export function int4Scales(w: Float32Array, N: number, K: number): Float32Array 
   return scales;
 }
 
-/** Reference: a plain loop, packing with the codec. */
-export function quantizeInt4Ref(w: Float32Array, N: number, K: number, scales: Float32Array): Uint8Array {
+/** Reference: a plain loop. Returns q [N, K] in [-8, 7]; `packInt4Rows` makes the stored layout. */
+export function quantizeInt4Ref(w: Float32Array, N: number, K: number, scales: Float32Array): Int8Array {
   const ng = K / INT4_GROUP;
   const q = new Int8Array(N * K);
   for (let n = 0; n < N; n++)
@@ -37,20 +36,18 @@ export function quantizeInt4Ref(w: Float32Array, N: number, K: number, scales: F
       const r = v < 0 ? -rne(-v) : rne(v);
       q[n * K + k] = Math.min(7, Math.max(-8, r));
     }
-  return packInt4Rows(q, N, K);
+  return q;
 }
 
-/** Fast: quantizes a pair of rows at a time straight into packed bytes. */
-export function quantizeInt4(w: Float32Array, N: number, K: number, scales: Float32Array, out = new Uint8Array((N >> 1) * K)): Uint8Array {
+/** Fast: one division per element, rounding without a helper call per tie. */
+export function quantizeInt4(w: Float32Array, N: number, K: number, scales: Float32Array, out = new Int8Array(N * K)): Int8Array {
   const ng = K / INT4_GROUP;
-  for (let i = 0; i < N >> 1; i++) {
-    const r0 = 2 * i * K;
-    const r1 = r0 + K;
-    for (let k = 0; k < K; k++) {
-      const g = (k / INT4_GROUP) | 0;
-      const a = q4(Math.fround(w[r0 + k]! / scales[2 * i * ng + g]!));
-      const b = q4(Math.fround(w[r1 + k]! / scales[(2 * i + 1) * ng + g]!));
-      out[i * K + k] = (a & 0xf) | ((b & 0xf) << 4);
+  for (let n = 0; n < N; n++) {
+    const row = n * K;
+    for (let g = 0; g < ng; g++) {
+      const s = scales[n * ng + g]!;
+      const end = row + (g + 1) * INT4_GROUP;
+      for (let i = row + g * INT4_GROUP; i < end; i++) out[i] = q4(Math.fround(w[i]! / s));
     }
   }
   return out;
@@ -63,8 +60,8 @@ function q4(v: number): number {
   return r > 7 ? 7 : r < -8 ? -8 : r;
 }
 
-export function dequantizeInt4(packed: Uint8Array, N: number, K: number, scales: Float32Array): Float32Array {
-  const q = unpackInt4Rows(packed, N, K);
+/** Dequantizes q [N, K] (as unpackInt4Rows gives it). */
+export function dequantizeInt4(q: Int8Array, N: number, K: number, scales: Float32Array): Float32Array {
   const ng = K / INT4_GROUP;
   const out = new Float32Array(N * K);
   for (let n = 0; n < N; n++)

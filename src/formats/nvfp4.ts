@@ -4,7 +4,8 @@
  *   s[n, b]        = blockAmax / (6 * weight_scale_2); 0 -> 1        (f32)
  *   weight_scale   = e4m3( clamp(s, 2^-9, 448) )                     (float8_e4m3fn [N, K/16])
  *   q[n, k]        = e2m1( W / (f32(weight_scale) * weight_scale_2) ) (f32 math, RNE, saturate at 6)
- *   weight         = q packed two per byte along K, even k low        (uint8 [N, K/2])
+ *   weight         = q packed two per byte along K, even k low        (uint8 [N, K/2], done by pack())
+ * The kernels return one e2m1 code per element; `packNibblesK` makes the stored layout.
  */
 import { e4m3EncodeRef, e4m3Encode, E4M3_VALUES } from '../codecs/e4m3.js';
 import { e2m1EncodeRef, e2m1Encode, E2M1_VALUES } from '../codecs/e2m1.js';
@@ -23,8 +24,8 @@ function blockScaleValue(blockAmax: number, sixWs2: number): number {
   return Math.min(448, Math.max(2 ** -9, s));
 }
 
-/** Reference: per-element with the scalar reference encoders; returns packed weight and e4m3 block scales. */
-export function quantizeNvfp4Ref(w: Float32Array, N: number, K: number, ws2: number): { weight: Uint8Array; scales: Uint8Array } {
+/** Reference: per-element with the scalar reference encoders; returns e2m1 codes and e4m3 block scales. */
+export function quantizeNvfp4Ref(w: Float32Array, N: number, K: number, ws2: number): { codes: Uint8Array; scales: Uint8Array } {
   const G = NVFP4_GROUP;
   const nb = K / G;
   const scales = new Uint8Array(N * nb);
@@ -39,20 +40,18 @@ export function quantizeNvfp4Ref(w: Float32Array, N: number, K: number, ws2: num
       const div = Math.fround(E4M3_VALUES[sb]! * ws2);
       for (let k = b * G; k < (b + 1) * G; k++) codes[n * K + k] = e2m1EncodeRef(Math.fround(w[n * K + k]! / div));
     }
-  const weight = new Uint8Array((N * K) / 2);
-  for (let j = 0; j < weight.length; j++) weight[j] = codes[2 * j]! | (codes[2 * j + 1]! << 4);
-  return { weight, scales };
+  return { codes, scales };
 }
 
-/** Fast: one pass per 16-element block, packing as it goes. Rows [0, N) of w. */
+/** Fast: one pass per 16-element block with the branch-free encoders. Rows [0, N) of w. */
 export function quantizeNvfp4(
   w: Float32Array,
   N: number,
   K: number,
   ws2: number,
-  weight = new Uint8Array((N * K) / 2),
+  codes = new Uint8Array(N * K),
   scales = new Uint8Array((N * K) / NVFP4_GROUP),
-): { weight: Uint8Array; scales: Uint8Array } {
+): { codes: Uint8Array; scales: Uint8Array } {
   const sixWs2 = Math.fround(6 * ws2);
   const total = N * K;
   for (let base = 0, b = 0; base < total; base += NVFP4_GROUP, b++) {
@@ -64,21 +63,16 @@ export function quantizeNvfp4(
     const sb = e4m3Encode(blockScaleValue(m, sixWs2));
     scales[b] = sb;
     const div = Math.fround(E4M3_VALUES[sb]! * ws2);
-    const o = base >> 1;
-    for (let i = 0; i < NVFP4_GROUP; i += 2) {
-      const lo = e2m1Encode(Math.fround(w[base + i]! / div));
-      const hi = e2m1Encode(Math.fround(w[base + i + 1]! / div));
-      weight[o + (i >> 1)] = lo | (hi << 4);
-    }
+    for (let i = base; i < base + NVFP4_GROUP; i++) codes[i] = e2m1Encode(Math.fround(w[i]! / div));
   }
-  return { weight, scales };
+  return { codes, scales };
 }
 
-export function dequantizeNvfp4(weight: Uint8Array, scales: Uint8Array, N: number, K: number, ws2: number): Float32Array {
+/** Dequantizes codes (one per element, as unpackNibblesK gives them). */
+export function dequantizeNvfp4(codes: Uint8Array, scales: Uint8Array, N: number, K: number, ws2: number): Float32Array {
   const out = new Float32Array(N * K);
   for (let i = 0; i < N * K; i++) {
-    const byte = weight[i >> 1]!;
-    const code = i & 1 ? byte >>> 4 : byte & 0xf;
+    const code = codes[i]!;
     const s = Math.fround(E4M3_VALUES[scales[(i / NVFP4_GROUP) | 0]!]! * ws2);
     out[i] = Math.fround(E2M1_VALUES[code]! * s);
   }

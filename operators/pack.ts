@@ -1,0 +1,30 @@
+import { map, type OperatorFunction } from 'rxjs';
+import { packLinear, f32Scalar } from '../src/export/pack-linear.js';
+import type { OutputTensor, PackedUnit, QuantizedUnit } from '../src/pipeline/units.js';
+
+/**
+ * Turns codes into the stored layout and names of the format (spec §6): `weight` (packed),
+ * `weight_scale`, `weight_scale_2`, `input_scale`, `pre_quant_scale`, `k_scale`/`v_scale`;
+ * unquantized tensors pass through by reference (or with their new bytes, when AWQ folding changed them).
+ *
+ * @example
+ * ```ts
+ * readCheckpoint('model').pipe(quantize('fp8', { stats }), pack(), writeShards('out'));
+ * ```
+ */
+export function pack(): OperatorFunction<QuantizedUnit, PackedUnit> {
+  return map((unit) => ({ ...unit, outputs: packUnit(unit) }));
+}
+
+export function packUnit(unit: QuantizedUnit): OutputTensor[] {
+  const outputs: OutputTensor[] = [];
+  const quantizedWeights = new Set(unit.linears.map((l) => `${l.module}.weight`));
+  for (const t of unit.tensors) {
+    if (quantizedWeights.has(t.name)) continue;
+    const data = unit.replaced.get(t.name);
+    outputs.push(data ? { name: t.name, dtype: t.dtype, shape: t.shape, data } : { name: t.name, dtype: t.dtype, shape: t.shape, source: t });
+  }
+  for (const l of unit.linears) outputs.push(...packLinear(l, unit.plan.format));
+  for (const [name, s] of unit.kvScales) outputs.push(f32Scalar(name, s));
+  return outputs;
+}

@@ -1,0 +1,58 @@
+import { defer, finalize, mergeMap, type OperatorFunction } from 'rxjs';
+import { createPlan, type ExportOptions, type ExportPlan } from '../src/export/plan.js';
+import { formatSpec, type FormatName, type FormatSpec } from '../src/export/formats.js';
+import { quantizeLayer } from '../src/export/quantize-layer.js';
+import { KernelPool, defaultWorkers } from '../src/kernels/pool.js';
+import type { ModelUnit, QuantizedUnit } from '../src/pipeline/units.js';
+import type { Stats } from '../src/export/stats.js';
+
+export interface QuantizeOptions extends ExportOptions {
+  /** Worker threads for the kernels (default: one per core; 0 runs them on the main thread). */
+  workers?: number;
+  /** Share a pool across chains instead of creating one. */
+  pool?: KernelPool;
+  /** Units quantized concurrently (default 2). */
+  concurrency?: number;
+  /** Called once with the plan, before the first unit is quantized. */
+  onPlan?: (plan: ExportPlan) => void;
+}
+
+/**
+ * Computes scales and codes for every quantizable linear of each unit (ModelOpt's math, spec §6/§8),
+ * with the kernels in Piscina worker threads. Statistics come from `options.stats` and/or from
+ * `calibrate` upstream (unit.stats). Emits QuantizedUnit: codes not yet packed, so an operator of
+ * your own can inspect or alter them before `pack()`.
+ *
+ * @example
+ * ```ts
+ * import { loadStats } from 'rxquant';
+ * const stats = await loadStats('stats.safetensors');
+ * readCheckpoint('model').pipe(quantize('nvfp4', { stats, kvCache: 'fp8_cast' }), pack(), writeShards('out'));
+ * ```
+ */
+export function quantize(format: FormatName | FormatSpec, options: QuantizeOptions = {}): OperatorFunction<ModelUnit, QuantizedUnit> {
+  const spec = typeof format === 'string' ? formatSpec(format) : format;
+  return (source) =>
+    defer(() => {
+      const pool = options.pool ?? new KernelPool(options.workers ?? defaultWorkers());
+      let plan: ExportPlan | undefined;
+      return source.pipe(
+        mergeMap(async (unit) => {
+          if (!plan) {
+            plan = createPlan(unit.model, spec, { ...options, deferStatsCheck: unit.stats !== undefined });
+            options.onPlan?.(plan);
+          }
+          return quantizeLayer(unit, plan, mergeStats(options.stats, unit.stats), pool);
+        }, options.concurrency ?? 2),
+        finalize(() => {
+          if (!options.pool) void pool.close();
+        }),
+      );
+    });
+}
+
+function mergeStats(a: Stats | undefined, b: Stats | undefined): Stats {
+  if (!a) return b ?? new Map();
+  if (!b) return a;
+  return new Map([...a, ...b]);
+}

@@ -1,0 +1,93 @@
+import { concatMap, concatWith, defer, catchError, finalize, type Observable, type OperatorFunction } from 'rxjs';
+import { planShards, ShardWriter, type ShardPlan } from '../src/safetensors/writer.js';
+import { parseSize } from '../src/safetensors/size.js';
+import { exportSideFiles } from '../src/export/side-files.js';
+import type { ExportPlan } from '../src/export/plan.js';
+import type { PackedUnit } from '../src/pipeline/units.js';
+import { RxquantError } from '../src/errors.js';
+
+export interface WriteShardsOptions {
+  /** Largest shard, "10GB" by default like ModelOpt (GB/MB decimal, GiB/MiB binary). */
+  maxShardSize?: string | number;
+  /** Replace a non-empty output folder. */
+  overwrite?: boolean;
+  /** Bytes per read when copying unquantized tensors through (default 16 MiB, one reused buffer). */
+  copyChunkBytes?: number;
+}
+
+export type WriteEvent =
+  | { type: 'unit'; kind: 'layer' | 'rest'; layer: number; bytesWritten: number; totalBytes: number }
+  | { type: 'done'; outDir: string; plan: ExportPlan; shards: ShardPlan; totalBytes: number };
+
+/**
+ * Writes units as they arrive into shards planned up front from the export plan (every tensor's
+ * place is known before any data exists), then config.json with quantization_config,
+ * hf_quant_config.json, generation_config.json and the tokenizer/side files. Everything goes to a
+ * temporary folder beside `outDir`, renamed into place only when complete.
+ *
+ * @example
+ * ```ts
+ * readCheckpoint('model').pipe(quantize('fp8_pb_wo'), pack(), writeShards('out', { maxShardSize: '5GB' }))
+ *   .subscribe((e) => e.type === 'unit' && console.log(`${e.bytesWritten}/${e.totalBytes}`));
+ * ```
+ */
+export function writeShards(outDir: string, options: WriteShardsOptions = {}): OperatorFunction<PackedUnit, WriteEvent> {
+  const maxShardSize = parseSize(options.maxShardSize ?? '10GB');
+  return (source) =>
+    defer(() => {
+      let writer: ShardWriter | undefined;
+      let plan: ExportPlan | undefined;
+      let shards: ShardPlan | undefined;
+      let written = 0;
+      let finished = false;
+      const buffer = new Uint8Array(options.copyChunkBytes ?? 16 * 2 ** 20);
+      const done: Observable<WriteEvent> = defer(async () => {
+        if (!writer || !plan || !shards) throw new RxquantError('writeShards: no units arrived');
+        for (const f of await exportSideFiles(plan)) await writer.writeSideFile(f.name, f.content);
+        await writer.finish();
+        finished = true;
+        await plan.model.close();
+        return { type: 'done' as const, outDir, plan, shards, totalBytes: shards.totalSize };
+      });
+      return source.pipe(
+        concatMap(async (unit): Promise<WriteEvent> => {
+          if (!writer) {
+            plan = unit.plan;
+            shards = planShards(plan.outputs, maxShardSize);
+            writer = await ShardWriter.create(outDir, shards, { overwrite: options.overwrite });
+          }
+          for (const o of unit.outputs) {
+            const planned = writer.tensor(o.name);
+            if (planned.dtype !== o.dtype || planned.shape.join(',') !== o.shape.join(',')) {
+              throw new RxquantError(
+                `output tensor "${o.name}" is ${o.dtype} [${o.shape.join(', ')}] but the plan says ${planned.dtype} [${planned.shape.join(', ')}]`,
+              );
+            }
+            if ('data' in o) {
+              await writer.write(o.name, o.data);
+              written += o.data.length;
+            } else {
+              for (let at = 0; at < o.source.byteLength; at += buffer.length) {
+                const end = Math.min(o.source.byteLength, at + buffer.length);
+                const chunk = await o.source.readBytes(at, end, buffer);
+                await writer.write(o.name, chunk, at);
+              }
+              written += o.source.byteLength;
+            }
+          }
+          unit.release();
+          return { type: 'unit', kind: unit.kind, layer: unit.layer, bytesWritten: written, totalBytes: shards!.totalSize };
+        }),
+        concatWith(done),
+        catchError(async (err) => {
+          await writer?.abort();
+          await plan?.model.close();
+          throw err;
+        }),
+        finalize(() => {
+          // unsubscribed mid-run (Ctrl-C): drop the partial folder
+          if (writer && !finished) void writer.abort();
+        }),
+      );
+    });
+}

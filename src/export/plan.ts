@@ -1,0 +1,204 @@
+/**
+ * The export plan: decided from config.json and the shard headers alone, before any weight is read.
+ * Which linears are quantized (and why the others are not), every output tensor's name, dtype and
+ * shape (so shards can be laid out up front), and the two quantization configs.
+ */
+import { QuantizationError } from '../errors.js';
+import type { SourceModel } from '../model.js';
+import type { DType, FloatDType } from '../safetensors/dtypes.js';
+import type { TensorSpec } from '../safetensors/writer.js';
+import type { FusedGroup } from '../models/base.js';
+import { buildHfQuantConfig, toQuantizationConfig, type HfQuantConfig } from './quant-config.js';
+import { matchesPattern } from './exclude.js';
+import type { FormatSpec, KvCacheMode } from './formats.js';
+import type { PyValue } from './pyjson.js';
+import type { Stats } from './stats.js';
+import { fp8BlockScaleShape } from '../formats/fp8-block.js';
+
+export interface LinearDecision {
+  module: string;
+  layer: number;
+  /** out_features, in_features */
+  N: number;
+  K: number;
+  dtype: FloatDType;
+  quantized: boolean;
+  /** Why it stays unquantized. */
+  reason?: string;
+  group?: FusedGroup;
+}
+
+export interface ExportOptions {
+  kvCache?: KvCacheMode;
+  /** Extra module patterns (fnmatch, `*` matches dots) to leave unquantized. */
+  exclude?: string[];
+  stats?: Stats;
+  /** Statistics arrive per unit from `calibrate`: check them layer by layer instead of up front. */
+  deferStatsCheck?: boolean;
+}
+
+export interface ExportPlan {
+  format: FormatSpec;
+  kvCache: KvCacheMode;
+  model: SourceModel;
+  decisions: Map<string, LinearDecision>;
+  /** Every output tensor, in state-dict order (embeddings, layers, the rest). */
+  outputs: TensorSpec[];
+  hfQuantConfig: HfQuantConfig;
+  quantizationConfig: Record<string, PyValue>;
+  warnings: string[];
+}
+
+/** Output tensors of one quantized linear, in the order ModelOpt's state dict has them. */
+export function quantizedTensorSpecs(d: LinearDecision, format: FormatSpec, hasPreQuantScale: boolean): TensorSpec[] {
+  const { module: m, N, K } = d;
+  const scalar = (name: string): TensorSpec => ({ name: `${m}.${name}`, dtype: 'F32', shape: [] });
+  const out: TensorSpec[] = [];
+  switch (format.name) {
+    case 'fp8':
+      out.push({ name: `${m}.weight`, dtype: 'F8_E4M3', shape: [N, K] }, scalar('weight_scale'), scalar('input_scale'));
+      break;
+    case 'fp8_pb_wo':
+      out.push({ name: `${m}.weight`, dtype: 'F8_E4M3', shape: [N, K] }, { name: `${m}.weight_scale`, dtype: 'F32', shape: fp8BlockScaleShape(N, K) });
+      break;
+    case 'nvfp4':
+    case 'nvfp4_awq':
+      out.push(
+        { name: `${m}.weight`, dtype: 'U8', shape: [N, K / 2] },
+        { name: `${m}.weight_scale`, dtype: 'F8_E4M3', shape: [N, K / 16] },
+        scalar('weight_scale_2'),
+        scalar('input_scale'),
+      );
+      break;
+    case 'int4_awq':
+      out.push({ name: `${m}.weight`, dtype: 'U8', shape: [N / 2, K] }, { name: `${m}.weight_scale`, dtype: 'F32', shape: [N, K / 128] });
+      break;
+    case 'w4a8_awq':
+      out.push(
+        { name: `${m}.weight`, dtype: 'U8', shape: [N / 2, K] },
+        { name: `${m}.weight_scale`, dtype: 'F32', shape: [N, K / 128] },
+        scalar('weight_scale_2'),
+        scalar('input_scale'),
+      );
+      break;
+  }
+  if (hasPreQuantScale) out.push({ name: `${m}.pre_quant_scale`, dtype: d.dtype as DType, shape: [K] });
+  return out;
+}
+
+/**
+ * Which quantized linears keep a `pre_quant_scale` tensor after folding (spec §8.3): members of a fused
+ * group fold into their norm; NVFP4_AWQ also folds o_proj/down_proj into v_proj/up_proj for Llama/Qwen3.
+ */
+export function keepsPreQuantScale(plan: Pick<ExportPlan, 'format' | 'decisions' | 'model'>, module: string): boolean {
+  if (!plan.format.awq) return false;
+  const d = plan.decisions.get(module)!;
+  if (!d.quantized) return false;
+  if (d.group && d.group.members.length > 1 && d.group.norm) return false;
+  if (plan.format.name === 'nvfp4_awq') {
+    const layout = plan.model.layers[d.layer]!;
+    if (layout.linearFolds.some((f) => f.from === module && plan.decisions.get(f.into)?.quantized)) return false;
+  }
+  return true;
+}
+
+export function createPlan(model: SourceModel, format: FormatSpec, options: ExportOptions = {}): ExportPlan {
+  const kvCache = options.kvCache ?? 'fp8_cast';
+  const warnings: string[] = [];
+  const decisions = new Map<string, LinearDecision>();
+  for (const layout of model.layers) {
+    for (const m of layout.linears) {
+      const t = model.checkpoint.tensors.get(`${m}.weight`)!;
+      const [N, K] = t.shape as [number, number];
+      const group = layout.groups.find((g) => g.members.includes(m));
+      let reason: string | undefined;
+      if (options.exclude?.some((p) => matchesPattern(m, p))) reason = 'excluded by --exclude';
+      else if (K % format.kMultiple !== 0) reason = `in_features ${K} is not a multiple of ${format.kMultiple}`;
+      else if (format.evenRows && N % 2 !== 0) reason = `out_features ${N} is odd (int4 packs pairs of rows)`;
+      decisions.set(m, { module: m, layer: layout.index, N, K, dtype: t.dtype as FloatDType, quantized: reason === undefined, reason, group });
+    }
+    // fused groups are quantized all or none (engines §6.11: one GEMM, one format)
+    for (const g of layout.groups) {
+      const bad = g.members.map((m) => decisions.get(m)!).find((d) => !d.quantized);
+      if (!bad) continue;
+      for (const m of g.members) {
+        const d = decisions.get(m)!;
+        if (d.quantized) {
+          d.quantized = false;
+          d.reason = `fused with ${bad.module}, which stays unquantized`;
+        }
+      }
+    }
+  }
+  const quantized = [...decisions.values()].filter((d) => d.quantized).map((d) => d.module);
+  const skipped = [...decisions.values()].filter((d) => !d.quantized);
+  if (quantized.length === 0) {
+    const why = skipped[0] ? ` (e.g. ${skipped[0].module}: ${skipped[0].reason})` : '';
+    throw new QuantizationError(`no linear layer of ${model.dir} can be quantized to ${format.name}${why}`);
+  }
+  for (const d of skipped) {
+    if (d.reason !== 'excluded by --exclude') warnings.push(`${d.module} kept in ${d.dtype}: ${d.reason}`);
+  }
+  if (!options.deferStatsCheck) checkStats(model, format, kvCache, quantized, options.stats);
+
+  const unquantized = [...model.arch.alwaysExcluded, ...skipped.map((d) => d.module)];
+  const hfQuantConfig = buildHfQuantConfig(format, kvCache, unquantized, quantized);
+  const plan: ExportPlan = {
+    format,
+    kvCache,
+    model,
+    decisions,
+    outputs: [],
+    hfQuantConfig,
+    quantizationConfig: toQuantizationConfig(hfQuantConfig),
+    warnings,
+  };
+  plan.outputs = planOutputs(plan);
+  return plan;
+}
+
+function checkStats(model: SourceModel, format: FormatSpec, kv: KvCacheMode, quantized: string[], stats: Stats | undefined): void {
+  const needed: string[] = [];
+  if (format.inputScaleDivisor !== undefined) needed.push(...quantized.map((m) => `${m}.input_amax`));
+  if (kv === 'fp8') for (const l of model.layers) needed.push(`${l.attention}.k_amax`, `${l.attention}.v_amax`);
+  if (needed.length === 0) return;
+  const missing = needed.filter((k) => !stats?.has(k));
+  if (missing.length === 0) return;
+  const what = kv === 'fp8' && missing[0]!.match(/\.[kv]_amax$/) ? '--kv-cache fp8 needs post-RoPE K/V amax statistics' : `format ${format.name} needs activation statistics`;
+  throw new QuantizationError(
+    stats
+      ? `${what}: "${missing[0]}" (and ${missing.length - 1} more) not found in the statistics`
+      : `${what}; pass --stats <file.safetensors> or --calib <text> to calibrate`,
+  );
+}
+
+/** Output tensors: embeddings first, then each layer (sorted by name), then the rest, as a state dict orders them. */
+function planOutputs(plan: ExportPlan): TensorSpec[] {
+  const { model, format, decisions } = plan;
+  const out: TensorSpec[] = [];
+  const byLayer: TensorSpec[][] = model.layers.map(() => []);
+  const head: TensorSpec[] = [];
+  const tail: TensorSpec[] = [];
+  const quantizedWeights = new Map<string, LinearDecision>();
+  for (const d of decisions.values()) if (d.quantized) quantizedWeights.set(`${d.module}.weight`, d);
+  for (const t of model.checkpoint.tensors.values()) {
+    const lm = /^model\.layers\.(\d+)\./.exec(t.name);
+    const bucket = lm ? byLayer[Number(lm[1])]! : t.name.startsWith('model.embed_tokens.') ? head : tail;
+    const d = quantizedWeights.get(t.name);
+    if (d) bucket.push(...quantizedTensorSpecs(d, format, keepsPreQuantScale(plan, d.module)));
+    else bucket.push({ name: t.name, dtype: t.dtype, shape: t.shape });
+  }
+  if (plan.kvCache === 'fp8') {
+    for (const l of model.layers) {
+      byLayer[l.index]!.push(
+        { name: `${l.attention}.k_proj.k_scale`, dtype: 'F32', shape: [] },
+        { name: `${l.attention}.v_proj.v_scale`, dtype: 'F32', shape: [] },
+      );
+    }
+  }
+  const byName = (a: TensorSpec, b: TensorSpec) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+  out.push(...head.sort(byName));
+  for (const l of byLayer) out.push(...l.sort(byName));
+  out.push(...tail.sort(byName));
+  return out;
+}
