@@ -1,0 +1,165 @@
+#!/usr/bin/env node
+/** The `rxquant` command line. Every user error ends in one `error: ...` line and a non-zero exit. */
+import { Command, Option, CommanderError } from 'commander';
+import { resolve, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
+import { RxquantError, UsageError } from '../errors.js';
+import { inspect, formatInspect } from '../inspect.js';
+import { verifyExport } from '../verify.js';
+import { exportCheckpoint } from '../export/run.js';
+import { FORMAT_NAMES, formatSpec, kvCacheMode, KV_CACHE_MODES } from '../export/formats.js';
+import { loadStats } from '../export/stats.js';
+import { formatBytes } from '../safetensors/size.js';
+import { outputMode, Reporter } from './progress.js';
+
+/** Package root (works from src/ under tsx/vitest and from dist/src/ once built). */
+export const PACKAGE_ROOT = (() => {
+  let d = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    try {
+      const pkg = JSON.parse(readFileSync(join(d, 'package.json'), 'utf8'));
+      if (pkg.name === 'rxquant') return d;
+    } catch {
+      /* keep looking */
+    }
+    d = dirname(d);
+  }
+  return process.cwd();
+})();
+export const DEFAULT_MODEL = join(PACKAGE_ROOT, 'assets', 'stories260K');
+export const DEFAULT_CALIB_TEXT = join(PACKAGE_ROOT, 'assets', 'text', 'tinystories_calib.txt');
+
+function intOption(name: string) {
+  return (v: string) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0) throw new UsageError(`${name} must be a non-negative integer, got "${v}"`);
+    return n;
+  };
+}
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('rxquant')
+    .description('Quantize Hugging Face LLM checkpoints into NVIDIA ModelOpt unified checkpoints (FP8, NVFP4, INT4/W4A8 AWQ) for vLLM, SGLang and TensorRT-LLM.')
+    .version(JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')).version)
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+
+  program
+    .command('inspect')
+    .description('list the tensors of a safetensors file or checkpoint folder, totals per dtype, the architecture and any quantization config')
+    .argument('<file-or-folder>')
+    .option('--all', 'list every tensor (default: the first 200)')
+    .option('--json', 'print the report as JSON')
+    .action(async (path: string, o: { all?: boolean; json?: boolean }) => {
+      const r = await inspect(resolve(path));
+      if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+      else process.stdout.write(formatInspect(r, o.all ? Infinity : 200) + '\n');
+    });
+
+  program
+    .command('quantize')
+    .description('export a checkpoint to a ModelOpt unified checkpoint')
+    .argument('[model]', 'model folder (default: the bundled stories260K)')
+    .addOption(new Option('-f, --format <format>', 'quantization format').choices([...FORMAT_NAMES]).default('nvfp4'))
+    .option('-o, --out <dir>', 'output folder', 'rxquant-out')
+    .option('--stats <file>', 'activation statistics (safetensors: <module>.input_amax, ...)')
+    .addOption(new Option('--kv-cache <mode>', 'KV cache quantization').choices([...KV_CACHE_MODES]).default('fp8_cast'))
+    .option('--max-shard-size <size>', 'largest shard (GB/MB decimal, GiB/MiB binary)', '10GB')
+    .option('--exclude <pattern...>', 'extra module patterns to keep unquantized (fnmatch, * matches dots)')
+    .option('--workers <n>', 'kernel worker threads (default: one per core)', intOption('--workers'))
+    .option('--layers-in-flight <n>', 'decoder layers between reader and writer at once', intOption('--layers-in-flight'), 2)
+    .option('--overwrite', 'replace a non-empty output folder')
+    .option('--json', 'one JSON object per line on stdout (progress, warnings, summary)')
+    .action(async (model: string | undefined, o: Record<string, any>) => {
+      const rep = new Reporter(outputMode(o.json));
+      const format = formatSpec(o.format);
+      const modelDir = resolve(model ?? DEFAULT_MODEL);
+      const stats = o.stats ? await loadStats(resolve(o.stats)) : undefined;
+      const started = Date.now();
+      const done = await exportCheckpoint({
+        model: modelDir,
+        format: format.name,
+        out: resolve(o.out),
+        stats,
+        kvCache: kvCacheMode(o.kvCache),
+        maxShardSize: o.maxShardSize,
+        exclude: o.exclude,
+        workers: o.workers,
+        overwrite: o.overwrite,
+        layersInFlight: o.layersInFlight,
+        onPlan: (plan) => {
+          for (const w of plan.warnings) rep.warn(w);
+          const total = plan.outputs.length;
+          rep.event('plan', { format: format.name, quant_algo: format.quantAlgo, tensors: total, layers: plan.model.layers.length });
+          rep.startBar('writing', plan.model.layers.length + 1, 'items');
+        },
+        onEvent: (e) => {
+          if (e.type === 'unit') {
+            rep.event('unit', { layer: e.layer, kind: e.kind, bytes_done: e.bytesWritten, bytes_total: e.totalBytes });
+            rep.tick();
+          }
+        },
+      });
+      rep.stopBar();
+      const secs = (Date.now() - started) / 1000;
+      const q = done.plan.decisions;
+      const nq = [...q.values()].filter((d) => d.quantized).length;
+      rep.event('done', {
+        out: done.outDir,
+        format: format.name,
+        quant_algo: format.quantAlgo,
+        bytes: done.totalBytes,
+        shards: done.shards.shards.length,
+        quantized_linears: nq,
+        unquantized_linears: q.size - nq,
+        seconds: secs,
+        warnings: done.plan.warnings,
+      });
+      rep.info(`wrote ${done.outDir}`);
+      rep.info(`format ${format.name} (quant_algo ${format.quantAlgo}), ${nq}/${q.size} linears quantized, ${formatBytes(done.totalBytes)} in ${done.shards.shards.length} shard(s), ${secs.toFixed(1)} s`);
+    });
+
+  program
+    .command('verify')
+    .description('check an export against what vLLM, SGLang and TensorRT-LLM require when they load it')
+    .argument('<export-dir>')
+    .option('--json', 'print the report as JSON')
+    .action(async (dir: string, o: { json?: boolean }) => {
+      const r = await verifyExport(resolve(dir));
+      if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+      else {
+        process.stdout.write(`${r.dir}: quant_algo ${r.quantAlgo ?? '(none)'}, ${r.quantizedModules} quantized linears\n`);
+        for (const n of r.notes) process.stdout.write(`note: ${n}\n`);
+        for (const e of r.engines) process.stdout.write(`${e.loads ? 'loads' : 'does not load'} in ${e.engine}: ${e.note}\n`);
+        for (const f of r.failures) process.stdout.write(`FAIL: ${f}\n`);
+        process.stdout.write(r.failures.length === 0 ? 'OK: all checks passed\n' : `${r.failures.length} check(s) failed\n`);
+      }
+      if (r.failures.length > 0) process.exitCode = 1;
+    });
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // help and version exit 0; usage errors were already printed by commander
+      return e.exitCode === 0 ? 0 : 2;
+    }
+    if (e instanceof RxquantError) {
+      process.stderr.write(`error: ${e.message}\n`);
+      return e.exitCode;
+    }
+    const err = e as Error;
+    process.stderr.write(`internal error: ${err?.message ?? String(e)} (set RXQUANT_DEBUG=1 for the stack; please report it)\n`);
+    if (process.env.RXQUANT_DEBUG) process.stderr.write(`${err?.stack}\n`);
+    return 70;
+  }
+}

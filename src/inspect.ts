@@ -1,0 +1,74 @@
+/** `rxquant inspect`: what a checkpoint holds. */
+import { readFile, stat } from 'node:fs/promises';
+import { join, dirname } from 'node:path';
+import { openCheckpoint } from './safetensors/checkpoint.js';
+import { formatBytes } from './safetensors/size.js';
+
+export interface InspectReport {
+  path: string;
+  tensors: { name: string; dtype: string; shape: readonly number[]; bytes: number; shard: string }[];
+  totals: Record<string, { tensors: number; bytes: number }>;
+  shards: number;
+  architecture?: { modelType: unknown; architectures: unknown; layers: unknown; hidden: unknown };
+  quantization?: unknown;
+}
+
+export async function inspect(path: string): Promise<InspectReport> {
+  const ck = await openCheckpoint(path);
+  try {
+    const tensors = [...ck.tensors.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, bytes: t.byteLength, shard: ck.weightMap.get(t.name)! }));
+    const totals: InspectReport['totals'] = {};
+    for (const t of tensors) {
+      const e = (totals[t.dtype] ??= { tensors: 0, bytes: 0 });
+      e.tensors++;
+      e.bytes += t.bytes;
+    }
+    const dir = (await stat(path)).isDirectory() ? path : dirname(path);
+    const report: InspectReport = { path, tensors, totals, shards: ck.files.length };
+    const cfg = await readJsonIfAny(join(dir, 'config.json'));
+    if (cfg) report.architecture = { modelType: cfg.model_type, architectures: cfg.architectures, layers: cfg.num_hidden_layers, hidden: cfg.hidden_size };
+    const hq = await readJsonIfAny(join(dir, 'hf_quant_config.json'));
+    if (hq) report.quantization = hq.quantization;
+    return report;
+  } finally {
+    await ck.close();
+  }
+}
+
+async function readJsonIfAny(p: string): Promise<any> {
+  try {
+    return JSON.parse(await readFile(p, 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+export function formatInspect(r: InspectReport, maxRows = Infinity): string {
+  const lines: string[] = [];
+  lines.push(`${r.path}: ${r.tensors.length} tensors in ${r.shards} shard(s)`);
+  if (r.architecture) {
+    const a = r.architecture;
+    lines.push(`architecture: ${a.modelType} ${JSON.stringify(a.architectures)}, ${a.layers} layers, hidden ${a.hidden}`);
+  }
+  if (r.quantization) {
+    const q = r.quantization as Record<string, unknown>;
+    lines.push(
+      `quantization: ${q.quant_algo}${q.group_size ? ` (group ${q.group_size})` : ''}, kv cache ${q.kv_cache_quant_algo ?? 'none'}, ` +
+        `excluded: ${Array.isArray(q.exclude_modules) ? q.exclude_modules.join(', ') || '(none)' : '?'}`,
+    );
+  }
+  lines.push('');
+  const w = Math.min(70, Math.max(...r.tensors.map((t) => t.name.length)));
+  const rows = r.tensors.slice(0, maxRows);
+  for (const t of rows) lines.push(`${t.name.padEnd(w)}  ${t.dtype.padEnd(7)}  ${`[${t.shape.join(', ')}]`.padEnd(18)}  ${formatBytes(t.bytes)}`);
+  if (rows.length < r.tensors.length) lines.push(`... ${r.tensors.length - rows.length} more (use --all)`);
+  lines.push('');
+  lines.push('totals:');
+  let all = 0;
+  for (const [d, e] of Object.entries(r.totals).sort()) {
+    lines.push(`  ${d.padEnd(8)} ${String(e.tensors).padStart(6)} tensors  ${formatBytes(e.bytes)}`);
+    all += e.bytes;
+  }
+  lines.push(`  ${'all'.padEnd(8)} ${String(r.tensors.length).padStart(6)} tensors  ${formatBytes(all)}`);
+  return lines.join('\n');
+}

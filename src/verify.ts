@@ -1,0 +1,208 @@
+/**
+ * `rxquant verify`: checks an export against the engines' loading checklist (engines.md §6), every
+ * point that can be checked from the files alone.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { openCheckpoint } from './safetensors/checkpoint.js';
+import { decodeToFloat32 } from './codecs/float.js';
+import { E4M3_VALUES } from './codecs/e4m3.js';
+import { architectureFor, parseModelConfig } from './models/index.js';
+import { matchesPattern } from './export/exclude.js';
+import { toQuantizationConfig, type HfQuantConfig } from './export/quant-config.js';
+import { FORMATS } from './export/formats.js';
+import { engineSupport, type EngineSupport } from './engines.js';
+import { CheckpointError } from './errors.js';
+import type { TensorRef } from './safetensors/file.js';
+
+export interface VerifyReport {
+  dir: string;
+  quantAlgo: string | undefined;
+  failures: string[];
+  notes: string[];
+  engines: EngineSupport[];
+  quantizedModules: number;
+}
+
+async function readJson(path: string): Promise<any> {
+  try {
+    return JSON.parse(await readFile(path, 'utf8'));
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? undefined : null;
+  }
+}
+
+const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+
+export async function verifyExport(dir: string): Promise<VerifyReport> {
+  const failures: string[] = [];
+  const notes: string[] = [];
+  const fail = (s: string) => failures.push(s);
+  const hf = (await readJson(join(dir, 'hf_quant_config.json'))) as HfQuantConfig | undefined | null;
+  const config = await readJson(join(dir, 'config.json'));
+  if (config === undefined) throw new CheckpointError(dir, 'no config.json: not a Hugging Face checkpoint folder');
+  if (config === null) throw new CheckpointError(join(dir, 'config.json'), 'not valid JSON');
+  const qc = config.quantization_config;
+  // 1-3: both configs, their shapes, agreement
+  if (hf === undefined) fail('hf_quant_config.json is missing (TensorRT-LLM reads it first)');
+  else if (hf === null) fail('hf_quant_config.json is not valid JSON');
+  if (!qc) fail('config.json has no quantization_config (vLLM and SGLang read it first)');
+  const q = hf?.quantization;
+  if (hf) {
+    if (hf.producer?.name !== 'modelopt' || typeof hf.producer?.version !== 'string') fail('hf_quant_config.json: producer must be {"name": "modelopt", "version": "x.y.z"}');
+    if (!q || typeof q !== 'object') fail('hf_quant_config.json: no "quantization" object');
+    else {
+      for (const k of ['quant_algo', 'kv_cache_quant_algo', 'exclude_modules'] as const) {
+        if (!(k in q)) fail(`hf_quant_config.json: quantization.${k} is missing`);
+      }
+      if (!Array.isArray(q.exclude_modules)) fail('hf_quant_config.json: exclude_modules must be a list');
+    }
+  }
+  const algo: string | undefined = q?.quant_algo ?? qc?.quant_algo;
+  const fmt = Object.values(FORMATS).find((f) => f.quantAlgo === algo);
+  if (algo !== undefined && !fmt) fail(`quant_algo "${algo}" is not one rxquant knows (${Object.values(FORMATS).map((f) => f.quantAlgo).join(', ')})`);
+  if (q && fmt?.groupSize !== undefined && q.group_size !== fmt.groupSize) fail(`hf_quant_config.json: group_size must be ${fmt.groupSize} for ${algo}`);
+  if (q && !(q.kv_cache_quant_algo === null || q.kv_cache_quant_algo === 'FP8')) fail(`kv_cache_quant_algo must be null or "FP8", got ${JSON.stringify(q.kv_cache_quant_algo)}`);
+  if (hf && q && qc) {
+    const expected = toQuantizationConfig(hf);
+    if (qc.quant_method !== 'modelopt') fail('config.json: quantization_config.quant_method must be "modelopt"');
+    if (!same(qc, JSON.parse(JSON.stringify(expected)))) {
+      for (const k of new Set([...Object.keys(expected), ...Object.keys(qc)])) {
+        if (!same(qc[k], JSON.parse(JSON.stringify(expected[k] ?? null)))) fail(`config.json quantization_config.${k} disagrees with hf_quant_config.json`);
+      }
+    }
+  }
+  const excludes: string[] = Array.isArray(q?.exclude_modules) ? q.exclude_modules : [];
+  const excluded = (m: string) => excludes.some((p) => matchesPattern(m, p));
+
+  // tensors
+  const ck = await openCheckpoint(dir);
+  let quantizedModules = 0;
+  try {
+    const t = ck.tensors;
+    for (const name of t.keys()) {
+      if (/\.(weight_scale_inv|weight_packed|weight_global_scale)$/.test(name)) fail(`${name}: a tensor name of another format`);
+    }
+    const quantized = new Set([...t.keys()].filter((n) => n.endsWith('.weight_scale')).map((n) => n.slice(0, -'.weight_scale'.length)));
+    quantizedModules = quantized.size;
+    const scalarOk = async (name: string, required: boolean) => {
+      const s = t.get(name);
+      if (!s) {
+        if (required) fail(`${name} is missing`);
+        return undefined;
+      }
+      if (s.dtype !== 'F32' || !(s.shape.length === 0 || (s.shape.length === 1 && s.shape[0] === 1))) fail(`${name} must be an F32 scalar, is ${s.dtype} [${s.shape.join(', ')}]`);
+      const v = decodeToFloat32(await s.read(), s.dtype)[0]!;
+      if (!Number.isFinite(v) || v <= 0) fail(`${name} = ${v}: scales must be finite and positive`);
+      return v;
+    };
+    const checkFloatScales = async (ref: TensorRef) => {
+      const v = ref.dtype === 'F8_E4M3' ? Float32Array.from(await ref.read(), (b) => E4M3_VALUES[b]!) : decodeToFloat32(await ref.read(), ref.dtype);
+      const bad = v.findIndex((x) => !Number.isFinite(x) || x <= 0);
+      if (bad >= 0) fail(`${ref.name}[${bad}] = ${v[bad]}: scales must be finite and positive`);
+    };
+    const values = new Map<string, number | undefined>();
+    for (const m of [...quantized].sort()) {
+      if (excluded(m)) fail(`${m} is quantized but matched by an exclude_modules pattern`);
+      const w = t.get(`${m}.weight`);
+      const ws = t.get(`${m}.weight_scale`)!;
+      if (!w) {
+        fail(`${m}.weight is missing`);
+        continue;
+      }
+      if (!fmt) continue;
+      const [a, b] = w.shape as [number, number];
+      switch (fmt.name) {
+        case 'fp8':
+        case 'fp8_pb_wo': {
+          if (w.dtype !== 'F8_E4M3') fail(`${m}.weight must be F8_E4M3, is ${w.dtype}`);
+          if (fmt.name === 'fp8') {
+            values.set(`${m}.weight_scale`, await scalarOk(`${m}.weight_scale`, true));
+          } else {
+            const want = [Math.ceil(a / 128), 1, Math.ceil(b / 128), 1];
+            if (ws.dtype !== 'F32' || !same(ws.shape, want)) fail(`${m}.weight_scale must be F32 [${want.join(', ')}], is ${ws.dtype} [${ws.shape.join(', ')}]`);
+            else await checkFloatScales(ws);
+          }
+          break;
+        }
+        case 'nvfp4':
+        case 'nvfp4_awq': {
+          if (w.dtype !== 'U8') fail(`${m}.weight must be U8 (two e2m1 per byte), is ${w.dtype}`);
+          const K = b * 2;
+          if (K % 16 !== 0) fail(`${m}: in_features ${K} is not a multiple of 16`);
+          if (ws.dtype !== 'F8_E4M3' || !same(ws.shape, [a, K / 16])) fail(`${m}.weight_scale must be F8_E4M3 [${a}, ${K / 16}], is ${ws.dtype} [${ws.shape.join(', ')}]`);
+          else await checkFloatScales(ws);
+          values.set(`${m}.weight_scale_2`, await scalarOk(`${m}.weight_scale_2`, true));
+          break;
+        }
+        case 'int4_awq':
+        case 'w4a8_awq': {
+          const N = a * 2;
+          if (w.dtype !== 'U8') fail(`${m}.weight must be U8 (int4 row pairs), is ${w.dtype}`);
+          if (ws.dtype !== 'F32' || !same(ws.shape, [N, b / 128])) fail(`${m}.weight_scale must be F32 [${N}, ${b / 128}], is ${ws.dtype} [${ws.shape.join(', ')}]`);
+          else await checkFloatScales(ws);
+          if (fmt.name === 'w4a8_awq') values.set(`${m}.weight_scale_2`, await scalarOk(`${m}.weight_scale_2`, true));
+          break;
+        }
+      }
+      if (fmt.inputScaleDivisor !== undefined) values.set(`${m}.input_scale`, await scalarOk(`${m}.input_scale`, true));
+      else if (t.has(`${m}.input_scale`)) fail(`${m}.input_scale present but ${algo} has no activation scale`);
+      const pqs = t.get(`${m}.pre_quant_scale`);
+      if (pqs) {
+        if (!fmt.awq) fail(`${m}.pre_quant_scale present but ${algo} is not an AWQ format`);
+        await checkFloatScales(pqs);
+      }
+    }
+    // 9: fused groups share scalars; 11: unquantized linears are excluded and carry no scales
+    let arch;
+    try {
+      arch = architectureFor(config.model_type, join(dir, 'config.json'));
+    } catch {
+      notes.push(`model_type ${JSON.stringify(config.model_type)}: fused-group and exclusion checks skipped`);
+    }
+    if (arch) {
+      const cfg = parseModelConfig(config, join(dir, 'config.json'));
+      const linears = [...arch.alwaysExcluded];
+      for (let i = 0; i < cfg.numLayers; i++) {
+        const layout = arch.layer(i, cfg);
+        linears.push(...layout.linears);
+        for (const g of layout.groups) {
+          const members = g.members.filter((m) => quantized.has(m));
+          if (members.length > 0 && members.length < g.members.length) fail(`fused group ${g.members.join(', ')} is partly quantized`);
+          if (members.length < 2 || !fmt) continue;
+          const keys = ['input_scale', ...(fmt.unifyGroups ? ['weight_scale_2'] : [])];
+          for (const k of keys) {
+            const vals = members.map((m) => values.get(`${m}.${k}`));
+            if (vals[0] !== undefined && vals.some((v) => v !== vals[0])) {
+              if (fmt.unifyGroups) fail(`${k} differs inside fused group ${members.join(', ')} (TensorRT-LLM asserts equality)`);
+            }
+          }
+          if (fmt.name === 'fp8') {
+            const ws = members.map((m) => values.get(`${m}.weight_scale`));
+            if (ws.some((v) => v !== ws[0])) notes.push(`FP8 weight_scale differs across ${members.join(', ')}: engines requantize to the max at load (as with ModelOpt)`);
+          }
+        }
+      }
+      for (const m of linears) {
+        if (quantized.has(m)) continue;
+        if (!t.has(`${m}.weight`) && m === 'lm_head') continue; // tied
+        if (t.has(`${m}.weight`) || m === 'model.embed_tokens') {
+          if (algo !== undefined && !excluded(m)) fail(`${m} is stored unquantized but not listed in exclude_modules (engines would load it as packed)`);
+          for (const s of ['weight_scale_2', 'input_scale', 'pre_quant_scale']) if (t.has(`${m}.${s}`)) fail(`${m}.${s} present on an unquantized module`);
+        }
+      }
+    }
+    // 5: KV-cache scales
+    const kScales = [...t.keys()].filter((n) => n.endsWith('.k_proj.k_scale'));
+    const vScales = [...t.keys()].filter((n) => n.endsWith('.v_proj.v_scale'));
+    for (const n of [...kScales, ...vScales]) await scalarOk(n, true);
+    if (q?.kv_cache_quant_algo === 'FP8') {
+      const layers = typeof config.num_hidden_layers === 'number' ? config.num_hidden_layers : undefined;
+      if (kScales.length === 0) notes.push('kv_cache_quant_algo FP8 without k_scale/v_scale tensors (fp8_cast): engines use scale 1.0');
+      else if (layers !== undefined && (kScales.length !== layers || vScales.length !== layers)) fail(`KV scales on ${kScales.length}/${vScales.length} of ${layers} attention layers: all or none`);
+    }
+  } finally {
+    await ck.close();
+  }
+  return { dir, quantAlgo: algo, failures: [...new Set(failures)], notes, engines: algo ? engineSupport(algo) : [], quantizedModules };
+}
