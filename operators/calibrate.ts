@@ -1,0 +1,74 @@
+import { concatMap, defer, type OperatorFunction } from 'rxjs';
+import type { ModelUnit } from '../src/pipeline/units.js';
+import { StatsCollector } from '../src/calibration/collector.js';
+import { decoderLayer, type LinearName } from '../src/forward/layer.js';
+import { embed, loadHead, loadLayerWeights, weightSource } from '../src/forward/weights.js';
+import { ropeTables } from '../src/forward/rope.js';
+import { rmsnorm } from '../src/forward/ops.js';
+import { CalibrationDataError } from '../src/errors.js';
+
+const LINEAR_NAMES: LinearName[] = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
+
+export interface CalibrateProgress {
+  layer: number;
+  tokens: number;
+  seconds: number;
+}
+
+/**
+ * Runs the model's own forward pass over the calibration samples, one decoder layer at a time as
+ * units arrive (in order), and attaches the activation statistics each unit's linears saw
+ * (`<module>.input_amax`, `.input_absmean`, `.input_channel_amax`, `<attn>.k_amax`/`.v_amax`) to
+ * `unit.stats`. Only the current layer's weights are held in f32; the hidden states of all samples
+ * stay in memory between layers.
+ *
+ * @param samples token-id arrays (see `loadCalibration`), each run as one unpadded sequence
+ * @example
+ * ```ts
+ * const samples = await loadCalibration('calib.txt', 'model', { samples: 32, seqLen: 512 });
+ * readCheckpoint('model').pipe(calibrate(samples), quantize('nvfp4'), pack(), writeShards('out'));
+ * ```
+ */
+export function calibrate(samples: number[][], onProgress?: (p: CalibrateProgress) => void): OperatorFunction<ModelUnit, ModelUnit> {
+  if (samples.length === 0) throw new CalibrationDataError('calibrate: no samples');
+  return (source) =>
+    defer(() => {
+      let hidden: Float32Array[] | undefined;
+      let next = 0;
+      const tokens = samples.reduce((s, x) => s + x.length, 0);
+      return source.pipe(
+        concatMap(async (unit): Promise<ModelUnit> => {
+          const started = Date.now();
+          const model = unit.model;
+          const cfg = model.config;
+          const src = weightSource(model.checkpoint);
+          hidden ??= await Promise.all(samples.map((ids) => embed(src, ids, cfg.hiddenSize)));
+          const collector = new StatsCollector();
+          if (unit.kind === 'layer') {
+            if (unit.layer !== next) throw new Error(`calibrate needs layers in order: got layer ${unit.layer}, expected ${next}`);
+            next++;
+            const layout = model.layers[unit.layer]!;
+            const lw = await loadLayerWeights(src, layout, cfg);
+            const maxT = Math.max(...samples.map((s) => s.length));
+            const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, maxT);
+            hidden = hidden.map((h, i) =>
+              decoderLayer(h, samples[i]!.length, lw, cfg, cos, sin, {
+                linearInput: (name, x, T, K) => collector.observe(layout.linears[LINEAR_NAMES.indexOf(name)]!, x, T, K),
+                keysValues: (k, v) => collector.observeKV(layout.attention, k, v),
+              }),
+            );
+          } else {
+            // lm_head sees the final norm's output; it stays unquantized, but its statistics are reported too
+            const { norm } = await loadHead(src, cfg);
+            for (let i = 0; i < hidden.length; i++) {
+              const T = samples[i]!.length;
+              collector.observe('lm_head', rmsnorm(hidden[i]!, T, cfg.hiddenSize, norm, cfg.rmsNormEps), T, cfg.hiddenSize);
+            }
+          }
+          onProgress?.({ layer: unit.layer, tokens, seconds: (Date.now() - started) / 1000 });
+          const stats = collector.result();
+          return { ...unit, stats: unit.stats ? new Map([...unit.stats, ...stats]) : stats };
+        }),
+      );
+    });
+}

@@ -1,0 +1,172 @@
+/**
+ * Loads the f32 weights of a layer for the forward pass, from a source checkpoint or from an
+ * export. For an export, weights are dequantized and each linear's input goes through what the
+ * engines do at run time: pre_quant_scale, then activation quantization with input_scale
+ * (FP8 per tensor; NVFP4 per 16-element block under the global input_scale).
+ */
+import type { Checkpoint } from '../safetensors/checkpoint.js';
+import type { TensorRef } from '../safetensors/file.js';
+import type { ModelConfig } from '../models/config.js';
+import type { LayerLayout } from '../models/base.js';
+import { CheckpointError } from '../errors.js';
+import { decodeToFloat32 } from '../codecs/float.js';
+import { E4M3_VALUES, e4m3Encode } from '../codecs/e4m3.js';
+import { e2m1Encode, E2M1_VALUES, unpackNibblesK } from '../codecs/e2m1.js';
+import { unpackInt4Rows } from '../codecs/int4.js';
+import { dequantizeFp8, } from '../formats/fp8.js';
+import { dequantizeFp8Block } from '../formats/fp8-block.js';
+import { dequantizeNvfp4 } from '../formats/nvfp4.js';
+import { dequantizeInt4 } from '../formats/int4.js';
+import type { LayerWeights, LinearWeights } from './layer.js';
+
+export interface WeightSource {
+  tensors: Map<string, TensorRef>;
+  dir: string;
+  /** quant_algo of an export, undefined for a source checkpoint. */
+  quantAlgo?: string;
+}
+
+export function weightSource(ck: Checkpoint, quantAlgo?: string): WeightSource {
+  return { tensors: ck.tensors, dir: ck.dir, quantAlgo };
+}
+
+async function f32(src: WeightSource, name: string): Promise<Float32Array> {
+  const t = src.tensors.get(name);
+  if (!t) throw new CheckpointError(src.dir, `tensor "${name}" is missing`);
+  return decodeToFloat32(await t.read(), t.dtype, name);
+}
+
+async function scalar(src: WeightSource, name: string): Promise<number> {
+  return (await f32(src, name))[0]!;
+}
+
+/** Fake-quantizes activations to FP8 with a per-tensor scale: e4m3(x / s) * s. */
+export function fp8ActQuant(scale: number): (x: Float32Array) => Float32Array {
+  return (x) => {
+    const out = new Float32Array(x.length);
+    for (let i = 0; i < x.length; i++) out[i] = Math.fround(E4M3_VALUES[e4m3Encode(Math.fround(x[i]! / scale))]! * scale);
+    return out;
+  };
+}
+
+/** NVFP4 activations: per 16 values along K, scale = e4m3(blockAmax / (6 * s)), x_q = e2m1(x / (scale * s)). */
+export function nvfp4ActQuant(s: number): (x: Float32Array) => Float32Array {
+  return (x) => {
+    const out = new Float32Array(x.length);
+    for (let b = 0; b < x.length; b += 16) {
+      let m = 0;
+      for (let i = b; i < b + 16; i++) m = Math.max(m, Math.abs(x[i]!));
+      const bs = E4M3_VALUES[e4m3Encode(Math.min(448, Math.fround(m / Math.fround(6 * s))))]!;
+      const div = Math.fround(bs * s);
+      if (div === 0) continue;
+      for (let i = b; i < b + 16; i++) out[i] = Math.fround(E2M1_VALUES[e2m1Encode(Math.fround(x[i]! / div))]! * div);
+    }
+    return out;
+  };
+}
+
+function withPreQuantScale(pqs: Float32Array | undefined, next?: (x: Float32Array) => Float32Array): ((x: Float32Array) => Float32Array) | undefined {
+  if (!pqs) return next;
+  return (x) => {
+    const K = pqs.length;
+    const y = new Float32Array(x.length);
+    for (let i = 0; i < x.length; i++) y[i] = Math.fround(x[i]! * pqs[i % K]!);
+    return next ? next(y) : y;
+  };
+}
+
+/** One linear's weights: plain, or dequantized from the export's format. */
+export async function loadLinear(src: WeightSource, module: string): Promise<LinearWeights> {
+  const wt = src.tensors.get(`${module}.weight`);
+  if (!wt) throw new CheckpointError(src.dir, `tensor "${module}.weight" is missing`);
+  const bias = src.tensors.has(`${module}.bias`) ? await f32(src, `${module}.bias`) : undefined;
+  const quantized = src.tensors.has(`${module}.weight_scale`);
+  if (!quantized) {
+    const [N, K] = wt.shape as [number, number];
+    return { w: decodeToFloat32(await wt.read(), wt.dtype, wt.name), N, K, b: bias };
+  }
+  const algo = src.quantAlgo;
+  const raw = await wt.read();
+  const pqs = src.tensors.has(`${module}.pre_quant_scale`) ? await f32(src, `${module}.pre_quant_scale`) : undefined;
+  const inputScale = src.tensors.has(`${module}.input_scale`) ? await scalar(src, `${module}.input_scale`) : undefined;
+  switch (algo) {
+    case 'FP8': {
+      const [N, K] = wt.shape as [number, number];
+      const w = dequantizeFp8(raw, await scalar(src, `${module}.weight_scale`));
+      return { w, N, K, b: bias, input: inputScale === undefined ? undefined : fp8ActQuant(inputScale) };
+    }
+    case 'fp8_pb_wo': {
+      const [N, K] = wt.shape as [number, number];
+      return { w: dequantizeFp8Block(raw, N, K, await f32(src, `${module}.weight_scale`)), N, K, b: bias };
+    }
+    case 'NVFP4':
+    case 'NVFP4_AWQ': {
+      const N = wt.shape[0]!, K = wt.shape[1]! * 2;
+      const scales = await src.tensors.get(`${module}.weight_scale`)!.read();
+      const w = dequantizeNvfp4(unpackNibblesK(raw), scales, N, K, await scalar(src, `${module}.weight_scale_2`));
+      return { w, N, K, b: bias, input: withPreQuantScale(pqs, inputScale === undefined ? undefined : nvfp4ActQuant(inputScale)) };
+    }
+    case 'W4A16_AWQ':
+    case 'W4A8_AWQ': {
+      const N = wt.shape[0]! * 2, K = wt.shape[1]!;
+      const q = unpackInt4Rows(raw, N, K);
+      const ws = await f32(src, `${module}.weight_scale`);
+      let w: Float32Array;
+      if (algo === 'W4A8_AWQ') {
+        // TensorRT-LLM runs int4 * (weight_scale / weight_scale_2) as e4m3, times weight_scale_2
+        const ws2 = await scalar(src, `${module}.weight_scale_2`);
+        const ng = K / 128;
+        w = new Float32Array(N * K);
+        for (let i = 0; i < N * K; i++) {
+          const s = Math.fround(ws[Math.floor(i / K) * ng + Math.floor((i % K) / 128)]! / ws2);
+          w[i] = Math.fround(E4M3_VALUES[e4m3Encode(Math.fround(q[i]! * s))]! * ws2);
+        }
+      } else w = dequantizeInt4(q, N, K, ws);
+      return { w, N, K, b: bias, input: withPreQuantScale(pqs, inputScale === undefined ? undefined : fp8ActQuant(inputScale)) };
+    }
+    default:
+      throw new CheckpointError(src.dir, `cannot run quant_algo ${JSON.stringify(algo)} (module ${module})`);
+  }
+}
+
+export async function loadLayerWeights(src: WeightSource, layout: LayerLayout, cfg: ModelConfig): Promise<LayerWeights> {
+  const [q, k, v, o, gate, up, down] = await Promise.all(layout.linears.map((m) => loadLinear(src, m)));
+  const p = layout.prefix;
+  const has = (n: string) => src.tensors.has(n);
+  void cfg;
+  return {
+    q: q!, k: k!, v: v!, o: o!, gate: gate!, up: up!, down: down!,
+    inputNorm: await f32(src, `${p}.input_layernorm.weight`),
+    postNorm: await f32(src, `${p}.post_attention_layernorm.weight`),
+    qNorm: has(`${layout.attention}.q_norm.weight`) ? await f32(src, `${layout.attention}.q_norm.weight`) : undefined,
+    kNorm: has(`${layout.attention}.k_norm.weight`) ? await f32(src, `${layout.attention}.k_norm.weight`) : undefined,
+  };
+}
+
+/** Embedding rows for token ids [T] -> [T, H]; reads only the rows needed. */
+export async function embed(src: WeightSource, ids: ArrayLike<number>, H: number): Promise<Float32Array> {
+  const t = src.tensors.get('model.embed_tokens.weight');
+  if (!t) throw new CheckpointError(src.dir, 'tensor "model.embed_tokens.weight" is missing');
+  const vocab = t.shape[0]!;
+  const out = new Float32Array(ids.length * H);
+  const cache = new Map<number, Float32Array>();
+  for (let i = 0; i < ids.length; i++) {
+    const id = ids[i]!;
+    if (!(id >= 0 && id < vocab)) throw new CheckpointError(src.dir, `token id ${id} is outside the vocabulary (${vocab})`);
+    let row = cache.get(id);
+    if (!row) {
+      row = decodeToFloat32(await t.readRows(id, id + 1), t.dtype);
+      cache.set(id, row);
+    }
+    out.set(row, i * H);
+  }
+  return out;
+}
+
+/** Final norm and the output head (the embedding matrix when tied). */
+export async function loadHead(src: WeightSource, cfg: ModelConfig): Promise<{ norm: Float32Array; head: LinearWeights }> {
+  const norm = await f32(src, 'model.norm.weight');
+  const head = src.tensors.has('lm_head.weight') ? await loadLinear(src, 'lm_head') : await loadLinear(src, 'model.embed_tokens');
+  if (head.K !== cfg.hiddenSize) throw new CheckpointError(src.dir, `lm_head has ${head.K} inputs, expected hidden_size ${cfg.hiddenSize}`);
+  return { norm, head };
+}
