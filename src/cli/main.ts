@@ -12,6 +12,9 @@ import { FORMAT_NAMES, formatSpec, kvCacheMode, KV_CACHE_MODES } from '../export
 import { loadStats } from '../export/stats.js';
 import { formatBytes } from '../safetensors/size.js';
 import { outputMode, Reporter } from './progress.js';
+import { loadCalibration, DEFAULT_CALIB_SAMPLES, DEFAULT_CALIB_SEQ_LEN } from '../calibration/data.js';
+import { calibrateModel, writeStats } from '../calibration/run.js';
+import { perplexity } from '../eval.js';
 
 /** Package root (works from src/ under tsx/vitest and from dist/src/ once built). */
 export const PACKAGE_ROOT = (() => {
@@ -29,6 +32,7 @@ export const PACKAGE_ROOT = (() => {
 })();
 export const DEFAULT_MODEL = join(PACKAGE_ROOT, 'assets', 'stories260K');
 export const DEFAULT_CALIB_TEXT = join(PACKAGE_ROOT, 'assets', 'text', 'tinystories_calib.txt');
+export const DEFAULT_EVAL_TEXT = join(PACKAGE_ROOT, 'assets', 'text', 'tinystories_eval.txt');
 
 function intOption(name: string) {
   return (v: string) => {
@@ -65,7 +69,12 @@ export function buildProgram(): Command {
     .argument('[model]', 'model folder (default: the bundled stories260K)')
     .addOption(new Option('-f, --format <format>', 'quantization format').choices([...FORMAT_NAMES]).default('nvfp4'))
     .option('-o, --out <dir>', 'output folder', 'rxquant-out')
-    .option('--stats <file>', 'activation statistics (safetensors: <module>.input_amax, ...)')
+    .option('--stats <file>', 'activation statistics (safetensors: <module>.input_amax, ...), e.g. from `rxquant calibrate`')
+    .option('--calib <file>', 'calibration data (.txt, .jsonl, .parquet, .json token ids); default: the bundled TinyStories text')
+    .option('--calib-samples <n>', 'calibration samples', intOption('--calib-samples'), DEFAULT_CALIB_SAMPLES)
+    .option('--calib-seq-len <n>', 'tokens per calibration sample', intOption('--calib-seq-len'), DEFAULT_CALIB_SEQ_LEN)
+    .option('--eval <text>', 'report perplexity on this text before and after (default without a model argument: the bundled text)')
+    .option('--eval-windows <n>', 'windows of 512 tokens scored by --eval (0 = the whole text)', intOption('--eval-windows'), 16)
     .addOption(new Option('--kv-cache <mode>', 'KV cache quantization').choices([...KV_CACHE_MODES]).default('fp8_cast'))
     .option('--max-shard-size <size>', 'largest shard (GB/MB decimal, GiB/MiB binary)', '10GB')
     .option('--exclude <pattern...>', 'extra module patterns to keep unquantized (fnmatch, * matches dots)')
@@ -78,6 +87,18 @@ export function buildProgram(): Command {
       const format = formatSpec(o.format);
       const modelDir = resolve(model ?? DEFAULT_MODEL);
       const stats = o.stats ? await loadStats(resolve(o.stats)) : undefined;
+      const needsStats = format.inputScaleDivisor !== undefined || o.kvCache === 'fp8';
+      let calibration: number[][] | undefined;
+      if (o.calib || (needsStats && !stats)) {
+        const calibPath = resolve(o.calib ?? DEFAULT_CALIB_TEXT);
+        calibration = await loadCalibration(calibPath, modelDir, { samples: o.calibSamples, seqLen: o.calibSeqLen });
+        const toks = calibration.reduce((a, s) => a + s.length, 0);
+        rep.info(`calibrating on ${calibration.length} samples (${toks} tokens) of ${calibPath}`);
+        rep.event('calibration', { file: calibPath, samples: calibration.length, tokens: toks });
+      }
+      const evalText = o.eval ? resolve(o.eval) : model === undefined ? DEFAULT_EVAL_TEXT : undefined;
+      const evalOpts = { maxWindows: o.evalWindows === 0 ? undefined : o.evalWindows };
+      const before = evalText ? await perplexity(modelDir, evalText, evalOpts) : undefined;
       const started = Date.now();
       const done = await exportCheckpoint({
         model: modelDir,
@@ -90,6 +111,8 @@ export function buildProgram(): Command {
         workers: o.workers,
         overwrite: o.overwrite,
         layersInFlight: o.layersInFlight,
+        calibration,
+        onCalibrate: (p) => rep.event('calibrate', { layer: p.layer, tokens: p.tokens, seconds: p.seconds }),
         onPlan: (plan) => {
           for (const w of plan.warnings) rep.warn(w);
           const total = plan.outputs.length;
@@ -120,6 +143,47 @@ export function buildProgram(): Command {
       });
       rep.info(`wrote ${done.outDir}`);
       rep.info(`format ${format.name} (quant_algo ${format.quantAlgo}), ${nq}/${q.size} linears quantized, ${formatBytes(done.totalBytes)} in ${done.shards.shards.length} shard(s), ${secs.toFixed(1)} s`);
+      if (evalText && before) {
+        const after = await perplexity(done.outDir, evalText, evalOpts);
+        rep.event('perplexity', { text: evalText, tokens: after.tokens, before: before.perplexity, after: after.perplexity });
+        rep.info(`perplexity on ${after.tokens} tokens of ${evalText}: ${before.perplexity.toFixed(4)} before, ${after.perplexity.toFixed(4)} after (${format.name})`);
+      }
+    });
+
+  program
+    .command('calibrate')
+    .description("run the model's own forward pass over calibration data and write the activation statistics `quantize --stats` reads")
+    .argument('<model-dir>')
+    .option('--calib <file>', 'calibration data (.txt, .jsonl, .parquet, .json token ids); default: the bundled TinyStories text')
+    .requiredOption('-o, --out <stats.safetensors>', 'statistics file to write')
+    .option('--calib-samples <n>', 'calibration samples', intOption('--calib-samples'), DEFAULT_CALIB_SAMPLES)
+    .option('--calib-seq-len <n>', 'tokens per calibration sample', intOption('--calib-seq-len'), DEFAULT_CALIB_SEQ_LEN)
+    .option('--json', 'one JSON object per line on stdout')
+    .action(async (modelDir: string, o: Record<string, any>) => {
+      const rep = new Reporter(outputMode(o.json));
+      const dir = resolve(modelDir);
+      const calibPath = resolve(o.calib ?? DEFAULT_CALIB_TEXT);
+      const samples = await loadCalibration(calibPath, dir, { samples: o.calibSamples, seqLen: o.calibSeqLen });
+      const tokens = samples.reduce((a, s) => a + s.length, 0);
+      const started = Date.now();
+      const stats = await calibrateModel(dir, samples, (p) => rep.event('calibrate', { layer: p.layer, tokens: p.tokens, seconds: p.seconds }));
+      await writeStats(resolve(o.out), stats);
+      const secs = (Date.now() - started) / 1000;
+      rep.event('done', { out: resolve(o.out), samples: samples.length, tokens, seconds: secs, tokens_per_s: tokens / secs });
+      rep.info(`wrote ${stats.size} statistics to ${resolve(o.out)} (${samples.length} samples, ${tokens} tokens, ${secs.toFixed(1)} s, ${(tokens / secs).toFixed(0)} tokens/s)`);
+    });
+
+  program
+    .command('eval')
+    .description('perplexity of a model or an export on a text (exports run as engines run them: dequantized weights, quantized activations)')
+    .argument('<model-or-export-dir>')
+    .requiredOption('--text <file>', 'text file')
+    .option('--max-windows <n>', 'score only the first N windows of 512 tokens', intOption('--max-windows'))
+    .option('--json', 'print the result as JSON')
+    .action(async (dir: string, o: { text: string; maxWindows?: number; json?: boolean }) => {
+      const r = await perplexity(resolve(dir), resolve(o.text), { maxWindows: o.maxWindows });
+      if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
+      else process.stdout.write(`perplexity ${r.perplexity.toFixed(4)}\n(${r.tokens} tokens in ${r.windows} windows${r.quantAlgo ? `, ${r.quantAlgo}` : ''}, mean NLL ${r.meanNll.toFixed(6)})\n`);
     });
 
   program

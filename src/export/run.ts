@@ -4,6 +4,8 @@ import { readCheckpoint } from '../../operators/readCheckpoint.js';
 import { quantize } from '../../operators/quantize.js';
 import { pack } from '../../operators/pack.js';
 import { writeShards, type WriteEvent } from '../../operators/writeShards.js';
+import { calibrate, type CalibrateProgress } from '../../operators/calibrate.js';
+import { identity } from 'rxjs';
 import type { FormatName } from './formats.js';
 import type { ExportOptions, ExportPlan } from './plan.js';
 
@@ -15,6 +17,9 @@ export interface ExportCheckpointOptions extends ExportOptions {
   workers?: number;
   overwrite?: boolean;
   layersInFlight?: number;
+  /** Calibration samples (token ids): run the forward pass inline, layer by layer, for the statistics. */
+  calibration?: number[][];
+  onCalibrate?: (p: CalibrateProgress) => void;
   onPlan?: (plan: ExportPlan) => void;
   onEvent?: (e: WriteEvent) => void;
 }
@@ -22,6 +27,7 @@ export interface ExportCheckpointOptions extends ExportOptions {
 export async function exportCheckpoint(o: ExportCheckpointOptions): Promise<Extract<WriteEvent, { type: 'done' }>> {
   const last = await lastValueFrom(
     readCheckpoint(o.model, { layersInFlight: o.layersInFlight }).pipe(
+      o.calibration ? calibrate(o.calibration, o.onCalibrate) : identity,
       quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, onPlan: o.onPlan }),
       pack(),
       writeShards(o.out, { maxShardSize: o.maxShardSize, overwrite: o.overwrite }),

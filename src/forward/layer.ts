@@ -4,7 +4,7 @@
  * and values (KV-cache scales).
  */
 import type { ModelConfig } from '../models/config.js';
-import { matmul, rmsnorm, silu, softmaxRows } from './ops.js';
+import { matmul, rmsnorm, silu } from './ops.js';
 import { applyRope } from './rope.js';
 
 /** A linear as the forward pass uses it: f32 weight [N, K], optional bias, optional input transform. */
@@ -41,8 +41,6 @@ export interface LayerHooks {
   keysValues?(k: Float32Array, v: Float32Array, T: number): void;
 }
 
-/** f32 min: transformers' additive mask value for positions a query may not attend to. */
-const MASKED = -3.4028234663852886e38;
 
 function linear(l: LinearWeights, x: Float32Array, T: number): Float32Array {
   const xin = l.input ? l.input(x, T) : x;
@@ -75,36 +73,7 @@ export function decoderLayer(
   applyRope(q, T, nH, d, cos, sin);
   applyRope(k, T, nKV, d, cos, sin);
   hooks.keysValues?.(k, v, T);
-  const att = new Float32Array(T * nH * d); // [T, nH*d]
-  const scores = new Float32Array(T * T);
-  const scale = 1 / Math.sqrt(d);
-  const group = nH / nKV;
-  for (let hh = 0; hh < nH; hh++) {
-    const kvh = Math.floor(hh / group);
-    for (let i = 0; i < T; i++) {
-      const qo = (i * nH + hh) * d;
-      for (let j = 0; j < T; j++) {
-        if (j > i || (valid && !valid[j])) {
-          scores[i * T + j] = MASKED;
-          continue;
-        }
-        const ko = (j * nKV + kvh) * d;
-        let s = 0;
-        for (let e = 0; e < d; e++) s += q[qo + e]! * k[ko + e]!;
-        scores[i * T + j] = s * scale;
-      }
-    }
-    softmaxRows(scores, T, T);
-    for (let i = 0; i < T; i++) {
-      const oo = (i * nH + hh) * d;
-      for (let j = 0; j < T; j++) {
-        const p = scores[i * T + j]!;
-        if (p === 0) continue;
-        const vo = (j * nKV + kvh) * d;
-        for (let e = 0; e < d; e++) att[oo + e] = att[oo + e]! + p * v[vo + e]!;
-      }
-    }
-  }
+  const att = attention(q, k, v, T, nH, nKV, d, valid); // [T, nH*d]
   hooks.linearInput?.('o', att, T, nH * d);
   const o = linear(lw.o, att, T); // [T, H]
   const h1 = new Float32Array(T * H);
@@ -120,4 +89,78 @@ export function decoderLayer(
   const dn = linear(lw.down, g, T); // [T, H]
   for (let i = 0; i < h1.length; i++) h1[i] = h1[i]! + dn[i]!;
   return h1;
+}
+
+/**
+ * Causal grouped-query attention, softmax fused into the loop: one row of scores at a time, only
+ * over the keys a query may see (j <= i, not padding). transformers' eager path adds f32-min to the
+ * other scores, so they get weight exactly 0; a query that may see no key at all (padding at the
+ * start of a sequence) gets a uniform average over all T values, as the all-masked row does there.
+ * q [T, nH*d], k/v [T, nKV*d] -> [T, nH*d]
+ */
+export function attention(q: Float32Array, k: Float32Array, v: Float32Array, T: number, nH: number, nKV: number, d: number, valid?: Uint8Array): Float32Array {
+  const out = new Float32Array(T * nH * d);
+  const scale = 1 / Math.sqrt(d);
+  const group = nH / nKV;
+  const p = new Float64Array(T);
+  const acc = new Float64Array(d);
+  // contiguous per-head copies keep the inner loops on unit stride
+  const kh = new Float32Array(T * d), vh = new Float32Array(T * d), qh = new Float32Array(T * d);
+  for (let g = 0; g < nKV; g++) {
+    for (let t = 0; t < T; t++)
+      for (let e = 0; e < d; e++) {
+        kh[t * d + e] = k[(t * nKV + g) * d + e]!;
+        vh[t * d + e] = v[(t * nKV + g) * d + e]!;
+      }
+    for (let hh = g * group; hh < (g + 1) * group; hh++) {
+      for (let t = 0; t < T; t++) for (let e = 0; e < d; e++) qh[t * d + e] = q[(t * nH + hh) * d + e]!;
+      for (let i = 0; i < T; i++) {
+        const qo = i * d;
+        let m = -Infinity;
+        for (let j = 0; j <= i; j++) {
+          if (valid && !valid[j]) {
+            p[j] = -Infinity;
+            continue;
+          }
+          const ko = j * d;
+          let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+          let e = 0;
+          for (; e + 4 <= d; e += 4) {
+            s0 += qh[qo + e]! * kh[ko + e]!;
+            s1 += qh[qo + e + 1]! * kh[ko + e + 1]!;
+            s2 += qh[qo + e + 2]! * kh[ko + e + 2]!;
+            s3 += qh[qo + e + 3]! * kh[ko + e + 3]!;
+          }
+          for (; e < d; e++) s0 += qh[qo + e]! * kh[ko + e]!;
+          const s = Math.fround((s0 + s1 + s2 + s3) * scale);
+          p[j] = s;
+          if (s > m) m = s;
+        }
+        acc.fill(0);
+        const oo = (i * nH + hh) * d;
+        if (m === -Infinity) {
+          for (let j = 0; j < T; j++) for (let e = 0; e < d; e++) acc[e] = acc[e]! + vh[j * d + e]!;
+          for (let e = 0; e < d; e++) out[oo + e] = acc[e]! / T;
+          continue;
+        }
+        let sum = 0;
+        for (let j = 0; j <= i; j++) {
+          if (p[j] === -Infinity) continue;
+          const w = Math.exp(p[j]! - m);
+          sum += w;
+          const vo = j * d;
+          let e = 0;
+          for (; e + 4 <= d; e += 4) {
+            acc[e] = acc[e]! + w * vh[vo + e]!;
+            acc[e + 1] = acc[e + 1]! + w * vh[vo + e + 1]!;
+            acc[e + 2] = acc[e + 2]! + w * vh[vo + e + 2]!;
+            acc[e + 3] = acc[e + 3]! + w * vh[vo + e + 3]!;
+          }
+          for (; e < d; e++) acc[e] = acc[e]! + w * vh[vo + e]!;
+        }
+        for (let e = 0; e < d; e++) out[oo + e] = acc[e]! / sum;
+      }
+    }
+  }
+  return out;
 }

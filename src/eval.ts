@@ -1,0 +1,96 @@
+/**
+ * Perplexity, with the protocol of ../shared/data/stories260K/reference/stories260K-reference.json:
+ * the whole text tokenized without BOS, cut into chunks of (window - 1) ids, each fed as [BOS] + chunk,
+ * every chunk id scored (the first one predicted from BOS); mean natural-log NLL over all scored ids.
+ * On an export, the model runs as the engines run it: dequantized weights, pre_quant_scale, and
+ * activations quantized with input_scale.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { openCheckpoint } from './safetensors/checkpoint.js';
+import { readConfigJson } from './model.js';
+import { architectureFor, parseModelConfig } from './models/index.js';
+import { decoderLayer, type LayerWeights, type LinearWeights } from './forward/layer.js';
+import { embed, loadHead, loadLayerWeights, weightSource } from './forward/weights.js';
+import { ropeTables } from './forward/rope.js';
+import { matmul, rmsnorm } from './forward/ops.js';
+import { encodeText, loadTokenizer } from './calibration/data.js';
+import { CalibrationDataError, CheckpointError } from './errors.js';
+
+export interface PerplexityOptions {
+  /** Positions per window including BOS (default 512). */
+  window?: number;
+  /** Score only the first N windows (default: all). */
+  maxWindows?: number;
+  onWindow?: (done: number, total: number) => void;
+}
+
+export interface PerplexityResult {
+  perplexity: number;
+  meanNll: number;
+  tokens: number;
+  windows: number;
+  quantAlgo?: string;
+}
+
+export async function perplexity(modelDir: string, textPath: string, opts: PerplexityOptions = {}): Promise<PerplexityResult> {
+  const window = opts.window ?? 512;
+  let text: string;
+  try {
+    text = await readFile(textPath, 'utf8');
+  } catch {
+    throw new CalibrationDataError(`${textPath}: text not found`);
+  }
+  if (text.length === 0) throw new CalibrationDataError(`${textPath}: text is empty`);
+  const { plain } = await readConfigJson(modelDir);
+  const arch = architectureFor(plain.model_type, join(modelDir, 'config.json'));
+  const cfg = parseModelConfig(plain, join(modelDir, 'config.json'));
+  const bos = cfg.bosTokenId;
+  if (bos === undefined) throw new CheckpointError(join(modelDir, 'config.json'), 'bos_token_id is needed for the perplexity protocol');
+  const ids = encodeText(await loadTokenizer(modelDir), text);
+  const quantAlgo = (plain.quantization_config as { quant_algo?: string } | undefined)?.quant_algo;
+  const ck = await openCheckpoint(modelDir);
+  try {
+    const src = weightSource(ck, quantAlgo);
+    const layers: LayerWeights[] = [];
+    for (let i = 0; i < cfg.numLayers; i++) layers.push(await loadLayerWeights(src, arch.layer(i, cfg), cfg));
+    const { norm, head } = await loadHead(src, cfg);
+    const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, window);
+    const chunk = window - 1;
+    const total = Math.min(Math.ceil(ids.length / chunk), opts.maxWindows ?? Infinity);
+    let nll = 0;
+    let scored = 0;
+    for (let w = 0; w < total; w++) {
+      const part = ids.slice(w * chunk, (w + 1) * chunk);
+      const input = [bos, ...part];
+      const T = input.length;
+      let h = await embed(src, input, cfg.hiddenSize);
+      for (const lw of layers) h = decoderLayer(h, T, lw, cfg, cos, sin);
+      const x = rmsnorm(h, T, cfg.hiddenSize, norm, cfg.rmsNormEps);
+      nll += scoreNextTokens(x, T, head, part);
+      scored += part.length;
+      opts.onWindow?.(w + 1, total);
+    }
+    const meanNll = nll / scored;
+    return { perplexity: Math.exp(meanNll), meanNll, tokens: scored, windows: total, quantAlgo };
+  } finally {
+    await ck.close();
+  }
+}
+
+/** Sum over positions t < T-1... of -log softmax(logits[t])[target[t]]; position t predicts targets[t]. */
+function scoreNextTokens(x: Float32Array, T: number, head: LinearWeights, targets: number[]): number {
+  const V = head.N;
+  const xin = head.input ? head.input(x, T) : x;
+  const logits = matmul(xin, T, head.K, head.w, V, head.b); // [T, V]
+  let nll = 0;
+  for (let t = 0; t < targets.length; t++) {
+    const o = t * V;
+    let m = -Infinity;
+    for (let v = 0; v < V; v++) m = Math.max(m, logits[o + v]!);
+    let s = 0;
+    for (let v = 0; v < V; v++) s += Math.exp(logits[o + v]! - m);
+    nll += Math.log(s) + m - logits[o + targets[t]!]!;
+  }
+  return nll;
+}
