@@ -65,8 +65,7 @@ export async function loadCalibration(path: string, modelDir: string, opts: Cali
     }
     samples = (data as number[][]).filter((s) => s.length > 0);
   } else if (ext === '.txt' || ext === '') {
-    const text = await readFile(path, 'utf8');
-    const ids = encodeText(await loadTokenizer(modelDir), text);
+    const ids = encodePrefix(await loadTokenizer(modelDir), await readFile(path, 'utf8'), opts.samples * opts.seqLen);
     samples = [];
     for (let i = 0; i < ids.length && samples.length < opts.samples; i += opts.seqLen) samples.push(ids.slice(i, i + opts.seqLen));
   } else if (ext === '.jsonl' || ext === '.parquet') {
@@ -78,6 +77,21 @@ export async function loadCalibration(path: string, modelDir: string, opts: Cali
   }
   if (samples.length === 0) throw new CalibrationDataError(`${path}: no calibration samples (empty text?)`);
   return samples;
+}
+
+/**
+ * Token ids of at least the first `need` tokens of a text (all of them if it is shorter). Tokenizes a
+ * prefix cut at a line break, doubling it until it yields `need` tokens plus a margin; the margin
+ * guarantees the ids kept are the ones the whole text would give (merges never reach across lines).
+ */
+export function encodePrefix(tok: Tokenizer, text: string, need: number): number[] {
+  const margin = 64;
+  for (let chars = Math.max(4096, need * 8); ; chars *= 2) {
+    if (chars >= text.length) return encodeText(tok, text);
+    const cut = text.lastIndexOf('\n', chars);
+    const ids = encodeText(tok, text.slice(0, cut > 0 ? cut : chars));
+    if (ids.length >= need + margin) return ids.slice(0, need);
+  }
 }
 
 async function jsonlTexts(path: string, max: number): Promise<string[]> {

@@ -1,0 +1,198 @@
+/** The forward pass and its statistics against Hugging Face transformers (../shared/data/reference). */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openCheckpoint, loadStats, openModel, type Stats } from '../src/index.js';
+import { calibrateModel, writeStats } from '../src/calibration/run.js';
+import { loadCalibration, loadTokenizer, encodeText } from '../src/calibration/data.js';
+import { decoderLayer } from '../src/forward/layer.js';
+import { embed, loadHead, loadLayerWeights, weightSource } from '../src/forward/weights.js';
+import { ropeTables } from '../src/forward/rope.js';
+import { matmul, matmulRef, rmsnorm } from '../src/forward/ops.js';
+import { perplexity } from '../src/eval.js';
+import { exportCheckpoint } from '../src/export/run.js';
+import { CalibrationDataError } from '../src/errors.js';
+import { DATA, REF, STORIES, synthetic, DENSE_MODELS } from './helpers.js';
+
+let tmp: string;
+beforeAll(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'rxq-calib-'));
+});
+afterAll(async () => {
+  await rm(tmp, { recursive: true, force: true });
+});
+
+const REFERENCE = JSON.parse(await readFile(join(DATA, 'stories260K', 'reference', 'stories260K-reference.json'), 'utf8'));
+const CASES = [
+  { label: 'stories260K', dir: STORIES, ref: join(REF, 'stories260K', 'calib16x256.safetensors') },
+  ...DENSE_MODELS.map((a) => ({ label: a, dir: synthetic(a), ref: join(synthetic(a), 'reference.safetensors') })),
+];
+
+async function inputIds(refPath: string): Promise<number[][]> {
+  const ck = await openCheckpoint(refPath);
+  const t = ck.tensors.get('input_ids')!;
+  const raw = await t.read();
+  const ids = new BigInt64Array(raw.slice().buffer);
+  const [B, T] = t.shape as [number, number];
+  await ck.close();
+  return Array.from({ length: B }, (_, b) => Array.from(ids.subarray(b * T, (b + 1) * T), Number));
+}
+
+/** max |a - b| / max |b| */
+function relErr(a: Float32Array, b: Float32Array): number {
+  let d = 0, m = 0;
+  for (let i = 0; i < b.length; i++) {
+    d = Math.max(d, Math.abs(a[i]! - b[i]!));
+    m = Math.max(m, Math.abs(b[i]!));
+  }
+  return d / m;
+}
+
+describe('blocked matmul equals the reference triple loop', () => {
+  it('on ragged sizes', () => {
+    const T = 7, K = 13, N = 5;
+    const x = Float32Array.from({ length: T * K }, (_, i) => Math.sin(i));
+    const w = Float32Array.from({ length: N * K }, (_, i) => Math.cos(i * 0.7));
+    const b = Float32Array.from({ length: N }, (_, i) => i / 3);
+    expect(relErr(matmul(x, T, K, w, N, b), matmulRef(x, T, K, w, N, b))).toBeLessThan(1e-6);
+  });
+});
+
+for (const c of CASES) {
+  describe(`forward pass of ${c.label} vs transformers`, () => {
+    let ids: number[][];
+    let ref: Stats;
+    beforeAll(async () => {
+      ids = await inputIds(c.ref);
+      ref = await loadStats(c.ref);
+    });
+
+    it('hidden states after every layer (and logits) within 1e-4 relative', async () => {
+      const model = await openModel(c.dir);
+      const cfg = model.config;
+      const src = weightSource(model.checkpoint);
+      const T = ids[0]!.length;
+      const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
+      const hs = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize)));
+      const cat = (arr: Float32Array[]) => Float32Array.from(arr.flatMap((a) => Array.from(a)));
+      expect(relErr(cat(hs), ref.get('hidden_states.0')!)).toBeLessThan(1e-6);
+      let h = hs;
+      for (let l = 0; l < cfg.numLayers; l++) {
+        const lw = await loadLayerWeights(src, model.layers[l]!, cfg);
+        h = h.map((x) => decoderLayer(x, T, lw, cfg, cos, sin));
+        if (l < cfg.numLayers - 1) expect(relErr(cat(h), ref.get(`hidden_states.${l + 1}`)!), `layer ${l}`).toBeLessThan(1e-4);
+      }
+      const { norm, head } = await loadHead(src, cfg);
+      const normed = h.map((x) => rmsnorm(x, T, cfg.hiddenSize, norm, cfg.rmsNormEps));
+      expect(relErr(cat(normed), ref.get(`hidden_states.${cfg.numLayers}`)!)).toBeLessThan(1e-4);
+      if (ref.has('logits')) {
+        const logits = cat(normed.map((x) => matmul(x, T, head.K, head.w, head.N)));
+        expect(relErr(logits, ref.get('logits')!)).toBeLessThan(1e-4);
+      }
+      await model.close();
+    });
+
+    it('input_amax and input_absmean of every linear within 1e-4 relative', async () => {
+      const stats = await calibrateModel(c.dir, ids);
+      let checked = 0;
+      for (const [k, v] of ref) {
+        if (!/\.(input_amax|input_absmean)$/.test(k)) continue;
+        const got = stats.get(k);
+        expect(got, k).toBeDefined();
+        expect(relErr(got!, v), k).toBeLessThan(1e-4);
+        checked++;
+      }
+      expect(checked).toBeGreaterThanOrEqual(14 * 2);
+      // post-RoPE K/V amax is reported per attention module, positive
+      expect(stats.get('model.layers.0.self_attn.k_amax')![0]).toBeGreaterThan(0);
+    });
+  });
+}
+
+describe('stories260K against its reference JSON', () => {
+  it('prompt logits within 1e-4 absolute', async () => {
+    const model = await openModel(STORIES);
+    const cfg = model.config;
+    const src = weightSource(model.checkpoint);
+    const ids: number[] = REFERENCE.prompt_logits.prompt_ids;
+    const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, ids.length);
+    let h = await embed(src, ids, cfg.hiddenSize);
+    for (const layout of model.layers) h = decoderLayer(h, ids.length, await loadLayerWeights(src, layout, cfg), cfg, cos, sin);
+    const { norm, head } = await loadHead(src, cfg);
+    const logits = matmul(rmsnorm(h, ids.length, cfg.hiddenSize, norm, cfg.rmsNormEps), ids.length, head.K, head.w, head.N);
+    const want: number[][] = REFERENCE.prompt_logits.logits;
+    let worst = 0;
+    want.forEach((row, t) => row.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - logits[t * head.N + j]!)))));
+    expect(worst).toBeLessThan(1e-4);
+    await model.close();
+  });
+
+  it('tokenizes the TinyStories file exactly as the reference (393,018 ids, same sum)', async () => {
+    const tok = await loadTokenizer(STORIES);
+    const ids = encodeText(tok, await readFile(join(DATA, 'text', 'tinystories_valid_excerpt.txt'), 'utf8'));
+    expect(ids.length).toBe(REFERENCE.tinystories_file_tokenization.num_tokens);
+    expect(ids.reduce((a, b) => a + b, 0)).toBe(REFERENCE.tinystories_file_tokenization.sum_ids);
+    for (const c of REFERENCE.tokenizer_cases) expect([1, ...encodeText(tok, c.text)]).toEqual(c.ids_with_bos);
+  });
+
+  it('perplexity protocol: the first 6 windows match the reference per-window mean NLL', async () => {
+    const r = await perplexity(STORIES, join(DATA, 'text', 'tinystories_valid_excerpt.txt'), { maxWindows: 6 });
+    const want: number[] = REFERENCE.perplexity.window_mean_nll.slice(0, 6);
+    const wantMean = want.reduce((a, b) => a + b * 511, 0) / (6 * 511);
+    expect(r.tokens).toBe(6 * 511);
+    expect(Math.abs(r.meanNll - wantMean)).toBeLessThan(1e-5);
+  });
+});
+
+describe('calibration data', () => {
+  it('.json token ids are used exactly as given; .txt is cut into windows without BOS', async () => {
+    const j = join(tmp, 'ids.json');
+    await writeFile(j, JSON.stringify([[1, 2, 3], [4, 5]]));
+    expect(await loadCalibration(j, STORIES, { samples: 8, seqLen: 2 })).toEqual([[1, 2, 3], [4, 5]]);
+    const samples = await loadCalibration(join(DATA, 'text', 'tinystories_valid_excerpt.txt'), STORIES, { samples: 16, seqLen: 256 });
+    expect(samples).toEqual(await inputIds(join(REF, 'stories260K', 'calib16x256.safetensors')));
+  });
+  it('.jsonl takes "text", adds BOS, truncates', async () => {
+    const p = join(tmp, 'c.jsonl');
+    await writeFile(p, '{"text": "Once upon a time"}\n\n{"text": "Hello world!"}\n');
+    expect(await loadCalibration(p, STORIES, { samples: 8, seqLen: 4 })).toEqual([[1, 403, 407, 261], [1, 346, 306, 414]]);
+  });
+  it('missing, empty or malformed data is a clear error', async () => {
+    await expect(loadCalibration(join(tmp, 'nope.txt'), STORIES, { samples: 1, seqLen: 8 })).rejects.toThrow(/calibration data not found/);
+    await writeFile(join(tmp, 'empty.txt'), '');
+    await expect(loadCalibration(join(tmp, 'empty.txt'), STORIES, { samples: 1, seqLen: 8 })).rejects.toThrow(/calibration data is empty/);
+    await writeFile(join(tmp, 'bad.jsonl'), '{"txt": 1}\n');
+    await expect(loadCalibration(join(tmp, 'bad.jsonl'), STORIES, { samples: 1, seqLen: 8 })).rejects.toThrow(CalibrationDataError);
+    await writeFile(join(tmp, 'bad.csv'), 'a,b');
+    await expect(loadCalibration(join(tmp, 'bad.csv'), STORIES, { samples: 1, seqLen: 8 })).rejects.toThrow(/unsupported calibration file type/);
+  });
+});
+
+describe('quantize with inline calibration', () => {
+  it('fp8 on token ids: input_scale = transformers amax / 448', async () => {
+    const ids = await inputIds(join(synthetic('llama31'), 'reference.safetensors'));
+    const ref = await loadStats(join(synthetic('llama31'), 'reference.safetensors'));
+    const out = join(tmp, 'fp8-calib');
+    await exportCheckpoint({ model: synthetic('llama31'), format: 'fp8', out, calibration: ids, workers: 0 });
+    const ck = await openCheckpoint(out);
+    for (const m of ['model.layers.0.self_attn.q_proj', 'model.layers.1.mlp.down_proj', 'model.layers.1.self_attn.o_proj']) {
+      const got = (await ck.tensors.get(`${m}.input_scale`)!.toFloat32())[0]!;
+      const want = ref.get(`${m}.input_amax`)![0]! / 448;
+      expect(Math.abs(got - want) / want).toBeLessThan(1e-5);
+    }
+    await ck.close();
+  });
+  it('statistics round-trip through the file `calibrate --out` writes', async () => {
+    const ids = await inputIds(join(synthetic('qwen2'), 'reference.safetensors'));
+    const stats = await calibrateModel(synthetic('qwen2'), ids);
+    const p = join(tmp, 'stats.safetensors');
+    await writeStats(p, stats);
+    const back = await loadStats(p);
+    expect(back.size).toBe(stats.size);
+    expect(Array.from(back.get('model.layers.0.mlp.up_proj.input_absmean')!)).toEqual(Array.from(stats.get('model.layers.0.mlp.up_proj.input_absmean')!));
+    const ck = await openCheckpoint(p);
+    expect(ck.tensors.get('model.layers.0.mlp.up_proj.input_amax')!.shape).toEqual([]);
+    await ck.close();
+  });
+});
