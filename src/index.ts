@@ -13,3 +13,8 @@ export { exportCheckpoint, type ExportCheckpointOptions } from './export/run.js'
 export { KernelPool } from './kernels/pool.js';
 export type { ModelUnit, QuantizedUnit, QuantizedLinear, PackedUnit, OutputTensor } from './pipeline/units.js';
 export * from '../operators/index.js';
+export { loadCalibration, loadTokenizer, encodeText, DEFAULT_CALIB_SAMPLES, DEFAULT_CALIB_SEQ_LEN } from './calibration/data.js';
+export { calibrateModel, writeStats } from './calibration/run.js';
+export { perplexity, type PerplexityResult } from './eval.js';
+export { verifyExport, type VerifyReport } from './verify.js';
+export { inspect } from './inspect.js';

@@ -1,0 +1,34 @@
+/**
+ * `npm run bench [section...]`: measurements side by side in one run, appended to bench/RESULTS.md
+ * with the date and machine. Sections: read (default: all).
+ */
+import { appendFile, mkdir } from 'node:fs/promises';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { benchRead } from './read.js';
+import { machine } from './util.js';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const DATA = process.env.RXQUANT_BENCH_DIR ?? join(ROOT, 'bench', 'data');
+
+const SECTIONS: Record<string, () => Promise<string[]>> = {
+  read: () => benchRead(DATA),
+};
+
+async function main() {
+  const wanted = process.argv.slice(2);
+  const names = wanted.length ? wanted : Object.keys(SECTIONS);
+  await mkdir(DATA, { recursive: true });
+  const lines = [`\n## ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC — ${machine()}\n`];
+  for (const n of names) {
+    const f = SECTIONS[n];
+    if (!f) throw new Error(`unknown bench section "${n}" (${Object.keys(SECTIONS).join(', ')})`);
+    process.stderr.write(`bench: ${n}...\n`);
+    const rows = await f();
+    lines.push(`### ${n}\n`, ...rows, '');
+    process.stdout.write(rows.join('\n') + '\n');
+  }
+  await appendFile(join(ROOT, 'bench', 'RESULTS.md'), lines.join('\n') + '\n');
+}
+
+await main();
