@@ -1,7 +1,9 @@
 import { concatMap, defer, type OperatorFunction } from 'rxjs';
 import type { ModelUnit } from '../src/pipeline/units.js';
 import { StatsCollector } from '../src/calibration/collector.js';
-import { decoderLayer, type LinearName } from '../src/forward/layer.js';
+import { decoderLayer, prepareLayer, type LinearName } from '../src/forward/layer.js';
+import { defaultGemm, type GemmEngine } from '../src/forward/gemm.js';
+import { cpus } from 'node:os';
 import { embed, loadHead, loadLayerWeights, weightSource } from '../src/forward/weights.js';
 import { ropeTables } from '../src/forward/rope.js';
 import { rmsnorm } from '../src/forward/ops.js';
@@ -29,11 +31,19 @@ export interface CalibrateProgress {
  * readCheckpoint('model').pipe(calibrate(samples), quantize('nvfp4'), pack(), writeShards('out'));
  * ```
  */
-export function calibrate(samples: number[][], onProgress?: (p: CalibrateProgress) => void): OperatorFunction<ModelUnit, ModelUnit> {
+export interface CalibrateOptions {
+  /** GEMM engine (default: onnxruntime with one thread per core when it loads, else JavaScript). */
+  gemm?: GemmEngine;
+  onProgress?: (p: CalibrateProgress) => void;
+}
+
+export function calibrate(samples: number[][], options: CalibrateOptions = {}): OperatorFunction<ModelUnit, ModelUnit> {
+  const onProgress = options.onProgress;
   if (samples.length === 0) throw new CalibrationDataError('calibrate: no samples');
   return (source) =>
     defer(() => {
       let hidden: Float32Array[] | undefined;
+      let gemm: GemmEngine | undefined = options.gemm;
       let next = 0;
       const tokens = samples.reduce((s, x) => s + x.length, 0);
       return source.pipe(
@@ -42,21 +52,27 @@ export function calibrate(samples: number[][], onProgress?: (p: CalibrateProgres
           const model = unit.model;
           const cfg = model.config;
           const src = weightSource(model.checkpoint);
+          gemm ??= await defaultGemm(cpus().length);
           hidden ??= await Promise.all(samples.map((ids) => embed(src, ids, cfg.hiddenSize)));
           const collector = new StatsCollector();
           if (unit.kind === 'layer') {
             if (unit.layer !== next) throw new Error(`calibrate needs layers in order: got layer ${unit.layer}, expected ${next}`);
             next++;
             const layout = model.layers[unit.layer]!;
-            const lw = await loadLayerWeights(src, layout, cfg);
+            const layer = await prepareLayer(await loadLayerWeights(src, layout, cfg), gemm);
             const maxT = Math.max(...samples.map((s) => s.length));
             const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, maxT);
-            hidden = hidden.map((h, i) =>
-              decoderLayer(h, samples[i]!.length, lw, cfg, cos, sin, {
-                linearInput: (name, x, T, K) => collector.observe(layout.linears[LINEAR_NAMES.indexOf(name)]!, x, T, K),
-                keysValues: (k, v) => collector.observeKV(layout.attention, k, v),
-              }),
-            );
+            const after: Float32Array[] = [];
+            for (let i = 0; i < hidden.length; i++) {
+              after.push(
+                await decoderLayer(hidden[i]!, samples[i]!.length, layer, cfg, cos, sin, {
+                  linearInput: (name, x, T, K) => collector.observe(layout.linears[LINEAR_NAMES.indexOf(name)]!, x, T, K),
+                  keysValues: (k, v) => collector.observeKV(layout.attention, k, v),
+                }),
+              );
+            }
+            hidden = after;
+            await layer.release();
           } else {
             // lm_head sees the final norm's output; it stays unquantized, but its statistics are reported too
             const { norm } = await loadHead(src, cfg);

@@ -10,11 +10,13 @@ import { join } from 'node:path';
 import { openCheckpoint } from './safetensors/checkpoint.js';
 import { readConfigJson } from './model.js';
 import { architectureFor, parseModelConfig } from './models/index.js';
-import { decoderLayer, type LayerWeights, type LinearWeights } from './forward/layer.js';
+import { decoderLayer, prepareLayer, type PreparedLayer } from './forward/layer.js';
+import { defaultGemm, type GemmEngine, type PreparedLinear } from './forward/gemm.js';
+import { cpus } from 'node:os';
 import { embed, loadHead, loadLayerWeights, weightSource } from './forward/weights.js';
 import { ropeTables } from './forward/rope.js';
-import { matmul, rmsnorm } from './forward/ops.js';
-import { encodeText, loadTokenizer } from './calibration/data.js';
+import { rmsnorm } from './forward/ops.js';
+import { encodePrefix, encodeText, loadTokenizer } from './calibration/data.js';
 import { CalibrationDataError, CheckpointError } from './errors.js';
 
 export interface PerplexityOptions {
@@ -23,6 +25,8 @@ export interface PerplexityOptions {
   /** Score only the first N windows (default: all). */
   maxWindows?: number;
   onWindow?: (done: number, total: number) => void;
+  /** GEMM engine (default: onnxruntime when it loads, else JavaScript). */
+  gemm?: GemmEngine;
 }
 
 export interface PerplexityResult {
@@ -47,14 +51,18 @@ export async function perplexity(modelDir: string, textPath: string, opts: Perpl
   const cfg = parseModelConfig(plain, join(modelDir, 'config.json'));
   const bos = cfg.bosTokenId;
   if (bos === undefined) throw new CheckpointError(join(modelDir, 'config.json'), 'bos_token_id is needed for the perplexity protocol');
-  const ids = encodeText(await loadTokenizer(modelDir), text);
+  const tok = await loadTokenizer(modelDir);
+  const ids = opts.maxWindows !== undefined ? encodePrefix(tok, text, opts.maxWindows * (window - 1)) : encodeText(tok, text);
   const quantAlgo = (plain.quantization_config as { quant_algo?: string } | undefined)?.quant_algo;
   const ck = await openCheckpoint(modelDir);
   try {
     const src = weightSource(ck, quantAlgo);
-    const layers: LayerWeights[] = [];
-    for (let i = 0; i < cfg.numLayers; i++) layers.push(await loadLayerWeights(src, arch.layer(i, cfg), cfg));
-    const { norm, head } = await loadHead(src, cfg);
+    const gemm = opts.gemm ?? (await defaultGemm(cpus().length));
+    const layers: PreparedLayer[] = [];
+    for (let i = 0; i < cfg.numLayers; i++) layers.push(await prepareLayer(await loadLayerWeights(src, arch.layer(i, cfg), cfg), gemm));
+    const { norm, head: headWeights } = await loadHead(src, cfg);
+    const head = await gemm.prepare(headWeights);
+    const V = headWeights.N;
     const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, window);
     const chunk = window - 1;
     const total = Math.min(Math.ceil(ids.length / chunk), opts.maxWindows ?? Infinity);
@@ -65,12 +73,14 @@ export async function perplexity(modelDir: string, textPath: string, opts: Perpl
       const input = [bos, ...part];
       const T = input.length;
       let h = await embed(src, input, cfg.hiddenSize);
-      for (const lw of layers) h = decoderLayer(h, T, lw, cfg, cos, sin);
+      for (const layer of layers) h = await decoderLayer(h, T, layer, cfg, cos, sin);
       const x = rmsnorm(h, T, cfg.hiddenSize, norm, cfg.rmsNormEps);
-      nll += scoreNextTokens(x, T, head, part);
+      nll += await scoreNextTokens(x, T, head, V, part);
       scored += part.length;
       opts.onWindow?.(w + 1, total);
     }
+    for (const l of layers) await l.release();
+    await head.release();
     const meanNll = nll / scored;
     return { perplexity: Math.exp(meanNll), meanNll, tokens: scored, windows: total, quantAlgo };
   } finally {
@@ -79,10 +89,8 @@ export async function perplexity(modelDir: string, textPath: string, opts: Perpl
 }
 
 /** Sum over positions t < T-1... of -log softmax(logits[t])[target[t]]; position t predicts targets[t]. */
-function scoreNextTokens(x: Float32Array, T: number, head: LinearWeights, targets: number[]): number {
-  const V = head.N;
-  const xin = head.input ? head.input(x, T) : x;
-  const logits = matmul(xin, T, head.K, head.w, V, head.b); // [T, V]
+async function scoreNextTokens(x: Float32Array, T: number, head: PreparedLinear, V: number, targets: number[]): Promise<number> {
+  const logits = await head.run(x, T); // [T, V]
   let nll = 0;
   for (let t = 0; t < targets.length; t++) {
     const o = t * V;

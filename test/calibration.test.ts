@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { openCheckpoint, loadStats, openModel, type Stats } from '../src/index.js';
 import { calibrateModel, writeStats } from '../src/calibration/run.js';
 import { loadCalibration, loadTokenizer, encodeText } from '../src/calibration/data.js';
-import { decoderLayer } from '../src/forward/layer.js';
+import { decoderLayer, prepareLayer } from '../src/forward/layer.js';
+import { jsGemm, loadOrt, onnxGemm, type GemmEngine } from '../src/forward/gemm.js';
 import { embed, loadHead, loadLayerWeights, weightSource } from '../src/forward/weights.js';
 import { ropeTables } from '../src/forward/rope.js';
 import { matmul, matmulRef, rmsnorm } from '../src/forward/ops.js';
@@ -68,7 +69,11 @@ for (const c of CASES) {
       ref = await loadStats(c.ref);
     });
 
-    it('hidden states after every layer (and logits) within 1e-4 relative', async () => {
+    for (const engine of ['js', 'onnx'] as const)
+    it(`hidden states after every layer (and logits) within 1e-4 relative, ${engine} GEMM`, async () => {
+      const ort = await loadOrt();
+      expect(ort, 'onnxruntime-node loads').toBeDefined();
+      const gemm: GemmEngine = engine === 'js' ? jsGemm : onnxGemm(ort!, 1);
       const model = await openModel(c.dir);
       const cfg = model.config;
       const src = weightSource(model.checkpoint);
@@ -79,22 +84,24 @@ for (const c of CASES) {
       expect(relErr(cat(hs), ref.get('hidden_states.0')!)).toBeLessThan(1e-6);
       let h = hs;
       for (let l = 0; l < cfg.numLayers; l++) {
-        const lw = await loadLayerWeights(src, model.layers[l]!, cfg);
-        h = h.map((x) => decoderLayer(x, T, lw, cfg, cos, sin));
+        const layer = await prepareLayer(await loadLayerWeights(src, model.layers[l]!, cfg), gemm);
+        h = await Promise.all(h.map((x) => decoderLayer(x, T, layer, cfg, cos, sin)));
+        await layer.release();
         if (l < cfg.numLayers - 1) expect(relErr(cat(h), ref.get(`hidden_states.${l + 1}`)!), `layer ${l}`).toBeLessThan(1e-4);
       }
       const { norm, head } = await loadHead(src, cfg);
       const normed = h.map((x) => rmsnorm(x, T, cfg.hiddenSize, norm, cfg.rmsNormEps));
       expect(relErr(cat(normed), ref.get(`hidden_states.${cfg.numLayers}`)!)).toBeLessThan(1e-4);
       if (ref.has('logits')) {
-        const logits = cat(normed.map((x) => matmul(x, T, head.K, head.w, head.N)));
+        const prepared = await gemm.prepare(head);
+        const logits = cat(await Promise.all(normed.map((x) => prepared.run(x, T))));
         expect(relErr(logits, ref.get('logits')!)).toBeLessThan(1e-4);
       }
       await model.close();
     });
 
     it('input_amax and input_absmean of every linear within 1e-4 relative', async () => {
-      const stats = await calibrateModel(c.dir, ids);
+      const stats = await calibrateModel(c.dir, ids); // default engine: onnxruntime
       let checked = 0;
       for (const [k, v] of ref) {
         if (!/\.(input_amax|input_absmean)$/.test(k)) continue;
@@ -118,7 +125,7 @@ describe('stories260K against its reference JSON', () => {
     const ids: number[] = REFERENCE.prompt_logits.prompt_ids;
     const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, ids.length);
     let h = await embed(src, ids, cfg.hiddenSize);
-    for (const layout of model.layers) h = decoderLayer(h, ids.length, await loadLayerWeights(src, layout, cfg), cfg, cos, sin);
+    for (const layout of model.layers) h = await decoderLayer(h, ids.length, await prepareLayer(await loadLayerWeights(src, layout, cfg)), cfg, cos, sin);
     const { norm, head } = await loadHead(src, cfg);
     const logits = matmul(rmsnorm(h, ids.length, cfg.hiddenSize, norm, cfg.rmsNormEps), ids.length, head.K, head.w, head.N);
     const want: number[][] = REFERENCE.prompt_logits.logits;

@@ -1,16 +1,16 @@
 /** `rxquant calibrate`: the statistics of a whole model, written as the safetensors file `quantize --stats` reads. */
 import { lastValueFrom, reduce, tap } from 'rxjs';
 import { readCheckpoint } from '../../operators/readCheckpoint.js';
-import { calibrate, type CalibrateProgress } from '../../operators/calibrate.js';
+import { calibrate, type CalibrateOptions } from '../../operators/calibrate.js';
 import type { Stats } from '../export/stats.js';
 import { planShards, ShardWriter } from '../safetensors/writer.js';
 import { dirname, basename, join } from 'node:path';
 import { rename, rm } from 'node:fs/promises';
 
-export async function calibrateModel(modelDir: string, samples: number[][], onProgress?: (p: CalibrateProgress) => void): Promise<Stats> {
+export async function calibrateModel(modelDir: string, samples: number[][], options: CalibrateOptions = {}): Promise<Stats> {
   return lastValueFrom(
     readCheckpoint(modelDir, { layersInFlight: 1 }).pipe(
-      calibrate(samples, onProgress),
+      calibrate(samples, options),
       tap((u) => u.release()),
       reduce((all, u) => {
         for (const [k, v] of u.stats!) all.set(k, v);

@@ -166,7 +166,7 @@ export function buildProgram(): Command {
       const samples = await loadCalibration(calibPath, dir, { samples: o.calibSamples, seqLen: o.calibSeqLen });
       const tokens = samples.reduce((a, s) => a + s.length, 0);
       const started = Date.now();
-      const stats = await calibrateModel(dir, samples, (p) => rep.event('calibrate', { layer: p.layer, tokens: p.tokens, seconds: p.seconds }));
+      const stats = await calibrateModel(dir, samples, { onProgress: (p) => rep.event('calibrate', { layer: p.layer, tokens: p.tokens, seconds: p.seconds }) });
       await writeStats(resolve(o.out), stats);
       const secs = (Date.now() - started) / 1000;
       rep.event('done', { out: resolve(o.out), samples: samples.length, tokens, seconds: secs, tokens_per_s: tokens / secs });

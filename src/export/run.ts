@@ -6,6 +6,7 @@ import { pack } from '../../operators/pack.js';
 import { writeShards, type WriteEvent } from '../../operators/writeShards.js';
 import { calibrate, type CalibrateProgress } from '../../operators/calibrate.js';
 import { identity } from 'rxjs';
+import type { GemmEngine } from '../forward/gemm.js';
 import type { FormatName } from './formats.js';
 import type { ExportOptions, ExportPlan } from './plan.js';
 
@@ -20,6 +21,8 @@ export interface ExportCheckpointOptions extends ExportOptions {
   /** Calibration samples (token ids): run the forward pass inline, layer by layer, for the statistics. */
   calibration?: number[][];
   onCalibrate?: (p: CalibrateProgress) => void;
+  /** GEMM engine of the calibration forward pass. */
+  gemm?: GemmEngine;
   onPlan?: (plan: ExportPlan) => void;
   onEvent?: (e: WriteEvent) => void;
 }
@@ -27,7 +30,7 @@ export interface ExportCheckpointOptions extends ExportOptions {
 export async function exportCheckpoint(o: ExportCheckpointOptions): Promise<Extract<WriteEvent, { type: 'done' }>> {
   const last = await lastValueFrom(
     readCheckpoint(o.model, { layersInFlight: o.layersInFlight }).pipe(
-      o.calibration ? calibrate(o.calibration, o.onCalibrate) : identity,
+      o.calibration ? calibrate(o.calibration, { onProgress: o.onCalibrate, gemm: o.gemm }) : identity,
       quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, onPlan: o.onPlan }),
       pack(),
       writeShards(o.out, { maxShardSize: o.maxShardSize, overwrite: o.overwrite }),

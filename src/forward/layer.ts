@@ -4,8 +4,9 @@
  * and values (KV-cache scales).
  */
 import type { ModelConfig } from '../models/config.js';
-import { matmul, rmsnorm, silu } from './ops.js';
+import { rmsnorm, silu } from './ops.js';
 import { applyRope } from './rope.js';
+import { jsGemm, type GemmEngine, type PreparedLinear } from './gemm.js';
 
 /** A linear as the forward pass uses it: f32 weight [N, K], optional bias, optional input transform. */
 export interface LinearWeights {
@@ -42,32 +43,101 @@ export interface LayerHooks {
 }
 
 
-function linear(l: LinearWeights, x: Float32Array, T: number): Float32Array {
-  const xin = l.input ? l.input(x, T) : x;
-  return matmul(xin, T, l.K, l.w, l.N, l.b);
+/** Linears that read the same input, run as one GEMM when they have no input transform of their own. */
+export interface PreparedGroup {
+  run(x: Float32Array, T: number): Promise<Float32Array[]>;
+  release(): Promise<void>;
+}
+
+async function prepareGroup(members: LinearWeights[], gemm: GemmEngine): Promise<PreparedGroup> {
+  const K = members[0]!.K;
+  if (members.length > 1 && members.every((m) => !m.input && m.K === K)) {
+    // concatenate the weights along N: one GEMM, outputs split by column ranges
+    const N = members.reduce((a, m) => a + m.N, 0);
+    const w = new Float32Array(N * K);
+    const hasBias = members.some((m) => m.b);
+    const b = hasBias ? new Float32Array(N) : undefined;
+    let off = 0;
+    for (const m of members) {
+      w.set(m.w, off * K);
+      if (b && m.b) b.set(m.b, off);
+      off += m.N;
+    }
+    const fused = await gemm.prepare({ w, N, K, b });
+    return {
+      async run(x, T) {
+        const y = await fused.run(x, T); // [T, N]
+        const outs = members.map((m) => new Float32Array(T * m.N));
+        for (let t = 0; t < T; t++) {
+          let o = 0;
+          members.forEach((m, i) => {
+            outs[i]!.set(y.subarray(t * N + o, t * N + o + m.N), t * m.N);
+            o += m.N;
+          });
+        }
+        return outs;
+      },
+      release: () => fused.release(),
+    };
+  }
+  const each: PreparedLinear[] = await Promise.all(members.map((m) => gemm.prepare(m)));
+  return {
+    run: (x, T) => Promise.all(each.map((p) => p.run(x, T))),
+    release: async () => {
+      await Promise.all(each.map((p) => p.release()));
+    },
+  };
+}
+
+/** A layer ready to run: GEMMs prepared (for onnxruntime: sessions with pre-packed weights). */
+export interface PreparedLayer {
+  weights: LayerWeights;
+  qkv: PreparedGroup;
+  o: PreparedGroup;
+  gateUp: PreparedGroup;
+  down: PreparedGroup;
+  release(): Promise<void>;
+}
+
+export async function prepareLayer(lw: LayerWeights, gemm: GemmEngine = jsGemm): Promise<PreparedLayer> {
+  const [qkv, o, gateUp, down] = await Promise.all([
+    prepareGroup([lw.q, lw.k, lw.v], gemm),
+    prepareGroup([lw.o], gemm),
+    prepareGroup([lw.gate, lw.up], gemm),
+    prepareGroup([lw.down], gemm),
+  ]);
+  return {
+    weights: lw,
+    qkv,
+    o,
+    gateUp,
+    down,
+    release: async () => {
+      await Promise.all([qkv.release(), o.release(), gateUp.release(), down.release()]);
+    },
+  };
 }
 
 /**
  * h [T, H] -> h' [T, H] for one sequence. `valid[t] = 0` marks a padding token (its key is masked).
  * cos/sin: [T, headDim] RoPE tables.
  */
-export function decoderLayer(
+export async function decoderLayer(
   h: Float32Array,
   T: number,
-  lw: LayerWeights,
+  layer: PreparedLayer,
   cfg: ModelConfig,
   cos: Float32Array,
   sin: Float32Array,
   hooks: LayerHooks = {},
   valid?: Uint8Array,
-): Float32Array {
+): Promise<Float32Array> {
+  const lw = layer.weights;
   const H = cfg.hiddenSize, d = cfg.headDim, nH = cfg.numHeads, nKV = cfg.numKvHeads;
   // --- attention block
   const x = rmsnorm(h, T, H, lw.inputNorm, cfg.rmsNormEps); // [T, H]
   for (const n of ['q', 'k', 'v'] as const) hooks.linearInput?.(n, x, T, H);
-  const q = linear(lw.q, x, T); // [T, nH*d]
-  const k = linear(lw.k, x, T); // [T, nKV*d]
-  const v = linear(lw.v, x, T); // [T, nKV*d]
+  const [q, k, v] = (await layer.qkv.run(x, T)) as [Float32Array, Float32Array, Float32Array]; // [T, nH*d], [T, nKV*d] x2
   if (lw.qNorm) rmsnorm(q, T * nH, d, lw.qNorm, cfg.rmsNormEps, q);
   if (lw.kNorm) rmsnorm(k, T * nKV, d, lw.kNorm, cfg.rmsNormEps, k);
   applyRope(q, T, nH, d, cos, sin);
@@ -75,18 +145,17 @@ export function decoderLayer(
   hooks.keysValues?.(k, v, T);
   const att = attention(q, k, v, T, nH, nKV, d, valid); // [T, nH*d]
   hooks.linearInput?.('o', att, T, nH * d);
-  const o = linear(lw.o, att, T); // [T, H]
+  const [o] = (await layer.o.run(att, T)) as [Float32Array]; // [T, H]
   const h1 = new Float32Array(T * H);
   for (let i = 0; i < h1.length; i++) h1[i] = h[i]! + o[i]!;
   // --- MLP block (SwiGLU)
   const x2 = rmsnorm(h1, T, H, lw.postNorm, cfg.rmsNormEps);
   hooks.linearInput?.('gate', x2, T, H);
   hooks.linearInput?.('up', x2, T, H);
-  const g = linear(lw.gate, x2, T); // [T, I]
-  const u = linear(lw.up, x2, T); // [T, I]
+  const [g, u] = (await layer.gateUp.run(x2, T)) as [Float32Array, Float32Array]; // [T, I] x2
   for (let i = 0; i < g.length; i++) g[i] = Math.fround(silu(g[i]!)) * u[i]!;
   hooks.linearInput?.('down', g, T, cfg.intermediateSize);
-  const dn = linear(lw.down, g, T); // [T, H]
+  const [dn] = (await layer.down.run(g, T)) as [Float32Array]; // [T, H]
   for (let i = 0; i < h1.length; i++) h1[i] = h1[i]! + dn[i]!;
   return h1;
 }
