@@ -1,11 +1,12 @@
 /**
  * `npm run bench [section...]`: measurements side by side in one run, appended to bench/RESULTS.md
- * with the date and machine. Sections: read (default: all).
+ * with the date and machine. Sections: read, calibration (default: all).
  */
 import { appendFile, mkdir } from 'node:fs/promises';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { benchRead } from './read.js';
+import { benchCalibration } from './calibration.js';
 import { machine } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -13,6 +14,7 @@ const DATA = process.env.RXQUANT_BENCH_DIR ?? join(ROOT, 'bench', 'data');
 
 const SECTIONS: Record<string, () => Promise<string[]>> = {
   read: () => benchRead(DATA),
+  calibration: () => benchCalibration(),
 };
 
 async function main() {

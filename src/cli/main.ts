@@ -15,6 +15,7 @@ import { outputMode, Reporter } from './progress.js';
 import { loadCalibration, DEFAULT_CALIB_SAMPLES, DEFAULT_CALIB_SEQ_LEN } from '../calibration/data.js';
 import { calibrateModel, writeStats } from '../calibration/run.js';
 import { perplexity } from '../eval.js';
+import { openModel } from '../model.js';
 
 /** Package root (works from src/ under tsx/vitest and from dist/src/ once built). */
 export const PACKAGE_ROOT = (() => {
@@ -48,7 +49,6 @@ export function buildProgram(): Command {
     .name('rxquant')
     .description('Quantize Hugging Face LLM checkpoints into NVIDIA ModelOpt unified checkpoints (FP8, NVFP4, INT4/W4A8 AWQ) for vLLM, SGLang and TensorRT-LLM.')
     .version(JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')).version)
-    .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
 
   program
@@ -86,6 +86,8 @@ export function buildProgram(): Command {
       const rep = new Reporter(outputMode(o.json));
       const format = formatSpec(o.format);
       const modelDir = resolve(model ?? DEFAULT_MODEL);
+      // validate config.json and every shard header before anything else is read or computed
+      await (await openModel(modelDir)).close();
       const stats = o.stats ? await loadStats(resolve(o.stats)) : undefined;
       const needsStats = format.inputScaleDivisor !== undefined || o.kvCache === 'fp8';
       let calibration: number[][] | undefined;
@@ -162,6 +164,7 @@ export function buildProgram(): Command {
     .action(async (modelDir: string, o: Record<string, any>) => {
       const rep = new Reporter(outputMode(o.json));
       const dir = resolve(modelDir);
+      await (await openModel(dir)).close();
       const calibPath = resolve(o.calib ?? DEFAULT_CALIB_TEXT);
       const samples = await loadCalibration(calibPath, dir, { samples: o.calibSamples, seqLen: o.calibSeqLen });
       const tokens = samples.reduce((a, s) => a + s.length, 0);

@@ -1,8 +1,9 @@
-import { mkdir, open, readdir, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { OutputError, RxquantError } from '../errors.js';
 import { dtypeSize, numelOf, type DType } from './dtypes.js';
 import { INDEX_FILE, SINGLE_FILE } from './checkpoint.js';
+import { formatBytes } from './size.js';
 
 /** What the writer needs to know about an output tensor before any of its data exists. */
 export interface TensorSpec {
@@ -124,6 +125,7 @@ export class ShardWriter {
   static async create(outDir: string, plan: ShardPlan, options: ShardWriterOptions = {}): Promise<ShardWriter> {
     const abs = resolve(outDir);
     await checkDestination(abs, options.overwrite ?? false);
+    await checkFreeSpace(dirname(abs), plan.totalSize + plan.shards.reduce((a, s) => a + s.header.length, 0) + 16 * 2 ** 20);
     const tmp = tempDirFor(abs);
     try {
       await rm(tmp, { recursive: true, force: true });
@@ -249,6 +251,26 @@ async function checkDestination(abs: string, overwrite: boolean): Promise<void> 
   const entries = await readdir(abs);
   if (entries.length > 0 && !overwrite) {
     throw new OutputError(`${abs}: output folder exists and is not empty (pass --overwrite to replace it)`);
+  }
+}
+
+/** Refuses to start an export that cannot fit: better now than a full disk at the last shard. */
+async function checkFreeSpace(dir: string, needed: number): Promise<void> {
+  let probe = dir;
+  for (;;) {
+    try {
+      const st = await statfs(probe);
+      const free = st.bavail * st.bsize;
+      if (free < needed) {
+        throw new OutputError(`${dir}: not enough free disk space: the export needs ${formatBytes(needed)}, ${formatBytes(free)} are free`);
+      }
+      return;
+    } catch (e) {
+      if (e instanceof OutputError) throw e;
+      const parent = dirname(probe);
+      if (parent === probe) return; // cannot tell: let the writes report it
+      probe = parent; // the folder does not exist yet: ask its parent
+    }
   }
 }
 
