@@ -2,7 +2,8 @@
  * Calibration speed: tokens/s of the forward pass through one Llama-3.1-8B-shaped decoder layer
  * (hidden 4096, intermediate 14336, 32 heads, 8 KV heads, 512 tokens, f32), rxquant (onnxruntime
  * GEMMs) next to PyTorch (Debian python3-torch, OpenBLAS with the machine's CORETYPE override unset)
- * in the same run.
+ * in the same run. The peer needs `apt-get install python3-torch libopenblas0-pthread` (without the
+ * latter, Debian's torch falls back to the reference BLAS and runs ~30x slower).
  */
 import { spawnSync } from 'node:child_process';
 import { cpus } from 'node:os';

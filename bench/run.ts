@@ -1,12 +1,13 @@
 /**
  * `npm run bench [section...]`: measurements side by side in one run, appended to bench/RESULTS.md
- * with the date and machine. Sections: read, calibration (default: all).
+ * with the date and machine. Sections: read, calibration, perplexity (default: all but perplexity, which takes ~20 minutes).
  */
 import { appendFile, mkdir } from 'node:fs/promises';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { benchRead } from './read.js';
 import { benchCalibration } from './calibration.js';
+import { benchPerplexity } from './perplexity.js';
 import { machine } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -15,11 +16,13 @@ const DATA = process.env.RXQUANT_BENCH_DIR ?? join(ROOT, 'bench', 'data');
 const SECTIONS: Record<string, () => Promise<string[]>> = {
   read: () => benchRead(DATA),
   calibration: () => benchCalibration(),
+  // long (about 20 minutes): run it by name
+  perplexity: () => benchPerplexity(join(ROOT, '..', 'shared', 'data', 'text', 'tinystories_valid_excerpt.txt')),
 };
 
 async function main() {
   const wanted = process.argv.slice(2);
-  const names = wanted.length ? wanted : Object.keys(SECTIONS);
+  const names = wanted.length ? wanted : Object.keys(SECTIONS).filter((n) => n !== 'perplexity');
   await mkdir(DATA, { recursive: true });
   const lines = [`\n## ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC — ${machine()}\n`];
   for (const n of names) {

@@ -1,4 +1,4 @@
-import { defer, from, type Observable } from 'rxjs';
+import { from, Observable } from 'rxjs';
 import { openModel, type SourceModel } from '../src/model.js';
 import { LayerBudget } from '../src/pipeline/budget.js';
 import type { ModelUnit } from '../src/pipeline/units.js';
@@ -32,14 +32,30 @@ export interface ReadCheckpointOptions {
  * ```
  */
 export function readCheckpoint(dirOrModel: string | SourceModel, options: ReadCheckpointOptions = {}): Observable<ModelUnit> {
-  return defer(() => {
+  return new Observable<ModelUnit>((subscriber) => {
     const budget = new LayerBudget(options.layersInFlight ?? 2);
-    return from(units(dirOrModel, budget));
+    const opened: { model?: SourceModel } = {};
+    let completed = false;
+    const sub = from(units(dirOrModel, budget, opened)).subscribe({
+      next: (u) => subscriber.next(u),
+      error: (e) => subscriber.error(e),
+      complete: () => {
+        completed = true;
+        subscriber.complete();
+      },
+    });
+    return () => {
+      sub.unsubscribe();
+      // on error or unsubscribe the files are ours to close; after completion the consumer
+      // still reads them and closes them (writeShards does)
+      if (!completed && typeof dirOrModel === 'string') void opened.model?.close();
+    };
   });
 }
 
-async function* units(dirOrModel: string | SourceModel, budget: LayerBudget): AsyncGenerator<ModelUnit> {
+async function* units(dirOrModel: string | SourceModel, budget: LayerBudget, opened: { model?: SourceModel }): AsyncGenerator<ModelUnit> {
   const model = typeof dirOrModel === 'string' ? await openModel(dirOrModel) : dirOrModel;
+  opened.model = model;
   const claimed = new Set<string>();
   const unit = (kind: 'layer' | 'rest', layer: number, names: string[]): ModelUnit => {
     let released = false;
