@@ -1,4 +1,4 @@
-import { defer, finalize, mergeMap, type OperatorFunction } from 'rxjs';
+import { Observable, mergeMap, type OperatorFunction } from 'rxjs';
 import { createPlan, type ExportOptions, type ExportPlan } from '../src/export/plan.js';
 import { formatSpec, type FormatName, type FormatSpec } from '../src/export/formats.js';
 import { quantizeLayer } from '../src/export/quantize-layer.js';
@@ -11,6 +11,8 @@ export interface QuantizeOptions extends ExportOptions {
   workers?: number;
   /** Share a pool across chains instead of creating one. */
   pool?: KernelPool;
+  /** Source bytes per chunk the kernels work on (default 8 MiB); memory per chunk in flight. */
+  chunkBytes?: number;
   /** Units quantized concurrently (default 2). */
   concurrency?: number;
   /** Called once with the plan, before the first unit is quantized. */
@@ -33,21 +35,54 @@ export interface QuantizeOptions extends ExportOptions {
 export function quantize(format: FormatName | FormatSpec, options: QuantizeOptions = {}): OperatorFunction<ModelUnit, QuantizedUnit> {
   const spec = typeof format === 'string' ? formatSpec(format) : format;
   return (source) =>
-    defer(() => {
-      const pool = options.pool ?? new KernelPool(options.workers ?? defaultWorkers());
+    new Observable<QuantizedUnit>((subscriber) => {
+      const pool = options.pool ?? new KernelPool(options.workers ?? defaultWorkers(), options.chunkBytes);
+      // Codes are computed as the consumer pulls them, after this operator has emitted the unit, so
+      // the workers live until every emitted unit is released (or the chain is torn down).
+      let outstanding = 0;
+      let sourceDone = false;
+      let closed = false;
+      const close = () => {
+        if (!closed && !options.pool) {
+          closed = true;
+          void pool.close();
+        }
+      };
       let plan: ExportPlan | undefined;
-      return source.pipe(
-        mergeMap(async (unit) => {
-          if (!plan) {
-            plan = createPlan(unit.model, spec, { ...options, deferStatsCheck: unit.stats !== undefined });
-            options.onPlan?.(plan);
-          }
-          return quantizeLayer(unit, plan, mergeStats(options.stats, unit.stats), pool);
-        }, options.concurrency ?? 2),
-        finalize(() => {
-          if (!options.pool) void pool.close();
-        }),
-      );
+      const sub = source
+        .pipe(
+          mergeMap(async (unit) => {
+            if (!plan) {
+              plan = createPlan(unit.model, spec, { ...options, deferStatsCheck: unit.stats !== undefined });
+              options.onPlan?.(plan);
+            }
+            const q = await quantizeLayer(unit, plan, mergeStats(options.stats, unit.stats), pool);
+            outstanding++;
+            let released = false;
+            q.release = () => {
+              if (released) return;
+              released = true;
+              unit.release();
+              if (--outstanding === 0 && sourceDone) close();
+            };
+            return q;
+          }, options.concurrency ?? 2),
+        )
+        .subscribe({
+          next: (q) => subscriber.next(q),
+          error: (e) => subscriber.error(e),
+          complete: () => {
+            sourceDone = true;
+            if (outstanding === 0) close();
+            subscriber.complete();
+          },
+        });
+      return () => {
+        sub.unsubscribe();
+        // torn down before the source completed (error, unsubscribe): nobody will pull codes any more.
+        // After completion, the teardown runs at once, while emitted units are still being written.
+        if (!sourceDone) close();
+      };
     });
 }
 

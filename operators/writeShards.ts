@@ -41,6 +41,54 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
       let written = 0;
       let finished = false;
       const buffer = new Uint8Array(options.copyChunkBytes ?? 16 * 2 ** 20);
+
+      const check = (o: { name: string; dtype: string; shape: readonly number[] }) => {
+        const planned = writer!.tensor(o.name);
+        if (planned.dtype !== o.dtype || planned.shape.join(',') !== o.shape.join(',')) {
+          throw new RxquantError(
+            `output tensor "${o.name}" is ${o.dtype} [${o.shape.join(', ')}] but the plan says ${planned.dtype} [${planned.shape.join(', ')}]`,
+          );
+        }
+      };
+
+      const writeUnit = async (unit: PackedUnit): Promise<WriteEvent> => {
+        if (!writer) {
+          plan = unit.plan;
+          shards = planShards(plan.outputs, maxShardSize);
+          writer = await ShardWriter.create(outDir, shards, { overwrite: options.overwrite });
+        }
+        // quantized weights: chunks packed into shared slots, written, slots returned
+        for (const s of unit.streams) {
+          s.tensors.forEach(check);
+          for await (const part of s.parts()) {
+            try {
+              for (const w of part.writes) {
+                await writer.write(w.name, w.data, w.offset);
+                written += w.data.length;
+              }
+            } finally {
+              part.release();
+            }
+          }
+        }
+        // scales, norms, embeddings: in memory, or copied through one reused buffer
+        for (const o of unit.outputs) {
+          check(o);
+          if ('data' in o) {
+            await writer.write(o.name, o.data);
+            written += o.data.length;
+          } else {
+            for (let at = 0; at < o.source.byteLength; at += buffer.length) {
+              const end = Math.min(o.source.byteLength, at + buffer.length);
+              const chunk = await o.source.readBytes(at, end, buffer);
+              await writer.write(o.name, chunk, at);
+            }
+            written += o.source.byteLength;
+          }
+        }
+        return { type: 'unit', kind: unit.kind, layer: unit.layer, bytesWritten: written, totalBytes: shards!.totalSize };
+      };
+
       const done: Observable<WriteEvent> = defer(async () => {
         if (!writer || !plan || !shards) throw new RxquantError('writeShards: no units arrived');
         for (const f of await exportSideFiles(plan)) await writer.writeSideFile(f.name, f.content);
@@ -49,34 +97,14 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
         await plan.model.close();
         return { type: 'done' as const, outDir, plan, shards, totalBytes: shards.totalSize };
       });
+
       return source.pipe(
-        concatMap(async (unit): Promise<WriteEvent> => {
-          if (!writer) {
-            plan = unit.plan;
-            shards = planShards(plan.outputs, maxShardSize);
-            writer = await ShardWriter.create(outDir, shards, { overwrite: options.overwrite });
+        concatMap(async (unit) => {
+          try {
+            return await writeUnit(unit);
+          } finally {
+            unit.release();
           }
-          for (const o of unit.outputs) {
-            const planned = writer.tensor(o.name);
-            if (planned.dtype !== o.dtype || planned.shape.join(',') !== o.shape.join(',')) {
-              throw new RxquantError(
-                `output tensor "${o.name}" is ${o.dtype} [${o.shape.join(', ')}] but the plan says ${planned.dtype} [${planned.shape.join(', ')}]`,
-              );
-            }
-            if ('data' in o) {
-              await writer.write(o.name, o.data);
-              written += o.data.length;
-            } else {
-              for (let at = 0; at < o.source.byteLength; at += buffer.length) {
-                const end = Math.min(o.source.byteLength, at + buffer.length);
-                const chunk = await o.source.readBytes(at, end, buffer);
-                await writer.write(o.name, chunk, at);
-              }
-              written += o.source.byteLength;
-            }
-          }
-          unit.release();
-          return { type: 'unit', kind: unit.kind, layer: unit.layer, bytesWritten: written, totalBytes: shards!.totalSize };
         }),
         concatWith(done),
         catchError(async (err) => {

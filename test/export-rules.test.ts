@@ -161,3 +161,18 @@ describe('config files', () => {
     );
   });
 });
+
+describe('streaming in row chunks', () => {
+  it('gives byte-identical output whatever the chunk size (fp8 bands, nvfp4, int4 row pairs, AWQ edits), workers or not', async () => {
+    const stats: Stats = await loadStats(join(synthetic('llama31'), 'reference.safetensors'));
+    // give every linear an AWQ scale so the per-chunk edits (divide, resmooth, row folds) run too
+    for (const [k, v] of [...stats]) if (k.endsWith('.input_absmean')) stats.set(k.replace('input_absmean', 'pre_quant_scale'), v.map((x) => 0.5 + x));
+    for (const format of ['fp8', 'fp8_pb_wo', 'nvfp4', 'nvfp4_awq', 'int4_awq', 'w4a8_awq'] as const) {
+      const a = join(tmp, `chunk-big-${format}`), b = join(tmp, `chunk-small-${format}`);
+      await exportCheckpoint({ model: synthetic('llama31'), format, out: a, stats, workers: 0 });
+      // 4 KiB chunks: 16 rows of 128 bf16 (fp8_pb_wo rounds up to one 128-row band)
+      await exportCheckpoint({ model: synthetic('llama31'), format, out: b, stats, workers: 2, chunkBytes: 4096 });
+      expect(Buffer.compare(await readFile(join(a, 'model.safetensors')), await readFile(join(b, 'model.safetensors'))), format).toBe(0);
+    }
+  });
+});

@@ -1,31 +1,40 @@
 /**
  * Quantizes one decoder layer, following ModelOpt's export order (spec §1 step 3-5):
- *   1. AWQ formats: smooth each weight by its pre_quant_scale, fold o_proj/down_proj scales into
- *      v_proj/up_proj rows (NVFP4_AWQ, Llama/Qwen3), average the scales of fused siblings and fold
- *      them into the norm that feeds them (§8.2-8.3);
- *   2. unify input amax and global weight amax across fused siblings (everything but per-tensor FP8);
- *   3. per linear: scales and codes, the kernel running in a worker thread.
+ *   1. AWQ formats: smoothing by each pre_quant_scale, the o_proj/down_proj scales folded into
+ *      v_proj/up_proj rows (NVFP4_AWQ, Llama/Qwen3), fused siblings re-smoothed to their mean scale,
+ *      which is folded into the norm that feeds them (§8.2-8.3). These are recorded as element-wise
+ *      edits applied to each chunk as it is read, never to a whole tensor in memory;
+ *   2. a scan pass over the weights (in row chunks, in worker threads) for the per-tensor amax where
+ *      the format has a per-tensor scale, unified across fused siblings (all but per-tensor FP8);
+ *   3. the codes, streamed: `QuantizedLinear.chunks()` reads, edits and quantizes a few row chunks
+ *      ahead of its consumer.
  */
 import { QuantizationError } from '../errors.js';
 import { decodeToFloat32, encodeFromFloat32, roundToDType } from '../codecs/float.js';
-import { amaxOf, firstNonFinite } from '../formats/common.js';
 import { fp8WeightScale } from '../formats/fp8.js';
 import { nvfp4GlobalScale } from '../formats/nvfp4.js';
-import type { KernelPool } from '../kernels/pool.js';
+import { FP8_BLOCK } from '../formats/fp8-block.js';
+import type { KernelPool, Slot } from '../kernels/pool.js';
+import type { KernelTask } from '../kernels/tasks.js';
+import type { WeightOp } from '../kernels/weight-ops.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
-import type { ModelUnit, QuantizedLinear, QuantizedUnit } from '../pipeline/units.js';
+import type { TensorRef } from '../safetensors/file.js';
+import type { ModelUnit, QuantizedChunk, QuantizedLinear, QuantizedUnit } from '../pipeline/units.js';
 import { keepsPreQuantScale, type ExportPlan } from './plan.js';
 import { scalarStat, type Stats } from './stats.js';
+import type { FormatSpec } from './formats.js';
 
 interface Work {
   module: string;
+  tensor: TensorRef;
   N: number;
   K: number;
   dtype: FloatDType;
-  w: Float32Array;
+  ops: WeightOp[];
   /** Current pre_quant_scale (AWQ), undefined once folded away. */
   pqs?: Float32Array;
   inputAmax?: number;
+  weightAmax?: number;
 }
 
 export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: Stats, pool: KernelPool): Promise<QuantizedUnit> {
@@ -42,20 +51,11 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
     return t;
   };
 
-  // -- load the weights that will be quantized
   const work = new Map<string, Work>();
   for (const m of layout.linears) {
     const d = plan.decisions.get(m)!;
     if (!d.quantized) continue;
-    const t = tensor(`${m}.weight`);
-    const w = decodeToFloat32(await t.read(), t.dtype, t.name);
-    const bad = firstNonFinite(w);
-    if (bad >= 0) {
-      throw new QuantizationError(
-        `${t.file.path}: tensor "${t.name}" has ${w[bad]} at row ${Math.floor(bad / d.K)}, column ${bad % d.K}; refusing to quantize (a NaN/Inf scale breaks every engine)`,
-      );
-    }
-    const entry: Work = { module: m, N: d.N, K: d.K, dtype: d.dtype, w };
+    const entry: Work = { module: m, tensor: tensor(`${m}.weight`), N: d.N, K: d.K, dtype: d.dtype, ops: [] };
     if (fmt.inputScaleDivisor !== undefined) {
       const a = scalarStat(stats, `${m}.input_amax`);
       if (a === undefined) throw new QuantizationError(`format ${fmt.name} needs "${m}.input_amax" in the activation statistics`);
@@ -64,7 +64,7 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
     work.set(m, entry);
   }
 
-  // -- 1. AWQ: smoothing and folding
+  // -- 1. AWQ: smoothing and folding, as per-chunk edits
   if (fmt.awq) {
     for (const e of work.values()) {
       const given = stats.get(`${e.module}.pre_quant_scale`);
@@ -77,7 +77,7 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
         if (e.pqs.some((x) => !(x > 0) || !Number.isFinite(x))) {
           throw new QuantizationError(`statistic "${e.module}.pre_quant_scale" must be positive and finite`);
         }
-        smooth(e.w, e.K, e.pqs, e.dtype); // W' = W / pqs, as the AWQ search leaves it
+        e.ops.push({ kind: 'divCol', s: e.pqs }); // W' = W / pqs, as the AWQ search leaves it
         const ch = stats.get(`${e.module}.input_channel_amax`);
         if (ch && e.inputAmax !== undefined) {
           let m = 0;
@@ -91,7 +91,7 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
         const from = work.get(f.from);
         const into = work.get(f.into);
         if (!from?.pqs || !into || from.pqs.length !== into.N) continue;
-        scaleRows(into.w, into.K, from.pqs, into.dtype);
+        into.ops.push({ kind: 'mulRow', s: from.pqs });
         const bias = byName.get(`${f.into}.bias`);
         if (bias) {
           const b = decodeToFloat32(await bias.read(), bias.dtype);
@@ -112,7 +112,7 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
         mean[k] = roundToDType(Math.fround(s / members.length), members[0]!.dtype);
       }
       for (const e of members) {
-        resmooth(e.w, e.K, e.pqs!, mean, e.dtype);
+        if (e.pqs!.some((x, k) => x !== mean[k])) e.ops.push({ kind: 'resmooth', old: e.pqs!, new: mean });
         e.pqs = undefined;
       }
       const nt = tensor(`${g.norm}.weight`);
@@ -128,15 +128,17 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
     }
   }
 
-  // -- 2. shared scalars across fused siblings
-  const weightAmax = new Map<string, number>();
-  for (const e of work.values()) weightAmax.set(e.module, amaxOf(e.w));
+  // -- 2. per-tensor amax where the format has a per-tensor weight scale, shared across fused siblings
+  const needsAmax = fmt.name === 'fp8' || fmt.name === 'nvfp4' || fmt.name === 'nvfp4_awq' || fmt.name === 'w4a8_awq';
+  if (needsAmax) await Promise.all([...work.values()].map(async (e) => (e.weightAmax = await scanAmax(e, pool))));
   if (fmt.unifyGroups) {
     for (const g of layout.groups) {
       const members = g.members.map((m) => work.get(m)).filter((e): e is Work => e !== undefined);
       if (members.length < 2) continue;
-      const wmax = Math.max(...members.map((e) => weightAmax.get(e.module)!));
-      for (const e of members) weightAmax.set(e.module, wmax);
+      if (needsAmax) {
+        const wmax = Math.max(...members.map((e) => e.weightAmax!));
+        for (const e of members) e.weightAmax = wmax;
+      }
       if (fmt.inputScaleDivisor !== undefined) {
         const imax = Math.max(...members.map((e) => e.inputAmax!));
         for (const e of members) e.inputAmax = imax;
@@ -144,36 +146,15 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
     }
   }
 
-  // -- 3. kernels
-  const jobs = [...work.values()].map(async (e): Promise<QuantizedLinear> => {
-    const wAmax = weightAmax.get(e.module)!;
+  // -- 3. scales now, codes streamed on demand
+  result.linears = [...work.values()].map((e): QuantizedLinear => {
     const inputScale = e.inputAmax === undefined ? undefined : e.inputAmax === 0 ? 1 : Math.fround(e.inputAmax / fmt.inputScaleDivisor!);
-    const base = { module: e.module, N: e.N, K: e.K, dtype: e.dtype, inputScale, preQuantScale: e.pqs };
-    switch (fmt.name) {
-      case 'fp8': {
-        const scale = fp8WeightScale(wAmax);
-        const r = await pool.run({ kind: 'fp8', w: e.w, dtype: e.dtype, scale });
-        return { ...base, codes: r.codes, weightScale: Float32Array.of(scale) };
-      }
-      case 'fp8_pb_wo': {
-        const r = await pool.run({ kind: 'fp8_block', w: e.w, N: e.N, K: e.K });
-        return { ...base, codes: r.codes, weightScale: r.scales! };
-      }
-      case 'nvfp4':
-      case 'nvfp4_awq': {
-        const ws2 = nvfp4GlobalScale(wAmax);
-        const r = await pool.run({ kind: 'nvfp4', w: e.w, N: e.N, K: e.K, ws2 });
-        return { ...base, codes: r.codes, weightScale: r.scales!, weightScale2: ws2 };
-      }
-      case 'int4_awq':
-      case 'w4a8_awq': {
-        const r = await pool.run({ kind: 'int4', w: e.w, N: e.N, K: e.K });
-        const ws2 = fmt.name === 'w4a8_awq' ? (wAmax === 0 ? 1 : Math.fround(wAmax / 448)) : undefined;
-        return { ...base, codes: r.codes, weightScale: r.scales!, weightScale2: ws2 };
-      }
-    }
+    const q: QuantizedLinear = { module: e.module, N: e.N, K: e.K, dtype: e.dtype, inputScale, preQuantScale: e.pqs, chunks: () => streamChunks(e, fmt, q, pool) };
+    if (fmt.name === 'fp8') q.weightScale = fp8WeightScale(e.weightAmax!);
+    if (fmt.name === 'nvfp4' || fmt.name === 'nvfp4_awq') q.weightScale2 = nvfp4GlobalScale(e.weightAmax!);
+    if (fmt.name === 'w4a8_awq') q.weightScale2 = e.weightAmax === 0 ? 1 : Math.fround(e.weightAmax! / 448);
+    return q;
   });
-  result.linears = await Promise.all(jobs);
 
   if (plan.kvCache === 'fp8') {
     for (const kv of ['k', 'v'] as const) {
@@ -185,20 +166,124 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
   return result;
 }
 
-/** W[n, k] <- dtype(W[n, k] / pqs[k]) */
-function smooth(w: Float32Array, K: number, pqs: Float32Array, dtype: FloatDType): void {
-  for (let i = 0; i < w.length; i++) w[i] = roundToDType(Math.fround(w[i]! / pqs[i % K]!), dtype);
+/** Rows per chunk for a format: whole 128-row bands for 128x128 tiles, pairs of rows for int4. */
+function rowMultiple(fmt: FormatSpec): number {
+  return fmt.name === 'fp8_pb_wo' ? FP8_BLOCK : fmt.evenRows ? 2 : 1;
 }
 
-/** W[n, k] <- dtype(W[n, k] * old[k] / new[k]), in f32 (spec §8.2 step 1). */
-function resmooth(w: Float32Array, K: number, oldS: Float32Array, newS: Float32Array, dtype: FloatDType): void {
-  for (let i = 0; i < w.length; i++) {
-    const k = i % K;
-    w[i] = roundToDType(Math.fround(Math.fround(w[i]! * oldS[k]!) / newS[k]!), dtype);
+function chunkStarts(N: number, rows: number): number[] {
+  const s: number[] = [];
+  for (let r = 0; r < N; r += rows) s.push(r);
+  return s;
+}
+
+async function readChunk(e: Work, pool: KernelPool, row0: number, rows: number): Promise<Slot> {
+  const bytes = rows * e.tensor.rowBytes;
+  const slot = await pool.acquire(bytes);
+  try {
+    await e.tensor.readRows(row0, row0 + rows, slot.src);
+  } catch (err) {
+    pool.release(slot);
+    throw err;
+  }
+  return slot;
+}
+
+function nonFiniteError(e: Work, row0: number, index: number, value: number): QuantizationError {
+  const row = row0 + Math.floor(index / e.K);
+  return new QuantizationError(
+    `${e.tensor.file.path}: tensor "${e.tensor.name}" has ${value} at row ${row}, column ${index % e.K}; refusing to quantize (a NaN/Inf scale breaks every engine)`,
+  );
+}
+
+/** Pass 1: max |W| after the edits, chunk by chunk in the workers; NaN/Inf is an error naming the element. */
+async function scanAmax(e: Work, pool: KernelPool): Promise<number> {
+  const rows = pool.rowsPerChunk(e.K, e.tensor.rowBytes / e.K, 1);
+  const results = await Promise.all(
+    chunkStarts(e.N, rows).map(async (row0) => {
+      const n = Math.min(rows, e.N - row0);
+      const slot = await readChunk(e, pool, row0, n);
+      try {
+        const r = await pool.run({ kind: 'scan', src: slot.src.subarray(0, n * e.tensor.rowBytes), dtype: e.dtype, row0, rows: n, K: e.K, ops: e.ops });
+        if (r.nonFinite) throw nonFiniteError(e, row0, r.nonFinite.index, r.nonFinite.value);
+        return r.amax!;
+      } finally {
+        pool.release(slot);
+      }
+    }),
+  );
+  return Math.max(0, ...results);
+}
+
+/** Pass 2: codes and scales, a few chunks ahead of the consumer. */
+async function* streamChunks(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool): AsyncGenerator<QuantizedChunk> {
+  const rows = pool.rowsPerChunk(e.K, e.tensor.rowBytes / e.K, rowMultiple(fmt));
+  const starts = chunkStarts(e.N, rows);
+  const depth = Math.max(1, pool.workers);
+  const inflight: Promise<QuantizedChunk>[] = [];
+  let next = 0;
+  const launch = () => {
+    if (next < starts.length) {
+      const p = quantizeChunk(e, fmt, q, pool, starts[next++]!, rows);
+      p.catch(() => undefined); // surfaced when awaited below
+      inflight.push(p);
+    }
+  };
+  for (let i = 0; i < depth; i++) launch();
+  try {
+    while (inflight.length > 0) {
+      const c = await inflight.shift()!;
+      launch();
+      yield c;
+    }
+  } finally {
+    // consumer stopped early or a chunk failed: return the slots of the ones still in flight
+    for (const p of inflight) void p.then((c) => c.release(), () => undefined);
   }
 }
 
-/** W[j, :] <- dtype(W[j, :] * s[j]) */
-function scaleRows(w: Float32Array, K: number, s: Float32Array, dtype: FloatDType): void {
-  for (let i = 0; i < w.length; i++) w[i] = roundToDType(Math.fround(w[i]! * s[Math.floor(i / K)]!), dtype);
+async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool, row0: number, maxRows: number): Promise<QuantizedChunk> {
+  const rows = Math.min(maxRows, e.N - row0);
+  const slot = await readChunk(e, pool, row0, rows);
+  const n = rows * e.K;
+  const base = { src: slot.src.subarray(0, rows * e.tensor.rowBytes), dtype: e.dtype, row0, rows, K: e.K, ops: e.ops };
+  let task: KernelTask;
+  let codes: Uint8Array | Int8Array = slot.codes.subarray(0, n);
+  let scales: Uint8Array | Float32Array | undefined;
+  const f32 = (count: number) => new Float32Array(slot.scales.buffer, 0, count);
+  switch (fmt.name) {
+    case 'fp8':
+      task = { ...base, kind: 'fp8', scale: q.weightScale!, codes: codes as Uint8Array };
+      break;
+    case 'fp8_pb_wo':
+      scales = f32(Math.ceil(rows / FP8_BLOCK) * Math.ceil(e.K / FP8_BLOCK));
+      task = { ...base, kind: 'fp8_block', codes: codes as Uint8Array, scales };
+      break;
+    case 'nvfp4':
+    case 'nvfp4_awq':
+      scales = slot.scales.subarray(0, n / 16);
+      task = { ...base, kind: 'nvfp4', ws2: q.weightScale2!, codes: codes as Uint8Array, scales };
+      break;
+    case 'int4_awq':
+    case 'w4a8_awq':
+      codes = new Int8Array(slot.codes.buffer, 0, n);
+      scales = f32(n / 128);
+      task = { ...base, kind: 'int4', codes, scales };
+      break;
+  }
+  let released = false;
+  const release = () => {
+    if (!released) {
+      released = true;
+      pool.release(slot);
+    }
+  };
+  try {
+    const r = await pool.run(task);
+    if (r.nonFinite) throw nonFiniteError(e, row0, r.nonFinite.index, r.nonFinite.value);
+  } catch (err) {
+    release();
+    throw err;
+  }
+  return { row0, rows, codes, scales, slot, release };
 }

@@ -16,6 +16,8 @@ export interface ExportCheckpointOptions extends ExportOptions {
   out: string;
   maxShardSize?: string | number;
   workers?: number;
+  /** Source bytes per kernel chunk (default 8 MiB). */
+  chunkBytes?: number;
   overwrite?: boolean;
   layersInFlight?: number;
   /** Calibration samples (token ids): run the forward pass inline, layer by layer, for the statistics. */
@@ -31,7 +33,7 @@ export async function exportCheckpoint(o: ExportCheckpointOptions): Promise<Extr
   const last = await lastValueFrom(
     readCheckpoint(o.model, { layersInFlight: o.layersInFlight }).pipe(
       o.calibration ? calibrate(o.calibration, { onProgress: o.onCalibrate, gemm: o.gemm }) : identity,
-      quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, onPlan: o.onPlan }),
+      quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, chunkBytes: o.chunkBytes, onPlan: o.onPlan }),
       pack(),
       writeShards(o.out, { maxShardSize: o.maxShardSize, overwrite: o.overwrite }),
       tap((e) => o.onEvent?.(e)),

@@ -40,7 +40,7 @@ export function quantizeFp8BlockRef(w: Float32Array, N: number, K: number, scale
   return out;
 }
 
-export function quantizeFp8Block(w: Float32Array, N: number, K: number, scales: Float32Array, out = new Uint8Array(N * K)): Uint8Array {
+export function quantizeFp8Block(w: Float32Array, N: number, K: number, scales: Float32Array, out: Uint8Array = new Uint8Array(N * K)): Uint8Array {
   const BK = Math.ceil(K / FP8_BLOCK);
   for (let n = 0; n < N; n++) {
     const srow = ((n / FP8_BLOCK) | 0) * BK;

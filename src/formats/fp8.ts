@@ -23,7 +23,7 @@ export function quantizeFp8Ref(w: Float32Array, scale: number, dtype: FloatDType
 }
 
 /** Fast: f32-valued input with the bit-twiddling encoder. */
-export function quantizeFp8(w: Float32Array, scale: number, dtype: FloatDType, out = new Uint8Array(w.length)): Uint8Array {
+export function quantizeFp8(w: Float32Array, scale: number, dtype: FloatDType, out: Uint8Array = new Uint8Array(w.length)): Uint8Array {
   if (dtype === 'F32') {
     for (let i = 0; i < w.length; i++) out[i] = e4m3Encode(Math.fround(w[i]! / scale));
   } else {
@@ -42,7 +42,7 @@ export function fp8LutForBf16(scale: number): Uint8Array {
   return lut;
 }
 
-export function quantizeFp8Bf16Lut(bits: Uint16Array, lut: Uint8Array, out = new Uint8Array(bits.length)): Uint8Array {
+export function quantizeFp8Bf16Lut(bits: Uint16Array, lut: Uint8Array, out: Uint8Array = new Uint8Array(bits.length)): Uint8Array {
   for (let i = 0; i < bits.length; i++) out[i] = lut[bits[i]!]!;
   return out;
 }

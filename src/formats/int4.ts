@@ -40,7 +40,7 @@ export function quantizeInt4Ref(w: Float32Array, N: number, K: number, scales: F
 }
 
 /** Fast: one division per element, rounding without a helper call per tie. */
-export function quantizeInt4(w: Float32Array, N: number, K: number, scales: Float32Array, out = new Int8Array(N * K)): Int8Array {
+export function quantizeInt4(w: Float32Array, N: number, K: number, scales: Float32Array, out: Int8Array = new Int8Array(N * K)): Int8Array {
   const ng = K / INT4_GROUP;
   for (let n = 0; n < N; n++) {
     const row = n * K;

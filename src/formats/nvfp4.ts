@@ -49,8 +49,8 @@ export function quantizeNvfp4(
   N: number,
   K: number,
   ws2: number,
-  codes = new Uint8Array(N * K),
-  scales = new Uint8Array((N * K) / NVFP4_GROUP),
+  codes: Uint8Array = new Uint8Array(N * K),
+  scales: Uint8Array = new Uint8Array((N * K) / NVFP4_GROUP),
 ): { codes: Uint8Array; scales: Uint8Array } {
   const sixWs2 = Math.fround(6 * ws2);
   const total = N * K;

@@ -1,53 +1,109 @@
 /**
- * The heavy per-linear kernels, as plain functions of typed arrays. They run in Piscina worker
- * threads (worker.ts) or inline when the pool has no workers; results are identical either way.
+ * The heavy per-chunk kernels, as plain functions over typed arrays. A task names a row range of one
+ * weight (raw bytes in its source dtype), the AWQ edits to apply, and where to put the results; it
+ * runs in a Piscina worker (worker.ts) or inline, with identical results. Inputs and outputs live in
+ * SharedArrayBuffer slots, so nothing is copied between threads.
  */
+import { decodeToFloat32 } from '../codecs/float.js';
 import { fp8LutForBf16, quantizeFp8, quantizeFp8Bf16Lut } from '../formats/fp8.js';
 import { fp8BlockScales, quantizeFp8Block } from '../formats/fp8-block.js';
 import { quantizeNvfp4 } from '../formats/nvfp4.js';
 import { int4Scales, quantizeInt4 } from '../formats/int4.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
+import { applyWeightOps, type WeightOp } from './weight-ops.js';
 
-export type KernelTask =
-  /** codes = e4m3(dtype(w / scale)) */
-  | { kind: 'fp8'; w: Float32Array; dtype: FloatDType; scale: number }
-  /** 128x128 tile scales and codes */
-  | { kind: 'fp8_block'; w: Float32Array; N: number; K: number }
-  /** e2m1 codes and e4m3 block scales under global scale ws2 */
-  | { kind: 'nvfp4'; w: Float32Array; N: number; K: number; ws2: number }
-  /** int4 q and f32 group scales */
-  | { kind: 'int4'; w: Float32Array; N: number; K: number };
+export interface ChunkInput {
+  /** Raw little-endian bytes of rows [row0, row0 + rows) in `dtype`. */
+  src: Uint8Array;
+  dtype: FloatDType;
+  row0: number;
+  rows: number;
+  K: number;
+  ops: WeightOp[];
+}
+
+export type KernelTask = ChunkInput &
+  (
+    /** amax and the first non-finite element, after ops */
+    | { kind: 'scan' }
+    /** codes = e4m3(dtype(w / scale)) */
+    | { kind: 'fp8'; scale: number; codes: Uint8Array }
+    /** 128x128 tile scales (rows must be whole 128-row bands, except the last) and codes */
+    | { kind: 'fp8_block'; codes: Uint8Array; scales: Float32Array }
+    /** e2m1 codes and e4m3 block scales under global scale ws2 */
+    | { kind: 'nvfp4'; ws2: number; codes: Uint8Array; scales: Uint8Array }
+    /** int4 q and f32 group scales */
+    | { kind: 'int4'; codes: Int8Array; scales: Float32Array }
+  );
 
 export interface KernelResult {
-  codes: Uint8Array | Int8Array;
-  scales?: Float32Array | Uint8Array;
+  amax?: number;
+  /** Index (within the chunk) and value of the first non-finite element. */
+  nonFinite?: { index: number; value: number };
 }
 
 /** Below this many elements, building the 64K-entry bf16 table costs more than it saves. */
 const LUT_MIN_ELEMENTS = 1 << 18;
+const lutCache: { scale: number; lut: Uint8Array } = { scale: NaN, lut: new Uint8Array(0) };
+
+function weights(t: ChunkInput): Float32Array {
+  const w = decodeToFloat32(t.src, t.dtype);
+  if (t.ops.length > 0) applyWeightOps(w, t.K, t.row0, t.ops, t.dtype);
+  return w;
+}
+
+function nonFinite(w: Float32Array): KernelResult['nonFinite'] {
+  for (let i = 0; i < w.length; i++) if (!Number.isFinite(w[i]!)) return { index: i, value: w[i]! };
+  return undefined;
+}
 
 export function runKernel(task: KernelTask): KernelResult {
   switch (task.kind) {
-    case 'fp8': {
-      if (task.dtype === 'BF16' && task.w.length >= LUT_MIN_ELEMENTS) {
-        const bits = new Uint16Array(task.w.length);
-        const u32 = new Uint32Array(task.w.buffer, task.w.byteOffset, task.w.length);
-        for (let i = 0; i < bits.length; i++) bits[i] = u32[i]! >>> 16; // exact: the values are bf16
-        return { codes: quantizeFp8Bf16Lut(bits, fp8LutForBf16(task.scale)) };
+    case 'scan': {
+      const w = weights(task);
+      let m = 0;
+      for (let i = 0; i < w.length; i++) {
+        const a = Math.abs(w[i]!);
+        if (a > m) m = a;
+        else if (!(a <= m)) return { nonFinite: { index: i, value: w[i]! } }; // NaN
+        if (a === Infinity) return { nonFinite: { index: i, value: w[i]! } };
       }
-      return { codes: quantizeFp8(task.w, task.scale, task.dtype) };
+      return { amax: m };
+    }
+    case 'fp8': {
+      const n = task.rows * task.K;
+      if (task.dtype === 'BF16' && task.ops.length === 0 && n >= LUT_MIN_ELEMENTS) {
+        if (lutCache.scale !== task.scale) {
+          lutCache.lut = fp8LutForBf16(task.scale);
+          lutCache.scale = task.scale;
+        }
+        const bits = new Uint16Array(task.src.buffer, task.src.byteOffset, n);
+        quantizeFp8Bf16Lut(bits, lutCache.lut, task.codes);
+      } else {
+        quantizeFp8(weights(task), task.scale, task.dtype, task.codes);
+      }
+      return {}; // the scan pass that computed the scale already checked for NaN/Inf
     }
     case 'fp8_block': {
-      const scales = fp8BlockScales(task.w, task.N, task.K);
-      return { codes: quantizeFp8Block(task.w, task.N, task.K, scales), scales };
+      const w = weights(task);
+      const bad = nonFinite(w);
+      if (bad) return { nonFinite: bad };
+      const s = fp8BlockScales(w, task.rows, task.K);
+      task.scales.set(s);
+      quantizeFp8Block(w, task.rows, task.K, s, task.codes);
+      return {};
     }
-    case 'nvfp4': {
-      const { codes, scales } = quantizeNvfp4(task.w, task.N, task.K, task.ws2);
-      return { codes, scales };
-    }
+    case 'nvfp4':
+      quantizeNvfp4(weights(task), task.rows, task.K, task.ws2, task.codes, task.scales);
+      return {};
     case 'int4': {
-      const scales = int4Scales(task.w, task.N, task.K);
-      return { codes: quantizeInt4(task.w, task.N, task.K, scales), scales };
+      const w = weights(task);
+      const bad = nonFinite(w);
+      if (bad) return { nonFinite: bad };
+      const s = int4Scales(w, task.rows, task.K);
+      task.scales.set(s);
+      quantizeInt4(w, task.rows, task.K, s, task.codes);
+      return {};
     }
   }
 }

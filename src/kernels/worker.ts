@@ -1,9 +1,6 @@
-/** Piscina worker: runs one kernel task and moves (not copies) the result back in a single buffer. */
-import { move } from 'piscina';
-import { runKernel, type KernelTask } from './tasks.js';
-import { joinResult } from './envelope.js';
+/** Piscina worker: runs one kernel task; inputs and outputs are views of shared memory. */
+import { runKernel, type KernelTask, type KernelResult } from './tasks.js';
 
-export default function work(task: KernelTask): Uint8Array {
-  // Piscina transfers only a top-level moved value, so codes and scales travel as one buffer
-  return move(joinResult(runKernel(task))) as Uint8Array;
+export default function work(task: KernelTask): KernelResult {
+  return runKernel(task);
 }

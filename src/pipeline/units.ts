@@ -4,6 +4,7 @@ import type { TensorRef } from '../safetensors/file.js';
 import type { DType, FloatDType } from '../safetensors/dtypes.js';
 import type { ExportPlan } from '../export/plan.js';
 import type { Stats } from '../export/stats.js';
+import type { Slot } from '../kernels/pool.js';
 
 /** One decoder layer (or "the rest": embeddings, final norm, lm_head) as lazy tensor references. */
 export interface ModelUnit {
@@ -18,7 +19,24 @@ export interface ModelUnit {
   release(): void;
 }
 
-/** Codes and scales of one quantized linear, before packing. */
+/** A row range of a quantized linear: codes (one per element) and the scales of those rows. */
+export interface QuantizedChunk {
+  row0: number;
+  rows: number;
+  /**
+   * One code per weight element, row-major [rows, K]: e4m3 bytes (fp8, fp8_pb_wo), e2m1 nibbles
+   * (nvfp4*), or signed int4 values (int4_awq, w4a8_awq).
+   */
+  codes: Uint8Array | Int8Array;
+  /** nvfp4: e4m3 bytes [rows, K/16]; int4: f32 [rows, K/128]; fp8_pb_wo: f32 per 128x128 tile of these rows; fp8: none. */
+  scales?: Uint8Array | Float32Array;
+  /** Shared memory the chunk lives in; `pack` writes the stored layout into `slot.packed`. */
+  slot: Slot;
+  /** Returns the slot to the pool (writeShards calls it once the chunk is on disk). */
+  release(): void;
+}
+
+/** Scales of one quantized linear, with its codes streamed in row chunks (no whole tensor is held). */
 export interface QuantizedLinear {
   module: string;
   /** out_features, in_features */
@@ -26,17 +44,17 @@ export interface QuantizedLinear {
   K: number;
   /** The source weight's dtype (pre_quant_scale is stored in it). */
   dtype: FloatDType;
-  /**
-   * One code per weight element, row-major [N, K]: e4m3 bytes (fp8, fp8_pb_wo), e2m1 nibbles (nvfp4*),
-   * or signed int4 values in an Int8Array (int4_awq, w4a8_awq).
-   */
-  codes: Uint8Array | Int8Array;
-  /** fp8: [1]; fp8_pb_wo: f32 per 128x128 tile; nvfp4: e4m3 bytes per 16; int4: f32 per 128. */
-  weightScale: Float32Array | Uint8Array;
+  /** fp8: the per-tensor weight_scale. */
+  weightScale?: number;
   weightScale2?: number;
   inputScale?: number;
   /** In the source dtype's values (already rounded to it); present only where not folded away. */
   preQuantScale?: Float32Array;
+  /**
+   * The quantized rows in order. Iterate once; release every chunk. Work happens here, as the
+   * consumer pulls, with a few chunks prefetched in worker threads.
+   */
+  chunks(): AsyncIterable<QuantizedChunk>;
 }
 
 export interface QuantizedUnit extends ModelUnit {
@@ -53,6 +71,13 @@ export type OutputTensor =
   | { name: string; dtype: DType; shape: readonly number[]; data: Uint8Array }
   | { name: string; dtype: DType; shape: readonly number[]; source: TensorRef };
 
+/** Byte ranges of several output tensors produced together, chunk by chunk (a linear's weight and weight_scale). */
+export interface StreamedOutput {
+  tensors: { name: string; dtype: DType; shape: readonly number[] }[];
+  parts(): AsyncIterable<{ writes: { name: string; offset: number; data: Uint8Array }[]; release(): void }>;
+}
+
 export interface PackedUnit extends QuantizedUnit {
   outputs: OutputTensor[];
+  streams: StreamedOutput[];
 }
