@@ -204,7 +204,7 @@ async function scanAmax(e: Work, pool: KernelPool): Promise<number> {
       const n = Math.min(rows, e.N - row0);
       const slot = await readChunk(e, pool, row0, n);
       try {
-        const r = await pool.run({ kind: 'scan', src: slot.src.subarray(0, n * e.tensor.rowBytes), dtype: e.dtype, row0, rows: n, K: e.K, ops: e.ops });
+        const r = await pool.run({ kind: 'scan', src: slot.src.subarray(0, n * e.tensor.rowBytes), dtype: e.dtype, row0, rows: n, K: e.K, ops: e.ops, wasm: slot.wasm });
         if (r.nonFinite) throw nonFiniteError(e, row0, r.nonFinite.index, r.nonFinite.value);
         return r.amax!;
       } finally {
@@ -246,11 +246,11 @@ async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
   const rows = Math.min(maxRows, e.N - row0);
   const slot = await readChunk(e, pool, row0, rows);
   const n = rows * e.K;
-  const base = { src: slot.src.subarray(0, rows * e.tensor.rowBytes), dtype: e.dtype, row0, rows, K: e.K, ops: e.ops };
+  const base = { src: slot.src.subarray(0, rows * e.tensor.rowBytes), dtype: e.dtype, row0, rows, K: e.K, ops: e.ops, wasm: slot.wasm, lut: slot.lut };
   let task: KernelTask;
   let codes: Uint8Array | Int8Array = slot.codes.subarray(0, n);
   let scales: Uint8Array | Float32Array | undefined;
-  const f32 = (count: number) => new Float32Array(slot.scales.buffer, 0, count);
+  const f32 = (count: number) => new Float32Array(slot.scales.buffer, slot.scales.byteOffset, count);
   switch (fmt.name) {
     case 'fp8':
       task = { ...base, kind: 'fp8', scale: q.weightScale!, codes: codes as Uint8Array };
@@ -266,7 +266,7 @@ async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
       break;
     case 'int4_awq':
     case 'w4a8_awq':
-      codes = new Int8Array(slot.codes.buffer, 0, n);
+      codes = new Int8Array(slot.codes.buffer, slot.codes.byteOffset, n);
       scales = f32(n / 128);
       task = { ...base, kind: 'int4', codes, scales };
       break;

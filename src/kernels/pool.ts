@@ -1,14 +1,18 @@
 /**
  * Worker threads for the kernels (Piscina), and the shared-memory slots chunks travel in.
- * A slot holds one chunk from the moment it is read until its packed bytes are written, so the
- * number of slots bounds memory; buffers are allocated once and reused (first touch of fresh
- * memory costs ~0.6 s/GiB on this machine).
+ *
+ * All slots are regions of one shared WebAssembly.Memory that every worker instantiates the SIMD
+ * kernels over, so a task carries only views (addresses) and nothing is copied between threads. A
+ * slot holds one chunk from the moment it is read until its packed bytes are written, so the number
+ * of slots bounds memory; the buffers are allocated once and reused (first touch of fresh memory
+ * costs ~0.6 s/GiB on this machine).
  */
 import { Piscina } from 'piscina';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { cpus } from 'node:os';
 import { runKernel, type KernelTask, type KernelResult } from './tasks.js';
+import { compileKernels, createSharedMemory, instantiate, WASM_RESERVED, type WasmKernels } from './wasm.js';
 
 /** The compiled worker: beside this file in dist/, or dist/ mirrored when running from TypeScript sources. */
 function workerPath(): string {
@@ -26,24 +30,43 @@ export function defaultWorkers(): number {
 /** Source bytes per chunk (default 8 MiB). */
 export const DEFAULT_CHUNK_BYTES = 8 * 2 ** 20;
 
-/** One chunk's worth of shared buffers: source bytes, one code per element, packed output, scales. */
+/** One chunk's worth of shared buffers: source bytes, one code per element, packed output, scales, scratch. */
 export interface Slot {
   src: Uint8Array;
   codes: Uint8Array;
   packed: Uint8Array;
   scales: Uint8Array;
+  lut: Uint8Array;
+  /** The views lie in the kernels' WebAssembly memory (the SIMD kernels can run on them). */
+  wasm: boolean;
 }
 
-function shared(bytes: number): Uint8Array {
-  return new Uint8Array(new SharedArrayBuffer(bytes));
+const align = (n: number) => Math.ceil(n / 64) * 64;
+
+function layout(bytes: number) {
+  const scales = align(Math.ceil(bytes / 8) + 4096);
+  return { src: 0, codes: bytes, packed: 2 * bytes, scales: 3 * bytes, lut: 3 * bytes + scales, size: 3 * bytes + scales + 65536 };
+}
+
+function slotIn(buffer: ArrayBufferLike, base: number, bytes: number, wasm: boolean): Slot {
+  const l = layout(bytes);
+  return {
+    src: new Uint8Array(buffer, base + l.src, bytes),
+    codes: new Uint8Array(buffer, base + l.codes, bytes),
+    packed: new Uint8Array(buffer, base + l.packed, bytes),
+    scales: new Uint8Array(buffer, base + l.scales, l.lut - l.scales),
+    lut: new Uint8Array(buffer, base + l.lut, 65536),
+    wasm,
+  };
 }
 
 export class KernelPool {
   private piscina: Piscina | undefined;
+  private kernels: WasmKernels | undefined;
   private free: Slot[] = [];
   private waiting: ((s: Slot) => void)[] = [];
-  private slotBytes: number;
-  private allocated = 0;
+  private ready: Promise<void>;
+  private closed = false;
 
   constructor(
     readonly workers: number = defaultWorkers(),
@@ -52,9 +75,34 @@ export class KernelPool {
     /** Slots in circulation: chunks being read, quantized or written at once. */
     readonly slots: number = Math.max(2, workers) + 2,
   ) {
-    this.slotBytes = chunkBytes;
-    if (workers > 0) {
-      this.piscina = new Piscina({ filename: workerPath(), minThreads: workers, maxThreads: workers, idleTimeout: 1000 });
+    this.chunkBytes = align(chunkBytes);
+    this.ready = this.init();
+    this.ready.catch(() => undefined);
+  }
+
+  private async init(): Promise<void> {
+    let module: WebAssembly.Module | undefined;
+    let memory: WebAssembly.Memory | undefined;
+    try {
+      module = await compileKernels();
+      memory = createSharedMemory(this.slots * layout(this.chunkBytes).size);
+      for (let i = 0; i < this.slots; i++) this.free.push(slotIn(memory.buffer, WASM_RESERVED + i * layout(this.chunkBytes).size, this.chunkBytes, true));
+      if (this.workers === 0) this.kernels = instantiate(module, memory);
+    } catch {
+      // no SIMD here: plain JavaScript kernels over ordinary shared buffers
+      module = undefined;
+      memory = undefined;
+      this.free = [];
+      for (let i = 0; i < this.slots; i++) this.free.push(slotIn(new SharedArrayBuffer(layout(this.chunkBytes).size), 0, this.chunkBytes, false));
+    }
+    if (this.workers > 0 && !this.closed) {
+      this.piscina = new Piscina({
+        filename: workerPath(),
+        minThreads: this.workers,
+        maxThreads: this.workers,
+        idleTimeout: 1000,
+        workerData: { module, memory },
+      });
     }
   }
 
@@ -64,41 +112,34 @@ export class KernelPool {
     return Math.max(multiple, rows - (rows % multiple));
   }
 
-  /** Makes sure slots can hold `srcBytes` of source (a chunk that must be larger than the default). */
-  private ensureCapacity(srcBytes: number): void {
-    if (srcBytes <= this.slotBytes) return;
-    this.slotBytes = srcBytes;
-    this.free = []; // the old, smaller slots are dropped as they come back
-  }
-
+  /** A slot with room for `srcBytes` of source; waits for one to come back when all are in use. */
   async acquire(srcBytes: number): Promise<Slot> {
-    this.ensureCapacity(srcBytes);
-    const s = this.free.pop();
-    if (s && s.src.length >= srcBytes) return s;
-    if (this.allocated < this.slots) {
-      this.allocated++;
-      const b = this.slotBytes;
-      // codes: one byte per element (at most b/2 elements of 16-bit sources, b/4 of f32: b is ample)
-      return { src: shared(b), codes: shared(b), packed: shared(b), scales: shared(Math.ceil(b / 8) + 4096) };
+    await this.ready;
+    if (srcBytes > this.chunkBytes) {
+      // a row range larger than a chunk (very wide rows): a one-off buffer, JavaScript kernels
+      return slotIn(new SharedArrayBuffer(layout(align(srcBytes)).size), 0, align(srcBytes), false);
     }
-    const got = await new Promise<Slot>((resolve) => this.waiting.push(resolve));
-    if (got.src.length >= srcBytes) return got;
-    return { src: shared(this.slotBytes), codes: shared(this.slotBytes), packed: shared(this.slotBytes), scales: shared(Math.ceil(this.slotBytes / 8) + 4096) };
+    const s = this.free.pop();
+    if (s) return s;
+    return new Promise<Slot>((resolve) => this.waiting.push(resolve));
   }
 
   release(slot: Slot): void {
+    if (slot.src.length > this.chunkBytes) return; // one-off: garbage
     const next = this.waiting.shift();
     if (next) next(slot);
-    else if (slot.src.length >= this.slotBytes) this.free.push(slot);
-    else this.allocated--;
+    else this.free.push(slot);
   }
 
   async run(task: KernelTask): Promise<KernelResult> {
-    if (!this.piscina) return runKernel(task);
+    await this.ready;
+    if (!this.piscina) return runKernel(task, this.kernels);
     return (await this.piscina.run(task)) as KernelResult;
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    await this.ready.catch(() => undefined);
     const p = this.piscina;
     this.piscina = undefined;
     this.free = [];

@@ -11,10 +11,16 @@ import { quantizeNvfp4 } from '../formats/nvfp4.js';
 import { int4Scales, quantizeInt4 } from '../formats/int4.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
 import { applyWeightOps, type WeightOp } from './weight-ops.js';
+import type { WasmKernels } from './wasm.js';
+import { f32FromBits } from '../codecs/float.js';
 
 export interface ChunkInput {
   /** Raw little-endian bytes of rows [row0, row0 + rows) in `dtype`. */
   src: Uint8Array;
+  /** All views (src, codes, scales, lut) lie in the kernels' shared WebAssembly memory: byteOffset is the address. */
+  wasm?: boolean;
+  /** 64 KiB of scratch in the same memory (FP8 lookup table). */
+  lut?: Uint8Array;
   dtype: FloatDType;
   row0: number;
   rows: number;
@@ -57,7 +63,58 @@ function nonFinite(w: Float32Array): KernelResult['nonFinite'] {
   return undefined;
 }
 
-export function runKernel(task: KernelTask): KernelResult {
+/**
+ * Runs a task with the SIMD kernels when they apply (bf16 source, no AWQ edits, views in the shared
+ * memory, the format's shape constraints), else with the plain JavaScript kernels. Both give the
+ * same bytes; a NaN/Inf found by a SIMD kernel is located by the JavaScript path.
+ */
+export function runKernel(task: KernelTask, k?: WasmKernels): KernelResult {
+  if (k && task.wasm && task.dtype === 'BF16' && task.ops.length === 0) {
+    const r = runWasm(task, k);
+    if (r) return r;
+  }
+  return runJs(task);
+}
+
+function finiteScales(s: Float32Array): boolean {
+  for (let i = 0; i < s.length; i++) if (!Number.isFinite(s[i]!)) return false;
+  return true;
+}
+
+/** The SIMD path; undefined means "not applicable here, use JavaScript". */
+function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
+  const n = task.rows * task.K;
+  const src = task.src.byteOffset;
+  switch (task.kind) {
+    case 'scan': {
+      const m = k.amax_bf16(src, n);
+      if (m >= 0x7f80) return undefined; // NaN or Inf: let the JS path say where
+      return { amax: f32FromBits(m << 16) };
+    }
+    case 'fp8': {
+      if (!task.lut) return undefined;
+      if (lutCache.scale !== task.scale) {
+        lutCache.lut = fp8LutForBf16(task.scale);
+        lutCache.scale = task.scale;
+      }
+      task.lut.set(lutCache.lut);
+      k.lut16(src, n, task.lut.byteOffset, task.codes.byteOffset);
+      return {};
+    }
+    case 'fp8_block':
+      if (task.K % 128 !== 0) return undefined;
+      k.fp8_block(src, task.rows, task.K, task.codes.byteOffset, task.scales.byteOffset);
+      return finiteScales(task.scales) ? {} : undefined;
+    case 'nvfp4':
+      k.nvfp4(src, n / 16, task.ws2, Math.fround(6 * task.ws2), task.codes.byteOffset, task.scales.byteOffset);
+      return {};
+    case 'int4':
+      k.int4(src, n / 128, task.codes.byteOffset, task.scales.byteOffset);
+      return finiteScales(task.scales) ? {} : undefined;
+  }
+}
+
+function runJs(task: KernelTask): KernelResult {
   switch (task.kind) {
     case 'scan': {
       const w = weights(task);

@@ -1,0 +1,242 @@
+/**
+ * WebAssembly SIMD kernels over bf16 weights, hand-written (node-performance §2: 4-20x plain JS).
+ * Every function reads and writes a shared memory at byte addresses the caller gives; bytes 0..1023
+ * hold the e4m3 decode table (256 f32). Each kernel is tested byte-for-byte against the plain
+ * JavaScript reference of its format (test/wasm.test.ts).
+ *
+ * Helpers are written as WAT text macros and inlined by hand, since Node 20 does not inline
+ * wasm-to-wasm calls.
+ */
+
+/** bf16 lanes of a v128 at `addr` -> four f32x4 (low 4 of the first 8, high 4, ...). */
+const BF16_TO_F32_LO = (v: string) => `(i32x4.shl (i32x4.extend_low_i16x8_u ${v}) (i32.const 16))`;
+const BF16_TO_F32_HI = (v: string) => `(i32x4.shl (i32x4.extend_high_i16x8_u ${v}) (i32.const 16))`;
+
+/** e2m1 code of each f32 lane of q (NVFP4 rounding: ties at 0.75, 1.75, 3.5 go up); uses locals $qq, $qa. */
+const E2M1 = (q: string) => `
+  (v128.or
+    (i32x4.neg
+      (i32x4.add
+        (i32x4.add
+          (i32x4.add (f32x4.gt (local.tee $qa (f32x4.abs (local.tee $qq ${q}))) (v128.const f32x4 0.25 0.25 0.25 0.25))
+                     (f32x4.ge (local.get $qa) (v128.const f32x4 0.75 0.75 0.75 0.75)))
+          (i32x4.add (f32x4.gt (local.get $qa) (v128.const f32x4 1.25 1.25 1.25 1.25))
+                     (f32x4.ge (local.get $qa) (v128.const f32x4 1.75 1.75 1.75 1.75))))
+        (i32x4.add
+          (i32x4.add (f32x4.gt (local.get $qa) (v128.const f32x4 2.5 2.5 2.5 2.5))
+                     (f32x4.ge (local.get $qa) (v128.const f32x4 3.5 3.5 3.5 3.5)))
+          (f32x4.gt (local.get $qa) (v128.const f32x4 5 5 5 5)))))
+    (v128.and (f32x4.lt (local.get $qq) (v128.const f32x4 0 0 0 0)) (v128.const i32x4 8 8 8 8)))`;
+
+/** e4m3 code of each f32 lane of q (RNE, subnormals, clamp to 448, sign kept); uses locals $qq, $a. */
+const E4M3 = (q: string) => `
+  (v128.or
+    (v128.and (i32x4.shr_u (local.tee $qq ${q}) (i32.const 24)) (v128.const i32x4 0x80 0x80 0x80 0x80))
+    (v128.bitselect
+      (i32x4.trunc_sat_f32x4_u (f32x4.nearest (f32x4.mul
+        (local.tee $a (f32x4.min (f32x4.abs (local.get $qq)) (v128.const f32x4 448 448 448 448)))
+        (v128.const f32x4 512 512 512 512))))
+      (i32x4.sub
+        (i32x4.shr_u
+          (i32x4.add (local.get $a)
+            (i32x4.add (v128.const i32x4 0x7ffff 0x7ffff 0x7ffff 0x7ffff)
+              (v128.and (i32x4.shr_u (local.get $a) (i32.const 20)) (v128.const i32x4 1 1 1 1))))
+          (i32.const 20))
+        (v128.const i32x4 960 960 960 960))
+      (f32x4.lt (local.get $a) (v128.const f32x4 0.015625 0.015625 0.015625 0.015625))))`;
+
+/** Four i32x4 of byte values -> one v128 of 16 bytes. */
+const NARROW_U8 = (a: string, b: string, c: string, d: string) =>
+  `(i8x16.narrow_i16x8_u (i16x8.narrow_i32x4_u ${a} ${b}) (i16x8.narrow_i32x4_u ${c} ${d}))`;
+const NARROW_S8 = (a: string, b: string, c: string, d: string) =>
+  `(i8x16.narrow_i16x8_s (i16x8.narrow_i32x4_s ${a} ${b}) (i16x8.narrow_i32x4_s ${c} ${d}))`;
+
+/** Horizontal max of the four f32 lanes of v. */
+const HMAX = (v: string) => `
+  (f32.max (f32.max (f32x4.extract_lane 0 ${v}) (f32x4.extract_lane 1 ${v}))
+           (f32.max (f32x4.extract_lane 2 ${v}) (f32x4.extract_lane 3 ${v})))`;
+
+/** |bf16| bits max of 8 lanes at addr (integer compare is monotonic for finite values). */
+const ABS16 = (addr: string) => `(v128.and (v128.load ${addr}) (v128.const i16x8 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff))`;
+const HMAX16 = (v: string) => `
+  (local.set $m (i16x8.extract_lane_u 0 ${v}))
+  ${[1, 2, 3, 4, 5, 6, 7].map((i) => `(if (i32.gt_u (i16x8.extract_lane_u ${i} ${v}) (local.get $m)) (then (local.set $m (i16x8.extract_lane_u ${i} ${v}))))`).join('\n  ')}`;
+
+export const KERNELS_WAT = `
+(module
+  (import "env" "mem" (memory 1 65536 shared))
+
+  ;; max over n bf16 values of (bits & 0x7fff); > 0x7f80 means a NaN, 0x7f80 an infinity
+  (func (export "amax_bf16") (param $src i32) (param $n i32) (result i32)
+    (local $acc v128) (local $acc2 v128) (local $i i32) (local $end i32) (local $m i32) (local $v i32)
+    (local.set $end (i32.and (local.get $n) (i32.const -16)))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
+      (local.set $acc (i16x8.max_u (local.get $acc) ${ABS16('(i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 1)))')}))
+      (local.set $acc2 (i16x8.max_u (local.get $acc2) ${ABS16('(i32.add (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 1))) (i32.const 16))')}))
+      (local.set $i (i32.add (local.get $i) (i32.const 16)))
+      (br $l)))
+    (local.set $acc (i16x8.max_u (local.get $acc) (local.get $acc2)))
+    ${HMAX16('(local.get $acc)')}
+    (block $done2 (loop $t
+      (br_if $done2 (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $v (i32.and (i32.load16_u (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 1)))) (i32.const 0x7fff)))
+      (if (i32.gt_u (local.get $v) (local.get $m)) (then (local.set $m (local.get $v))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $t)))
+    (local.get $m))
+
+  ;; dst[i] = lut[bf16 bits of src[i]], 64K-entry table (FP8 per-tensor: bit-exact for any formula)
+  (func (export "lut16") (param $src i32) (param $n i32) (param $lut i32) (param $dst i32)
+    (local $i i32) (local $end i32) (local $p i32)
+    (local.set $end (i32.and (local.get $n) (i32.const -4)))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
+      (local.set $p (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 1))))
+      (i32.store8 (i32.add (local.get $dst) (local.get $i)) (i32.load8_u (i32.add (local.get $lut) (i32.load16_u (local.get $p)))))
+      (i32.store8 offset=1 (i32.add (local.get $dst) (local.get $i)) (i32.load8_u (i32.add (local.get $lut) (i32.load16_u offset=2 (local.get $p)))))
+      (i32.store8 offset=2 (i32.add (local.get $dst) (local.get $i)) (i32.load8_u (i32.add (local.get $lut) (i32.load16_u offset=4 (local.get $p)))))
+      (i32.store8 offset=3 (i32.add (local.get $dst) (local.get $i)) (i32.load8_u (i32.add (local.get $lut) (i32.load16_u offset=6 (local.get $p)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 4)))
+      (br $l)))
+    (block $done2 (loop $t
+      (br_if $done2 (i32.ge_u (local.get $i) (local.get $n)))
+      (i32.store8 (i32.add (local.get $dst) (local.get $i))
+        (i32.load8_u (i32.add (local.get $lut) (i32.load16_u (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 1)))))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $t))))
+
+  ;; NVFP4 over nblk blocks of 16 bf16: e4m3 block scale (vs ws2) to scales[b], 16 e2m1 codes to codes
+  (func (export "nvfp4") (param $src i32) (param $nblk i32) (param $ws2 f32) (param $six f32) (param $codes i32) (param $scales i32)
+    (local $b i32) (local $p i32) (local $lo v128) (local $hi v128)
+    (local $f0 v128) (local $f1 v128) (local $f2 v128) (local $f3 v128) (local $mx v128) (local $a v128)
+    (local $s f32) (local $bits i32) (local $code i32) (local $dv v128) (local $qq v128) (local $qa v128)
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $b) (local.get $nblk)))
+      (local.set $p (i32.add (local.get $src) (i32.shl (local.get $b) (i32.const 5))))
+      (local.set $lo (v128.load (local.get $p)))
+      (local.set $hi (v128.load offset=16 (local.get $p)))
+      (local.set $f0 ${BF16_TO_F32_LO('(local.get $lo)')})
+      (local.set $f1 ${BF16_TO_F32_HI('(local.get $lo)')})
+      (local.set $f2 ${BF16_TO_F32_LO('(local.get $hi)')})
+      (local.set $f3 ${BF16_TO_F32_HI('(local.get $hi)')})
+      (local.set $mx (f32x4.max (f32x4.max (f32x4.abs (local.get $f0)) (f32x4.abs (local.get $f1)))
+                                (f32x4.max (f32x4.abs (local.get $f2)) (f32x4.abs (local.get $f3)))))
+      ;; s = clamp(blockAmax / (6 ws2), 2^-9, 448), zero block -> 1
+      (local.set $s (f32.div ${HMAX('(local.get $mx)')} (local.get $six)))
+      (if (f32.eq (local.get $s) (f32.const 0)) (then (local.set $s (f32.const 1))))
+      (local.set $s (f32.min (f32.max (local.get $s) (f32.const 0x1p-9)) (f32.const 448)))
+      ;; scalar e4m3 of a positive value
+      (if (f32.lt (local.get $s) (f32.const 0.015625))
+        (then (local.set $code (i32.trunc_f32_u (f32.nearest (f32.mul (local.get $s) (f32.const 512))))))
+        (else
+          (local.set $bits (i32.reinterpret_f32 (local.get $s)))
+          (local.set $code (i32.sub (i32.shr_u (i32.add (local.get $bits)
+             (i32.add (i32.const 0x7ffff) (i32.and (i32.shr_u (local.get $bits) (i32.const 20)) (i32.const 1)))) (i32.const 20)) (i32.const 960)))))
+      (i32.store8 (i32.add (local.get $scales) (local.get $b)) (local.get $code))
+      (local.set $dv (f32x4.splat (f32.mul (f32.load (i32.shl (local.get $code) (i32.const 2))) (local.get $ws2))))
+      (v128.store (i32.add (local.get $codes) (i32.shl (local.get $b) (i32.const 4)))
+        ${NARROW_U8(E2M1('(f32x4.div (local.get $f0) (local.get $dv))'), E2M1('(f32x4.div (local.get $f1) (local.get $dv))'), E2M1('(f32x4.div (local.get $f2) (local.get $dv))'), E2M1('(f32x4.div (local.get $f3) (local.get $dv))'))})
+      (local.set $b (i32.add (local.get $b) (i32.const 1)))
+      (br $l))))
+
+  ;; INT4 over groups of 128 bf16 (K % 128 == 0): scale = amax/7 (zero -> 1) as f32, q = rne(w/scale) in [-8, 7]
+  (func (export "int4") (param $src i32) (param $ngroups i32) (param $codes i32) (param $scales i32)
+    (local $g i32) (local $p i32) (local $j i32) (local $v v128) (local $mx v128) (local $s f32) (local $sv v128) (local $q i32)
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $g) (local.get $ngroups)))
+      (local.set $p (i32.add (local.get $src) (i32.shl (local.get $g) (i32.const 8))))
+      (local.set $mx (v128.const i32x4 0 0 0 0))
+      (local.set $j (i32.const 0))
+      (block $d1 (loop $l1
+        (br_if $d1 (i32.ge_u (local.get $j) (i32.const 256)))
+        (local.set $v (v128.load (i32.add (local.get $p) (local.get $j))))
+        (local.set $mx (f32x4.max (local.get $mx) (f32x4.max (f32x4.abs ${BF16_TO_F32_LO('(local.get $v)')}) (f32x4.abs ${BF16_TO_F32_HI('(local.get $v)')}))))
+        (local.set $j (i32.add (local.get $j) (i32.const 16)))
+        (br $l1)))
+      (local.set $s ${HMAX('(local.get $mx)')})
+      (local.set $s (if (result f32) (f32.eq (local.get $s) (f32.const 0)) (then (f32.const 1)) (else (f32.div (local.get $s) (f32.const 7)))))
+      (f32.store (i32.add (local.get $scales) (i32.shl (local.get $g) (i32.const 2))) (local.get $s))
+      (local.set $sv (f32x4.splat (local.get $s)))
+      (local.set $j (i32.const 0))
+      (block $d2 (loop $l2
+        (br_if $d2 (i32.ge_u (local.get $j) (i32.const 256)))
+        (local.set $v (v128.load (i32.add (local.get $p) (local.get $j))))
+        (local.set $mx (v128.load offset=16 (i32.add (local.get $p) (local.get $j))))
+        (v128.store (i32.add (i32.add (local.get $codes) (i32.shl (local.get $g) (i32.const 7))) (i32.shr_u (local.get $j) (i32.const 1)))
+          ${NARROW_S8(
+            Q4(BF16_TO_F32_LO('(local.get $v)')),
+            Q4(BF16_TO_F32_HI('(local.get $v)')),
+            Q4(BF16_TO_F32_LO('(local.get $mx)')),
+            Q4(BF16_TO_F32_HI('(local.get $mx)')),
+          )})
+        (local.set $j (i32.add (local.get $j) (i32.const 32)))
+        (br $l2)))
+      (local.set $g (i32.add (local.get $g) (i32.const 1)))
+      (br $l))))
+
+  ;; FP8 128x128 tiles over rows [0, rows) of a bf16 [rows, K] band set (K % 128 == 0):
+  ;; scales[band * BK + tile] = tileAmax/448 (zero -> 1), codes = e4m3(w / scale)
+  (func (export "fp8_block") (param $src i32) (param $rows i32) (param $K i32) (param $codes i32) (param $scales i32)
+    (local $band i32) (local $r0 i32) (local $nr i32) (local $tb i32) (local $BK i32) (local $r i32) (local $j i32)
+    (local $p i32) (local $acc v128) (local $m i32) (local $s f32) (local $sv v128) (local $v v128) (local $w v128) (local $a v128) (local $o i32) (local $qq v128)
+    (local.set $BK (i32.shr_u (local.get $K) (i32.const 7)))
+    (block $done (loop $lb
+      (local.set $r0 (i32.shl (local.get $band) (i32.const 7)))
+      (br_if $done (i32.ge_u (local.get $r0) (local.get $rows)))
+      (local.set $nr (i32.sub (local.get $rows) (local.get $r0)))
+      (if (i32.gt_u (local.get $nr) (i32.const 128)) (then (local.set $nr (i32.const 128))))
+      (local.set $tb (i32.const 0))
+      (block $dt (loop $lt
+        (br_if $dt (i32.ge_u (local.get $tb) (local.get $BK)))
+        ;; tile amax on |bits|
+        (local.set $acc (v128.const i32x4 0 0 0 0))
+        (local.set $r (i32.const 0))
+        (block $dr (loop $lr
+          (br_if $dr (i32.ge_u (local.get $r) (local.get $nr)))
+          (local.set $p (i32.add (local.get $src) (i32.shl (i32.add (i32.mul (i32.add (local.get $r0) (local.get $r)) (local.get $K)) (i32.shl (local.get $tb) (i32.const 7))) (i32.const 1))))
+          (local.set $j (i32.const 0))
+          (block $dj (loop $lj
+            (br_if $dj (i32.ge_u (local.get $j) (i32.const 256)))
+            (local.set $acc (i16x8.max_u (local.get $acc) ${ABS16('(i32.add (local.get $p) (local.get $j))')}))
+            (local.set $j (i32.add (local.get $j) (i32.const 16)))
+            (br $lj)))
+          (local.set $r (i32.add (local.get $r) (i32.const 1)))
+          (br $lr)))
+        ${HMAX16('(local.get $acc)')}
+        (local.set $s (f32.reinterpret_i32 (i32.shl (local.get $m) (i32.const 16))))
+        (local.set $s (if (result f32) (f32.eq (local.get $s) (f32.const 0)) (then (f32.const 1)) (else (f32.div (local.get $s) (f32.const 448)))))
+        (f32.store (i32.add (local.get $scales) (i32.shl (i32.add (i32.mul (local.get $band) (local.get $BK)) (local.get $tb)) (i32.const 2))) (local.get $s))
+        (local.set $sv (f32x4.splat (local.get $s)))
+        (local.set $r (i32.const 0))
+        (block $dq (loop $lq
+          (br_if $dq (i32.ge_u (local.get $r) (local.get $nr)))
+          (local.set $o (i32.add (i32.mul (i32.add (local.get $r0) (local.get $r)) (local.get $K)) (i32.shl (local.get $tb) (i32.const 7))))
+          (local.set $p (i32.add (local.get $src) (i32.shl (local.get $o) (i32.const 1))))
+          (local.set $j (i32.const 0))
+          (block $dk (loop $lk
+            (br_if $dk (i32.ge_u (local.get $j) (i32.const 256)))
+            (local.set $v (v128.load (i32.add (local.get $p) (local.get $j))))
+            (local.set $w (v128.load offset=16 (i32.add (local.get $p) (local.get $j))))
+            (v128.store (i32.add (i32.add (local.get $codes) (local.get $o)) (i32.shr_u (local.get $j) (i32.const 1)))
+              ${NARROW_U8(
+                E4M3(`(f32x4.div ${BF16_TO_F32_LO('(local.get $v)')} (local.get $sv))`),
+                E4M3(`(f32x4.div ${BF16_TO_F32_HI('(local.get $v)')} (local.get $sv))`),
+                E4M3(`(f32x4.div ${BF16_TO_F32_LO('(local.get $w)')} (local.get $sv))`),
+                E4M3(`(f32x4.div ${BF16_TO_F32_HI('(local.get $w)')} (local.get $sv))`),
+              )})
+            (local.set $j (i32.add (local.get $j) (i32.const 32)))
+            (br $lk)))
+          (local.set $r (i32.add (local.get $r) (i32.const 1)))
+          (br $lq)))
+        (local.set $tb (i32.add (local.get $tb) (i32.const 1)))
+        (br $lt)))
+      (local.set $band (i32.add (local.get $band) (i32.const 1)))
+      (br $lb))))
+)
+`;
+
+/** rne(x / scale) clamped to [-8, 7], as i32x4 ($sv holds the splatted scale). */
+function Q4(x: string): string {
+  return `(i32x4.trunc_sat_f32x4_s (f32x4.min (f32x4.max (f32x4.nearest (f32x4.div ${x} (local.get $sv))) (v128.const f32x4 -8 -8 -8 -8)) (v128.const f32x4 7 7 7 7)))`;
+}

@@ -1,0 +1,42 @@
+/** Compiling and instantiating the SIMD kernels over a shared memory. */
+import { KERNELS_WAT } from './kernels.wat.js';
+import { E4M3_VALUES } from '../codecs/e4m3.js';
+
+export interface WasmKernels {
+  memory: WebAssembly.Memory;
+  amax_bf16(src: number, n: number): number;
+  lut16(src: number, n: number, lut: number, dst: number): void;
+  nvfp4(src: number, nblk: number, ws2: number, six: number, codes: number, scales: number): void;
+  int4(src: number, ngroups: number, codes: number, scales: number): void;
+  fp8_block(src: number, rows: number, K: number, codes: number, scales: number): void;
+}
+
+/** Bytes at the start of the memory reserved for the e4m3 decode table. */
+export const WASM_RESERVED = 1024;
+
+let compiled: Promise<WebAssembly.Module> | undefined;
+
+/** Compiles the kernels once per thread (wabt: ~45 ms). */
+export function compileKernels(): Promise<WebAssembly.Module> {
+  compiled ??= (async () => {
+    const wabt = await (await import('wabt')).default();
+    const mod = wabt.parseWat('kernels.wat', KERNELS_WAT, { simd: true, threads: true });
+    const { buffer } = mod.toBinary({});
+    mod.destroy();
+    return new WebAssembly.Module(buffer as unknown as BufferSource);
+  })();
+  return compiled;
+}
+
+/** A shared memory of `bytes` (rounded up to 64 KiB pages) with the e4m3 table written at 0. */
+export function createSharedMemory(bytes: number): WebAssembly.Memory {
+  const pages = Math.ceil((bytes + WASM_RESERVED) / 65536);
+  const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
+  new Float32Array(memory.buffer, 0, 256).set(E4M3_VALUES);
+  return memory;
+}
+
+export function instantiate(module: WebAssembly.Module, memory: WebAssembly.Memory): WasmKernels {
+  const inst = new WebAssembly.Instance(module, { env: { mem: memory } });
+  return { memory, ...(inst.exports as unknown as Omit<WasmKernels, 'memory'>) };
+}

@@ -1,0 +1,72 @@
+/** The WebAssembly SIMD kernels give exactly the bytes of the plain JavaScript kernels. */
+import { beforeAll, describe, expect, it } from 'vitest';
+import { compileKernels, createSharedMemory, instantiate, WASM_RESERVED, type WasmKernels } from '../src/kernels/wasm.js';
+import { runKernel, type KernelTask } from '../src/kernels/tasks.js';
+import { f32ToBf16, bf16ToF32 } from '../src/codecs/float.js';
+
+let k: WasmKernels;
+let mem: WebAssembly.Memory;
+beforeAll(async () => {
+  mem = createSharedMemory(64 * 2 ** 20);
+  k = instantiate(await compileKernels(), mem);
+});
+
+const N = 256, K = 384; // 3 tiles of 128 along K, 2 bands of 128 rows
+/** bf16 weights with zero blocks, outliers, exact e2m1/int4 ties at power-of-two scales, -0 and tiny values. */
+function fill(u16: Uint16Array, seed: number) {
+  let s = seed;
+  for (let i = 0; i < u16.length; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    let v = ((s / 2 ** 32) - 0.5) * 0.1;
+    if ((s & 0xfff) === 3) v *= 60;
+    if ((s & 0xff) === 5) v = 1e-30;
+    if ((s & 0xff) === 6) v = -0;
+    u16[i] = f32ToBf16(v);
+  }
+  u16.fill(0, 16 * 7, 16 * 8); // an all-zero NVFP4 block
+  u16.fill(0, K * 3, K * 3 + 128); // an all-zero int4 group
+}
+
+function views(base: number) {
+  const buf = mem.buffer;
+  const src = new Uint8Array(buf, base, N * K * 2);
+  return {
+    src,
+    codes: new Uint8Array(buf, base + N * K * 2, N * K),
+    scales: new Uint8Array(buf, base + N * K * 3, N * K),
+    lut: new Uint8Array(buf, base + N * K * 4, 65536),
+  };
+}
+
+function compare(kind: KernelTask['kind'], extra: (v: ReturnType<typeof views>) => Partial<KernelTask>) {
+  const a = views(WASM_RESERVED), b = views(WASM_RESERVED + 16 * 2 ** 20);
+  fill(new Uint16Array(a.src.buffer, a.src.byteOffset, N * K), 42);
+  b.src.set(a.src);
+  const mk = (v: ReturnType<typeof views>, wasm: boolean) =>
+    ({ src: v.src, dtype: 'BF16', row0: 0, rows: N, K, ops: [], wasm, lut: v.lut, kind, ...extra(v) }) as KernelTask;
+  const ra = runKernel(mk(a, true), k);
+  const rb = runKernel(mk(b, false));
+  expect(ra).toEqual(rb);
+  expect(Buffer.compare(a.codes, b.codes)).toBe(0);
+  expect(Buffer.compare(a.scales, b.scales)).toBe(0);
+}
+
+describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
+  it('amax (scan)', () => compare('scan', () => ({})));
+  it('FP8 per-tensor (64K table)', () => compare('fp8', (v) => ({ scale: 3.1 / 448, codes: v.codes })));
+  it('FP8 128x128 blocks', () => compare('fp8_block', (v) => ({ codes: v.codes, scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, 2 * 3) })));
+  it('NVFP4 (also with a power-of-two global scale, where e2m1 ties are exact)', () => {
+    compare('nvfp4', (v) => ({ ws2: 3.1 / 2688, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16) }));
+    compare('nvfp4', (v) => ({ ws2: 2 ** -9, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16) }));
+  });
+  it('INT4', () => compare('int4', (v) => ({ codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128) })));
+  it('a NaN is located by the JavaScript path', () => {
+    const v = views(WASM_RESERVED);
+    const u16 = new Uint16Array(v.src.buffer, v.src.byteOffset, N * K);
+    fill(u16, 1);
+    u16[K + 5] = 0x7fc0;
+    const r = runKernel({ src: v.src, dtype: 'BF16', row0: 0, rows: N, K, ops: [], wasm: true, kind: 'scan' }, k);
+    expect(r.nonFinite?.index).toBe(K + 5);
+    expect(bf16ToF32(0x7fc0)).toBeNaN();
+  });
+});
