@@ -1,55 +1,46 @@
 /**
- * Kernel throughput per core, as a ratio to a memcpy of the same bytes measured in the same run,
- * and the same kernels on 1 and 2 worker threads (shared-memory slots, offsets only).
- * Input: 64 MiB of realistic bf16 weights ([2048, 16384]); GB/s = bytes of bf16 input per second.
+ * Kernel throughput per core, as a ratio to a memcpy of the same bytes measured in the same run, and
+ * the same kernels on 1 and 2 worker threads (slots in the shared WebAssembly memory, offsets only).
+ * Input: realistic bf16 weights, 16 MiB per task; GB/s = bytes of bf16 input per second.
  */
 import { runKernel, type KernelTask } from '../src/kernels/tasks.js';
-import { KernelPool } from '../src/kernels/pool.js';
+import { KernelPool, type Slot } from '../src/kernels/pool.js';
+import { compileKernels, createSharedMemory, instantiate, WASM_RESERVED } from '../src/kernels/wasm.js';
 import { median, GB } from './util.js';
 
-const N = 2048, K = 16384;
+const CHUNK = 16 * 2 ** 20;
+const K = 8192;
+const ROWS = CHUNK / (K * 2); // 1024 rows of 8192
 
-function weights(): Uint8Array {
-  const sab = new SharedArrayBuffer(N * K * 2);
-  const u16 = new Uint16Array(sab);
+function fill(u16: Uint16Array, seed: number) {
   const f = new Float32Array(1);
   const u = new Uint32Array(f.buffer);
-  let s = 7;
+  let s = seed;
   for (let i = 0; i < u16.length; i++) {
     s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
     const a = (s & 0xff) + ((s >>> 8) & 0xff) + ((s >>> 16) & 0xff) + (s >>> 24) - 510;
     f[0] = (a / 147.8) * 0.02 * ((s & 0x3ff) === 7 ? 40 : 1);
     u16[i] = (u[0]! + 0x7fff + ((u[0]! >>> 16) & 1)) >>> 16;
   }
-  return new Uint8Array(sab);
 }
 
-type Kind = 'scan' | 'fp8' | 'fp8_block' | 'nvfp4' | 'int4';
+type Kind = KernelTask['kind'];
+const KINDS: Kind[] = ['scan', 'fp8', 'fp8_block', 'nvfp4', 'int4'];
 
-function task(kind: Kind, src: Uint8Array, row0: number, rows: number, out: { codes: Uint8Array; scales: Uint8Array }): KernelTask {
-  const base = { src: src.subarray(row0 * K * 2, (row0 + rows) * K * 2), dtype: 'BF16' as const, row0, rows, K, ops: [] };
-  const codes = out.codes.subarray(row0 * K, (row0 + rows) * K);
+function task(kind: Kind, slot: Slot): KernelTask {
+  const n = ROWS * K;
+  const base = { src: slot.src.subarray(0, n * 2), dtype: 'BF16' as const, row0: 0, rows: ROWS, K, ops: [], wasm: slot.wasm, lut: slot.lut };
+  const f32 = (count: number) => new Float32Array(slot.scales.buffer, slot.scales.byteOffset, count);
   switch (kind) {
     case 'scan': return { ...base, kind };
-    case 'fp8': return { ...base, kind, scale: 0.8 / 448, codes };
-    case 'fp8_block': return { ...base, kind, codes, scales: new Float32Array(out.scales.buffer, (row0 / 128) * (K / 128) * 4, (rows / 128) * (K / 128)) };
-    case 'nvfp4': return { ...base, kind, ws2: 0.8 / 2688, codes, scales: out.scales.subarray((row0 * K) / 16, ((row0 + rows) * K) / 16) };
-    case 'int4': return { ...base, kind, codes: new Int8Array(out.codes.buffer, row0 * K, rows * K), scales: new Float32Array(out.scales.buffer, ((row0 * K) / 128) * 4, (rows * K) / 128) };
+    case 'fp8': return { ...base, kind, scale: 0.8 / 448, codes: slot.codes.subarray(0, n) };
+    case 'fp8_block': return { ...base, kind, codes: slot.codes.subarray(0, n), scales: f32((ROWS / 128) * (K / 128)) };
+    case 'nvfp4': return { ...base, kind, ws2: 0.8 / 2688, codes: slot.codes.subarray(0, n), scales: slot.scales.subarray(0, n / 16) };
+    case 'int4': return { ...base, kind, codes: new Int8Array(slot.codes.buffer, slot.codes.byteOffset, n), scales: f32(n / 128) };
   }
 }
 
-function time(f: () => void, reps = 5): number {
-  f();
-  const ts: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    const t = performance.now();
-    f();
-    ts.push((performance.now() - t) / 1000);
-  }
-  return median(ts);
-}
-
-async function timeAsync(f: () => Promise<unknown>, reps = 5): Promise<number> {
+async function timeIt(f: () => unknown, reps = 5): Promise<number> {
   await f();
   const ts: number[] = [];
   for (let i = 0; i < reps; i++) {
@@ -61,28 +52,42 @@ async function timeAsync(f: () => Promise<unknown>, reps = 5): Promise<number> {
 }
 
 export async function benchKernels(): Promise<string[]> {
-  const src = weights();
-  const bytes = src.length;
-  const out = { codes: new Uint8Array(new SharedArrayBuffer(N * K)), scales: new Uint8Array(new SharedArrayBuffer((N * K) / 4)) };
-  const dst = Buffer.alloc(bytes);
-  const srcBuf = Buffer.from(src.buffer);
-  const memcpy = time(() => srcBuf.copy(dst));
-  const memGBs = bytes / memcpy / GB;
-  const rows = [`memcpy of ${bytes / 2 ** 20} MiB: ${memGBs.toFixed(1)} GB/s`, '', '| kernel | 1 core GB/s | x memcpy | 1 worker GB/s | 2 workers GB/s | 2 vs 1 |', '|---|---|---|---|---|---|'];
-  const kinds: Kind[] = ['scan', 'fp8', 'fp8_block', 'nvfp4', 'int4'];
-  const p1 = new KernelPool(1);
-  const p2 = new KernelPool(2);
-  for (const kind of kinds) {
-    const inline = time(() => runKernel(task(kind, src, 0, N, out)), 3);
-    // 1 worker: 8 tasks of 256 rows (8 MiB); 2 workers: the same tasks spread over both
-    const parts = Array.from({ length: 8 }, (_, i) => i * (N / 8));
-    const w1 = await timeAsync(() => Promise.all(parts.map((r) => p1.run(task(kind, src, r, N / 8, out)))), 3);
-    const w2 = await timeAsync(() => Promise.all(parts.map((r) => p2.run(task(kind, src, r, N / 8, out)))), 3);
-    const g = (s: number) => (bytes / s / GB).toFixed(2);
-    rows.push(`| ${kind} | ${g(inline)} | ${(bytes / inline / GB / memGBs).toFixed(3)} | ${g(w1)} | ${g(w2)} | ${(w1 / w2).toFixed(2)}x |`);
+  // one core: kernels on this thread over a shared memory
+  const mem = createSharedMemory(CHUNK * 3 + 2 * 2 ** 20);
+  const k = instantiate(await compileKernels(), mem);
+  const slot: Slot = {
+    src: new Uint8Array(mem.buffer, WASM_RESERVED, CHUNK),
+    codes: new Uint8Array(mem.buffer, WASM_RESERVED + CHUNK, CHUNK / 2),
+    packed: new Uint8Array(mem.buffer, WASM_RESERVED + CHUNK * 1.5, CHUNK / 4),
+    scales: new Uint8Array(mem.buffer, WASM_RESERVED + CHUNK * 2, CHUNK / 8),
+    lut: new Uint8Array(mem.buffer, WASM_RESERVED + CHUNK * 2.5, 65536),
+    wasm: true,
+  };
+  fill(new Uint16Array(slot.src.buffer, slot.src.byteOffset, CHUNK / 2), 7);
+  const dst = Buffer.alloc(CHUNK);
+  const srcBuf = Buffer.from(slot.src.slice());
+  const memcpy = await timeIt(() => srcBuf.copy(dst), 9);
+  const memGBs = CHUNK / memcpy / GB;
+  const rows = [
+    `memcpy of 16 MiB: ${memGBs.toFixed(1)} GB/s (same run)`,
+    '',
+    '| kernel | 1 core GB/s | x memcpy | 1 worker GB/s (4 tasks) | 2 workers GB/s | 2 vs 1 |',
+    '|---|---|---|---|---|---|',
+  ];
+  const pools = [new KernelPool(1, CHUNK, 4), new KernelPool(2, CHUNK, 4)];
+  const slots: Slot[][] = [];
+  for (const p of pools) {
+    const s = await Promise.all([0, 1, 2, 3].map(() => p.acquire(CHUNK)));
+    for (const x of s) fill(new Uint16Array(x.src.buffer, x.src.byteOffset, CHUNK / 2), 7);
+    slots.push(s);
   }
-  await p1.close();
-  await p2.close();
+  for (const kind of KINDS) {
+    const one = await timeIt(() => runKernel(task(kind, slot), k));
+    const w = await Promise.all(pools.map((p, i) => timeIt(() => Promise.all(slots[i]!.map((s) => p.run(task(kind, s)))), 3)));
+    const g = (s: number, bytes = CHUNK) => (bytes / s / GB).toFixed(2);
+    rows.push(`| ${kind} | ${g(one)} | ${(CHUNK / one / GB / memGBs).toFixed(3)} | ${g(w[0]!, 4 * CHUNK)} | ${g(w[1]!, 4 * CHUNK)} | ${(w[0]! / w[1]!).toFixed(2)}x |`);
+  }
+  for (const p of pools) await p.close();
   return rows;
 }
 

@@ -1,6 +1,7 @@
 /**
  * `npm run bench [section...]`: measurements side by side in one run, appended to bench/RESULTS.md
- * with the date and machine. Sections: read, calibration, perplexity (default: all but perplexity, which takes ~20 minutes).
+ * with the date and machine. Sections: read, kernels, export, calibration, large, perplexity (default: all but large (a 26 GB
+ * checkpoint) and perplexity (~20 minutes)).
  */
 import { appendFile, mkdir } from 'node:fs/promises';
 import { join, dirname } from 'node:path';
@@ -8,6 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { benchRead } from './read.js';
 import { benchCalibration } from './calibration.js';
 import { benchPerplexity } from './perplexity.js';
+import { benchKernels } from './kernels.js';
+import { benchExport } from './export.js';
 import { machine } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -15,14 +18,18 @@ const DATA = process.env.RXQUANT_BENCH_DIR ?? join(ROOT, 'bench', 'data');
 
 const SECTIONS: Record<string, () => Promise<string[]>> = {
   read: () => benchRead(DATA),
+  kernels: () => benchKernels(),
+  export: () => benchExport(DATA, 5),
   calibration: () => benchCalibration(),
+  // a checkpoint larger than this machine's 24 GiB of RAM (~26 GB): run it by name
+  large: () => benchExport(DATA, 57, ['fp8_pb_wo']),
   // long (about 20 minutes): run it by name
   perplexity: () => benchPerplexity(join(ROOT, '..', 'shared', 'data', 'text', 'tinystories_valid_excerpt.txt')),
 };
 
 async function main() {
   const wanted = process.argv.slice(2);
-  const names = wanted.length ? wanted : Object.keys(SECTIONS).filter((n) => n !== 'perplexity');
+  const names = wanted.length ? wanted : Object.keys(SECTIONS).filter((n) => n !== 'perplexity' && n !== 'large');
   await mkdir(DATA, { recursive: true });
   const lines = [`\n## ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC — ${machine()}\n`];
   for (const n of names) {

@@ -1,0 +1,48 @@
+/**
+ * Export against the disk floor, in one run: a cold `cat` of the input shards, an O_DIRECT `dd` write
+ * of the output's size, then rxquant exporting fp8_pb_wo, fp8 and nvfp4 from a cold cache (the CLI,
+ * as a user runs it), each as a ratio to that floor (read + write), with peak RSS.
+ */
+import { readdirSync, statSync, rmSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { synthesize } from './synth.js';
+import { evict, timeShell, timeWithRss, GB } from './util.js';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+function dirBytes(dir: string, ext = '.safetensors'): number {
+  return readdirSync(dir).filter((f) => f.endsWith(ext) && f.startsWith('model')).reduce((a, f) => a + statSync(join(dir, f)).size, 0);
+}
+
+function evictDir(dir: string) {
+  for (const f of readdirSync(dir)) if (f.endsWith('.safetensors')) evict(join(dir, f));
+}
+
+export async function benchExport(dataDir: string, layers = 5, formats = ['fp8_pb_wo', 'fp8', 'nvfp4']): Promise<string[]> {
+  const model = join(dataDir, `llama8b-${layers}`);
+  const { stats } = await synthesize(model, layers);
+  const inBytes = dirBytes(model);
+  const rows = [
+    `input: Llama-3.1-8B shapes, ${layers} layers, ${(inBytes / GB).toFixed(2)} GB bf16 in ${readdirSync(model).filter((f) => f.startsWith('model-')).length} shards`,
+    '',
+    '| format | output GB | cold read (cat) s | O_DIRECT write (dd) s | floor s | rxquant s | x floor | peak RSS MiB |',
+    '|---|---|---|---|---|---|---|---|',
+  ];
+  for (const format of formats) {
+    const out = join(dataDir, `out-${format}`);
+    rmSync(out, { recursive: true, force: true });
+    evictDir(model);
+    const r = timeWithRss(`node ${join(ROOT, 'bin', 'rxquant.js')} quantize ${model} -f ${format} --stats ${stats} -o ${out} --overwrite`);
+    const outBytes = dirBytes(out);
+    evictDir(model);
+    const read = timeShell(`cat ${join(model, '*.safetensors')} > /dev/null`);
+    const ddFile = join(dataDir, 'dd-floor.bin');
+    const write = timeShell(`dd if=/dev/zero of=${ddFile} bs=8M count=${Math.ceil(outBytes / 8388608)} oflag=direct status=none`);
+    rmSync(ddFile, { force: true });
+    const floor = read + write;
+    rows.push(`| ${format} | ${(outBytes / GB).toFixed(2)} | ${read.toFixed(2)} | ${write.toFixed(2)} | ${floor.toFixed(2)} | ${r.seconds.toFixed(2)} | ${(r.seconds / floor).toFixed(2)} | ${r.rssMiB.toFixed(0)} |`);
+    rmSync(out, { recursive: true, force: true });
+  }
+  return rows;
+}
