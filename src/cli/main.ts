@@ -16,6 +16,7 @@ import { loadCalibration, DEFAULT_CALIB_SAMPLES, DEFAULT_CALIB_SEQ_LEN } from '.
 import { calibrateModel, writeStats } from '../calibration/run.js';
 import { perplexity } from '../eval.js';
 import { openModel } from '../model.js';
+import { planExport, formatPlan } from '../plan-report.js';
 
 /** Package root (works from src/ under tsx/vitest and from dist/src/ once built). */
 export const PACKAGE_ROOT = (() => {
@@ -150,6 +151,30 @@ export function buildProgram(): Command {
         rep.event('perplexity', { text: evalText, tokens: after.tokens, before: before.perplexity, after: after.perplexity });
         rep.info(`perplexity on ${after.tokens} tokens of ${evalText}: ${before.perplexity.toFixed(4)} before, ${after.perplexity.toFixed(4)} after (${format.name})`);
       }
+    });
+
+  program
+    .command('plan')
+    .description('show what an export would write and need (shards, memory, disk, time, engines) without writing anything')
+    .argument('[model]', 'model folder (default: the bundled stories260K)')
+    .addOption(new Option('-f, --format <format>', 'quantization format').choices([...FORMAT_NAMES]).default('nvfp4'))
+    .option('-o, --out <dir>', 'output folder (for the free-space check)', 'rxquant-out')
+    .addOption(new Option('--kv-cache <mode>', 'KV cache quantization').choices([...KV_CACHE_MODES]).default('fp8_cast'))
+    .option('--max-shard-size <size>', 'largest shard', '10GB')
+    .option('--exclude <pattern...>', 'extra module patterns to keep unquantized')
+    .option('--workers <n>', 'kernel worker threads', intOption('--workers'))
+    .option('--stats <file>', 'statistics will be given (no calibration in the memory estimate)')
+    .option('--calib-samples <n>', 'calibration samples (memory estimate)', intOption('--calib-samples'), DEFAULT_CALIB_SAMPLES)
+    .option('--calib-seq-len <n>', 'tokens per calibration sample', intOption('--calib-seq-len'), DEFAULT_CALIB_SEQ_LEN)
+    .option('--json', 'print the report as JSON')
+    .action(async (model: string | undefined, o: Record<string, any>) => {
+      const format = formatSpec(o.format);
+      const needsCalib = format.inputScaleDivisor !== undefined || o.kvCache === 'fp8';
+      const r = await planExport(resolve(model ?? DEFAULT_MODEL), format.name, {
+        out: o.out, kvCache: kvCacheMode(o.kvCache), maxShardSize: o.maxShardSize, exclude: o.exclude, workers: o.workers,
+        calibration: needsCalib && !o.stats ? { samples: o.calibSamples, seqLen: o.calibSeqLen } : undefined,
+      });
+      process.stdout.write((o.json ? JSON.stringify(r, null, 2) : formatPlan(r)) + '\n');
     });
 
   program

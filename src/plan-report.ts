@@ -1,0 +1,148 @@
+/**
+ * `rxquant plan`: what an export will write and need, without writing anything: output tensors and
+ * bytes per shard, peak memory, disk needed against free space, an estimated time from a kernel
+ * measurement on this machine, and which engines load the format.
+ */
+import { statfs } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { cpus } from 'node:os';
+import { openModel } from './model.js';
+import { createPlan, type ExportOptions } from './export/plan.js';
+import { formatSpec } from './export/formats.js';
+import { planShards } from './safetensors/writer.js';
+import { formatBytes, parseSize } from './safetensors/size.js';
+import { engineSupport, type EngineSupport } from './engines.js';
+import { KernelPool, DEFAULT_CHUNK_BYTES } from './kernels/pool.js';
+import type { KernelTask } from './kernels/tasks.js';
+
+export interface PlanReport {
+  model: string;
+  format: string;
+  quantAlgo: string;
+  inputBytes: number;
+  outputBytes: number;
+  shards: { file: string; tensors: number; bytes: number }[];
+  quantized: number;
+  kept: { module: string; reason: string }[];
+  excludeModules: string[];
+  peakMemoryBytes: number;
+  diskNeededBytes: number;
+  diskFreeBytes: number | undefined;
+  estimatedSeconds: number;
+  estimateBasis: string;
+  engines: EngineSupport[];
+  warnings: string[];
+}
+
+export async function planExport(
+  modelDir: string,
+  format: string,
+  o: ExportOptions & { out: string; maxShardSize?: string; workers?: number; calibration?: { samples: number; seqLen: number } },
+): Promise<PlanReport> {
+  const spec = formatSpec(format);
+  const model = await openModel(modelDir);
+  try {
+    const plan = createPlan(model, spec, { ...o, deferStatsCheck: true });
+    const shards = planShards(plan.outputs, parseSize(o.maxShardSize ?? '10GB'));
+    const inputBytes = [...model.checkpoint.tensors.values()].reduce((a, t) => a + t.byteLength, 0);
+    const workers = o.workers ?? cpus().length;
+    const slots = Math.max(2, workers) + 2;
+    const slotBytes = 3 * DEFAULT_CHUNK_BYTES + DEFAULT_CHUNK_BYTES / 8 + 4096 + 65536;
+    // Node + modules (~70 MiB), the slots, the copy buffer, headers; calibration holds one layer in f32 and the hidden states
+    let peak = 70 * 2 ** 20 + slots * slotBytes + 16 * 2 ** 20;
+    if (o.calibration) {
+      const cfg = model.config;
+      const layerParams = model.layers[0]!.linears.reduce((a, m) => a + model.checkpoint.tensors.get(`${m}.weight`)!.numel, 0);
+      const tokens = o.calibration.samples * o.calibration.seqLen;
+      peak += 2 * layerParams * 4 + tokens * cfg.hiddenSize * 4 * 2 + o.calibration.seqLen * (cfg.intermediateSize * 3 + cfg.hiddenSize * 4) * 4;
+    }
+    let free: number | undefined;
+    for (let p = dirname(resolve(o.out)); ; p = dirname(p)) {
+      try {
+        const st = await statfs(p);
+        free = st.bavail * st.bsize;
+        break;
+      } catch {
+        if (dirname(p) === p) break;
+      }
+    }
+    const { seconds, basis } = await estimateSeconds(model, plan.format.name, workers, inputBytes, shards.totalSize);
+    const decisions = [...plan.decisions.values()];
+    return {
+      model: modelDir,
+      format: spec.name,
+      quantAlgo: spec.quantAlgo,
+      inputBytes,
+      outputBytes: shards.totalSize,
+      shards: shards.shards.map((s) => ({ file: s.file, tensors: s.tensors.length, bytes: s.header.length + s.dataLength })),
+      quantized: decisions.filter((d) => d.quantized).length,
+      kept: decisions.filter((d) => !d.quantized).map((d) => ({ module: d.module, reason: d.reason! })),
+      excludeModules: plan.hfQuantConfig.quantization.exclude_modules,
+      peakMemoryBytes: peak,
+      diskNeededBytes: shards.totalSize + shards.shards.reduce((a, s) => a + s.header.length, 0),
+      diskFreeBytes: free,
+      estimatedSeconds: seconds,
+      estimateBasis: basis,
+      engines: engineSupport(spec.quantAlgo),
+      warnings: plan.warnings,
+    };
+  } finally {
+    await model.close();
+  }
+}
+
+/**
+ * Times this format's kernel on one real chunk of the model's first linear (and the read of it), then
+ * scales to the whole input; the output is assumed written at 1 GB/s (O_DIRECT on this VM measured 1-2.8).
+ */
+async function estimateSeconds(model: Awaited<ReturnType<typeof openModel>>, format: string, workers: number, inputBytes: number, outputBytes: number) {
+  const t = model.checkpoint.tensors.get(`${model.layers[0]!.linears[0]}.weight`)!;
+  const K = t.shape[1]!;
+  const pool = new KernelPool(0);
+  try {
+    const rows = Math.min(t.rows, pool.rowsPerChunk(K, t.rowBytes / K, format === 'fp8_pb_wo' ? 128 : 2));
+    const slot = await pool.acquire(rows * t.rowBytes);
+    let start = performance.now();
+    await t.readRows(0, rows, slot.src);
+    const readS = (performance.now() - start) / 1000;
+    const n = rows * K;
+    const base = { src: slot.src.subarray(0, rows * t.rowBytes), dtype: t.dtype as 'BF16', row0: 0, rows, K, ops: [], wasm: slot.wasm, lut: slot.lut };
+    const f32 = (c: number) => new Float32Array(slot.scales.buffer, slot.scales.byteOffset, c);
+    const kind: KernelTask =
+      format === 'fp8' ? { ...base, kind: 'fp8', scale: 1 / 448, codes: slot.codes.subarray(0, n) }
+      : format === 'fp8_pb_wo' ? { ...base, kind: 'fp8_block', codes: slot.codes.subarray(0, n), scales: f32(Math.ceil(rows / 128) * Math.ceil(K / 128)) }
+      : format.startsWith('nvfp4') ? { ...base, kind: 'nvfp4', ws2: 1 / 2688, codes: slot.codes.subarray(0, n), scales: slot.scales.subarray(0, n / 16) }
+      : { ...base, kind: 'int4', codes: new Int8Array(slot.codes.buffer, slot.codes.byteOffset, n), scales: f32(n / 128) };
+    await pool.run(kind);
+    start = performance.now();
+    await pool.run(kind);
+    const kernelS = (performance.now() - start) / 1000;
+    pool.release(slot);
+    const bytes = rows * t.rowBytes;
+    const kernelRate = (bytes / kernelS) * Math.max(1, workers) * 0.9;
+    const readRate = Math.max(bytes / Math.max(readS, 1e-6), 1e9);
+    const seconds = inputBytes / Math.min(kernelRate, readRate) + outputBytes / 1e9;
+    return { seconds, basis: `${format} kernel ${formatBytes(kernelRate)}/s on ${Math.max(1, workers)} worker(s), read ${formatBytes(readRate)}/s, write 1 GB/s` };
+  } finally {
+    await pool.close();
+  }
+}
+
+export function formatPlan(r: PlanReport): string {
+  const L: string[] = [];
+  L.push(`plan: ${r.model} -> ${r.format} (quant_algo ${r.quantAlgo}); nothing is written`);
+  L.push(`linears: ${r.quantized} quantized, ${r.kept.length} kept in their dtype`);
+  for (const k of r.kept.slice(0, 20)) L.push(`  kept ${k.module}: ${k.reason}`);
+  if (r.kept.length > 20) L.push(`  ... ${r.kept.length - 20} more`);
+  L.push(`exclude_modules: ${JSON.stringify(r.excludeModules)}`);
+  L.push(`input ${formatBytes(r.inputBytes)} -> output ${formatBytes(r.outputBytes)} (${((r.outputBytes / r.inputBytes) * 100).toFixed(0)}%) in ${r.shards.length} shard(s):`);
+  for (const s of r.shards) L.push(`  ${s.file}  ${s.tensors} tensors  ${formatBytes(s.bytes)}`);
+  L.push(`peak memory: about ${formatBytes(r.peakMemoryBytes)}`);
+  const free = r.diskFreeBytes === undefined ? 'unknown' : formatBytes(r.diskFreeBytes);
+  const ok = r.diskFreeBytes === undefined || r.diskFreeBytes >= r.diskNeededBytes;
+  L.push(`disk: needs ${formatBytes(r.diskNeededBytes)} (built in a temporary folder, renamed into place), ${free} free${ok ? '' : '  <-- NOT ENOUGH'}`);
+  L.push(`estimated time: ${r.estimatedSeconds < 90 ? `${r.estimatedSeconds.toFixed(0)} s` : `${(r.estimatedSeconds / 60).toFixed(1)} min`} (${r.estimateBasis}; calibration not included)`);
+  L.push('engines:');
+  for (const e of r.engines) L.push(`  ${e.loads ? 'loads in' : 'does not load in'} ${e.engine}: ${e.note}`);
+  return L.join('\n');
+}
