@@ -13,10 +13,16 @@ export interface WriteShardsOptions {
   overwrite?: boolean;
   /** Bytes per read when copying unquantized tensors through (default 16 MiB, one reused buffer). */
   copyChunkBytes?: number;
+  /** Resumable export keyed by this fingerprint of source and options (see ShardWriter). */
+  fingerprint?: string;
+  /** Discard an interrupted export made with other options. */
+  restart?: boolean;
+  /** Told once, when an interrupted export is picked up again: units already on disk. */
+  onResume?: (doneUnits: number) => void;
 }
 
 export type WriteEvent =
-  | { type: 'unit'; kind: 'layer' | 'rest'; layer: number; bytesWritten: number; totalBytes: number }
+  | { type: 'unit'; kind: 'layer' | 'rest'; layer: number; bytesWritten: number; totalBytes: number; resumed?: boolean }
   | { type: 'done'; outDir: string; plan: ExportPlan; shards: ShardPlan; totalBytes: number };
 
 /**
@@ -40,6 +46,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
       let shards: ShardPlan | undefined;
       let written = 0;
       let finished = false;
+      let alreadyDone = new Set<string>();
       const buffer = new Uint8Array(options.copyChunkBytes ?? 16 * 2 ** 20);
 
       const check = (o: { name: string; dtype: string; shape: readonly number[] }) => {
@@ -55,7 +62,16 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
         if (!writer) {
           plan = unit.plan;
           shards = planShards(plan.outputs, maxShardSize);
-          writer = await ShardWriter.create(outDir, shards, { overwrite: options.overwrite });
+          writer = await ShardWriter.create(outDir, shards, { overwrite: options.overwrite, fingerprint: options.fingerprint, restart: options.restart });
+          alreadyDone = writer.doneUnits();
+          if (alreadyDone.size > 0) options.onResume?.(alreadyDone.size);
+        }
+        const id = unit.kind === 'layer' ? `layer ${unit.layer}` : 'rest';
+        const names = [...unit.streams.flatMap((s) => s.tensors.map((t) => t.name)), ...unit.outputs.map((o) => o.name)];
+        if (alreadyDone.has(id)) {
+          // on disk from the interrupted run: identical bytes, nothing to do
+          for (const n of names) written += writer.tensor(n).byteLength;
+          return { type: 'unit', kind: unit.kind, layer: unit.layer, bytesWritten: written, totalBytes: shards!.totalSize, resumed: true };
         }
         // quantized weights: chunks packed into shared slots, written, slots returned
         for (const s of unit.streams) {
@@ -86,6 +102,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
             written += o.source.byteLength;
           }
         }
+        await writer.commitUnit(id, names);
         return { type: 'unit', kind: unit.kind, layer: unit.layer, bytesWritten: written, totalBytes: shards!.totalSize };
       };
 

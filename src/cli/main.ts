@@ -82,6 +82,7 @@ export function buildProgram(): Command {
     .option('--workers <n>', 'kernel worker threads (default: one per core)', intOption('--workers'))
     .option('--layers-in-flight <n>', 'decoder layers between reader and writer at once', intOption('--layers-in-flight'), 2)
     .option('--overwrite', 'replace a non-empty output folder')
+    .option('--restart', 'discard an interrupted export made with other options instead of refusing')
     .option('--json', 'one JSON object per line on stdout (progress, warnings, summary)')
     .action(async (model: string | undefined, o: Record<string, any>) => {
       const rep = new Reporter(outputMode(o.json));
@@ -103,6 +104,12 @@ export function buildProgram(): Command {
       const evalOpts = { maxWindows: o.evalWindows === 0 ? undefined : o.evalWindows };
       const before = evalText ? await perplexity(modelDir, evalText, evalOpts) : undefined;
       const started = Date.now();
+      let unitsSeen = 0;
+      const onSigint = () => {
+        process.stderr.write(`\ninterrupted: the partial export is kept; run the same command again to resume\n`);
+        process.exit(130);
+      };
+      process.once('SIGINT', onSigint);
       const done = await exportCheckpoint({
         model: modelDir,
         format: format.name,
@@ -115,6 +122,12 @@ export function buildProgram(): Command {
         overwrite: o.overwrite,
         layersInFlight: o.layersInFlight,
         calibration,
+        resumable: true,
+        restart: o.restart,
+        onResume: (n) => {
+          rep.info(`resuming an interrupted export: ${n} unit(s) already on disk are kept`);
+          rep.event('resume', { units_done: n });
+        },
         onCalibrate: (p) => rep.event('calibrate', { layer: p.layer, tokens: p.tokens, seconds: p.seconds }),
         onPlan: (plan) => {
           for (const w of plan.warnings) rep.warn(w);
@@ -124,6 +137,8 @@ export function buildProgram(): Command {
         },
         onEvent: (e) => {
           if (e.type === 'unit') {
+            // crash-safety tests: die hard after N units, as a power loss would
+            if (process.env.RXQUANT_TEST_KILL_AFTER_UNITS && ++unitsSeen >= Number(process.env.RXQUANT_TEST_KILL_AFTER_UNITS)) process.kill(process.pid, 'SIGKILL');
             rep.event('unit', { layer: e.layer, kind: e.kind, bytes_done: e.bytesWritten, bytes_total: e.totalBytes });
             rep.tick();
           }

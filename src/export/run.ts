@@ -6,6 +6,9 @@ import { pack } from '../../operators/pack.js';
 import { writeShards, type WriteEvent } from '../../operators/writeShards.js';
 import { calibrate, type CalibrateProgress } from '../../operators/calibrate.js';
 import { identity } from 'rxjs';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { openCheckpoint } from '../safetensors/checkpoint.js';
 import type { GemmEngine } from '../forward/gemm.js';
 import type { FormatName } from './formats.js';
 import type { ExportOptions, ExportPlan } from './plan.js';
@@ -26,16 +29,45 @@ export interface ExportCheckpointOptions extends ExportOptions {
   /** GEMM engine of the calibration forward pass. */
   gemm?: GemmEngine;
   onPlan?: (plan: ExportPlan) => void;
+  /** Keep a journal so an interrupted run can resume (the CLI does). */
+  resumable?: boolean;
+  /** Discard an interrupted export made with other options. */
+  restart?: boolean;
+  onResume?: (doneUnits: number) => void;
   onEvent?: (e: WriteEvent) => void;
 }
 
+/**
+ * A fingerprint of everything that determines the output bytes: rxquant's version, the source's
+ * shard headers and sizes, the format and options, the statistics or calibration samples. An
+ * interrupted export resumes only under the same fingerprint.
+ */
+export async function exportFingerprint(o: ExportCheckpointOptions): Promise<string> {
+  const h = createHash('sha256');
+  const pkg = JSON.parse(await readFile(new URL('../../../package.json', import.meta.url), 'utf8').catch(() => readFile(new URL('../../package.json', import.meta.url), 'utf8')));
+  h.update(JSON.stringify({ v: pkg.version, format: o.format, kv: o.kvCache ?? 'fp8_cast', exclude: o.exclude ?? [], shard: String(o.maxShardSize ?? '10GB') }));
+  const ck = await openCheckpoint(o.model);
+  try {
+    for (const f of ck.files) {
+      h.update(`${f.name}:${f.size}:`);
+      for (const t of f.header.tensors) h.update(`${t.name}|${t.dtype}|${t.shape.join(',')}|${t.dataOffsets.join(',')};`);
+    }
+  } finally {
+    await ck.close();
+  }
+  for (const [k, v] of [...(o.stats ?? new Map())].sort(([a], [b]) => (a < b ? -1 : 1))) h.update(k).update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+  for (const s of o.calibration ?? []) h.update(Int32Array.from(s));
+  return h.digest('hex');
+}
+
 export async function exportCheckpoint(o: ExportCheckpointOptions): Promise<Extract<WriteEvent, { type: 'done' }>> {
+  const fingerprint = o.resumable ? await exportFingerprint(o) : undefined;
   const last = await lastValueFrom(
     readCheckpoint(o.model, { layersInFlight: o.layersInFlight }).pipe(
       o.calibration ? calibrate(o.calibration, { onProgress: o.onCalibrate, gemm: o.gemm }) : identity,
       quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, chunkBytes: o.chunkBytes, onPlan: o.onPlan }),
       pack(),
-      writeShards(o.out, { maxShardSize: o.maxShardSize, overwrite: o.overwrite }),
+      writeShards(o.out, { maxShardSize: o.maxShardSize, overwrite: o.overwrite, fingerprint, restart: o.restart, onResume: o.onResume }),
       tap((e) => o.onEvent?.(e)),
     ),
   );

@@ -1,4 +1,4 @@
-import { mkdir, open, readdir, rename, rm, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { OutputError, RxquantError } from '../errors.js';
 import { dtypeSize, numelOf, type DType } from './dtypes.js';
@@ -95,6 +95,23 @@ export function encodeHeader(tensors: readonly PlannedTensor[], metadata: Record
 export interface ShardWriterOptions {
   /** Replace an existing non-empty output folder. */
   overwrite?: boolean;
+  /**
+   * Make the export resumable: a journal in the temporary folder records each completed unit, keyed
+   * by this fingerprint of the source and options. A later run with the same fingerprint continues
+   * where the last one stopped; a different one is refused unless `restart`.
+   */
+  fingerprint?: string;
+  /** Discard an interrupted export of a different source or options. */
+  restart?: boolean;
+}
+
+/** The resume journal kept in the temporary folder. */
+export const JOURNAL = 'rxquant-journal.json';
+
+interface Journal {
+  fingerprint: string;
+  /** Units (and the tensors they wrote) whose bytes are on disk. */
+  done: Record<string, string[]>;
 }
 
 /** The temporary folder an export is built in, beside its destination. */
@@ -115,6 +132,7 @@ export class ShardWriter {
   /** Written byte ranges per tensor, kept sorted and disjoint. */
   private written = new Map<string, [number, number][]>();
   private finished = false;
+  private journal: Journal | undefined;
 
   private constructor(
     readonly outDir: string,
@@ -127,21 +145,38 @@ export class ShardWriter {
     await checkDestination(abs, options.overwrite ?? false);
     await checkFreeSpace(dirname(abs), plan.totalSize + plan.shards.reduce((a, s) => a + s.header.length, 0) + 16 * 2 ** 20);
     const tmp = tempDirFor(abs);
-    try {
-      await rm(tmp, { recursive: true, force: true });
-      await mkdir(tmp, { recursive: true });
-    } catch (e) {
-      throw new OutputError(`${dirname(abs)}: cannot create the output folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    const journal = options.fingerprint ? await readJournal(tmp) : undefined;
+    const resuming = journal !== undefined && journal.fingerprint === options.fingerprint;
+    if (journal && !resuming && !options.restart) {
+      throw new OutputError(
+        `${tmp} holds an interrupted export of a different source, format or options; run with --restart to discard it, or repeat the original command to resume it`,
+      );
+    }
+    if (!resuming) {
+      try {
+        await rm(tmp, { recursive: true, force: true });
+        await mkdir(tmp, { recursive: true });
+      } catch (e) {
+        throw new OutputError(`${dirname(abs)}: cannot create the output folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      }
     }
     const w = new ShardWriter(abs, tmp, plan);
+    w.journal = options.fingerprint ? (resuming ? journal! : { fingerprint: options.fingerprint, done: {} }) : undefined;
     try {
       for (const shard of plan.shards) {
         const p = join(tmp, shard.file);
-        const h = await open(p, 'w+');
+        const h = await open(p, resuming ? 'r+' : 'w+');
         w.handles.set(shard.file, h);
-        await writeFully(h, shard.header, 0, p);
-        await h.truncate(shard.header.length + shard.dataLength);
+        if (!resuming) {
+          await writeFully(h, shard.header, 0, p);
+          await h.truncate(shard.header.length + shard.dataLength);
+        }
         for (const t of shard.tensors) w.located.set(t.name, { shard, tensor: t, handle: shard.file });
+      }
+      if (resuming) {
+        for (const names of Object.values(journal!.done)) for (const n of names) w.markWritten(n, 0, w.tensor(n).byteLength);
+      } else if (w.journal) {
+        await w.saveJournal();
       }
     } catch (e) {
       await w.abort();
@@ -170,7 +205,7 @@ export class ShardWriter {
     await writeFully(this.handles.get(loc.handle)!, data, loc.shard.header.length + loc.tensor.offset + offset, p);
   }
 
-  private markWritten(name: string, start: number, end: number): void {
+  markWritten(name: string, start: number, end: number): void {
     if (start === end) return;
     const ranges = this.written.get(name) ?? [];
     let i = 0;
@@ -187,6 +222,28 @@ export class ShardWriter {
       } else j++;
     }
     this.written.set(name, ranges);
+  }
+
+  /** Units already on disk from an interrupted run (resuming), by id. */
+  doneUnits(): Set<string> {
+    return new Set(Object.keys(this.journal?.done ?? {}));
+  }
+
+  /**
+   * Records that a unit's tensors are on disk: flushes the shards first, so a crash after this point
+   * never loses what the journal claims (power loss included).
+   */
+  async commitUnit(id: string, tensors: string[]): Promise<void> {
+    if (!this.journal) return;
+    for (const h of this.handles.values()) await h.datasync();
+    this.journal.done[id] = tensors;
+    await this.saveJournal();
+  }
+
+  private async saveJournal(): Promise<void> {
+    const p = join(this.tempDir, JOURNAL);
+    await writeFile(`${p}.tmp`, JSON.stringify(this.journal));
+    await rename(`${p}.tmp`, p);
   }
 
   /** Names of planned tensors not yet completely written. */
@@ -221,6 +278,7 @@ export class ShardWriter {
     if (this.plan.shards.length > 1) {
       await writeFile(join(this.tempDir, INDEX_FILE), indexJson(this.plan));
     }
+    await rm(join(this.tempDir, JOURNAL), { force: true });
     await moveIntoPlace(this.tempDir, this.outDir);
     this.finished = true;
   }
@@ -238,6 +296,15 @@ export function indexJson(plan: ShardPlan): string {
   const weightMap: Record<string, string> = {};
   for (const name of [...plan.weightMap.keys()].sort()) weightMap[name] = plan.weightMap.get(name)!;
   return JSON.stringify({ metadata: { total_size: plan.totalSize }, weight_map: weightMap }, null, 2) + '\n';
+}
+
+async function readJournal(tmp: string): Promise<Journal | undefined> {
+  try {
+    const j = JSON.parse(await readFile(join(tmp, JOURNAL), 'utf8')) as Journal;
+    return typeof j.fingerprint === 'string' && j.done && typeof j.done === 'object' ? j : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 async function checkDestination(abs: string, overwrite: boolean): Promise<void> {
