@@ -4,6 +4,8 @@ import { StatsCollector } from '../src/calibration/collector.js';
 import { decoderLayer, prepareLayer, type LinearName } from '../src/forward/layer.js';
 import { defaultGemm, type GemmEngine } from '../src/forward/gemm.js';
 import { cpus } from 'node:os';
+import { hiddenStore, type HiddenStore } from '../src/calibration/hidden-store.js';
+import { finalize } from 'rxjs';
 import { embed, loadHead, loadLayerWeights, weightSource } from '../src/forward/weights.js';
 import { ropeTables } from '../src/forward/rope.js';
 import { rmsnorm } from '../src/forward/ops.js';
@@ -35,6 +37,10 @@ export interface CalibrateOptions {
   /** GEMM engine (default: onnxruntime with one thread per core when it loads, else JavaScript). */
   gemm?: GemmEngine;
   onProgress?: (p: CalibrateProgress) => void;
+  /** Hidden states beyond this many bytes go to a temporary file (default 2 GiB). */
+  memoryBudgetBytes?: number;
+  /** Folder for that file (default: the OS temporary folder). */
+  spillDir?: string;
 }
 
 export function calibrate(samples: number[][], options: CalibrateOptions = {}): OperatorFunction<ModelUnit, ModelUnit> {
@@ -42,7 +48,7 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
   if (samples.length === 0) throw new CalibrationDataError('calibrate: no samples');
   return (source) =>
     defer(() => {
-      let hidden: Float32Array[] | undefined;
+      let hidden: HiddenStore | undefined;
       let gemm: GemmEngine | undefined = options.gemm;
       let next = 0;
       const tokens = samples.reduce((s, x) => s + x.length, 0);
@@ -53,7 +59,10 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
           const cfg = model.config;
           const src = weightSource(model.checkpoint);
           gemm ??= await defaultGemm(cpus().length);
-          hidden ??= await Promise.all(samples.map((ids) => embed(src, ids, cfg.hiddenSize)));
+          if (!hidden) {
+            hidden = await hiddenStore(samples.map((s) => s.length), cfg.hiddenSize, options.memoryBudgetBytes, options.spillDir);
+            for (let i = 0; i < samples.length; i++) await hidden.set(i, await embed(src, samples[i]!, cfg.hiddenSize));
+          }
           const collector = new StatsCollector();
           if (unit.kind === 'layer') {
             if (unit.layer !== next) throw new Error(`calibrate needs layers in order: got layer ${unit.layer}, expected ${next}`);
@@ -62,29 +71,29 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
             const layer = await prepareLayer(await loadLayerWeights(src, layout, cfg), gemm);
             const maxT = Math.max(...samples.map((s) => s.length));
             const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, maxT);
-            const after: Float32Array[] = [];
-            for (let i = 0; i < hidden.length; i++) {
-              after.push(
-                await decoderLayer(hidden[i]!, samples[i]!.length, layer, cfg, cos, sin, {
-                  linearInput: (name, x, T, K) => collector.observe(layout.linears[LINEAR_NAMES.indexOf(name)]!, x, T, K),
-                  keysValues: (k, v) => collector.observeKV(layout.attention, k, v),
-                }),
-              );
+            for (let i = 0; i < samples.length; i++) {
+              const h = await decoderLayer(await hidden.get(i), samples[i]!.length, layer, cfg, cos, sin, {
+                linearInput: (name, x, T, K) => collector.observe(layout.linears[LINEAR_NAMES.indexOf(name)]!, x, T, K),
+                keysValues: (k, v) => collector.observeKV(layout.attention, k, v),
+              });
+              await hidden.set(i, h);
             }
-            hidden = after;
             await layer.release();
           } else {
             // lm_head sees the final norm's output; it stays unquantized, but its statistics are reported too
             const { norm } = await loadHead(src, cfg);
-            for (let i = 0; i < hidden.length; i++) {
+            for (let i = 0; i < samples.length; i++) {
               const T = samples[i]!.length;
-              collector.observe('lm_head', rmsnorm(hidden[i]!, T, cfg.hiddenSize, norm, cfg.rmsNormEps), T, cfg.hiddenSize);
+              collector.observe('lm_head', rmsnorm(await hidden.get(i), T, cfg.hiddenSize, norm, cfg.rmsNormEps), T, cfg.hiddenSize);
             }
+            await hidden.close(); // the rest comes last: no layer needs the hidden states any more
+            hidden = undefined;
           }
           onProgress?.({ layer: unit.layer, tokens, seconds: (Date.now() - started) / 1000 });
           const stats = collector.result();
           return { ...unit, stats: unit.stats ? new Map([...unit.stats, ...stats]) : stats };
         }),
+        finalize(() => void hidden?.close()),
       );
     });
 }

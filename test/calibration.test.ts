@@ -190,6 +190,15 @@ describe('quantize with inline calibration', () => {
     }
     await ck.close();
   });
+  it('spilling hidden states to a temporary file past the memory budget gives the same statistics', async () => {
+    const ids = await inputIds(join(REF, 'stories260K', 'calib16x256.safetensors'));
+    const inMemory = await calibrateModel(STORIES, ids.slice(0, 4));
+    const spilled = await calibrateModel(STORIES, ids.slice(0, 4), { memoryBudgetBytes: 1024, spillDir: tmp });
+    expect(spilled.size).toBe(inMemory.size);
+    for (const [k, v] of inMemory) expect(Array.from(spilled.get(k)!), k).toEqual(Array.from(v));
+    expect((await import('node:fs/promises').then((f) => f.readdir(tmp))).filter((n) => n.startsWith('rxquant-hidden-'))).toEqual([]);
+  });
+
   it('statistics round-trip through the file `calibrate --out` writes', async () => {
     const ids = await inputIds(join(synthetic('qwen2'), 'reference.safetensors'));
     const stats = await calibrateModel(synthetic('qwen2'), ids);
