@@ -17,6 +17,7 @@ import { calibrateModel, writeStats } from '../calibration/run.js';
 import { perplexity } from '../eval.js';
 import { openModel } from '../model.js';
 import { planExport, formatPlan } from '../plan-report.js';
+import { resolveModel } from '../hub.js';
 
 /** Package root (works from src/ under tsx/vitest and from dist/src/ once built). */
 export const PACKAGE_ROOT = (() => {
@@ -67,9 +68,10 @@ export function buildProgram(): Command {
   program
     .command('quantize')
     .description('export a checkpoint to a ModelOpt unified checkpoint')
-    .argument('[model]', 'model folder (default: the bundled stories260K)')
+    .argument('[model]', 'model folder or Hugging Face repo id org/name (default: the bundled stories260K)')
     .addOption(new Option('-f, --format <format>', 'quantization format').choices([...FORMAT_NAMES]).default('nvfp4'))
     .option('-o, --out <dir>', 'output folder', 'rxquant-out')
+    .option('--revision <rev>', 'Hub revision (branch, tag or commit) when the model is a repo id', 'main')
     .option('--stats <file>', 'activation statistics (safetensors: <module>.input_amax, ...), e.g. from `rxquant calibrate`')
     .option('--calib <file>', 'calibration data (.txt, .jsonl, .parquet, .json token ids); default: the bundled TinyStories text')
     .option('--calib-samples <n>', 'calibration samples', intOption('--calib-samples'), DEFAULT_CALIB_SAMPLES)
@@ -87,7 +89,7 @@ export function buildProgram(): Command {
     .action(async (model: string | undefined, o: Record<string, any>) => {
       const rep = new Reporter(outputMode(o.json));
       const format = formatSpec(o.format);
-      const modelDir = resolve(model ?? DEFAULT_MODEL);
+      const modelDir = resolve(await resolveModel(model ?? DEFAULT_MODEL, { revision: o.revision, onFile: (f, n) => rep.info(`fetching ${f} (${formatBytes(n)})`) }));
       // validate config.json and every shard header before anything else is read or computed
       await (await openModel(modelDir)).close();
       const stats = o.stats ? await loadStats(resolve(o.stats)) : undefined;
@@ -171,9 +173,10 @@ export function buildProgram(): Command {
   program
     .command('plan')
     .description('show what an export would write and need (shards, memory, disk, time, engines) without writing anything')
-    .argument('[model]', 'model folder (default: the bundled stories260K)')
+    .argument('[model]', 'model folder or Hugging Face repo id (default: the bundled stories260K)')
     .addOption(new Option('-f, --format <format>', 'quantization format').choices([...FORMAT_NAMES]).default('nvfp4'))
     .option('-o, --out <dir>', 'output folder (for the free-space check)', 'rxquant-out')
+    .option('--revision <rev>', 'Hub revision', 'main')
     .addOption(new Option('--kv-cache <mode>', 'KV cache quantization').choices([...KV_CACHE_MODES]).default('fp8_cast'))
     .option('--max-shard-size <size>', 'largest shard', '10GB')
     .option('--exclude <pattern...>', 'extra module patterns to keep unquantized')
@@ -185,7 +188,7 @@ export function buildProgram(): Command {
     .action(async (model: string | undefined, o: Record<string, any>) => {
       const format = formatSpec(o.format);
       const needsCalib = format.inputScaleDivisor !== undefined || o.kvCache === 'fp8';
-      const r = await planExport(resolve(model ?? DEFAULT_MODEL), format.name, {
+      const r = await planExport(resolve(await resolveModel(model ?? DEFAULT_MODEL, { revision: o.revision })), format.name, {
         out: o.out, kvCache: kvCacheMode(o.kvCache), maxShardSize: o.maxShardSize, exclude: o.exclude, workers: o.workers,
         calibration: needsCalib && !o.stats ? { samples: o.calibSamples, seqLen: o.calibSeqLen } : undefined,
       });
@@ -195,7 +198,8 @@ export function buildProgram(): Command {
   program
     .command('calibrate')
     .description("run the model's own forward pass over calibration data and write the activation statistics `quantize --stats` reads")
-    .argument('<model-dir>')
+    .argument('<model>', 'model folder or Hugging Face repo id')
+    .option('--revision <rev>', 'Hub revision', 'main')
     .option('--calib <file>', 'calibration data (.txt, .jsonl, .parquet, .json token ids); default: the bundled TinyStories text')
     .requiredOption('-o, --out <stats.safetensors>', 'statistics file to write')
     .option('--calib-samples <n>', 'calibration samples', intOption('--calib-samples'), DEFAULT_CALIB_SAMPLES)
@@ -203,7 +207,7 @@ export function buildProgram(): Command {
     .option('--json', 'one JSON object per line on stdout')
     .action(async (modelDir: string, o: Record<string, any>) => {
       const rep = new Reporter(outputMode(o.json));
-      const dir = resolve(modelDir);
+      const dir = resolve(await resolveModel(modelDir, { revision: o.revision }));
       await (await openModel(dir)).close();
       const calibPath = resolve(o.calib ?? DEFAULT_CALIB_TEXT);
       const samples = await loadCalibration(calibPath, dir, { samples: o.calibSamples, seqLen: o.calibSeqLen });

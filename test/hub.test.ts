@@ -1,0 +1,104 @@
+/** Hub downloads against a local server that answers the endpoints @huggingface/hub uses. */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createServer, type Server } from 'node:http';
+import { mkdtemp, readdir, readFile, rm, stat, cp, writeFile, chmod } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ROOT, synthetic } from './helpers.js';
+
+let server: Server;
+let url: string;
+let tmp: string;
+let repoDir: string;
+const hits: string[] = [];
+const COMMIT = 'a'.repeat(40);
+
+beforeAll(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'rxq-hub-'));
+  repoDir = join(tmp, 'repo');
+  await cp(synthetic('llama31'), repoDir, { recursive: true });
+  for (const f of await readdir(repoDir)) await chmod(join(repoDir, f), 0o644);
+  await rm(join(repoDir, 'reference.safetensors'));
+  await writeFile(join(repoDir, 'pytorch_model.bin'), Buffer.alloc(4096)); // must never be downloaded
+  await writeFile(join(repoDir, 'tokenizer_config.json'), '{}');
+  server = createServer(async (req, res) => {
+    const u = new URL(req.url!, 'http://x');
+    hits.push(`${req.method} ${u.pathname}`);
+    const oid = async (f: string) => createHash('sha1').update(await readFile(join(repoDir, f))).digest('hex');
+    const list = async () => Promise.all((await readdir(repoDir)).map(async (f) => ({ type: 'file', path: f, size: (await stat(join(repoDir, f))).size, oid: await oid(f) })));
+    let m: RegExpExecArray | null;
+    if ((m = /^\/api\/models\/test-org\/tiny-llama\/tree\/[^/]+$/.exec(u.pathname))) {
+      res.setHeader('content-type', 'application/json');
+      return res.end(JSON.stringify(await list()));
+    }
+    if ((m = /^\/api\/models\/test-org\/tiny-llama\/paths-info\/[^/]+$/.exec(u.pathname)) && req.method === 'POST') {
+      let body = '';
+      for await (const c of req) body += c;
+      const paths: string[] = JSON.parse(body).paths;
+      const all = await list();
+      res.setHeader('content-type', 'application/json');
+      return res.end(JSON.stringify(all.filter((e) => paths.includes(e.path)).map((e) => ({ ...e, lastCommit: { id: COMMIT, title: 't', date: '2026-01-01T00:00:00Z' } }))));
+    }
+    if ((m = /^\/test-org\/tiny-llama\/resolve\/[^/]+\/(.+)$/.exec(u.pathname))) {
+      const f = join(repoDir, decodeURIComponent(m[1]!));
+      const data = await readFile(f).catch(() => undefined);
+      if (!data) {
+        res.statusCode = 404;
+        res.setHeader('X-Error-Code', 'EntryNotFound');
+        return res.end();
+      }
+      res.setHeader('ETag', `"${await oid(m[1]!)}"`);
+      res.setHeader('X-Repo-Commit', COMMIT);
+      const range = /bytes=(\d+)-(\d*)/.exec(req.headers.range ?? '');
+      if (range) {
+        const a = Number(range[1]), b = range[2] ? Number(range[2]) : data.length - 1;
+        res.statusCode = 206;
+        res.setHeader('Content-Range', `bytes ${a}-${b}/${data.length}`);
+        return res.end(data.subarray(a, b + 1));
+      }
+      return res.end(data);
+    }
+    res.statusCode = 404;
+    res.end('not found');
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+});
+
+afterAll(async () => {
+  server.close();
+  await rm(tmp, { recursive: true, force: true });
+});
+
+function cli(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile('node', [join(ROOT, 'bin', 'rxquant.js'), ...args], { cwd: tmp, env: { ...process.env, ...env } }, (err, stdout, stderr) =>
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+describe('Hugging Face Hub', () => {
+  it('quantizes org/name: downloads what the export needs into HF_HOME, reuses the cache the second time', async () => {
+    const env = { HF_ENDPOINT: url, HF_HOME: join(tmp, 'hf-home'), HF_TOKEN: 'hf_test' };
+    const r = await cli(['quantize', 'test-org/tiny-llama', '-f', 'fp8_pb_wo', '-o', join(tmp, 'out')], env);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/fetching model\.safetensors/);
+    const snapshot = join(tmp, 'hf-home', 'hub', 'models--test-org--tiny-llama', 'snapshots', COMMIT);
+    expect((await readdir(snapshot)).sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer_config.json']);
+    expect(hits.some((h) => h.includes('pytorch_model.bin'))).toBe(false);
+    const downloads = hits.filter((h) => h.startsWith('GET /test-org/tiny-llama/resolve/')).length;
+    const again = await cli(['quantize', 'test-org/tiny-llama', '-f', 'fp8_pb_wo', '-o', join(tmp, 'out2')], env);
+    expect(again.code, again.stderr).toBe(0);
+    expect(hits.filter((h) => h.startsWith('GET /test-org/tiny-llama/resolve/')).length).toBe(downloads);
+    expect(Buffer.compare(await readFile(join(tmp, 'out', 'model.safetensors')), await readFile(join(tmp, 'out2', 'model.safetensors')))).toBe(0);
+  });
+
+  it('a repo that does not exist is one clear error', async () => {
+    const r = await cli(['quantize', 'test-org/missing', '-f', 'fp8_pb_wo', '-o', join(tmp, 'out3')], { HF_ENDPOINT: url, HF_HOME: join(tmp, 'hf-home') });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr.trim()).toMatch(/^error: test-org\/missing: cannot list the repo on the Hub/);
+  });
+});
