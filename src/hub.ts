@@ -89,3 +89,27 @@ export async function downloadModel(repo: string, o: HubOptions = {}): Promise<s
   }
   return dir!;
 }
+
+/** Pushes a finished export to a model repo (created if missing), one commit with every file. */
+export async function uploadExport(dir: string, repo: string, o: HubOptions & { message?: string } = {}): Promise<void> {
+  const { createRepo, repoExists, uploadFiles } = await import('@huggingface/hub');
+  const { readdir } = await import('node:fs/promises');
+  const { pathToFileURL } = await import('node:url');
+  if (!looksLikeRepoId(repo)) throw new CheckpointError(repo, '--upload needs a repo id like org/name');
+  const token = o.token ?? process.env.HF_TOKEN;
+  if (!token) throw new CheckpointError(repo, 'uploading needs a write token in HF_TOKEN');
+  const common = { repo: { type: 'model' as const, name: repo }, hubUrl: o.hubUrl ?? process.env.HF_ENDPOINT, accessToken: token };
+  try {
+    if (!(await repoExists(common))) await createRepo(common);
+    const names = (await readdir(dir)).filter((f) => !f.startsWith('.')).sort();
+    await uploadFiles({
+      ...common,
+      branch: o.revision,
+      commitTitle: o.message ?? 'Upload ModelOpt unified checkpoint made by rxquant',
+      files: names.map((f) => ({ path: f, content: pathToFileURL(join(dir, f)) })),
+    });
+  } catch (e) {
+    if (e instanceof CheckpointError) throw e;
+    throw new CheckpointError(repo, `upload failed (${(e as Error).message})`);
+  }
+}

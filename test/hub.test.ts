@@ -14,6 +14,8 @@ let tmp: string;
 let repoDir: string;
 const hits: string[] = [];
 const COMMIT = 'a'.repeat(40);
+let created = false;
+const committed = new Map<string, Buffer>();
 
 beforeAll(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'rxq-hub-'));
@@ -60,6 +62,32 @@ beforeAll(async () => {
       }
       return res.end(data);
     }
+    // upload: the repo exists after creation, small files go inline ("regular") in the commit
+    if (u.pathname === '/api/models/test-org/uploaded') {
+      res.statusCode = created ? 200 : 404;
+      return res.end(created ? '{}' : '');
+    }
+    if (u.pathname === '/api/repos/create' && req.method === 'POST') {
+      created = true;
+      res.setHeader('content-type', 'application/json');
+      return res.end(JSON.stringify({ url: `${url}/test-org/uploaded` }));
+    }
+    if (u.pathname === '/api/models/test-org/uploaded/preupload/main') {
+      let body = '';
+      for await (const c of req) body += c;
+      res.setHeader('content-type', 'application/json');
+      return res.end(JSON.stringify({ files: JSON.parse(body).files.map((f: { path: string }) => ({ path: f.path, uploadMode: 'regular' })) }));
+    }
+    if (u.pathname === '/api/models/test-org/uploaded/commit/main') {
+      let body = '';
+      for await (const c of req) body += c;
+      for (const line of body.split('\n')) {
+        const op = JSON.parse(line);
+        if (op.key === 'file') committed.set(op.value.path, Buffer.from(op.value.content, 'base64'));
+      }
+      res.setHeader('content-type', 'application/json');
+      return res.end(JSON.stringify({ commitOid: COMMIT, commitUrl: `${url}/test-org/uploaded/commit/${COMMIT}`, success: true }));
+    }
     res.statusCode = 404;
     res.end('not found');
   });
@@ -94,6 +122,15 @@ describe('Hugging Face Hub', () => {
     expect(again.code, again.stderr).toBe(0);
     expect(hits.filter((h) => h.startsWith('GET /test-org/tiny-llama/resolve/')).length).toBe(downloads);
     expect(Buffer.compare(await readFile(join(tmp, 'out', 'model.safetensors')), await readFile(join(tmp, 'out2', 'model.safetensors')))).toBe(0);
+  });
+
+  it('--upload pushes the finished export to a new repo', async () => {
+    const env = { HF_ENDPOINT: url, HF_HOME: join(tmp, 'hf-home'), HF_TOKEN: 'hf_test' };
+    const r = await cli(['quantize', 'test-org/tiny-llama', '-f', 'fp8_pb_wo', '-o', join(tmp, 'out-up'), '--upload', 'test-org/uploaded'], env);
+    expect(r.code, r.stderr).toBe(0);
+    expect(created).toBe(true);
+    expect([...committed.keys()].sort()).toEqual((await readdir(join(tmp, 'out-up'))).sort());
+    expect(Buffer.compare(committed.get('model.safetensors')!, await readFile(join(tmp, 'out-up', 'model.safetensors')))).toBe(0);
   });
 
   it('a repo that does not exist is one clear error', async () => {

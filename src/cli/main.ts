@@ -17,7 +17,7 @@ import { calibrateModel, writeStats } from '../calibration/run.js';
 import { perplexity } from '../eval.js';
 import { openModel } from '../model.js';
 import { planExport, formatPlan } from '../plan-report.js';
-import { resolveModel } from '../hub.js';
+import { resolveModel, uploadExport } from '../hub.js';
 
 /** Package root (works from src/ under tsx/vitest and from dist/src/ once built). */
 export const PACKAGE_ROOT = (() => {
@@ -85,6 +85,7 @@ export function buildProgram(): Command {
     .option('--layers-in-flight <n>', 'decoder layers between reader and writer at once', intOption('--layers-in-flight'), 2)
     .option('--overwrite', 'replace a non-empty output folder')
     .option('--restart', 'discard an interrupted export made with other options instead of refusing')
+    .option('--upload <repo>', 'push the finished export to this Hugging Face model repo (needs HF_TOKEN)')
     .option('--json', 'one JSON object per line on stdout (progress, warnings, summary)')
     .action(async (model: string | undefined, o: Record<string, any>) => {
       const rep = new Reporter(outputMode(o.json));
@@ -163,6 +164,11 @@ export function buildProgram(): Command {
       });
       rep.info(`wrote ${done.outDir}`);
       rep.info(`format ${format.name} (quant_algo ${format.quantAlgo}), ${nq}/${q.size} linears quantized, ${formatBytes(done.totalBytes)} in ${done.shards.shards.length} shard(s), ${secs.toFixed(1)} s`);
+      if (o.upload) {
+        await uploadExport(done.outDir, o.upload);
+        rep.info(`uploaded ${done.outDir} to ${o.upload}`);
+        rep.event('upload', { repo: o.upload });
+      }
       if (evalText && before) {
         const after = await perplexity(done.outDir, evalText, evalOpts);
         rep.event('perplexity', { text: evalText, tokens: after.tokens, before: before.perplexity, after: after.perplexity });
