@@ -11,6 +11,7 @@ import { exportCheckpoint } from '../export/run.js';
 import { FORMAT_NAMES, formatSpec, kvCacheMode, KV_CACHE_MODES } from '../export/formats.js';
 import { loadStats } from '../export/stats.js';
 import { formatBytes } from '../safetensors/size.js';
+import { DTYPE_SIZES } from '../safetensors/dtypes.js';
 import { outputMode, Reporter } from './progress.js';
 import { loadCalibration, DEFAULT_CALIB_SAMPLES, DEFAULT_CALIB_SEQ_LEN } from '../calibration/data.js';
 import { calibrateModel, writeStats } from '../calibration/run.js';
@@ -131,23 +132,28 @@ export function buildProgram(): Command {
           rep.info(`resuming an interrupted export: ${n} unit(s) already on disk are kept`);
           rep.event('resume', { units_done: n });
         },
-        onCalibrate: (p) => rep.event('calibrate', { layer: p.layer, tokens: p.tokens, seconds: p.seconds }),
+        onCalibrate: (p) => {
+          rep.event('calibrate', { layer: p.layer, tokens: p.tokens, seconds: p.seconds, tokens_per_s: p.tokens / p.seconds });
+          rep.update('calibrate');
+        },
         onPlan: (plan) => {
           for (const w of plan.warnings) rep.warn(w);
           const total = plan.outputs.length;
           rep.event('plan', { format: format.name, quant_algo: format.quantAlgo, tensors: total, layers: plan.model.layers.length });
-          rep.startBar('writing', plan.model.layers.length + 1, 'items');
+          if (calibration) rep.startBar('calibrate', plan.model.layers.length + 1, 'items');
+          rep.startBar('write', plan.outputs.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1) * DTYPE_SIZES[t.dtype], 0), 'bytes');
         },
         onEvent: (e) => {
           if (e.type === 'unit') {
             // crash-safety tests: die hard after N units, as a power loss would
             if (process.env.RXQUANT_TEST_KILL_AFTER_UNITS && ++unitsSeen >= Number(process.env.RXQUANT_TEST_KILL_AFTER_UNITS)) process.kill(process.pid, 'SIGKILL');
-            rep.event('unit', { layer: e.layer, kind: e.kind, bytes_done: e.bytesWritten, bytes_total: e.totalBytes });
-            rep.tick();
+            const secs = (Date.now() - started) / 1000;
+            rep.event('unit', { layer: e.layer, kind: e.kind, resumed: e.resumed ?? false, bytes_done: e.bytesWritten, bytes_total: e.totalBytes, bytes_per_s: e.bytesWritten / secs });
+            rep.update('write', e.bytesWritten);
           }
         },
       });
-      rep.stopBar();
+      rep.stopBars();
       const secs = (Date.now() - started) / 1000;
       const q = done.plan.decisions;
       const nq = [...q.values()].filter((d) => d.quantized).length;

@@ -1,6 +1,7 @@
 /**
- * How a long run reports itself: progress bars on a terminal (cli-progress), one JSON object per
- * line with --json (for orchestrators), or a short summary only when output is piped.
+ * How a long run reports itself: one progress bar per stage on a terminal (cli-progress: done/total,
+ * throughput, ETA), one JSON object per line with --json (for orchestrators), or a short summary
+ * only when output is piped.
  */
 import cliProgress from 'cli-progress';
 import { formatBytes } from '../safetensors/size.js';
@@ -12,26 +13,33 @@ export function outputMode(json: boolean | undefined): Mode {
   return process.stderr.isTTY ? 'tty' : 'quiet';
 }
 
+interface Bar {
+  bar: cliProgress.SingleBar;
+  unit: 'bytes' | 'items';
+  started: number;
+  value: number;
+}
+
 export class Reporter {
-  private bar: cliProgress.SingleBar | undefined;
+  private multi: cliProgress.MultiBar | undefined;
+  private bars = new Map<string, Bar>();
   private started = Date.now();
 
   constructor(readonly mode: Mode) {}
 
-  /** A JSON event (json mode) — stage, numbers, RSS. */
+  /** A JSON event (json mode): stage, numbers, RSS, elapsed time. */
   event(stage: string, fields: Record<string, unknown> = {}): void {
     if (this.mode !== 'json') return;
     const rss = process.memoryUsage().rss;
     process.stdout.write(JSON.stringify({ stage, ...fields, rss, elapsed_s: (Date.now() - this.started) / 1000 }) + '\n');
   }
 
-  startBar(label: string, total: number, unit: 'bytes' | 'items'): void {
+  /** Starts a bar for a stage (terminal only). */
+  startBar(stage: string, total: number, unit: 'bytes' | 'items'): void {
     if (this.mode !== 'tty') return;
-    this.stopBar();
-    const fmtValue = unit === 'bytes' ? (v: number) => formatBytes(v) : (v: number) => String(v);
-    this.bar = new cliProgress.SingleBar(
+    this.multi ??= new cliProgress.MultiBar(
       {
-        format: `${label.padEnd(10)} [{bar}] {percentage}% | {done}/{all} | {rate} | ETA {eta_formatted}`,
+        format: '{stage} [{bar}] {percentage}% | {done}/{all} | {rate} | ETA {eta_formatted}',
         stream: process.stderr,
         hideCursor: true,
         clearOnComplete: false,
@@ -39,43 +47,37 @@ export class Reporter {
       },
       cliProgress.Presets.shades_classic,
     );
-    this.bar.start(total, 0, { done: fmtValue(0), all: fmtValue(total), rate: '' });
-    this.count = 0;
-    this.fmtValue = fmtValue;
-    this.unit = unit;
+    const fmt = (v: number) => (unit === 'bytes' ? formatBytes(v) : String(v));
+    const bar = this.multi.create(total, 0, { stage: stage.padEnd(10), done: fmt(0), all: fmt(total), rate: '' });
+    this.bars.set(stage, { bar, unit, started: Date.now(), value: 0 });
   }
 
-  private fmtValue: (v: number) => string = String;
-  private unit: 'bytes' | 'items' = 'items';
-
-  updateBar(value: number): void {
-    if (!this.bar) return;
-    const secs = (Date.now() - this.started) / 1000;
-    const rate = this.unit === 'bytes' && secs > 0 ? `${formatBytes(value / secs)}/s` : '';
-    this.bar.update(value, { done: this.fmtValue(value), rate });
+  /** Sets a stage's progress (or advances it by one item with no value). */
+  update(stage: string, value?: number): void {
+    const b = this.bars.get(stage);
+    if (!b) return;
+    b.value = value ?? b.value + 1;
+    const secs = (Date.now() - b.started) / 1000;
+    const rate = secs <= 0 ? '' : b.unit === 'bytes' ? `${formatBytes(b.value / secs)}/s` : `${(b.value / secs).toFixed(2)}/s`;
+    b.bar.update(b.value, { done: b.unit === 'bytes' ? formatBytes(b.value) : String(b.value), rate });
   }
 
-  /** Advances the bar by one item. */
-  tick(): void {
-    if (!this.bar) return;
-    this.count++;
-    this.updateBar(this.count);
-  }
-  private count = 0;
-
-  stopBar(): void {
-    this.bar?.stop();
-    this.bar = undefined;
+  stopBars(): void {
+    this.multi?.stop();
+    this.multi = undefined;
+    this.bars.clear();
   }
 
   /** Human lines: printed on a terminal and when piped, never in json mode. */
   info(line: string): void {
     if (this.mode === 'json') return;
-    process.stdout.write(line + '\n');
+    if (this.multi) this.multi.log(line + '\n');
+    else process.stdout.write(line + '\n');
   }
 
   warn(line: string): void {
     if (this.mode === 'json') this.event('warning', { message: line });
+    else if (this.multi) this.multi.log(`warning: ${line}\n`);
     else process.stderr.write(`warning: ${line}\n`);
   }
 }
