@@ -165,6 +165,15 @@ describe('calibration data', () => {
     await writeFile(p, '{"text": "Once upon a time"}\n\n{"text": "Hello world!"}\n');
     expect(await loadCalibration(p, STORIES, { samples: 8, seqLen: 4 })).toEqual([[1, 403, 407, 261], [1, 346, 306, 414]]);
   });
+  it('.parquet takes the "text" column like .jsonl (file written by hyparquet-writer, snappy)', async () => {
+    const { parquetWriteBuffer } = await import('hyparquet-writer');
+    const p = join(tmp, 'c.parquet');
+    await writeFile(p, Buffer.from(parquetWriteBuffer({ columnData: [{ name: 'id', data: [1, 2], type: 'INT32' }, { name: 'text', data: ['Once upon a time', 'Hello world!'], type: 'STRING' }] })));
+    expect(await loadCalibration(p, STORIES, { samples: 8, seqLen: 4 })).toEqual([[1, 403, 407, 261], [1, 346, 306, 414]]);
+    await writeFile(join(tmp, 'notext.parquet'), Buffer.from(parquetWriteBuffer({ columnData: [{ name: 'body', data: ['x'], type: 'STRING' }] })));
+    await expect(loadCalibration(join(tmp, 'notext.parquet'), STORIES, { samples: 8, seqLen: 4 })).rejects.toThrow(CalibrationDataError);
+  });
+
   it('missing, empty or malformed data is a clear error', async () => {
     await expect(loadCalibration(join(tmp, 'nope.txt'), STORIES, { samples: 1, seqLen: 8 })).rejects.toThrow(/calibration data not found/);
     await writeFile(join(tmp, 'empty.txt'), '');
