@@ -59,6 +59,18 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
     compare('nvfp4', (v) => ({ ws2: 3.1 / 2688, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16) }));
     compare('nvfp4', (v) => ({ ws2: 2 ** -9, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16) }));
   });
+  it('NVFP4 when the block count is not a multiple of 4 (the one-block tail)', () => {
+    const a = views(WASM_RESERVED), b = views(WASM_RESERVED + 16 * 2 ** 20);
+    fill(new Uint16Array(a.src.buffer, a.src.byteOffset, N * K), 9);
+    b.src.set(a.src);
+    const K2 = 16 * 7, rows = 5; // 35 blocks
+    const mk = (v: ReturnType<typeof views>, wasm: boolean) =>
+      ({ src: v.src.subarray(0, rows * K2 * 2), dtype: 'BF16', row0: 0, rows, K: K2, ops: [], wasm, kind: 'nvfp4', ws2: 2.2 / 2688, codes: v.codes.subarray(0, rows * K2), scales: v.scales.subarray(0, (rows * K2) / 16) }) as KernelTask;
+    runKernel(mk(a, true), k);
+    runKernel(mk(b, false));
+    expect(Buffer.compare(a.codes.subarray(0, rows * K2), b.codes.subarray(0, rows * K2))).toBe(0);
+    expect(Buffer.compare(a.scales.subarray(0, 35), b.scales.subarray(0, 35))).toBe(0);
+  });
   it('INT4', () => compare('int4', (v) => ({ codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128) })));
   it('a NaN is located by the JavaScript path', () => {
     const v = views(WASM_RESERVED);

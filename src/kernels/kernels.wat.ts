@@ -33,8 +33,8 @@ const E4M3 = (q: string) => `
   (v128.or
     (v128.and (i32x4.shr_u (local.tee $qq ${q}) (i32.const 24)) (v128.const i32x4 0x80 0x80 0x80 0x80))
     (v128.bitselect
-      (i32x4.trunc_sat_f32x4_u (f32x4.nearest (f32x4.mul
-        (local.tee $a (f32x4.min (f32x4.abs (local.get $qq)) (v128.const f32x4 448 448 448 448)))
+      (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul
+        (local.tee $a (f32x4.pmin (f32x4.abs (local.get $qq)) (v128.const f32x4 448 448 448 448)))
         (v128.const f32x4 512 512 512 512))))
       (i32x4.sub
         (i32x4.shr_u
@@ -44,6 +44,23 @@ const E4M3 = (q: string) => `
           (i32.const 20))
         (v128.const i32x4 960 960 960 960))
       (f32x4.lt (local.get $a) (v128.const f32x4 0.015625 0.015625 0.015625 0.015625))))`;
+
+/** e2m1 code by bit arithmetic: RNE to one mantissa bit, subnormal 0.5, saturate at 6; uses $qq, $qa. */
+const E2M1B = (q: string) => `
+  (v128.or
+    (v128.bitselect
+      (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.add
+        (local.tee $qa (f32x4.pmin (f32x4.abs (local.tee $qq ${q})) (v128.const f32x4 6 6 6 6)))
+        (local.get $qa))))
+      (i32x4.sub
+        (i32x4.shr_u
+          (i32x4.add (local.get $qa)
+            (i32x4.add (v128.const i32x4 0x1fffff 0x1fffff 0x1fffff 0x1fffff)
+              (v128.and (i32x4.shr_u (local.get $qa) (i32.const 22)) (v128.const i32x4 1 1 1 1))))
+          (i32.const 22))
+        (v128.const i32x4 252 252 252 252))
+      (f32x4.lt (local.get $qa) (v128.const f32x4 1 1 1 1)))
+    (v128.and (f32x4.lt (local.get $qq) (v128.const f32x4 0 0 0 0)) (v128.const i32x4 8 8 8 8)))`;
 
 /** Four i32x4 of byte values -> one v128 of 16 bytes. */
 const NARROW_U8 = (a: string, b: string, c: string, d: string) =>
@@ -61,6 +78,25 @@ const ABS16 = (addr: string) => `(v128.and (v128.load ${addr}) (v128.const i16x8
 const HMAX16 = (v: string) => `
   (local.set $m (i16x8.extract_lane_u 0 ${v}))
   ${[1, 2, 3, 4, 5, 6, 7].map((i) => `(if (i32.gt_u (i16x8.extract_lane_u ${i} ${v}) (local.get $m)) (then (local.set $m (i16x8.extract_lane_u ${i} ${v}))))`).join('\n  ')}`;
+
+/** Loads one block of 16 bf16 at $p + off as four f32x4 locals $X0..$X3. */
+const LOAD_BLOCK = (x: string, off: number) => `
+  (local.set $v (v128.load offset=${off} (local.get $p)))
+  (local.set $${x}0 ${BF16_TO_F32_LO('(local.get $v)')})
+  (local.set $${x}1 ${BF16_TO_F32_HI('(local.get $v)')})
+  (local.set $v (v128.load offset=${off + 16} (local.get $p)))
+  (local.set $${x}2 ${BF16_TO_F32_LO('(local.get $v)')})
+  (local.set $${x}3 ${BF16_TO_F32_HI('(local.get $v)')})`;
+
+/** Lane-wise max of |X0..X3|. */
+const BMAX = (x: string) =>
+  `(f32x4.pmax (f32x4.pmax (f32x4.abs (local.get $${x}0)) (f32x4.abs (local.get $${x}1))) (f32x4.pmax (f32x4.abs (local.get $${x}2)) (f32x4.abs (local.get $${x}3))))`;
+
+/** Codes of block X (lane `lane` of $div is its divisor) stored at $o + off. */
+const QBLOCK = (x: string, lane: number, off: number) => `
+  (local.set $dv (f32x4.splat (f32x4.extract_lane ${lane} (local.get $div))))
+  (v128.store offset=${off} (local.get $o)
+    ${NARROW_U8(E2M1B(`(f32x4.div (local.get $${x}0) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}1) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}2) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}3) (local.get $dv))`))})`;
 
 export const KERNELS_WAT = `
 (module
@@ -120,8 +156,8 @@ export const KERNELS_WAT = `
       (local.set $f1 ${BF16_TO_F32_HI('(local.get $lo)')})
       (local.set $f2 ${BF16_TO_F32_LO('(local.get $hi)')})
       (local.set $f3 ${BF16_TO_F32_HI('(local.get $hi)')})
-      (local.set $mx (f32x4.max (f32x4.max (f32x4.abs (local.get $f0)) (f32x4.abs (local.get $f1)))
-                                (f32x4.max (f32x4.abs (local.get $f2)) (f32x4.abs (local.get $f3)))))
+      (local.set $mx (f32x4.pmax (f32x4.pmax (f32x4.abs (local.get $f0)) (f32x4.abs (local.get $f1)))
+                                (f32x4.pmax (f32x4.abs (local.get $f2)) (f32x4.abs (local.get $f3)))))
       ;; s = clamp(blockAmax / (6 ws2), 2^-9, 448), zero block -> 1
       (local.set $s (f32.div ${HMAX('(local.get $mx)')} (local.get $six)))
       (if (f32.eq (local.get $s) (f32.const 0)) (then (local.set $s (f32.const 1))))
@@ -140,6 +176,58 @@ export const KERNELS_WAT = `
       (local.set $b (i32.add (local.get $b) (i32.const 1)))
       (br $l))))
 
+  ;; NVFP4, four blocks of 16 per iteration: the four block scales are computed as one vector
+  (func (export "nvfp4x4") (param $src i32) (param $n4 i32) (param $ws2 f32) (param $six f32) (param $codes i32) (param $scales i32)
+    (local $g i32) (local $p i32) (local $o i32) (local $v v128)
+    (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
+    (local $b0 v128) (local $b1 v128) (local $b2 v128) (local $b3 v128)
+    (local $c0 v128) (local $c1 v128) (local $c2 v128) (local $c3 v128)
+    (local $d0 v128) (local $d1 v128) (local $d2 v128) (local $d3 v128)
+    (local $m0 v128) (local $m1 v128) (local $m2 v128) (local $m3 v128)
+    (local $x v128) (local $y v128) (local $s v128) (local $a v128) (local $qq v128) (local $qa v128) (local $code v128) (local $div v128) (local $dv v128)
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $g) (local.get $n4)))
+      (local.set $p (i32.add (local.get $src) (i32.shl (local.get $g) (i32.const 7))))
+      ${LOAD_BLOCK('a', 0)}
+      ${LOAD_BLOCK('b', 32)}
+      ${LOAD_BLOCK('c', 64)}
+      ${LOAD_BLOCK('d', 96)}
+      (local.set $m0 ${BMAX('a')})
+      (local.set $m1 ${BMAX('b')})
+      (local.set $m2 ${BMAX('c')})
+      (local.set $m3 ${BMAX('d')})
+      ;; transpose-reduce: lane b of $s = max over block b
+      (local.set $x (f32x4.pmax (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $m0) (local.get $m1))
+                               (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $m0) (local.get $m1))))
+      (local.set $y (f32x4.pmax (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $m2) (local.get $m3))
+                               (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $m2) (local.get $m3))))
+      (local.set $s (f32x4.pmax (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $x) (local.get $y))
+                               (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $x) (local.get $y))))
+      ;; s = clamp(blockAmax / (6 ws2), 2^-9, 448), zero -> 1
+      (local.set $s (f32x4.div (local.get $s) (f32x4.splat (local.get $six))))
+      (local.set $s (v128.bitselect (v128.const f32x4 1 1 1 1) (local.get $s) (f32x4.eq (local.get $s) (v128.const f32x4 0 0 0 0))))
+      (local.set $s (f32x4.pmin (f32x4.pmax (local.get $s) (v128.const f32x4 0x1p-9 0x1p-9 0x1p-9 0x1p-9)) (v128.const f32x4 448 448 448 448)))
+      (local.set $code ${E4M3('(local.get $s)')})
+      (v128.store32_lane 0 (i32.add (local.get $scales) (i32.shl (local.get $g) (i32.const 2)))
+        (i8x16.narrow_i16x8_u (i16x8.narrow_i32x4_u (local.get $code) (local.get $code)) (i16x8.narrow_i32x4_u (local.get $code) (local.get $code))))
+      ;; the e4m3 value of each scale (exact), times ws2
+      (local.set $div (f32x4.mul (f32x4.splat (local.get $ws2))
+        (v128.bitselect
+          (f32x4.mul (f32x4.nearest (f32x4.mul (local.get $s) (v128.const f32x4 512 512 512 512))) (v128.const f32x4 0x1p-9 0x1p-9 0x1p-9 0x1p-9))
+          (v128.and
+            (i32x4.add (local.get $s)
+              (i32x4.add (v128.const i32x4 0x7ffff 0x7ffff 0x7ffff 0x7ffff)
+                (v128.and (i32x4.shr_u (local.get $s) (i32.const 20)) (v128.const i32x4 1 1 1 1))))
+            (v128.const i32x4 0xfff00000 0xfff00000 0xfff00000 0xfff00000))
+          (f32x4.lt (local.get $s) (v128.const f32x4 0.015625 0.015625 0.015625 0.015625)))))
+      (local.set $o (i32.add (local.get $codes) (i32.shl (local.get $g) (i32.const 6))))
+      ${QBLOCK('a', 0, 0)}
+      ${QBLOCK('b', 1, 16)}
+      ${QBLOCK('c', 2, 32)}
+      ${QBLOCK('d', 3, 48)}
+      (local.set $g (i32.add (local.get $g) (i32.const 1)))
+      (br $l))))
+
   ;; INT4 over groups of 128 bf16 (K % 128 == 0): scale = amax/7 (zero -> 1) as f32, q = rne(w/scale) in [-8, 7]
   (func (export "int4") (param $src i32) (param $ngroups i32) (param $codes i32) (param $scales i32)
     (local $g i32) (local $p i32) (local $j i32) (local $v v128) (local $mx v128) (local $s f32) (local $sv v128) (local $q i32)
@@ -151,7 +239,7 @@ export const KERNELS_WAT = `
       (block $d1 (loop $l1
         (br_if $d1 (i32.ge_u (local.get $j) (i32.const 256)))
         (local.set $v (v128.load (i32.add (local.get $p) (local.get $j))))
-        (local.set $mx (f32x4.max (local.get $mx) (f32x4.max (f32x4.abs ${BF16_TO_F32_LO('(local.get $v)')}) (f32x4.abs ${BF16_TO_F32_HI('(local.get $v)')}))))
+        (local.set $mx (f32x4.pmax (local.get $mx) (f32x4.pmax (f32x4.abs ${BF16_TO_F32_LO('(local.get $v)')}) (f32x4.abs ${BF16_TO_F32_HI('(local.get $v)')}))))
         (local.set $j (i32.add (local.get $j) (i32.const 16)))
         (br $l1)))
       (local.set $s ${HMAX('(local.get $mx)')})
@@ -238,5 +326,5 @@ export const KERNELS_WAT = `
 
 /** rne(x / scale) clamped to [-8, 7], as i32x4 ($sv holds the splatted scale). */
 function Q4(x: string): string {
-  return `(i32x4.trunc_sat_f32x4_s (f32x4.min (f32x4.max (f32x4.nearest (f32x4.div ${x} (local.get $sv))) (v128.const f32x4 -8 -8 -8 -8)) (v128.const f32x4 7 7 7 7)))`;
+  return `(i32x4.trunc_sat_f32x4_s (f32x4.pmin (f32x4.pmax (f32x4.nearest (f32x4.div ${x} (local.get $sv))) (v128.const f32x4 -8 -8 -8 -8)) (v128.const f32x4 7 7 7 7)))`;
 }

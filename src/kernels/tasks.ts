@@ -105,9 +105,15 @@ function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
       if (task.K % 128 !== 0) return undefined;
       k.fp8_block(src, task.rows, task.K, task.codes.byteOffset, task.scales.byteOffset);
       return finiteScales(task.scales) ? {} : undefined;
-    case 'nvfp4':
-      k.nvfp4(src, n / 16, task.ws2, Math.fround(6 * task.ws2), task.codes.byteOffset, task.scales.byteOffset);
+    case 'nvfp4': {
+      const blocks = n / 16;
+      const six = Math.fround(6 * task.ws2);
+      const n4 = blocks >> 2; // four blocks per iteration, then the rest one at a time
+      k.nvfp4x4(src, n4, task.ws2, six, task.codes.byteOffset, task.scales.byteOffset);
+      const done = n4 * 4;
+      if (done < blocks) k.nvfp4(src + done * 32, blocks - done, task.ws2, six, task.codes.byteOffset + done * 16, task.scales.byteOffset + done);
       return {};
+    }
     case 'int4':
       k.int4(src, n / 128, task.codes.byteOffset, task.scales.byteOffset);
       return finiteScales(task.scales) ? {} : undefined;
