@@ -47,7 +47,8 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
       let written = 0;
       let finished = false;
       let alreadyDone = new Set<string>();
-      const buffer = new Uint8Array(options.copyChunkBytes ?? 16 * 2 ** 20);
+      const copyBytes = options.copyChunkBytes ?? 16 * 2 ** 20;
+      const buffers = [new Uint8Array(copyBytes), new Uint8Array(copyBytes)];
 
       const check = (o: { name: string; dtype: string; shape: readonly number[] }) => {
         const planned = writer!.tensor(o.name);
@@ -94,12 +95,17 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
             await writer.write(o.name, o.data);
             written += o.data.length;
           } else {
-            for (let at = 0; at < o.source.byteLength; at += buffer.length) {
-              const end = Math.min(o.source.byteLength, at + buffer.length);
-              const chunk = await o.source.readBytes(at, end, buffer);
+            // double-buffered: the read of the next chunk overlaps the write of this one
+            const src = o.source;
+            const step = buffers[0]!.length;
+            const read = (at: number, i: number) => src.readBytes(at, Math.min(src.byteLength, at + step), buffers[i % 2]!);
+            let pending = src.byteLength > 0 ? read(0, 0) : undefined;
+            for (let at = 0, i = 0; pending; at += step, i++) {
+              const chunk = await pending;
+              pending = at + step < src.byteLength ? read(at + step, i + 1) : undefined;
               await writer.write(o.name, chunk, at);
             }
-            written += o.source.byteLength;
+            written += src.byteLength;
           }
         }
         await writer.commitUnit(id, names);

@@ -219,7 +219,8 @@ async function scanAmax(e: Work, pool: KernelPool): Promise<number> {
 async function* streamChunks(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool): AsyncGenerator<QuantizedChunk> {
   const rows = pool.rowsPerChunk(e.K, e.tensor.rowBytes / e.K, rowMultiple(fmt));
   const starts = chunkStarts(e.N, rows);
-  const depth = Math.max(1, pool.workers);
+  // chunks in flight: every slot but the one the consumer holds and one for a concurrent scan
+  const depth = Math.max(1, pool.slots - 2);
   const inflight: Promise<QuantizedChunk>[] = [];
   let next = 0;
   const launch = () => {

@@ -73,7 +73,7 @@ export class KernelPool {
     /** Source bytes per chunk. */
     readonly chunkBytes: number = DEFAULT_CHUNK_BYTES,
     /** Slots in circulation: chunks being read, quantized or written at once. */
-    readonly slots: number = Math.max(2, workers) + 2,
+    readonly slots: number = 2 * Math.max(2, workers) + 1,
   ) {
     this.chunkBytes = align(chunkBytes);
     this.ready = this.init();
