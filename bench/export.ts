@@ -7,7 +7,7 @@ import { readdirSync, statSync, rmSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { synthesize } from './synth.js';
-import { evict, timeShell, timeWithRss, GB } from './util.js';
+import { evict, timeShell, timeWithRss, median, GB } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -19,7 +19,7 @@ function evictDir(dir: string) {
   for (const f of readdirSync(dir)) if (f.endsWith('.safetensors')) evict(join(dir, f));
 }
 
-export async function benchExport(dataDir: string, layers = 5, formats = ['fp8_pb_wo', 'fp8', 'nvfp4']): Promise<string[]> {
+export async function benchExport(dataDir: string, layers = 5, formats = ['fp8_pb_wo', 'fp8', 'nvfp4'], repeats = 3): Promise<string[]> {
   const model = join(dataDir, `llama8b-${layers}`);
   const { stats } = await synthesize(model, layers);
   const inBytes = dirBytes(model);
@@ -31,18 +31,26 @@ export async function benchExport(dataDir: string, layers = 5, formats = ['fp8_p
   ];
   for (const format of formats) {
     const out = join(dataDir, `out-${format}`);
-    rmSync(out, { recursive: true, force: true });
-    evictDir(model);
-    const r = timeWithRss(`node ${join(ROOT, 'bin', 'rxquant.js')} quantize ${model} -f ${format} --stats ${stats} -o ${out} --overwrite`);
-    const outBytes = dirBytes(out);
-    evictDir(model);
-    const read = timeShell(`cat ${join(model, '*.safetensors')} > /dev/null`);
-    const ddFile = join(dataDir, 'dd-floor.bin');
-    const write = timeShell(`dd if=/dev/zero of=${ddFile} bs=8M count=${Math.ceil(outBytes / 8388608)} oflag=direct status=none`);
-    rmSync(ddFile, { force: true });
-    const floor = read + write;
-    rows.push(`| ${format} | ${(outBytes / GB).toFixed(2)} | ${read.toFixed(2)} | ${write.toFixed(2)} | ${floor.toFixed(2)} | ${r.seconds.toFixed(2)} | ${(r.seconds / floor).toFixed(2)} | ${r.rssMiB.toFixed(0)} |`);
-    rmSync(out, { recursive: true, force: true });
+    // this VM's disk varies 2-4x between runs: interleave floor and export, report medians
+    const runs: { read: number; write: number; rx: number; rss: number; outBytes: number }[] = [];
+    for (let i = 0; i < repeats; i++) {
+      rmSync(out, { recursive: true, force: true });
+      evictDir(model);
+      const r = timeWithRss(`node ${join(ROOT, 'bin', 'rxquant.js')} quantize ${model} -f ${format} --stats ${stats} -o ${out} --overwrite`);
+      const outBytes = dirBytes(out);
+      rmSync(out, { recursive: true, force: true });
+      evictDir(model);
+      const read = timeShell(`cat ${join(model, '*.safetensors')} > /dev/null`);
+      const ddFile = join(dataDir, 'dd-floor.bin');
+      const write = timeShell(`dd if=/dev/zero of=${ddFile} bs=8M count=${Math.ceil(outBytes / 8388608)} oflag=direct status=none`);
+      rmSync(ddFile, { force: true });
+      runs.push({ read, write, rx: r.seconds, rss: r.rssMiB, outBytes });
+    }
+    const m = (f: (r: (typeof runs)[number]) => number) => median(runs.map(f));
+    const floor = m((r) => r.read + r.write);
+    const ratio = m((r) => r.rx / (r.read + r.write));
+    rows.push(`| ${format} | ${(runs[0]!.outBytes / GB).toFixed(2)} | ${m((r) => r.read).toFixed(2)} | ${m((r) => r.write).toFixed(2)} | ${floor.toFixed(2)} | ${m((r) => r.rx).toFixed(2)} | ${ratio.toFixed(2)} (${runs.map((r) => (r.rx / (r.read + r.write)).toFixed(2)).join(', ')}) | ${Math.max(...runs.map((r) => r.rss)).toFixed(0)} |`);
   }
+  rows.push('', `medians of ${repeats} runs; "x floor" lists each run's ratio to the floor measured right after it`);
   return rows;
 }

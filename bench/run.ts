@@ -22,7 +22,7 @@ const SECTIONS: Record<string, () => Promise<string[]>> = {
   export: () => benchExport(DATA, 5),
   calibration: () => benchCalibration(),
   // a checkpoint larger than this machine's 24 GiB of RAM (~26 GB): run it by name
-  large: () => benchExport(DATA, 57, ['fp8_pb_wo']),
+  large: () => benchExport(DATA, 57, ['fp8_pb_wo'], 1),
   // long (about 20 minutes): run it by name
   perplexity: () => benchPerplexity(join(ROOT, '..', 'shared', 'data', 'text', 'tinystories_valid_excerpt.txt')),
 };
