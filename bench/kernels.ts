@@ -7,6 +7,8 @@ import { runKernel, type KernelTask } from '../src/kernels/tasks.js';
 import { KernelPool, type Slot } from '../src/kernels/pool.js';
 import { compileKernels, createSharedMemory, instantiate, WASM_RESERVED } from '../src/kernels/wasm.js';
 import { median, GB } from './util.js';
+import { chunkTask } from '../src/kernels/chunk-task.js';
+import type { FormatName } from '../src/export/formats.js';
 
 const CHUNK = 16 * 2 ** 20;
 const K = 8192;
@@ -27,17 +29,12 @@ function fill(u16: Uint16Array, seed: number) {
 type Kind = KernelTask['kind'];
 const KINDS: Kind[] = ['scan', 'fp8', 'fp8_block', 'nvfp4', 'int4'];
 
+const FORMAT_OF: Record<Exclude<Kind, 'scan'>, FormatName> = { fp8: 'fp8', fp8_block: 'fp8_pb_wo', nvfp4: 'nvfp4', int4: 'int4_awq' };
+
 function task(kind: Kind, slot: Slot): KernelTask {
-  const n = ROWS * K;
-  const base = { src: slot.src.subarray(0, n * 2), dtype: 'BF16' as const, row0: 0, rows: ROWS, K, ops: [], wasm: slot.wasm, lut: slot.lut };
-  const f32 = (count: number) => new Float32Array(slot.scales.buffer, slot.scales.byteOffset, count);
-  switch (kind) {
-    case 'scan': return { ...base, kind };
-    case 'fp8': return { ...base, kind, scale: 0.8 / 448, codes: slot.codes.subarray(0, n) };
-    case 'fp8_block': return { ...base, kind, codes: slot.codes.subarray(0, n), scales: f32((ROWS / 128) * (K / 128)) };
-    case 'nvfp4': return { ...base, kind, ws2: 0.8 / 2688, codes: slot.codes.subarray(0, n), scales: slot.scales.subarray(0, n / 16) };
-    case 'int4': return { ...base, kind, codes: new Int8Array(slot.codes.buffer, slot.codes.byteOffset, n), scales: f32(n / 128) };
-  }
+  const base = { src: slot.src.subarray(0, ROWS * K * 2), dtype: 'BF16' as const, row0: 0, rows: ROWS, K, ops: [] };
+  if (kind === 'scan') return { ...base, wasm: slot.wasm, kind };
+  return chunkTask(FORMAT_OF[kind], slot, base, kind === 'fp8' ? 0.8 / 448 : 0.8 / 2688).task;
 }
 
 async function timeIt(f: () => unknown, reps = 5): Promise<number> {

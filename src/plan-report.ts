@@ -13,7 +13,8 @@ import { planShards } from './safetensors/writer.js';
 import { formatBytes, parseSize } from './safetensors/size.js';
 import { engineSupport, type EngineSupport } from './engines.js';
 import { KernelPool, DEFAULT_CHUNK_BYTES } from './kernels/pool.js';
-import type { KernelTask } from './kernels/tasks.js';
+import { chunkTask } from './kernels/chunk-task.js';
+import type { FormatName } from './export/formats.js';
 
 export interface PlanReport {
   model: string;
@@ -105,17 +106,10 @@ async function estimateSeconds(model: Awaited<ReturnType<typeof openModel>>, for
     let start = performance.now();
     await t.readRows(0, rows, slot.src);
     const readS = (performance.now() - start) / 1000;
-    const n = rows * K;
-    const base = { src: slot.src.subarray(0, rows * t.rowBytes), dtype: t.dtype as 'BF16', row0: 0, rows, K, ops: [], wasm: slot.wasm, lut: slot.lut };
-    const f32 = (c: number) => new Float32Array(slot.scales.buffer, slot.scales.byteOffset, c);
-    const kind: KernelTask =
-      format === 'fp8' ? { ...base, kind: 'fp8', scale: 1 / 448, codes: slot.codes.subarray(0, n) }
-      : format === 'fp8_pb_wo' ? { ...base, kind: 'fp8_block', codes: slot.codes.subarray(0, n), scales: f32(Math.ceil(rows / 128) * Math.ceil(K / 128)) }
-      : format.startsWith('nvfp4') ? { ...base, kind: 'nvfp4', ws2: 1 / 2688, codes: slot.codes.subarray(0, n), scales: slot.scales.subarray(0, n / 16) }
-      : { ...base, kind: 'int4', codes: new Int8Array(slot.codes.buffer, slot.codes.byteOffset, n), scales: f32(n / 128) };
-    await pool.run(kind);
+    const { task } = chunkTask(format as FormatName, slot, { src: slot.src.subarray(0, rows * t.rowBytes), dtype: t.dtype as 'BF16', row0: 0, rows, K, ops: [] }, format === 'fp8' ? 1 / 448 : 1 / 2688);
+    await pool.run(task);
     start = performance.now();
-    await pool.run(kind);
+    await pool.run(task);
     const kernelS = (performance.now() - start) / 1000;
     pool.release(slot);
     const bytes = rows * t.rowBytes;

@@ -83,8 +83,3 @@ export function e4m3EncodeArray(src: Float32Array, dst: Uint8Array = new Uint8Ar
   for (let i = 0; i < src.length; i++) dst[i] = e4m3EncodeBits(bits[i]!, src[i]!);
   return dst;
 }
-
-/** Rounds an f32 value to the nearest e4m3 value (clamped), returning the value. */
-export function roundE4m3(x: number): number {
-  return E4M3_VALUES[e4m3Encode(x)]!;
-}

@@ -15,7 +15,7 @@ import { fp8WeightScale } from '../formats/fp8.js';
 import { nvfp4GlobalScale } from '../formats/nvfp4.js';
 import { FP8_BLOCK } from '../formats/fp8-block.js';
 import type { KernelPool, Slot } from '../kernels/pool.js';
-import type { KernelTask } from '../kernels/tasks.js';
+import { chunkTask } from '../kernels/chunk-task.js';
 import type { WeightOp } from '../kernels/weight-ops.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
 import type { TensorRef } from '../safetensors/file.js';
@@ -246,32 +246,8 @@ async function* streamChunks(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
 async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool, row0: number, maxRows: number): Promise<QuantizedChunk> {
   const rows = Math.min(maxRows, e.N - row0);
   const slot = await readChunk(e, pool, row0, rows);
-  const n = rows * e.K;
-  const base = { src: slot.src.subarray(0, rows * e.tensor.rowBytes), dtype: e.dtype, row0, rows, K: e.K, ops: e.ops, wasm: slot.wasm, lut: slot.lut };
-  let task: KernelTask;
-  let codes: Uint8Array | Int8Array = slot.codes.subarray(0, n);
-  let scales: Uint8Array | Float32Array | undefined;
-  const f32 = (count: number) => new Float32Array(slot.scales.buffer, slot.scales.byteOffset, count);
-  switch (fmt.name) {
-    case 'fp8':
-      task = { ...base, kind: 'fp8', scale: q.weightScale!, codes: codes as Uint8Array };
-      break;
-    case 'fp8_pb_wo':
-      scales = f32(Math.ceil(rows / FP8_BLOCK) * Math.ceil(e.K / FP8_BLOCK));
-      task = { ...base, kind: 'fp8_block', codes: codes as Uint8Array, scales };
-      break;
-    case 'nvfp4':
-    case 'nvfp4_awq':
-      scales = slot.scales.subarray(0, n / 16);
-      task = { ...base, kind: 'nvfp4', ws2: q.weightScale2!, codes: codes as Uint8Array, scales };
-      break;
-    case 'int4_awq':
-    case 'w4a8_awq':
-      codes = new Int8Array(slot.codes.buffer, slot.codes.byteOffset, n);
-      scales = f32(n / 128);
-      task = { ...base, kind: 'int4', codes, scales };
-      break;
-  }
+  const scale = fmt.name === 'fp8' ? q.weightScale! : fmt.name.startsWith('nvfp4') ? q.weightScale2! : 1;
+  const { task, codes, scales } = chunkTask(fmt.name, slot, { src: slot.src.subarray(0, rows * e.tensor.rowBytes), dtype: e.dtype, row0, rows, K: e.K, ops: e.ops }, scale);
   let released = false;
   const release = () => {
     if (!released) {

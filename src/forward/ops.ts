@@ -73,19 +73,3 @@ export function rmsnorm(x: Float32Array, rows: number, D: number, weight: Float3
 export function silu(v: number): number {
   return v / (1 + Math.exp(-v));
 }
-
-/** In-place softmax of each row of width n (rows of -inf-ish masked entries are handled like torch). */
-export function softmaxRows(x: Float32Array, rows: number, n: number): void {
-  for (let r = 0; r < rows; r++) {
-    const o = r * n;
-    let m = -Infinity;
-    for (let i = 0; i < n; i++) if (x[o + i]! > m) m = x[o + i]!;
-    let s = 0;
-    for (let i = 0; i < n; i++) {
-      const e = Math.exp(x[o + i]! - m);
-      x[o + i] = e;
-      s += e;
-    }
-    for (let i = 0; i < n; i++) x[o + i] = x[o + i]! / s;
-  }
-}

@@ -12,22 +12,6 @@
 const BF16_TO_F32_LO = (v: string) => `(i32x4.shl (i32x4.extend_low_i16x8_u ${v}) (i32.const 16))`;
 const BF16_TO_F32_HI = (v: string) => `(i32x4.shl (i32x4.extend_high_i16x8_u ${v}) (i32.const 16))`;
 
-/** e2m1 code of each f32 lane of q (NVFP4 rounding: ties at 0.75, 1.75, 3.5 go up); uses locals $qq, $qa. */
-const E2M1 = (q: string) => `
-  (v128.or
-    (i32x4.neg
-      (i32x4.add
-        (i32x4.add
-          (i32x4.add (f32x4.gt (local.tee $qa (f32x4.abs (local.tee $qq ${q}))) (v128.const f32x4 0.25 0.25 0.25 0.25))
-                     (f32x4.ge (local.get $qa) (v128.const f32x4 0.75 0.75 0.75 0.75)))
-          (i32x4.add (f32x4.gt (local.get $qa) (v128.const f32x4 1.25 1.25 1.25 1.25))
-                     (f32x4.ge (local.get $qa) (v128.const f32x4 1.75 1.75 1.75 1.75))))
-        (i32x4.add
-          (i32x4.add (f32x4.gt (local.get $qa) (v128.const f32x4 2.5 2.5 2.5 2.5))
-                     (f32x4.ge (local.get $qa) (v128.const f32x4 3.5 3.5 3.5 3.5)))
-          (f32x4.gt (local.get $qa) (v128.const f32x4 5 5 5 5)))))
-    (v128.and (f32x4.lt (local.get $qq) (v128.const f32x4 0 0 0 0)) (v128.const i32x4 8 8 8 8)))`;
-
 /** e4m3 code of each f32 lane of q (RNE, subnormals, clamp to 448, sign kept); uses locals $qq, $a. */
 const E4M3 = (q: string) => `
   (v128.or
@@ -45,7 +29,11 @@ const E4M3 = (q: string) => `
         (v128.const i32x4 960 960 960 960))
       (f32x4.lt (local.get $a) (v128.const f32x4 0.015625 0.015625 0.015625 0.015625))))`;
 
-/** e2m1 code by bit arithmetic: RNE to one mantissa bit, subnormal 0.5, saturate at 6; uses $qq, $qa. */
+/**
+ * e2m1 code of each f32 lane of q with NVFP4's rounding, by bit arithmetic: round-to-nearest-even to
+ * one mantissa bit (ties 0.75, 1.75, 3.5 go up, 1.25, 2.5, 5 down), subnormal 0.5, saturate at 6;
+ * sign = (q < 0), so -0.0 gives 0. Uses locals $qq, $qa.
+ */
 const E2M1B = (q: string) => `
   (v128.or
     (v128.bitselect
@@ -172,7 +160,7 @@ export const KERNELS_WAT = `
       (i32.store8 (i32.add (local.get $scales) (local.get $b)) (local.get $code))
       (local.set $dv (f32x4.splat (f32.mul (f32.load (i32.shl (local.get $code) (i32.const 2))) (local.get $ws2))))
       (v128.store (i32.add (local.get $codes) (i32.shl (local.get $b) (i32.const 4)))
-        ${NARROW_U8(E2M1('(f32x4.div (local.get $f0) (local.get $dv))'), E2M1('(f32x4.div (local.get $f1) (local.get $dv))'), E2M1('(f32x4.div (local.get $f2) (local.get $dv))'), E2M1('(f32x4.div (local.get $f3) (local.get $dv))'))})
+        ${NARROW_U8(E2M1B('(f32x4.div (local.get $f0) (local.get $dv))'), E2M1B('(f32x4.div (local.get $f1) (local.get $dv))'), E2M1B('(f32x4.div (local.get $f2) (local.get $dv))'), E2M1B('(f32x4.div (local.get $f3) (local.get $dv))'))})
       (local.set $b (i32.add (local.get $b) (i32.const 1)))
       (br $l))))
 

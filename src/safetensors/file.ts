@@ -1,4 +1,4 @@
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { SafetensorsFormatError } from '../errors.js';
 import { dtypeSize, numelOf, type DType } from './dtypes.js';
@@ -144,8 +144,4 @@ async function readFully(h: FileHandle, dest: Uint8Array, position: number, path
     }
     done += bytesRead;
   }
-}
-
-export async function fileSize(path: string): Promise<number> {
-  return (await stat(path)).size;
 }

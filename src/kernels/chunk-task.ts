@@ -1,0 +1,43 @@
+/** The kernel task of one format over a chunk held in a slot: codes and scales placed in the slot's regions. */
+import type { FormatName } from '../export/formats.js';
+import type { Slot } from './pool.js';
+import type { ChunkInput, KernelTask } from './tasks.js';
+import { FP8_BLOCK } from '../formats/fp8-block.js';
+
+export interface ChunkOutputs {
+  task: KernelTask;
+  /** One code per element, in the slot. */
+  codes: Uint8Array | Int8Array;
+  /** The chunk's scales in the slot (none for per-tensor FP8). */
+  scales?: Uint8Array | Float32Array;
+}
+
+/**
+ * @param base the chunk (source bytes in slot.src, rows, K, dtype, AWQ edits)
+ * @param scale per-tensor FP8 weight_scale, or NVFP4 weight_scale_2
+ */
+export function chunkTask(format: FormatName, slot: Slot, base: Omit<ChunkInput, 'wasm' | 'lut'>, scale = 1): ChunkOutputs {
+  const n = base.rows * base.K;
+  const input: ChunkInput = { ...base, wasm: slot.wasm, lut: slot.lut };
+  const f32 = (count: number) => new Float32Array(slot.scales.buffer, slot.scales.byteOffset, count);
+  const codes = slot.codes.subarray(0, n);
+  switch (format) {
+    case 'fp8':
+      return { task: { ...input, kind: 'fp8', scale, codes }, codes };
+    case 'fp8_pb_wo': {
+      const scales = f32(Math.ceil(base.rows / FP8_BLOCK) * Math.ceil(base.K / FP8_BLOCK));
+      return { task: { ...input, kind: 'fp8_block', codes, scales }, codes, scales };
+    }
+    case 'nvfp4':
+    case 'nvfp4_awq': {
+      const scales = slot.scales.subarray(0, n / 16);
+      return { task: { ...input, kind: 'nvfp4', ws2: scale, codes, scales }, codes, scales };
+    }
+    case 'int4_awq':
+    case 'w4a8_awq': {
+      const q = new Int8Array(slot.codes.buffer, slot.codes.byteOffset, n);
+      const scales = f32(n / 128);
+      return { task: { ...input, kind: 'int4', codes: q, scales }, codes: q, scales };
+    }
+  }
+}
