@@ -15,6 +15,11 @@ export interface WriteShardsOptions {
   copyChunkBytes?: number;
   /** Resumable export keyed by this fingerprint of source and options (see ShardWriter). */
   fingerprint?: string;
+  /**
+   * Resumable exports record finished units after at least this many bytes (default "2GB"): each
+   * record waits for the disk to flush, so a smaller value loses less on a crash and runs slower.
+   */
+  checkpointEvery?: string | number;
   /** Discard an interrupted export made with other options. */
   restart?: boolean;
   /** Told once, when an interrupted export is picked up again: units already on disk. */
@@ -47,6 +52,9 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
       let written = 0;
       let finished = false;
       let alreadyDone = new Set<string>();
+      const pending: { id: string; tensors: string[] }[] = [];
+      let pendingBytes = 0;
+      const checkpointEvery = parseSize(options.checkpointEvery ?? '2GB');
       const copyBytes = options.copyChunkBytes ?? 16 * 2 ** 20;
       const buffers = [new Uint8Array(copyBytes), new Uint8Array(copyBytes)];
 
@@ -68,6 +76,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
           if (alreadyDone.size > 0) options.onResume?.(alreadyDone.size);
         }
         const id = unit.kind === 'layer' ? `layer ${unit.layer}` : 'rest';
+        const before = written;
         const names = [...unit.streams.flatMap((s) => s.tensors.map((t) => t.name)), ...unit.outputs.map((o) => o.name)];
         if (alreadyDone.has(id)) {
           // on disk from the interrupted run: identical bytes, nothing to do
@@ -108,7 +117,12 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
             written += src.byteLength;
           }
         }
-        await writer.commitUnit(id, names);
+        pending.push({ id, tensors: names });
+        pendingBytes += written - before;
+        if (pendingBytes >= checkpointEvery) {
+          await writer.commitUnits(pending.splice(0));
+          pendingBytes = 0;
+        }
         return { type: 'unit', kind: unit.kind, layer: unit.layer, bytesWritten: written, totalBytes: shards!.totalSize };
       };
 

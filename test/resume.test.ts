@@ -33,7 +33,7 @@ async function files(dir: string): Promise<Map<string, Buffer>> {
 describe('resume after a crash', () => {
   const model = synthetic('llama31');
   const stats = join(model, 'reference.safetensors');
-  const args = (out: string, format = 'nvfp4') => ['quantize', model, '-f', format, '--stats', stats, '-o', out, '--max-shard-size', '300KB'];
+  const args = (out: string, format = 'nvfp4') => ['quantize', model, '-f', format, '--stats', stats, '-o', out, '--max-shard-size', '300KB', '--checkpoint-every', '1'];
 
   it('continues from what was written and produces byte-identical output; other options are refused unless --restart', async () => {
     const ref = join(tmp, 'ref');

@@ -86,6 +86,7 @@ export function buildProgram(): Command {
     .option('--layers-in-flight <n>', 'decoder layers between reader and writer at once', intOption('--layers-in-flight'), 2)
     .option('--overwrite', 'replace a non-empty output folder')
     .option('--restart', 'discard an interrupted export made with other options instead of refusing')
+    .option('--checkpoint-every <size>', 'record finished layers for resume after this many bytes written (each record waits for the disk)', '2GB')
     .option('--upload <repo>', 'push the finished export to this Hugging Face model repo (needs HF_TOKEN)')
     .option('--json', 'one JSON object per line on stdout (progress, warnings, summary)')
     .action(async (model: string | undefined, o: Record<string, any>) => {
@@ -128,6 +129,7 @@ export function buildProgram(): Command {
         calibration,
         resumable: true,
         restart: o.restart,
+        checkpointEvery: o.checkpointEvery,
         onResume: (n) => {
           rep.info(`resuming an interrupted export: ${n} unit(s) already on disk are kept`);
           rep.event('resume', { units_done: n });

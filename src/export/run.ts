@@ -33,6 +33,8 @@ export interface ExportCheckpointOptions extends ExportOptions {
   resumable?: boolean;
   /** Discard an interrupted export made with other options. */
   restart?: boolean;
+  /** Record finished units for resume after this many bytes (default "2GB"). */
+  checkpointEvery?: string | number;
   onResume?: (doneUnits: number) => void;
   onEvent?: (e: WriteEvent) => void;
 }
@@ -67,7 +69,7 @@ export async function exportCheckpoint(o: ExportCheckpointOptions): Promise<Extr
       o.calibration ? calibrate(o.calibration, { onProgress: o.onCalibrate, gemm: o.gemm }) : identity,
       quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, chunkBytes: o.chunkBytes, onPlan: o.onPlan }),
       pack(),
-      writeShards(o.out, { maxShardSize: o.maxShardSize, overwrite: o.overwrite, fingerprint, restart: o.restart, onResume: o.onResume }),
+      writeShards(o.out, { maxShardSize: o.maxShardSize, overwrite: o.overwrite, fingerprint, restart: o.restart, onResume: o.onResume, checkpointEvery: o.checkpointEvery }),
       tap((e) => o.onEvent?.(e)),
     ),
   );

@@ -230,13 +230,14 @@ export class ShardWriter {
   }
 
   /**
-   * Records that a unit's tensors are on disk: flushes the shards first, so a crash after this point
-   * never loses what the journal claims (power loss included).
+   * Records that units' tensors are on disk: flushes the shards first, so a crash after this point
+   * never loses what the journal claims (power loss included). The flush waits for the disk, so
+   * callers batch units (see writeShards' `checkpointEvery`).
    */
-  async commitUnit(id: string, tensors: string[]): Promise<void> {
-    if (!this.journal) return;
+  async commitUnits(units: { id: string; tensors: string[] }[]): Promise<void> {
+    if (!this.journal || units.length === 0) return;
     for (const h of this.handles.values()) await h.datasync();
-    this.journal.done[id] = tensors;
+    for (const u of units) this.journal.done[u.id] = u.tensors;
     await this.saveJournal();
   }
 
