@@ -101,7 +101,7 @@ export async function benchCalibration(): Promise<string[]> {
     results.push({ threads, rx: median(ts), torch: torchSeconds(threads) });
   }
   for (const r of results) {
-    rows.push(`| rxquant (onnxruntime GEMM, JS attention) | ${r.threads} | ${r.rx.toFixed(3)} | ${(T / r.rx).toFixed(0)} | ${r.torch ? (r.torch / r.rx).toFixed(2) + 'x' : 'n/a'} |`);
+    rows.push(`| rxquant (onnxruntime: GEMMs and attention) | ${r.threads} | ${r.rx.toFixed(3)} | ${(T / r.rx).toFixed(0)} | ${r.torch ? (r.torch / r.rx).toFixed(2) + 'x' : 'n/a'} |`);
     if (r.torch) rows.push(`| PyTorch ${'1.13 (Debian, OpenBLAS)'} | ${r.threads} | ${r.torch.toFixed(3)} | ${(T / r.torch).toFixed(0)} | 1.00x |`);
   }
   return rows;

@@ -4,7 +4,7 @@
  * weight pre-packed (measured 229 GFLOP/s per core here vs ~1.5 for JavaScript).
  */
 import { matmul } from './ops.js';
-import { matmulModel } from './onnx.js';
+import { attentionModel, matmulModel } from './onnx.js';
 import type { LinearWeights } from './layer.js';
 
 export interface PreparedLinear {
@@ -16,6 +16,8 @@ export interface PreparedLinear {
 export interface GemmEngine {
   name: string;
   prepare(l: LinearWeights): Promise<PreparedLinear>;
+  /** Causal GQA attention for T tokens, if the engine has it (else the JavaScript one is used). */
+  attention?(T: number, nH: number, nKV: number, d: number): Promise<(q: Float32Array, k: Float32Array, v: Float32Array) => Promise<Float32Array>>;
 }
 
 export const jsGemm: GemmEngine = {
@@ -41,8 +43,27 @@ export function loadOrt(): Promise<Ort | undefined> {
 }
 
 export function onnxGemm(ort: Ort, threads: number): GemmEngine {
+  const attention = new Map<string, Promise<import('onnxruntime-node').InferenceSession>>();
+  const options = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' as const };
   return {
     name: `onnxruntime (${threads} thread${threads > 1 ? 's' : ''})`,
+    async attention(T, nH, nKV, d) {
+      const key = `${T},${nH},${nKV},${d}`;
+      let session = attention.get(key);
+      if (!session) {
+        session = ort.InferenceSession.create(attentionModel(T, nH, nKV, d), options);
+        attention.set(key, session);
+      }
+      const s = await session;
+      return async (q, k, v) => {
+        const out = await s.run({
+          Q: new ort.Tensor('float32', q, [T, nH * d]),
+          K: new ort.Tensor('float32', k, [T, nKV * d]),
+          V: new ort.Tensor('float32', v, [T, nKV * d]),
+        });
+        return out.Y!.data as Float32Array;
+      };
+    },
     async prepare(l) {
       const wt = new Float32Array(l.K * l.N);
       for (let n = 0; n < l.N; n++) for (let k = 0; k < l.K; k++) wt[k * l.N + n] = l.w[n * l.K + k]!;

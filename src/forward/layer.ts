@@ -92,6 +92,8 @@ async function prepareGroup(members: LinearWeights[], gemm: GemmEngine): Promise
 /** A layer ready to run: GEMMs prepared (for onnxruntime: sessions with pre-packed weights). */
 export interface PreparedLayer {
   weights: LayerWeights;
+  /** The engine's attention, when it has one. */
+  engine: GemmEngine;
   qkv: PreparedGroup;
   o: PreparedGroup;
   gateUp: PreparedGroup;
@@ -108,6 +110,7 @@ export async function prepareLayer(lw: LayerWeights, gemm: GemmEngine = jsGemm):
   ]);
   return {
     weights: lw,
+    engine: gemm,
     qkv,
     o,
     gateUp,
@@ -143,7 +146,8 @@ export async function decoderLayer(
   applyRope(q, T, nH, d, cos, sin);
   applyRope(k, T, nKV, d, cos, sin);
   hooks.keysValues?.(k, v, T);
-  const att = attention(q, k, v, T, nH, nKV, d, valid); // [T, nH*d]
+  // [T, nH*d]; the engine's attention when it has one (it has no padding mask)
+  const att = layer.engine.attention && !valid ? await (await layer.engine.attention(T, nH, nKV, d))(q, k, v) : attention(q, k, v, T, nH, nKV, d, valid);
   hooks.linearInput?.('o', att, T, nH * d);
   const [o] = (await layer.o.run(att, T)) as [Float32Array]; // [T, H]
   const h1 = new Float32Array(T * H);

@@ -12,6 +12,7 @@ class Writer {
   }
   private varint(v: number | bigint) {
     let x = BigInt(v);
+    if (x < 0n) x += 1n << 64n; // int64 fields: two's complement, ten bytes
     const out: number[] = [];
     do {
       let byte = Number(x & 0x7fn);
@@ -38,6 +39,14 @@ class Writer {
   msg(field: number, w: Writer) {
     return this.bytes(field, w.finish());
   }
+  /** A 32-bit float field (wire type 5). */
+  f32(field: number, v: number) {
+    this.varint((field << 3) | 5);
+    const b = new Uint8Array(4);
+    new DataView(b.buffer).setFloat32(0, v, true);
+    this.push(b);
+    return this;
+  }
   finish(): Uint8Array {
     const out = new Uint8Array(this.size);
     let o = 0;
@@ -50,6 +59,82 @@ class Writer {
 }
 
 const FLOAT = 1;
+const INT64 = 7;
+
+function node(op: string, inputs: string[], output: string, attrs: Writer[] = []): Writer {
+  const n = new Writer();
+  for (const i of inputs) n.str(1, i);
+  n.str(2, output).str(3, output).str(4, op);
+  for (const a of attrs) n.msg(5, a);
+  return n;
+}
+
+const intsAttr = (name: string, v: number[]) => {
+  const a = new Writer().str(1, name);
+  for (const x of v) a.int(8, x);
+  return a.int(20, 7); // INTS
+};
+const intAttr = (name: string, v: number) => new Writer().str(1, name).int(3, v).int(20, 2); // INT
+
+function int64Tensor(name: string, v: number[]): Writer {
+  const raw = new Uint8Array(8 * v.length);
+  const dv = new DataView(raw.buffer);
+  v.forEach((x, i) => dv.setBigInt64(8 * i, BigInt(x), true));
+  return new Writer().int(1, v.length).int(2, INT64).str(8, name).bytes(9, raw);
+}
+
+function floatTensor(name: string, dims: number[], data: Float32Array): Writer {
+  const t = new Writer();
+  for (const d of dims) t.int(1, d);
+  return t.int(2, FLOAT).str(8, name).bytes(9, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+}
+
+/**
+ * Causal grouped-query attention for T tokens, as transformers' eager path computes it:
+ * softmax(q k^T * d^-0.5 + mask) v, the mask adding f32-min above the diagonal. Query heads are
+ * grouped under their KV head (head h reads KV head h / group, like repeat_kv).
+ * Q [T, nH*d], K and V [T, nKV*d] -> Y [T, nH*d]
+ */
+export function attentionModel(T: number, nH: number, nKV: number, d: number): Uint8Array {
+  const g = nH / nKV;
+  const mask = new Float32Array(g * T * T);
+  for (let r = 0; r < g * T; r++) {
+    const t = r % T;
+    for (let j = t + 1; j < T; j++) mask[r * T + j] = -3.4028234663852886e38;
+  }
+  const graph = new Writer();
+  const nodes = [
+    node('Reshape', ['Q', 'shape_q4'], 'q4'),
+    node('Transpose', ['q4'], 'q4t', [intsAttr('perm', [1, 2, 0, 3])]),
+    node('Reshape', ['q4t', 'shape_q3'], 'q3'),
+    node('Reshape', ['K', 'shape_kv3'], 'k3'),
+    node('Transpose', ['k3'], 'kt', [intsAttr('perm', [1, 2, 0])]),
+    node('Reshape', ['V', 'shape_kv3'], 'v3'),
+    node('Transpose', ['v3'], 'vt', [intsAttr('perm', [1, 0, 2])]),
+    node('MatMul', ['q3', 'kt'], 's'),
+    node('Mul', ['s', 'scale'], 'ss'),
+    node('Add', ['ss', 'mask'], 'sm'),
+    node('Softmax', ['sm'], 'p', [intAttr('axis', -1)]),
+    node('MatMul', ['p', 'vt'], 'o3'),
+    node('Reshape', ['o3', 'shape_o4'], 'o4'),
+    node('Transpose', ['o4'], 'o4t', [intsAttr('perm', [2, 0, 1, 3])]),
+    node('Reshape', ['o4t', 'shape_y'], 'Y'),
+  ];
+  for (const n of nodes) graph.msg(1, n);
+  graph.str(2, 'attention');
+  graph.msg(5, int64Tensor('shape_q4', [T, nKV, g, d]));
+  graph.msg(5, int64Tensor('shape_q3', [nKV, g * T, d]));
+  graph.msg(5, int64Tensor('shape_kv3', [T, nKV, d]));
+  graph.msg(5, int64Tensor('shape_o4', [nKV, g, T, d]));
+  graph.msg(5, int64Tensor('shape_y', [T, nH * d]));
+  graph.msg(5, floatTensor('scale', [1], Float32Array.of(1 / Math.sqrt(d))));
+  graph.msg(5, floatTensor('mask', [g * T, T], mask));
+  graph.msg(11, valueInfo('Q', [T, nH * d]));
+  graph.msg(11, valueInfo('K', [T, nKV * d]));
+  graph.msg(11, valueInfo('V', [T, nKV * d]));
+  graph.msg(12, valueInfo('Y', [T, nH * d]));
+  return new Writer().int(1, 8).str(2, 'rxquant').msg(7, graph).msg(8, new Writer().str(1, '').int(2, 17)).finish();
+}
 
 function tensorType(dims: (number | string)[]): Writer {
   const shape = new Writer();
