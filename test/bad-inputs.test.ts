@@ -225,6 +225,29 @@ describe('bad-input corpus', () => {
     }
   });
 
+  it('a disk that fills up mid-run is a clear error and leaves nothing behind', async () => {
+    const mnt = join(tmp, 'tinyfs2');
+    await mkdir(mnt, { recursive: true });
+    try {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=20m', 'tmpfs', mnt]);
+    } catch {
+      console.warn('cannot mount a tmpfs here: mid-run full-disk case not exercised');
+      return;
+    }
+    try {
+      const plan = lib.planShards([{ name: 'a', dtype: 'U8', shape: [3_000_000] }], 1e9);
+      const w = await lib.ShardWriter.create(join(mnt, 'out'), plan); // passes the free-space check
+      await writeFile(join(mnt, 'filler'), Buffer.alloc(19_000_000)); // then something else takes the space
+      const err = await w.write('a', new Uint8Array(3_000_000)).catch((e) => e);
+      expect(err).toBeInstanceOf(lib.OutputError);
+      expect(err.message).toMatch(/disk full while writing \(ENOSPC\)/);
+      await w.abort();
+      expect((await readdir(mnt)).sort()).toEqual(['filler']);
+    } finally {
+      execFileSync('umount', [mnt]);
+    }
+  });
+
   it('errors are typed classes exported by the library', () => {
     for (const cls of ['RxquantError', 'SafetensorsFormatError', 'CheckpointError', 'UnsupportedModelError', 'QuantizationError', 'UsageError', 'OutputError', 'CalibrationDataError']) {
       expect(typeof (lib as Record<string, unknown>)[cls]).toBe('function');
