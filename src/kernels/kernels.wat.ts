@@ -252,41 +252,67 @@ export const KERNELS_WAT = `
       (br $l))))
 
   ;; FP8 128x128 tiles over rows [0, rows) of a bf16 [rows, K] band set (K % 128 == 0):
-  ;; scales[band * BK + tile] = tileAmax/448 (zero -> 1), codes = e4m3(w / scale)
+  ;; scales[band * BK + tile] = tileAmax/448 (zero -> 1), codes = e4m3(w / scale).
+  ;; Both passes walk rows in memory order; the per-tile |bits| maxima live at the start of the
+  ;; band's codes (overwritten by the codes in the second pass, after the scales are taken).
   (func (export "fp8_block") (param $src i32) (param $rows i32) (param $K i32) (param $codes i32) (param $scales i32)
     (local $band i32) (local $r0 i32) (local $nr i32) (local $tb i32) (local $BK i32) (local $r i32) (local $j i32)
     (local $p i32) (local $acc v128) (local $m i32) (local $s f32) (local $sv v128) (local $v v128) (local $w v128) (local $a v128) (local $o i32) (local $qq v128)
+    (local $accs i32) (local $row i32)
     (local.set $BK (i32.shr_u (local.get $K) (i32.const 7)))
     (block $done (loop $lb
       (local.set $r0 (i32.shl (local.get $band) (i32.const 7)))
       (br_if $done (i32.ge_u (local.get $r0) (local.get $rows)))
       (local.set $nr (i32.sub (local.get $rows) (local.get $r0)))
       (if (i32.gt_u (local.get $nr) (i32.const 128)) (then (local.set $nr (i32.const 128))))
+      (local.set $accs (i32.add (local.get $codes) (i32.mul (local.get $r0) (local.get $K))))
+      ;; pass 1: per-tile maxima of |bits|, row by row
       (local.set $tb (i32.const 0))
-      (block $dt (loop $lt
-        (br_if $dt (i32.ge_u (local.get $tb) (local.get $BK)))
-        ;; tile amax on |bits|
-        (local.set $acc (v128.const i32x4 0 0 0 0))
-        (local.set $r (i32.const 0))
-        (block $dr (loop $lr
-          (br_if $dr (i32.ge_u (local.get $r) (local.get $nr)))
-          (local.set $p (i32.add (local.get $src) (i32.shl (i32.add (i32.mul (i32.add (local.get $r0) (local.get $r)) (local.get $K)) (i32.shl (local.get $tb) (i32.const 7))) (i32.const 1))))
+      (block $dz (loop $lz
+        (br_if $dz (i32.ge_u (local.get $tb) (local.get $BK)))
+        (v128.store (i32.add (local.get $accs) (i32.shl (local.get $tb) (i32.const 4))) (v128.const i32x4 0 0 0 0))
+        (local.set $tb (i32.add (local.get $tb) (i32.const 1)))
+        (br $lz)))
+      (local.set $r (i32.const 0))
+      (block $dr (loop $lr
+        (br_if $dr (i32.ge_u (local.get $r) (local.get $nr)))
+        (local.set $row (i32.add (local.get $src) (i32.shl (i32.mul (i32.add (local.get $r0) (local.get $r)) (local.get $K)) (i32.const 1))))
+        (local.set $tb (i32.const 0))
+        (block $dt (loop $lt
+          (br_if $dt (i32.ge_u (local.get $tb) (local.get $BK)))
+          (local.set $p (i32.add (local.get $row) (i32.shl (local.get $tb) (i32.const 8))))
+          (local.set $acc (v128.load (i32.add (local.get $accs) (i32.shl (local.get $tb) (i32.const 4)))))
           (local.set $j (i32.const 0))
           (block $dj (loop $lj
             (br_if $dj (i32.ge_u (local.get $j) (i32.const 256)))
             (local.set $acc (i16x8.max_u (local.get $acc) ${ABS16('(i32.add (local.get $p) (local.get $j))')}))
-            (local.set $j (i32.add (local.get $j) (i32.const 16)))
+            (local.set $acc (i16x8.max_u (local.get $acc) ${ABS16('(i32.add (i32.add (local.get $p) (local.get $j)) (i32.const 16))')}))
+            (local.set $j (i32.add (local.get $j) (i32.const 32)))
             (br $lj)))
-          (local.set $r (i32.add (local.get $r) (i32.const 1)))
-          (br $lr)))
+          (v128.store (i32.add (local.get $accs) (i32.shl (local.get $tb) (i32.const 4))) (local.get $acc))
+          (local.set $tb (i32.add (local.get $tb) (i32.const 1)))
+          (br $lt)))
+        (local.set $r (i32.add (local.get $r) (i32.const 1)))
+        (br $lr)))
+      ;; the scales
+      (local.set $tb (i32.const 0))
+      (block $ds (loop $ls
+        (br_if $ds (i32.ge_u (local.get $tb) (local.get $BK)))
+        (local.set $acc (v128.load (i32.add (local.get $accs) (i32.shl (local.get $tb) (i32.const 4)))))
         ${HMAX16('(local.get $acc)')}
         (local.set $s (f32.reinterpret_i32 (i32.shl (local.get $m) (i32.const 16))))
         (local.set $s (if (result f32) (f32.eq (local.get $s) (f32.const 0)) (then (f32.const 1)) (else (f32.div (local.get $s) (f32.const 448)))))
         (f32.store (i32.add (local.get $scales) (i32.shl (i32.add (i32.mul (local.get $band) (local.get $BK)) (local.get $tb)) (i32.const 2))) (local.get $s))
-        (local.set $sv (f32x4.splat (local.get $s)))
-        (local.set $r (i32.const 0))
-        (block $dq (loop $lq
-          (br_if $dq (i32.ge_u (local.get $r) (local.get $nr)))
+        (local.set $tb (i32.add (local.get $tb) (i32.const 1)))
+        (br $ls)))
+      ;; pass 2: codes, row by row
+      (local.set $r (i32.const 0))
+      (block $dq (loop $lq
+        (br_if $dq (i32.ge_u (local.get $r) (local.get $nr)))
+        (local.set $tb (i32.const 0))
+        (block $dk2 (loop $lk2
+          (br_if $dk2 (i32.ge_u (local.get $tb) (local.get $BK)))
+          (local.set $sv (v128.load32_splat (i32.add (local.get $scales) (i32.shl (i32.add (i32.mul (local.get $band) (local.get $BK)) (local.get $tb)) (i32.const 2)))))
           (local.set $o (i32.add (i32.mul (i32.add (local.get $r0) (local.get $r)) (local.get $K)) (i32.shl (local.get $tb) (i32.const 7))))
           (local.set $p (i32.add (local.get $src) (i32.shl (local.get $o) (i32.const 1))))
           (local.set $j (i32.const 0))
@@ -303,10 +329,10 @@ export const KERNELS_WAT = `
               )})
             (local.set $j (i32.add (local.get $j) (i32.const 32)))
             (br $lk)))
-          (local.set $r (i32.add (local.get $r) (i32.const 1)))
-          (br $lq)))
-        (local.set $tb (i32.add (local.get $tb) (i32.const 1)))
-        (br $lt)))
+          (local.set $tb (i32.add (local.get $tb) (i32.const 1)))
+          (br $lk2)))
+        (local.set $r (i32.add (local.get $r) (i32.const 1)))
+        (br $lq)))
       (local.set $band (i32.add (local.get $band) (i32.const 1)))
       (br $lb))))
 )
