@@ -4,7 +4,7 @@ import { REF, readAll, u16, f32 } from './helpers.js';
 import {
   bf16ToF32, bf16ToF32Array, f32ToBf16, f32ToBf16Array, f16ToF32, f16ToF32Array, f32ToF16, f32ToF16Array,
   e4m3EncodeRef, e4m3Encode, e4m3EncodeArray, E4M3_VALUES, e2m1EncodeRef, e2m1Encode, packNibblesK, unpackNibblesK,
-  packInt4Rows, unpackInt4Rows, E2M1_VALUES,
+  packInt4Rows, unpackInt4Rows, E2M1_VALUES, e8m0ForMxfp8, e8m0ForMxfp4, e8m0ToF32, roundBf16,
 } from '../src/codecs/index.js';
 
 type T = Awaited<ReturnType<typeof readAll>>;
@@ -145,5 +145,22 @@ describe('int4 row packing (spec §6.8 / §7.2)', () => {
     expect(p[0]).toBe(0xe1);
     expect(p[K]).toBe(0x09);
     expect(Array.from(unpackInt4Rows(p, N, K))).toEqual(Array.from(q));
+  });
+});
+
+describe('e8m0 (spec §5.4, golden vectors §7.3)', () => {
+  // 1x64 bf16: 16 listed values, 16 zeros, then linspace(-100, 100, 32); blocks of 32
+  const head = [0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5, 6, -0.75, -6, -0.1, 0.5, 1, 1.5, 2];
+  const x = [...head, ...new Array(16).fill(0), ...Array.from({ length: 32 }, (_, i) => -100 + (200 * i) / 31)].map(roundBf16);
+  const amax = (b: number) => Math.max(...x.slice(32 * b, 32 * b + 32).map(Math.abs));
+  it('MXFP8 scales are [121, 125]', () => {
+    expect([e8m0ForMxfp8(amax(0)), e8m0ForMxfp8(amax(1))]).toEqual([121, 125]);
+  });
+  it('MXFP4 scales are [127, 132]', () => {
+    expect([e8m0ForMxfp4(amax(0)), e8m0ForMxfp4(amax(1))]).toEqual([127, 132]);
+  });
+  it('decodes as 2^(byte - 127)', () => {
+    expect(e8m0ToF32(127)).toBe(1);
+    expect(e8m0ToF32(121)).toBe(2 ** -6);
   });
 });

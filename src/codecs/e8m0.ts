@@ -9,3 +9,9 @@ export function e8m0ForMxfp8(amax: number): number {
   const e = Math.ceil(Math.log2(Math.fround(amax / 448)));
   return Math.min(127, Math.max(-127, e)) + 127;
 }
+
+/** MXFP4 block scale: e = ceil(max(log2(amax / 6), -127)). */
+export function e8m0ForMxfp4(amax: number): number {
+  const e = Math.ceil(Math.max(Math.log2(Math.fround(amax / 6)), -127));
+  return e + 127;
+}
