@@ -24,6 +24,8 @@ export interface WriteShardsOptions {
   restart?: boolean;
   /** Told once, when an interrupted export is picked up again: units already on disk. */
   onResume?: (doneUnits: number) => void;
+  /** Told after each output tensor is completely written. */
+  onTensor?: (name: string, bytes: number) => void;
 }
 
 export type WriteEvent =
@@ -96,6 +98,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
               part.release();
             }
           }
+          for (const t of s.tensors) options.onTensor?.(t.name, writer.tensor(t.name).byteLength);
         }
         // scales, norms, embeddings: in memory, or copied through one reused buffer
         for (const o of unit.outputs) {
@@ -116,6 +119,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
             }
             written += src.byteLength;
           }
+          options.onTensor?.(o.name, writer.tensor(o.name).byteLength);
         }
         pending.push({ id, tensors: names });
         pendingBytes += written - before;

@@ -130,6 +130,7 @@ export function buildProgram(): Command {
         resumable: true,
         restart: o.restart,
         checkpointEvery: o.checkpointEvery,
+        onTensor: (name, bytes) => rep.event('tensor', { tensor: name, bytes }),
         onResume: (n) => {
           rep.info(`resuming an interrupted export: ${n} unit(s) already on disk are kept`);
           rep.event('resume', { units_done: n });
@@ -269,6 +270,10 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // a reader that went away (`rxquant ... --json | head`): stop quietly, as Unix tools do
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0);
+  });
   const program = buildProgram();
   try {
     await program.parseAsync(argv);

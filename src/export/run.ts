@@ -36,6 +36,7 @@ export interface ExportCheckpointOptions extends ExportOptions {
   /** Record finished units for resume after this many bytes (default "2GB"). */
   checkpointEvery?: string | number;
   onResume?: (doneUnits: number) => void;
+  onTensor?: (name: string, bytes: number) => void;
   onEvent?: (e: WriteEvent) => void;
 }
 
@@ -69,7 +70,7 @@ export async function exportCheckpoint(o: ExportCheckpointOptions): Promise<Extr
       o.calibration ? calibrate(o.calibration, { onProgress: o.onCalibrate, gemm: o.gemm }) : identity,
       quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, chunkBytes: o.chunkBytes, onPlan: o.onPlan }),
       pack(),
-      writeShards(o.out, { maxShardSize: o.maxShardSize, overwrite: o.overwrite, fingerprint, restart: o.restart, onResume: o.onResume, checkpointEvery: o.checkpointEvery }),
+      writeShards(o.out, { maxShardSize: o.maxShardSize, overwrite: o.overwrite, fingerprint, restart: o.restart, onResume: o.onResume, onTensor: o.onTensor, checkpointEvery: o.checkpointEvery }),
       tap((e) => o.onEvent?.(e)),
     ),
   );
