@@ -1,5 +1,4 @@
 /** Reader throughput: the safetensors reader into a reused buffer vs `cat` of the same file, cold and warm. */
-import { open } from 'node:fs/promises';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { SafetensorsFile } from '../src/safetensors/file.js';
@@ -62,6 +61,5 @@ export async function benchRead(dataDir: string, bytes = 2 * GB): Promise<string
   const gbs = (s: number) => (size / s / GB).toFixed(2);
   rows.push(`| read ${(size / GB).toFixed(2)} GB, cold | cat ${gbs(median(cold.cat))} GB/s | rxquant reader ${gbs(median(cold.rx))} GB/s | ratio ${(median(cold.cat) / median(cold.rx)).toFixed(2)}x of cat |`);
   rows.push(`| read ${(size / GB).toFixed(2)} GB, warm | cat ${gbs(median(warm.cat))} GB/s | rxquant reader ${gbs(median(warm.rx))} GB/s | ratio ${(median(warm.cat) / median(warm.rx)).toFixed(2)}x of cat |`);
-  void open;
   return rows;
 }

@@ -6,9 +6,8 @@
  *
  * Usage: node dist/bench/synth.js <out-dir> <layers> [seed]
  */
-import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { planShards, ShardWriter, indexJson, type TensorSpec } from '../src/safetensors/writer.js';
+import { planShards, ShardWriter, type TensorSpec } from '../src/safetensors/writer.js';
 import { writeStats } from '../src/calibration/run.js';
 import { exists } from '../src/safetensors/checkpoint.js';
 
@@ -90,7 +89,6 @@ export async function synthesize(dir: string, layers: number, seed = 1): Promise
     s.set(`model.layers.${l}.self_attn.v_amax`, Float32Array.of(3));
   }
   await writeStats(stats, s);
-  void indexJson; void mkdir; void writeFile;
   return { dir, stats };
 }
 

@@ -3,8 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckpointError } from './errors.js';
 import { openCheckpoint, type Checkpoint } from './safetensors/checkpoint.js';
-import type { TensorRef } from './safetensors/file.js';
-import { isFloatWeightDType, type FloatDType } from './safetensors/dtypes.js';
+import { isFloatWeightDType } from './safetensors/dtypes.js';
 import { architectureFor, parseModelConfig, type Architecture, type LayerLayout, type ModelConfig } from './models/index.js';
 import { parsePreservingNumbers, type PyValue } from './export/pyjson.js';
 
@@ -71,15 +70,4 @@ export async function openModel(dir: string): Promise<SourceModel> {
     await checkpoint.close();
     throw e;
   }
-}
-
-export function weightOf(model: SourceModel, module: string): TensorRef {
-  const t = model.checkpoint.tensors.get(`${module}.weight`);
-  if (!t) throw new CheckpointError(model.dir, `tensor "${module}.weight" is missing`);
-  return t;
-}
-
-export function floatDType(t: TensorRef): FloatDType {
-  if (!isFloatWeightDType(t.dtype)) throw new CheckpointError(t.file.path, `tensor "${t.name}" is ${t.dtype}, not a float tensor`);
-  return t.dtype;
 }

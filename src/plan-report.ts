@@ -3,13 +3,12 @@
  * bytes per shard, peak memory, disk needed against free space, an estimated time from a kernel
  * measurement on this machine, and which engines load the format.
  */
-import { statfs } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { cpus } from 'node:os';
 import { openModel } from './model.js';
 import { createPlan, type ExportOptions } from './export/plan.js';
 import { formatSpec } from './export/formats.js';
-import { planShards } from './safetensors/writer.js';
+import { freeBytes, planShards } from './safetensors/writer.js';
 import { formatBytes, parseSize } from './safetensors/size.js';
 import { engineSupport, type EngineSupport } from './engines.js';
 import { KernelPool, DEFAULT_CHUNK_BYTES } from './kernels/pool.js';
@@ -57,16 +56,7 @@ export async function planExport(
       const tokens = o.calibration.samples * o.calibration.seqLen;
       peak += 2 * layerParams * 4 + tokens * cfg.hiddenSize * 4 * 2 + o.calibration.seqLen * (cfg.intermediateSize * 3 + cfg.hiddenSize * 4) * 4;
     }
-    let free: number | undefined;
-    for (let p = dirname(resolve(o.out)); ; p = dirname(p)) {
-      try {
-        const st = await statfs(p);
-        free = st.bavail * st.bsize;
-        break;
-      } catch {
-        if (dirname(p) === p) break;
-      }
-    }
+    const free = await freeBytes(dirname(resolve(o.out)));
     const { seconds, basis } = await estimateSeconds(model, plan.format.name, workers, inputBytes, shards.totalSize);
     const decisions = [...plan.decisions.values()];
     return {

@@ -11,6 +11,7 @@ import { quantizeNvfp4 } from '../formats/nvfp4.js';
 import { int4Scales, quantizeInt4 } from '../formats/int4.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
 import { applyWeightOps, type WeightOp } from './weight-ops.js';
+import { firstNonFinite } from '../formats/common.js';
 import type { WasmKernels } from './wasm.js';
 import { f32FromBits } from '../codecs/float.js';
 
@@ -59,8 +60,8 @@ function weights(t: ChunkInput): Float32Array {
 }
 
 function nonFinite(w: Float32Array): KernelResult['nonFinite'] {
-  for (let i = 0; i < w.length; i++) if (!Number.isFinite(w[i]!)) return { index: i, value: w[i]! };
-  return undefined;
+  const i = firstNonFinite(w);
+  return i < 0 ? undefined : { index: i, value: w[i]! };
 }
 
 /**

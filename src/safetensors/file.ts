@@ -1,7 +1,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { SafetensorsFormatError } from '../errors.js';
-import { dtypeSize, numelOf, type DType } from './dtypes.js';
+import { numelOf, type DType } from './dtypes.js';
 import { parseHeader, parseHeaderLength, type ParsedHeader } from './header.js';
 import { decodeToFloat32 } from '../codecs/float.js';
 

@@ -322,23 +322,24 @@ async function checkDestination(abs: string, overwrite: boolean): Promise<void> 
   }
 }
 
-/** Refuses to start an export that cannot fit: better now than a full disk at the last shard. */
-async function checkFreeSpace(dir: string, needed: number): Promise<void> {
-  let probe = dir;
-  for (;;) {
+/** Free bytes on the file system that holds `dir` (asking its nearest existing parent), if it can be told. */
+export async function freeBytes(dir: string): Promise<number | undefined> {
+  for (let probe = dir; ; probe = dirname(probe)) {
     try {
       const st = await statfs(probe);
-      const free = st.bavail * st.bsize;
-      if (free < needed) {
-        throw new OutputError(`${dir}: not enough free disk space: the export needs ${formatBytes(needed)}, ${formatBytes(free)} are free`);
-      }
-      return;
-    } catch (e) {
-      if (e instanceof OutputError) throw e;
-      const parent = dirname(probe);
-      if (parent === probe) return; // cannot tell: let the writes report it
-      probe = parent; // the folder does not exist yet: ask its parent
+      return st.bavail * st.bsize;
+    } catch {
+      if (dirname(probe) === probe) return undefined;
     }
+  }
+}
+
+/** Refuses to start an export that cannot fit: better now than a full disk at the last shard. */
+async function checkFreeSpace(dir: string, needed: number): Promise<void> {
+  const free = await freeBytes(dir);
+  // undefined: cannot tell, the writes will report a full disk
+  if (free !== undefined && free < needed) {
+    throw new OutputError(`${dir}: not enough free disk space: the export needs ${formatBytes(needed)}, ${formatBytes(free)} are free`);
   }
 }
 
