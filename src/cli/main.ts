@@ -8,7 +8,7 @@ import { RxquantError, UsageError } from '../errors.js';
 import { inspect, formatInspect } from '../inspect.js';
 import { verifyExport } from '../verify.js';
 import { exportCheckpoint } from '../export/run.js';
-import { FORMAT_NAMES, formatSpec, kvCacheMode, KV_CACHE_MODES } from '../export/formats.js';
+import { FORMAT_NAMES, formatSpec, kvCacheMode, KV_CACHE_MODES, needsActivationStats } from '../export/formats.js';
 import { loadStats } from '../export/stats.js';
 import { formatBytes } from '../safetensors/size.js';
 import { DTYPE_SIZES } from '../safetensors/dtypes.js';
@@ -46,6 +46,19 @@ function intOption(name: string) {
   };
 }
 
+/** Options `quantize` and `plan` share: what to export and how. */
+function withExportOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('-f, --format <format>', 'quantization format').choices([...FORMAT_NAMES]).default('nvfp4'))
+    .option('--revision <rev>', 'Hub revision (branch, tag or commit) when the model is a repo id', 'main')
+    .addOption(new Option('--kv-cache <mode>', 'KV cache quantization').choices([...KV_CACHE_MODES]).default('fp8_cast'))
+    .option('--max-shard-size <size>', 'largest shard (GB/MB decimal, GiB/MiB binary)', '10GB')
+    .option('--exclude <pattern...>', 'extra module patterns to keep unquantized (fnmatch, * matches dots)')
+    .option('--workers <n>', 'kernel worker threads (default: one per core)', intOption('--workers'))
+    .option('--calib-samples <n>', 'calibration samples', intOption('--calib-samples'), DEFAULT_CALIB_SAMPLES)
+    .option('--calib-seq-len <n>', 'tokens per calibration sample', intOption('--calib-seq-len'), DEFAULT_CALIB_SEQ_LEN);
+}
+
 export function buildProgram(): Command {
   const program = new Command();
   program
@@ -66,23 +79,15 @@ export function buildProgram(): Command {
       else process.stdout.write(formatInspect(r, o.all ? Infinity : 200) + '\n');
     });
 
-  program
+  withExportOptions(program
     .command('quantize')
     .description('export a checkpoint to a ModelOpt unified checkpoint')
-    .argument('[model]', 'model folder or Hugging Face repo id org/name (default: the bundled stories260K)')
-    .addOption(new Option('-f, --format <format>', 'quantization format').choices([...FORMAT_NAMES]).default('nvfp4'))
+    .argument('[model]', 'model folder or Hugging Face repo id org/name (default: the bundled stories260K)'))
     .option('-o, --out <dir>', 'output folder', 'rxquant-out')
-    .option('--revision <rev>', 'Hub revision (branch, tag or commit) when the model is a repo id', 'main')
     .option('--stats <file>', 'activation statistics (safetensors: <module>.input_amax, ...), e.g. from `rxquant calibrate`')
     .option('--calib <file>', 'calibration data (.txt, .jsonl, .parquet, .json token ids); default: the bundled TinyStories text')
-    .option('--calib-samples <n>', 'calibration samples', intOption('--calib-samples'), DEFAULT_CALIB_SAMPLES)
-    .option('--calib-seq-len <n>', 'tokens per calibration sample', intOption('--calib-seq-len'), DEFAULT_CALIB_SEQ_LEN)
     .option('--eval <text>', 'report perplexity on this text before and after (default without a model argument: the bundled text)')
     .option('--eval-windows <n>', 'windows of 512 tokens scored by --eval (0 = the whole text)', intOption('--eval-windows'), 16)
-    .addOption(new Option('--kv-cache <mode>', 'KV cache quantization').choices([...KV_CACHE_MODES]).default('fp8_cast'))
-    .option('--max-shard-size <size>', 'largest shard (GB/MB decimal, GiB/MiB binary)', '10GB')
-    .option('--exclude <pattern...>', 'extra module patterns to keep unquantized (fnmatch, * matches dots)')
-    .option('--workers <n>', 'kernel worker threads (default: one per core)', intOption('--workers'))
     .option('--layers-in-flight <n>', 'decoder layers between reader and writer at once', intOption('--layers-in-flight'), 2)
     .option('--overwrite', 'replace a non-empty output folder')
     .option('--restart', 'discard an interrupted export made with other options instead of refusing')
@@ -96,7 +101,7 @@ export function buildProgram(): Command {
       // validate config.json and every shard header before anything else is read or computed
       await (await openModel(modelDir)).close();
       const stats = o.stats ? await loadStats(resolve(o.stats)) : undefined;
-      const needsStats = format.inputScaleDivisor !== undefined || o.kvCache === 'fp8';
+      const needsStats = needsActivationStats(format, kvCacheMode(o.kvCache));
       let calibration: number[][] | undefined;
       if (o.calib || (needsStats && !stats)) {
         const calibPath = resolve(o.calib ?? DEFAULT_CALIB_TEXT);
@@ -185,24 +190,16 @@ export function buildProgram(): Command {
       }
     });
 
-  program
+  withExportOptions(program
     .command('plan')
     .description('show what an export would write and need (shards, memory, disk, time, engines) without writing anything')
-    .argument('[model]', 'model folder or Hugging Face repo id (default: the bundled stories260K)')
-    .addOption(new Option('-f, --format <format>', 'quantization format').choices([...FORMAT_NAMES]).default('nvfp4'))
+    .argument('[model]', 'model folder or Hugging Face repo id (default: the bundled stories260K)'))
     .option('-o, --out <dir>', 'output folder (for the free-space check)', 'rxquant-out')
-    .option('--revision <rev>', 'Hub revision', 'main')
-    .addOption(new Option('--kv-cache <mode>', 'KV cache quantization').choices([...KV_CACHE_MODES]).default('fp8_cast'))
-    .option('--max-shard-size <size>', 'largest shard', '10GB')
-    .option('--exclude <pattern...>', 'extra module patterns to keep unquantized')
-    .option('--workers <n>', 'kernel worker threads', intOption('--workers'))
     .option('--stats <file>', 'statistics will be given (no calibration in the memory estimate)')
-    .option('--calib-samples <n>', 'calibration samples (memory estimate)', intOption('--calib-samples'), DEFAULT_CALIB_SAMPLES)
-    .option('--calib-seq-len <n>', 'tokens per calibration sample', intOption('--calib-seq-len'), DEFAULT_CALIB_SEQ_LEN)
     .option('--json', 'print the report as JSON')
     .action(async (model: string | undefined, o: Record<string, any>) => {
       const format = formatSpec(o.format);
-      const needsCalib = format.inputScaleDivisor !== undefined || o.kvCache === 'fp8';
+      const needsCalib = needsActivationStats(format, kvCacheMode(o.kvCache));
       const r = await planExport(resolve(await resolveModel(model ?? DEFAULT_MODEL, { revision: o.revision })), format.name, {
         out: o.out, kvCache: kvCacheMode(o.kvCache), maxShardSize: o.maxShardSize, exclude: o.exclude, workers: o.workers,
         calibration: needsCalib && !o.stats ? { samples: o.calibSamples, seqLen: o.calibSeqLen } : undefined,

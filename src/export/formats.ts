@@ -65,3 +65,8 @@ export function kvCacheMode(s: string): KvCacheMode {
   }
   return s as KvCacheMode;
 }
+
+/** Whether an export needs activation statistics: input scales, or calibrated KV-cache scales. */
+export function needsActivationStats(format: FormatSpec, kv: KvCacheMode): boolean {
+  return format.inputScaleDivisor !== undefined || kv === 'fp8';
+}
