@@ -205,36 +205,34 @@ describe('bad-input corpus', () => {
     });
   }
 
-  it('a full disk is refused before any work, and nothing is left behind', async () => {
-    const mnt = join(tmp, 'tinyfs');
+  /** Runs `body` on a fresh tmpfs of `size` (root can mount one here); says so when it cannot. */
+  async function onTmpfs(name: string, size: string, what: string, body: (mnt: string) => Promise<void>) {
+    const mnt = join(tmp, name);
     await mkdir(mnt, { recursive: true });
     try {
-      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', mnt]);
+      execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
     } catch {
-      console.warn('cannot mount a tmpfs here: full-disk case not exercised');
+      console.warn(`cannot mount a tmpfs here: ${what} not exercised`);
       return;
     }
     try {
+      await body(mnt);
+    } finally {
+      execFileSync('umount', [mnt]);
+    }
+  }
+
+  it('a full disk is refused before any work, and nothing is left behind', () =>
+    onTmpfs('tinyfs', '256k', 'full-disk case', async (mnt) => {
       const d = await model();
       const r = await cli(['quantize', d, '-f', 'fp8_pb_wo', '-o', join(mnt, 'out')]);
       expect(r.code).not.toBe(0);
       expect(r.stderr.trim()).toMatch(/^error: .*tinyfs: not enough free disk space: the export needs [\d.]+ [KM]B, [\d.]+ KB are free$/);
       expect(await readdir(mnt)).toEqual([]);
-    } finally {
-      execFileSync('umount', [mnt]);
-    }
-  });
+    }));
 
-  it('a disk that fills up mid-run is a clear error and leaves nothing behind', async () => {
-    const mnt = join(tmp, 'tinyfs2');
-    await mkdir(mnt, { recursive: true });
-    try {
-      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=20m', 'tmpfs', mnt]);
-    } catch {
-      console.warn('cannot mount a tmpfs here: mid-run full-disk case not exercised');
-      return;
-    }
-    try {
+  it('a disk that fills up mid-run is a clear error and leaves nothing behind', () =>
+    onTmpfs('tinyfs2', '20m', 'mid-run full-disk case', async (mnt) => {
       const plan = lib.planShards([{ name: 'a', dtype: 'U8', shape: [3_000_000] }], 1e9);
       const w = await lib.ShardWriter.create(join(mnt, 'out'), plan); // passes the free-space check
       await writeFile(join(mnt, 'filler'), Buffer.alloc(19_000_000)); // then something else takes the space
@@ -243,10 +241,7 @@ describe('bad-input corpus', () => {
       expect(err.message).toMatch(/disk full while writing \(ENOSPC\)/);
       await w.abort();
       expect((await readdir(mnt)).sort()).toEqual(['filler']);
-    } finally {
-      execFileSync('umount', [mnt]);
-    }
-  });
+    }));
 
   it('errors are typed classes exported by the library', () => {
     for (const cls of ['RxquantError', 'SafetensorsFormatError', 'CheckpointError', 'UnsupportedModelError', 'QuantizationError', 'UsageError', 'OutputError', 'CalibrationDataError']) {
