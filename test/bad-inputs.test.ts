@@ -236,7 +236,11 @@ describe('bad-input corpus', () => {
       const plan = lib.planShards([{ name: 'a', dtype: 'U8', shape: [3_000_000] }], 1e9);
       const w = await lib.ShardWriter.create(join(mnt, 'out'), plan); // passes the free-space check
       await writeFile(join(mnt, 'filler'), Buffer.alloc(19_000_000)); // then something else takes the space
-      const err = await w.write('a', new Uint8Array(3_000_000)).catch((e) => e);
+      // writes go to disk in the background: the error surfaces at the latest when finishing
+      const err = await w
+        .write('a', new Uint8Array(3_000_000))
+        .then(() => w.finish())
+        .catch((e) => e);
       expect(err).toBeInstanceOf(lib.OutputError);
       expect(err.message).toMatch(/disk full while writing \(ENOSPC\)/);
       await w.abort();
