@@ -38,9 +38,17 @@ function views(base: number) {
   };
 }
 
-function compare(kind: KernelTask['kind'], extra: (v: ReturnType<typeof views>) => Partial<KernelTask>) {
+/** Every finite bf16 bit pattern once (NaN/Inf patterns replaced by zeros), in pattern order. */
+function everyBf16(u16: Uint16Array) {
+  for (let i = 0; i < u16.length; i++) {
+    const b = i & 0xffff;
+    u16[i] = (b & 0x7f80) === 0x7f80 ? 0 : b;
+  }
+}
+
+function compare(kind: KernelTask['kind'], extra: (v: ReturnType<typeof views>) => Partial<KernelTask>, fillWith: (u16: Uint16Array) => void = (u) => fill(u, 42)) {
   const a = views(WASM_RESERVED), b = views(WASM_RESERVED + 16 * 2 ** 20);
-  fill(new Uint16Array(a.src.buffer, a.src.byteOffset, N * K), 42);
+  fillWith(new Uint16Array(a.src.buffer, a.src.byteOffset, N * K));
   b.src.set(a.src);
   const mk = (v: ReturnType<typeof views>, wasm: boolean) =>
     ({ src: v.src, dtype: 'BF16', row0: 0, rows: N, K, ops: [], wasm, lut: v.lut, kind, ...extra(v) }) as KernelTask;
@@ -70,6 +78,15 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
     runKernel(mk(b, false));
     expect(Buffer.compare(a.codes.subarray(0, rows * K2), b.codes.subarray(0, rows * K2))).toBe(0);
     expect(Buffer.compare(a.scales.subarray(0, 35), b.scales.subarray(0, 35))).toBe(0);
+  });
+  it('every finite bf16 value, through each format (the rounding bit tricks, at every exponent)', () => {
+    // N * K = 98,304 elements: all 65,536 patterns, then the first 32,768 again
+    const nv = (ws2: number) => (v: ReturnType<typeof views>) => ({ ws2, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16) });
+    compare('nvfp4', nv(2 ** -9), everyBf16);
+    compare('nvfp4', nv(3.1 / 2688), everyBf16);
+    compare('nvfp4', nv(1e30), everyBf16); // scales clamp at 2^-9: large quotients saturate
+    compare('fp8_block', (v) => ({ codes: v.codes, scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, 2 * 3) }), everyBf16);
+    compare('int4', (v) => ({ codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128) }), everyBf16);
   });
   it('INT4', () => compare('int4', (v) => ({ codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128) })));
   it('a NaN is located by the JavaScript path', () => {

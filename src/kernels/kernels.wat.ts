@@ -12,43 +12,96 @@
 const BF16_TO_F32_LO = (v: string) => `(i32x4.shl (i32x4.extend_low_i16x8_u ${v}) (i32.const 16))`;
 const BF16_TO_F32_HI = (v: string) => `(i32x4.shl (i32x4.extend_high_i16x8_u ${v}) (i32.const 16))`;
 
-/** e4m3 code of each f32 lane of q (RNE, subnormals, clamp to 448, sign kept); uses locals $qq, $a. */
-const E4M3 = (q: string) => `
-  (v128.or
-    (v128.and (i32x4.shr_u (local.tee $qq ${q}) (i32.const 24)) (v128.const i32x4 0x80 0x80 0x80 0x80))
-    (v128.bitselect
-      (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.mul
-        (local.tee $a (f32x4.pmin (f32x4.abs (local.get $qq)) (v128.const f32x4 448 448 448 448)))
-        (v128.const f32x4 512 512 512 512))))
-      (i32x4.sub
-        (i32x4.shr_u
-          (i32x4.add (local.get $a)
-            (i32x4.add (v128.const i32x4 0x7ffff 0x7ffff 0x7ffff 0x7ffff)
-              (v128.and (i32x4.shr_u (local.get $a) (i32.const 20)) (v128.const i32x4 1 1 1 1))))
-          (i32.const 20))
-        (v128.const i32x4 960 960 960 960))
-      (f32x4.lt (local.get $a) (v128.const f32x4 0.015625 0.015625 0.015625 0.015625))))`;
+/**
+ * Vector constants are loaded from a table in memory (CONST_TABLE, written by createSharedMemory)
+ * into locals once per call. V8 rematerializes every `v128.const` at each use (a 64-bit immediate
+ * move, a vmovq and a vpunpcklqdq), even when it is set once into a local, since TurboFan sees
+ * through the local; a loaded value is opaque and stays in a register (or one stack load away). A
+ * kernel declares the constants its macros use with CONSTS(...).
+ */
+const CONST_VALUES: Record<string, string> = {
+  $kAbs: 'i32x4 0x7fffffff 0x7fffffff 0x7fffffff 0x7fffffff',
+  $k80: 'i32x4 0x80 0x80 0x80 0x80',
+  $k448: 'f32x4 448 448 448 448',
+  $kMin8: 'f32x4 0.015625 0.015625 0.015625 0.015625',
+  $kM8: 'f32x4 16384 16384 16384 16384',
+  $kM8b: 'i32x4 0x46800000 0x46800000 0x46800000 0x46800000',
+  $kB8: 'i32x4 0xc407ffff 0xc407ffff 0xc407ffff 0xc407ffff',
+  $kOne: 'i32x4 1 1 1 1',
+  $k6: 'f32x4 6 6 6 6',
+  $kF1: 'f32x4 1 1 1 1',
+  $kM4: 'f32x4 4194304 4194304 4194304 4194304',
+  $kM4b: 'i32x4 0x4a800000 0x4a800000 0x4a800000 0x4a800000',
+  $kB4: 'i32x4 0xc11fffff 0xc11fffff 0xc11fffff 0xc11fffff',
+  $k8: 'i32x4 8 8 8 8',
+  $kRnd: 'f32x4 12582912 12582912 12582912 12582912',
+  $kRndb: 'i32x4 0x4b400000 0x4b400000 0x4b400000 0x4b400000',
+  $kLo4: 'i32x4 -8 -8 -8 -8',
+  $kHi4: 'i32x4 7 7 7 7',
+  $k7fff: 'i32x4 0x7fff7fff 0x7fff7fff 0x7fff7fff 0x7fff7fff',
+  $kHi: 'i32x4 0xffff0000 0xffff0000 0xffff0000 0xffff0000',
+};
+const CONST_NAMES = Object.keys(CONST_VALUES);
+/** Byte address of the constant table: after the 256-entry e4m3 decode table. */
+export const CONST_TABLE = 1024;
+/** The table's bytes, in CONST_NAMES order (16 bytes each). */
+export function constTableBytes(): Uint8Array {
+  const out = new Uint8Array(16 * CONST_NAMES.length);
+  const dv = new DataView(out.buffer);
+  CONST_NAMES.forEach((n, i) => {
+    const [kind, ...lanes] = CONST_VALUES[n]!.split(' ');
+    lanes.forEach((x, j) => {
+      if (kind === 'f32x4') dv.setFloat32(16 * i + 4 * j, Number(x), true);
+      else dv.setUint32(16 * i + 4 * j, Number(x) >>> 0, true);
+    });
+  });
+  return out;
+}
+const CONSTS = (...names: string[]) => ({
+  locals: names.map((n) => `(local ${n} v128)`).join(' '),
+  init: names.map((n) => `(local.set ${n} (v128.load offset=${CONST_TABLE + 16 * CONST_NAMES.indexOf(n)} (i32.const 0)))`).join('\n    '),
+});
+const E4M3_CONSTS = ['$kAbs', '$k80', '$k448', '$kMin8', '$kM8', '$kM8b', '$kB8', '$kOne'];
+const E2M1_CONSTS = ['$kAbs', '$k6', '$kF1', '$kM4', '$kM4b', '$kB4', '$kOne', '$k8'];
 
 /**
- * e2m1 code of each f32 lane of q with NVFP4's rounding, by bit arithmetic: round-to-nearest-even to
- * one mantissa bit (ties 0.75, 1.75, 3.5 go up, 1.25, 2.5, 5 down), subnormal 0.5, saturate at 6;
- * sign = (q < 0), so -0.0 gives 0. Uses locals $qq, $qa.
+ * e4m3 code of each f32 lane of q (RNE, subnormals, clamp to 448, sign kept); uses locals $qq, $a.
+ * Normal range (|q| >= 2^-6): round the f32 mantissa to 3 bits by adding 0x7ffff + its lowest kept
+ * bit, then rebias the exponent (-(127-7) << 3 = -960, folded into the added constant $kB8).
+ * Subnormal range: |q| + 2^14 has a ulp of 2^-9, e4m3's subnormal step, so the FPU rounds it
+ * (nearest-even) and the low bits of the sum are the code.
+ */
+const E4M3 = (q: string) => `
+  (v128.or
+    (v128.and (i32x4.shr_u (local.tee $qq ${q}) (i32.const 24)) (local.get $k80))
+    (v128.bitselect
+      (i32x4.sub (f32x4.add
+        (local.tee $a (f32x4.pmin (v128.and (local.get $qq) (local.get $kAbs)) (local.get $k448)))
+        (local.get $kM8)) (local.get $kM8b))
+      (i32x4.shr_u
+        (i32x4.add (i32x4.add (local.get $a) (local.get $kB8))
+          (v128.and (i32x4.shr_u (local.get $a) (i32.const 20)) (local.get $kOne)))
+        (i32.const 20))
+      (f32x4.lt (local.get $a) (local.get $kMin8))))`;
+
+/**
+ * e2m1 code of each f32 lane of q with NVFP4's rounding: round-to-nearest-even to one mantissa bit
+ * (ties 0.75, 1.75, 3.5 go up, 1.25, 2.5, 5 down), subnormal 0.5, saturate at 6; sign = (q < 0), so
+ * -0.0 gives 0. As E4M3: mantissa rounding by integer add for |q| >= 1 (rebias -(127-1) << 1 = -252
+ * folded into $kB4), |q| + 2^22 (ulp 0.5) below 1. Uses locals $qq, $qa.
  */
 const E2M1B = (q: string) => `
   (v128.or
     (v128.bitselect
-      (i32x4.trunc_sat_f32x4_s (f32x4.nearest (f32x4.add
-        (local.tee $qa (f32x4.pmin (f32x4.abs (local.tee $qq ${q})) (v128.const f32x4 6 6 6 6)))
-        (local.get $qa))))
-      (i32x4.sub
-        (i32x4.shr_u
-          (i32x4.add (local.get $qa)
-            (i32x4.add (v128.const i32x4 0x1fffff 0x1fffff 0x1fffff 0x1fffff)
-              (v128.and (i32x4.shr_u (local.get $qa) (i32.const 22)) (v128.const i32x4 1 1 1 1))))
-          (i32.const 22))
-        (v128.const i32x4 252 252 252 252))
-      (f32x4.lt (local.get $qa) (v128.const f32x4 1 1 1 1)))
-    (v128.and (f32x4.lt (local.get $qq) (v128.const f32x4 0 0 0 0)) (v128.const i32x4 8 8 8 8)))`;
+      (i32x4.sub (f32x4.add
+        (local.tee $qa (f32x4.pmin (v128.and (local.tee $qq ${q}) (local.get $kAbs)) (local.get $k6)))
+        (local.get $kM4)) (local.get $kM4b))
+      (i32x4.shr_u
+        (i32x4.add (i32x4.add (local.get $qa) (local.get $kB4))
+          (v128.and (i32x4.shr_u (local.get $qa) (i32.const 22)) (local.get $kOne)))
+        (i32.const 22))
+      (f32x4.lt (local.get $qa) (local.get $kF1)))
+    (v128.and (f32x4.lt (local.get $qq) (v128.const f32x4 0 0 0 0)) (local.get $k8)))`;
 
 /** Four i32x4 of byte values -> one v128 of 16 bytes. */
 const NARROW_U8 = (a: string, b: string, c: string, d: string) =>
@@ -85,6 +138,27 @@ const QBLOCK = (x: string, lane: number, off: number) => `
   (local.set $dv (f32x4.splat (f32x4.extract_lane ${lane} (local.get $div))))
   (v128.store offset=${off} (local.get $o)
     ${NARROW_U8(E2M1B(`(f32x4.div (local.get $${x}0) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}1) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}2) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}3) (local.get $dv))`))})`;
+
+const C_NV = CONSTS(...E2M1_CONSTS);
+const C_NV4 = CONSTS(...new Set([...E2M1_CONSTS, ...E4M3_CONSTS, '$k7fff', '$kHi']));
+const C_E4 = CONSTS(...E4M3_CONSTS);
+const C_I4 = CONSTS('$kRnd', '$kRndb', '$kLo4', '$kHi4');
+
+/** u16 lanes whose max is the max |bits| of the block of 16 bf16 at $p + off. */
+const BLOCK_MAX16 = (m: string, off: number) =>
+  `(local.set ${m} (i16x8.max_u (v128.and (v128.load offset=${off} (local.get $p)) (local.get $k7fff)) (v128.and (v128.load offset=${off + 16} (local.get $p)) (local.get $k7fff))))`;
+
+/** Codes of block b (lane b of $div is its divisor) from $p + 32b to $o + 16b, in element order. */
+const QBLOCK_EO = (b: number) => `
+  (local.set $dv (f32x4.splat (f32x4.extract_lane ${b} (local.get $div))))
+  (local.set $v (v128.load offset=${32 * b} (local.get $p)))
+  (local.set $w (v128.load offset=${32 * b + 16} (local.get $p)))
+  (v128.store offset=${16 * b} (local.get $o)
+    (i16x8.narrow_i32x4_u
+      (v128.or ${E2M1B('(f32x4.div (i32x4.shl (local.get $v) (i32.const 16)) (local.get $dv))')}
+        (i32x4.shl ${E2M1B('(f32x4.div (v128.and (local.get $v) (local.get $kHi)) (local.get $dv))')} (i32.const 8)))
+      (v128.or ${E2M1B('(f32x4.div (i32x4.shl (local.get $w) (i32.const 16)) (local.get $dv))')}
+        (i32x4.shl ${E2M1B('(f32x4.div (v128.and (local.get $w) (local.get $kHi)) (local.get $dv))')} (i32.const 8)))))`;
 
 export const KERNELS_WAT = `
 (module
@@ -134,7 +208,8 @@ export const KERNELS_WAT = `
   (func (export "nvfp4") (param $src i32) (param $nblk i32) (param $ws2 f32) (param $six f32) (param $codes i32) (param $scales i32)
     (local $b i32) (local $p i32) (local $lo v128) (local $hi v128)
     (local $f0 v128) (local $f1 v128) (local $f2 v128) (local $f3 v128) (local $mx v128) (local $a v128)
-    (local $s f32) (local $bits i32) (local $code i32) (local $dv v128) (local $qq v128) (local $qa v128)
+    (local $s f32) (local $bits i32) (local $code i32) (local $dv v128) (local $qq v128) (local $qa v128) ${C_NV.locals}
+    ${C_NV.init}
     (block $done (loop $l
       (br_if $done (i32.ge_u (local.get $b) (local.get $nblk)))
       (local.set $p (i32.add (local.get $src) (i32.shl (local.get $b) (i32.const 5))))
@@ -164,37 +239,37 @@ export const KERNELS_WAT = `
       (local.set $b (i32.add (local.get $b) (i32.const 1)))
       (br $l))))
 
-  ;; NVFP4, four blocks of 16 per iteration: the four block scales are computed as one vector
+  ;; NVFP4, four blocks of 16 per iteration, in two sweeps so few vectors are live at once (V8 has
+  ;; 16 SIMD registers): (1) the four block maxima on |bf16 bits|, reduced to one f32 lane per block,
+  ;; and the four scales as one vector; (2) each block reloaded (L1) and quantized. Weights are split
+  ;; into even and odd elements (bits << 16 and bits & 0xffff0000 are their f32 values, one
+  ;; instruction each), and the codes re-interleaved as (even | odd << 8) when narrowing.
   (func (export "nvfp4x4") (param $src i32) (param $n4 i32) (param $ws2 f32) (param $six f32) (param $codes i32) (param $scales i32)
-    (local $g i32) (local $p i32) (local $o i32) (local $v v128)
-    (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
-    (local $b0 v128) (local $b1 v128) (local $b2 v128) (local $b3 v128)
-    (local $c0 v128) (local $c1 v128) (local $c2 v128) (local $c3 v128)
-    (local $d0 v128) (local $d1 v128) (local $d2 v128) (local $d3 v128)
+    (local $g i32) (local $p i32) (local $o i32) (local $v v128) (local $w v128)
     (local $m0 v128) (local $m1 v128) (local $m2 v128) (local $m3 v128)
     (local $x v128) (local $y v128) (local $s v128) (local $a v128) (local $qq v128) (local $qa v128) (local $code v128) (local $div v128) (local $dv v128)
+    ${C_NV4.locals}
+    ${C_NV4.init}
     (block $done (loop $l
       (br_if $done (i32.ge_u (local.get $g) (local.get $n4)))
       (local.set $p (i32.add (local.get $src) (i32.shl (local.get $g) (i32.const 7))))
-      ${LOAD_BLOCK('a', 0)}
-      ${LOAD_BLOCK('b', 32)}
-      ${LOAD_BLOCK('c', 64)}
-      ${LOAD_BLOCK('d', 96)}
-      (local.set $m0 ${BMAX('a')})
-      (local.set $m1 ${BMAX('b')})
-      (local.set $m2 ${BMAX('c')})
-      (local.set $m3 ${BMAX('d')})
-      ;; transpose-reduce: lane b of $s = max over block b
-      (local.set $x (f32x4.pmax (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $m0) (local.get $m1))
-                               (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $m0) (local.get $m1))))
-      (local.set $y (f32x4.pmax (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $m2) (local.get $m3))
-                               (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $m2) (local.get $m3))))
-      (local.set $s (f32x4.pmax (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $x) (local.get $y))
-                               (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $x) (local.get $y))))
+      ${BLOCK_MAX16('$m0', 0)}
+      ${BLOCK_MAX16('$m1', 32)}
+      ${BLOCK_MAX16('$m2', 64)}
+      ${BLOCK_MAX16('$m3', 96)}
+      ;; u16 lanes 0-3: block 0 (or 2), 4-7: block 1 (or 3)
+      (local.set $x (i16x8.max_u (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $m0) (local.get $m1))
+                                 (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $m0) (local.get $m1))))
+      (local.set $y (i16x8.max_u (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $m2) (local.get $m3))
+                                 (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $m2) (local.get $m3))))
+      ;; two u16 per 32-bit lane, lane b = block b; then the max of the pair, as f32 bits
+      (local.set $s (i16x8.max_u (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $x) (local.get $y))
+                                 (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $x) (local.get $y))))
+      (local.set $s (i32x4.shl (i16x8.max_u (local.get $s) (i32x4.shr_u (local.get $s) (i32.const 16))) (i32.const 16)))
       ;; s = clamp(blockAmax / (6 ws2), 2^-9, 448), zero -> 1
       (local.set $s (f32x4.div (local.get $s) (f32x4.splat (local.get $six))))
       (local.set $s (v128.bitselect (v128.const f32x4 1 1 1 1) (local.get $s) (f32x4.eq (local.get $s) (v128.const f32x4 0 0 0 0))))
-      (local.set $s (f32x4.pmin (f32x4.pmax (local.get $s) (v128.const f32x4 0x1p-9 0x1p-9 0x1p-9 0x1p-9)) (v128.const f32x4 448 448 448 448)))
+      (local.set $s (f32x4.pmin (f32x4.pmax (local.get $s) (v128.const f32x4 0x1p-9 0x1p-9 0x1p-9 0x1p-9)) (local.get $k448)))
       (local.set $code ${E4M3('(local.get $s)')})
       (v128.store32_lane 0 (i32.add (local.get $scales) (i32.shl (local.get $g) (i32.const 2)))
         (i8x16.narrow_i16x8_u (i16x8.narrow_i32x4_u (local.get $code) (local.get $code)) (i16x8.narrow_i32x4_u (local.get $code) (local.get $code))))
@@ -205,20 +280,21 @@ export const KERNELS_WAT = `
           (v128.and
             (i32x4.add (local.get $s)
               (i32x4.add (v128.const i32x4 0x7ffff 0x7ffff 0x7ffff 0x7ffff)
-                (v128.and (i32x4.shr_u (local.get $s) (i32.const 20)) (v128.const i32x4 1 1 1 1))))
+                (v128.and (i32x4.shr_u (local.get $s) (i32.const 20)) (local.get $kOne))))
             (v128.const i32x4 0xfff00000 0xfff00000 0xfff00000 0xfff00000))
-          (f32x4.lt (local.get $s) (v128.const f32x4 0.015625 0.015625 0.015625 0.015625)))))
+          (f32x4.lt (local.get $s) (local.get $kMin8)))))
       (local.set $o (i32.add (local.get $codes) (i32.shl (local.get $g) (i32.const 6))))
-      ${QBLOCK('a', 0, 0)}
-      ${QBLOCK('b', 1, 16)}
-      ${QBLOCK('c', 2, 32)}
-      ${QBLOCK('d', 3, 48)}
+      ${QBLOCK_EO(0)}
+      ${QBLOCK_EO(1)}
+      ${QBLOCK_EO(2)}
+      ${QBLOCK_EO(3)}
       (local.set $g (i32.add (local.get $g) (i32.const 1)))
       (br $l))))
 
   ;; INT4 over groups of 128 bf16 (K % 128 == 0): scale = amax/7 (zero -> 1) as f32, q = rne(w/scale) in [-8, 7]
   (func (export "int4") (param $src i32) (param $ngroups i32) (param $codes i32) (param $scales i32)
-    (local $g i32) (local $p i32) (local $j i32) (local $v v128) (local $mx v128) (local $s f32) (local $sv v128) (local $q i32)
+    (local $g i32) (local $p i32) (local $j i32) (local $v v128) (local $mx v128) (local $s f32) (local $sv v128) (local $q i32) ${C_I4.locals}
+    ${C_I4.init}
     (block $done (loop $l
       (br_if $done (i32.ge_u (local.get $g) (local.get $ngroups)))
       (local.set $p (i32.add (local.get $src) (i32.shl (local.get $g) (i32.const 8))))
@@ -258,7 +334,8 @@ export const KERNELS_WAT = `
   (func (export "fp8_block") (param $src i32) (param $rows i32) (param $K i32) (param $codes i32) (param $scales i32)
     (local $band i32) (local $r0 i32) (local $nr i32) (local $tb i32) (local $BK i32) (local $r i32) (local $j i32)
     (local $p i32) (local $acc v128) (local $m i32) (local $s f32) (local $sv v128) (local $v v128) (local $w v128) (local $a v128) (local $o i32) (local $qq v128)
-    (local $accs i32) (local $row i32)
+    (local $accs i32) (local $row i32) ${C_E4.locals}
+    ${C_E4.init}
     (local.set $BK (i32.shr_u (local.get $K) (i32.const 7)))
     (block $done (loop $lb
       (local.set $r0 (i32.shl (local.get $band) (i32.const 7)))
@@ -338,7 +415,10 @@ export const KERNELS_WAT = `
 )
 `;
 
-/** rne(x / scale) clamped to [-8, 7], as i32x4 ($sv holds the splatted scale). */
+/**
+ * rne(x / scale) clamped to [-8, 7], as i32x4 ($sv holds the splatted scale): adding 1.5 * 2^23 puts
+ * |v| < 2^22 where the ulp is 1, so the FPU rounds and the low bits are the signed integer.
+ */
 function Q4(x: string): string {
-  return `(i32x4.trunc_sat_f32x4_s (f32x4.pmin (f32x4.pmax (f32x4.nearest (f32x4.div ${x} (local.get $sv))) (v128.const f32x4 -8 -8 -8 -8)) (v128.const f32x4 7 7 7 7)))`;
+  return `(i32x4.min_s (i32x4.max_s (i32x4.sub (f32x4.add (f32x4.div ${x} (local.get $sv)) (local.get $kRnd)) (local.get $kRndb)) (local.get $kLo4)) (local.get $kHi4))`;
 }

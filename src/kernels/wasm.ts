@@ -1,5 +1,5 @@
 /** Compiling and instantiating the SIMD kernels over a shared memory. */
-import { KERNELS_WAT } from './kernels.wat.js';
+import { KERNELS_WAT, CONST_TABLE, constTableBytes } from './kernels.wat.js';
 import { E4M3_VALUES } from '../codecs/e4m3.js';
 
 export interface WasmKernels {
@@ -12,8 +12,8 @@ export interface WasmKernels {
   fp8_block(src: number, rows: number, K: number, codes: number, scales: number): void;
 }
 
-/** Bytes at the start of the memory reserved for the e4m3 decode table. */
-export const WASM_RESERVED = 1024;
+/** Bytes at the start of the memory reserved for the e4m3 decode table and the vector constants (one page). */
+export const WASM_RESERVED = 4096;
 
 let compiled: Promise<WebAssembly.Module> | undefined;
 
@@ -29,11 +29,14 @@ export function compileKernels(): Promise<WebAssembly.Module> {
   return compiled;
 }
 
-/** A shared memory of `bytes` (rounded up to 64 KiB pages) with the e4m3 table written at 0. */
+/** A shared memory of `bytes` (rounded up to 64 KiB pages) with the e4m3 table at 0 and the kernels' constants after it. */
 export function createSharedMemory(bytes: number): WebAssembly.Memory {
   const pages = Math.ceil((bytes + WASM_RESERVED) / 65536);
   const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
   new Float32Array(memory.buffer, 0, 256).set(E4M3_VALUES);
+  const table = constTableBytes();
+  if (CONST_TABLE + table.length > WASM_RESERVED) throw new Error('internal: kernel constants overflow the reserved page');
+  new Uint8Array(memory.buffer, CONST_TABLE, table.length).set(table);
   return memory;
 }
 
