@@ -19,7 +19,7 @@ const DATA = process.env.RXQUANT_BENCH_DIR ?? join(ROOT, 'bench', 'data');
 const SECTIONS: Record<string, () => Promise<string[]>> = {
   read: () => benchRead(DATA),
   kernels: () => benchKernels(),
-  export: () => benchExport(DATA, 5),
+  export: () => benchExport(DATA, 5, undefined, 5),
   calibration: () => benchCalibration(),
   // a checkpoint larger than this machine's 24 GiB of RAM (~26 GB): run it by name
   large: () => benchExport(DATA, 57, ['fp8_pb_wo'], 1),

@@ -72,6 +72,26 @@ describe('safetensors reader', () => {
     });
   }
 
+  it('O_DIRECT reads give the bytes of normal reads, at any offset and at the end of the file', async () => {
+    const f = await SafetensorsFile.open(join(STORIES, 'model.safetensors'));
+    const mem = new WebAssembly.Memory({ initial: 64 }); // page-aligned, 4 MiB
+    try {
+      const ts = [...f.tensors.values()].sort((a, b) => a.offset - b.offset);
+      const last = ts[ts.length - 1]!;
+      expect(last.offset + last.byteLength).toBe(f.size); // its last page ends the file
+      for (const t of [ts[0]!, ts[1]!, last]) {
+        const want = await t.read();
+        for (const [a, b] of [[0, t.byteLength], [3, Math.min(t.byteLength, 5000)], [t.byteLength - 7, t.byteLength]] as const) {
+          const got = await t.readBytesDirect(a, b, new Uint8Array(mem.buffer));
+          expect(Buffer.compare(got, want.subarray(a, b))).toBe(0);
+        }
+      }
+      expect(() => last.readBytesDirect(0, last.byteLength, new Uint8Array(mem.buffer, 0, 100))).toThrow(RangeError);
+    } finally {
+      await f.close();
+    }
+  });
+
   it('rejects a file shorter than 8 bytes', async () => {
     const p = join(tmp, 'tiny.safetensors');
     await writeFile(p, Buffer.alloc(3));

@@ -18,7 +18,7 @@ import type { KernelPool, Slot } from '../kernels/pool.js';
 import { chunkTask } from '../kernels/chunk-task.js';
 import type { WeightOp } from '../kernels/weight-ops.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
-import type { TensorRef } from '../safetensors/file.js';
+import { directReadSpan, type TensorRef } from '../safetensors/file.js';
 import type { ModelUnit, QuantizedChunk, QuantizedLinear, QuantizedUnit } from '../pipeline/units.js';
 import { keepsPreQuantScale, type ExportPlan } from './plan.js';
 import { scalarStat, type Stats } from './stats.js';
@@ -177,16 +177,24 @@ function chunkStarts(N: number, rows: number): number[] {
   return s;
 }
 
-async function readChunk(e: Work, pool: KernelPool, row0: number, rows: number): Promise<Slot> {
+/**
+ * Reads rows into a slot; returns the slot and the view of the rows in it. `once`: these bytes are
+ * read this one time (no scan pass before), so O_DIRECT skips the page cache and its CPU cost.
+ */
+async function readChunk(e: Work, pool: KernelPool, row0: number, rows: number, once = false): Promise<{ slot: Slot; src: Uint8Array }> {
   const bytes = rows * e.tensor.rowBytes;
   const slot = await pool.acquire(bytes);
   try {
-    await e.tensor.readRows(row0, row0 + rows, slot.src);
+    // the view must stay aligned to the element size for the JavaScript kernels' typed arrays
+    const elem = e.tensor.rowBytes / e.K;
+    if (once && e.tensor.offset % elem === 0 && slot.srcArea.length >= directReadSpan(bytes)) {
+      return { slot, src: await e.tensor.readBytesDirect(row0 * e.tensor.rowBytes, (row0 + rows) * e.tensor.rowBytes, slot.srcArea) };
+    }
+    return { slot, src: await e.tensor.readRows(row0, row0 + rows, slot.src) };
   } catch (err) {
     pool.release(slot);
     throw err;
   }
-  return slot;
 }
 
 function nonFiniteError(e: Work, row0: number, index: number, value: number): QuantizationError {
@@ -202,9 +210,9 @@ async function scanAmax(e: Work, pool: KernelPool): Promise<number> {
   const results = await Promise.all(
     chunkStarts(e.N, rows).map(async (row0) => {
       const n = Math.min(rows, e.N - row0);
-      const slot = await readChunk(e, pool, row0, n);
+      const { slot, src } = await readChunk(e, pool, row0, n);
       try {
-        const r = await pool.run({ kind: 'scan', src: slot.src.subarray(0, n * e.tensor.rowBytes), dtype: e.dtype, row0, rows: n, K: e.K, ops: e.ops, wasm: slot.wasm });
+        const r = await pool.run({ kind: 'scan', src, dtype: e.dtype, row0, rows: n, K: e.K, ops: e.ops, wasm: slot.wasm });
         if (r.nonFinite) throw nonFiniteError(e, row0, r.nonFinite.index, r.nonFinite.value);
         return r.amax!;
       } finally {
@@ -245,9 +253,9 @@ async function* streamChunks(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
 
 async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool, row0: number, maxRows: number): Promise<QuantizedChunk> {
   const rows = Math.min(maxRows, e.N - row0);
-  const slot = await readChunk(e, pool, row0, rows);
+  const { slot, src } = await readChunk(e, pool, row0, rows, e.weightAmax === undefined);
   const scale = fmt.name === 'fp8' ? q.weightScale! : fmt.name.startsWith('nvfp4') ? q.weightScale2! : 1;
-  const { task, codes, scales } = chunkTask(fmt.name, slot, { src: slot.src.subarray(0, rows * e.tensor.rowBytes), dtype: e.dtype, row0, rows, K: e.K, ops: e.ops }, scale);
+  const { task, codes, scales } = chunkTask(fmt.name, slot, { src, dtype: e.dtype, row0, rows, K: e.K, ops: e.ops }, scale);
   let released = false;
   const release = () => {
     if (!released) {

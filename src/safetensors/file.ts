@@ -1,3 +1,4 @@
+import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { SafetensorsFormatError } from '../errors.js';
@@ -58,15 +59,39 @@ export class TensorRef {
     return this.file.readAt(this.offset + start, dest, this.name).then(() => dest);
   }
 
+  /**
+   * Reads bytes [start, end) bypassing the page cache (O_DIRECT) into `aligned`, page-aligned memory
+   * (a WebAssembly.Memory view) of at least `directReadSpan(end - start)` bytes, and returns the view
+   * of the wanted bytes inside it. For data read once (tensors copied through unchanged): the page
+   * cache costs this kind of machine about 1 s of CPU per GB read (spec/node-performance.md), and
+   * O_DIRECT none. Where O_DIRECT is refused, a normal read.
+   */
+  readBytesDirect(start: number, end: number, aligned: Uint8Array): Promise<Uint8Array> {
+    if (!(0 <= start && start <= end && end <= this.byteLength)) {
+      throw new RangeError(`${this.name}: byte range [${start}, ${end}) outside [0, ${this.byteLength})`);
+    }
+    if (aligned.length < directReadSpan(end - start)) throw new RangeError(`${this.name}: buffer of ${aligned.length} bytes is smaller than ${directReadSpan(end - start)}`);
+    return this.file.readAtDirect(this.offset + start, end - start, aligned, this.name);
+  }
+
   /** Reads and decodes a float tensor (F32/BF16/F16) to a new Float32Array. For small tensors and tests. */
   async toFloat32(): Promise<Float32Array> {
     return decodeToFloat32(await this.read(), this.dtype, this.name);
   }
 }
 
+const PAGE = 4096;
+
+/** Bytes a buffer needs for readBytesDirect of n bytes (whole pages around them). */
+export function directReadSpan(n: number): number {
+  return Math.ceil(n / PAGE) * PAGE + 2 * PAGE;
+}
+
 /** An open safetensors file with a validated header. Call `close()` when done. */
 export class SafetensorsFile {
   private handle: FileHandle | undefined;
+  /** O_DIRECT handle, opened on first use; null where the file system refuses O_DIRECT. */
+  private direct: Promise<FileHandle | null> | undefined;
   readonly tensors: Map<string, TensorRef>;
 
   private constructor(
@@ -128,10 +153,37 @@ export class SafetensorsFile {
     await readFully(this.handle, dest, position, this.path, what);
   }
 
+  /** Reads `length` bytes at `position` with O_DIRECT into page-aligned `aligned`; returns their view. */
+  async readAtDirect(position: number, length: number, aligned: Uint8Array, what: string): Promise<Uint8Array> {
+    this.direct ??= constants.O_DIRECT === undefined ? Promise.resolve(null) : open(this.path, constants.O_RDONLY | constants.O_DIRECT).catch(() => null);
+    const h = await this.direct;
+    const a = Math.floor(position / PAGE) * PAGE;
+    const span = Math.ceil((position + length) / PAGE) * PAGE - a;
+    if (h && length > 0) {
+      try {
+        let done = 0;
+        while (done < span) {
+          const { bytesRead } = await h.read(aligned, done, span - done, a + done);
+          if (bytesRead === 0) break; // the end of the file, inside the last page
+          done += bytesRead;
+        }
+        if (done >= position + length - a) return aligned.subarray(position - a, position - a + length);
+      } catch {
+        // EINVAL (memory or offset alignment this file system wants larger): read normally below
+      }
+    }
+    const dest = aligned.subarray(0, length);
+    await this.readAt(position, dest, what);
+    return dest;
+  }
+
   async close(): Promise<void> {
     const h = this.handle;
     this.handle = undefined;
     await h?.close();
+    const d = this.direct;
+    this.direct = undefined;
+    await (await d)?.close();
   }
 }
 
