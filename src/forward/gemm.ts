@@ -16,6 +16,8 @@ export interface PreparedLinear {
 export interface GemmEngine {
   name: string;
   prepare(l: LinearWeights): Promise<PreparedLinear>;
+  /** prepare() keeps its own copy of the weights (the caller may drop its f32 arrays afterwards). */
+  copiesWeights?: boolean;
   /** Causal GQA attention for T tokens, if the engine has it (else the JavaScript one is used). */
   attention?(T: number, nH: number, nKV: number, d: number): Promise<(q: Float32Array, k: Float32Array, v: Float32Array) => Promise<Float32Array>>;
 }
@@ -47,6 +49,7 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
   const options = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' as const };
   return {
     name: `onnxruntime (${threads} thread${threads > 1 ? 's' : ''})`,
+    copiesWeights: true,
     async attention(T, nH, nKV, d) {
       const key = `${T},${nH},${nKV},${d}`;
       let session = attention.get(key);
@@ -72,10 +75,11 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
         interOpNumThreads: 1,
         graphOptimizationLevel: 'all',
       });
+      const { input, K } = l; // not l itself: the session has the weights, the f32 copy may go
       return {
         async run(x, T) {
-          const xin = l.input ? l.input(x, T) : x;
-          const out = await session.run({ X: new ort.Tensor('float32', xin, [T, l.K]) });
+          const xin = input ? input(x, T) : x;
+          const out = await session.run({ X: new ort.Tensor('float32', xin, [T, K]) });
           return out.Y!.data as Float32Array;
         },
         release: () => session.release(),

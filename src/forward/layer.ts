@@ -64,15 +64,16 @@ async function prepareGroup(members: LinearWeights[], gemm: GemmEngine): Promise
       off += m.N;
     }
     const fused = await gemm.prepare({ w, N, K, b });
+    const widths = members.map((m) => m.N); // not the members: their f32 weights may be dropped
     return {
       async run(x, T) {
         const y = await fused.run(x, T); // [T, N]
-        const outs = members.map((m) => new Float32Array(T * m.N));
+        const outs = widths.map((n) => new Float32Array(T * n));
         for (let t = 0; t < T; t++) {
           let o = 0;
-          members.forEach((m, i) => {
-            outs[i]!.set(y.subarray(t * N + o, t * N + o + m.N), t * m.N);
-            o += m.N;
+          widths.forEach((n, i) => {
+            outs[i]!.set(y.subarray(t * N + o, t * N + o + n), t * n);
+            o += n;
           });
         }
         return outs;
@@ -102,14 +103,17 @@ export interface PreparedLayer {
 }
 
 export async function prepareLayer(lw: LayerWeights, gemm: GemmEngine = jsGemm): Promise<PreparedLayer> {
-  const [qkv, o, gateUp, down] = await Promise.all([
-    prepareGroup([lw.q, lw.k, lw.v], gemm),
-    prepareGroup([lw.o], gemm),
-    prepareGroup([lw.gate, lw.up], gemm),
-    prepareGroup([lw.down], gemm),
-  ]);
+  // one group at a time: each preparation makes transient copies of its weights (fused, transposed,
+  // serialized into the ONNX graph), and a 8B layer's gate|up is 470 MB in f32
+  const qkv = await prepareGroup([lw.q, lw.k, lw.v], gemm);
+  const o = await prepareGroup([lw.o], gemm);
+  const gateUp = await prepareGroup([lw.gate, lw.up], gemm);
+  const down = await prepareGroup([lw.down], gemm);
+  // the engine holds its own copy: keep only the norms (a layer's linears are ~870 MB in f32 at 8B)
+  const none = new Float32Array(0);
+  const drop = (l: LinearWeights): LinearWeights => (gemm.copiesWeights ? { ...l, w: none } : l);
   return {
-    weights: lw,
+    weights: { ...lw, q: drop(lw.q), k: drop(lw.k), v: drop(lw.v), o: drop(lw.o), gate: drop(lw.gate), up: drop(lw.up), down: drop(lw.down) },
     engine: gemm,
     qkv,
     o,
