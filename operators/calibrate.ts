@@ -1,12 +1,12 @@
 import { concatMap, defer, type OperatorFunction } from 'rxjs';
 import type { ModelUnit } from '../src/pipeline/units.js';
 import { StatsCollector } from '../src/calibration/collector.js';
-import { decoderLayer, prepareLayer, type LinearName } from '../src/forward/layer.js';
+import { decoderLayer, type LinearName } from '../src/forward/layer.js';
 import { defaultGemm, type GemmEngine } from '../src/forward/gemm.js';
 import { cpus } from 'node:os';
 import { hiddenStore, type HiddenStore } from '../src/calibration/hidden-store.js';
 import { finalize } from 'rxjs';
-import { embed, loadHead, loadLayerWeights, weightSource } from '../src/forward/weights.js';
+import { embed, loadHead, loadPreparedLayer, weightSource } from '../src/forward/weights.js';
 import { ropeTables } from '../src/forward/rope.js';
 import { rmsnorm } from '../src/forward/ops.js';
 import { CalibrationDataError } from '../src/errors.js';
@@ -68,7 +68,7 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
             if (unit.layer !== next) throw new Error(`calibrate needs layers in order: got layer ${unit.layer}, expected ${next}`);
             next++;
             const layout = model.layers[unit.layer]!;
-            const layer = await prepareLayer(await loadLayerWeights(src, layout, cfg), gemm);
+            const layer = await loadPreparedLayer(src, layout, cfg, gemm);
             const maxT = Math.max(...samples.map((s) => s.length));
             const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, maxT);
             for (let i = 0; i < samples.length; i++) {

@@ -1,7 +1,7 @@
 /**
  * GEMM engines for the forward pass. `js` is the blocked plain-JavaScript matmul (the reference the
- * others are tested against); `onnx` runs each linear as a one-node onnxruntime session with the
- * weight pre-packed (measured 229 GFLOP/s per core here vs ~1.5 for JavaScript).
+ * others are tested against); `onnx` runs each linear as a one-node onnxruntime session over the
+ * weight transposed to [K, N], held once in f32 and passed as an input at each run.
  */
 import { matmul } from './ops.js';
 import { attentionModel, matmulModel } from './onnx.js';
@@ -13,11 +13,24 @@ export interface PreparedLinear {
   release(): Promise<void>;
 }
 
+/** A linear given by its weight already transposed: wt [K, N] (column n of W^T is row n of W). */
+export interface TransposedLinear {
+  wt: Float32Array;
+  N: number;
+  K: number;
+  b?: Float32Array;
+  input?: (x: Float32Array, T: number) => Float32Array;
+}
+
 export interface GemmEngine {
   name: string;
   prepare(l: LinearWeights): Promise<PreparedLinear>;
-  /** prepare() keeps its own copy of the weights (the caller may drop its f32 arrays afterwards). */
-  copiesWeights?: boolean;
+  /**
+   * Engines that work on W^T take it directly (the fused q|k|v and gate|up are transposed straight
+   * from their members, with no concatenated copy); prepare() is then prepareTransposed(transpose(l)),
+   * and the caller may drop its [N, K] arrays once prepared.
+   */
+  prepareTransposed?(l: TransposedLinear): Promise<PreparedLinear>;
   /** Causal GQA attention for T tokens, if the engine has it (else the JavaScript one is used). */
   attention?(T: number, nH: number, nKV: number, d: number): Promise<(q: Float32Array, k: Float32Array, v: Float32Array) => Promise<Float32Array>>;
 }
@@ -49,7 +62,6 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
   const options = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' as const };
   return {
     name: `onnxruntime (${threads} thread${threads > 1 ? 's' : ''})`,
-    copiesWeights: true,
     async attention(T, nH, nKV, d) {
       const key = `${T},${nH},${nKV},${d}`;
       let session = attention.get(key);
@@ -68,24 +80,35 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
       };
     },
     async prepare(l) {
-      const wt = new Float32Array(l.K * l.N);
-      for (let n = 0; n < l.N; n++) for (let k = 0; k < l.K; k++) wt[k * l.N + n] = l.w[n * l.K + k]!;
-      const session = await ort.InferenceSession.create(matmulModel(wt, l.K, l.N, l.b), {
-        intraOpNumThreads: threads,
-        interOpNumThreads: 1,
-        graphOptimizationLevel: 'all',
-      });
-      const { input, K } = l; // not l itself: the session has the weights, the f32 copy may go
+      return this.prepareTransposed!({ wt: transposeInto(new Float32Array(l.K * l.N), l.N, 0, l), N: l.N, K: l.K, b: l.b, input: l.input });
+    },
+    async prepareTransposed({ wt, N, K, b, input }) {
+      const session = await ort.InferenceSession.create(matmulModel(K, N, b), options);
+      const w = new ort.Tensor('float32', wt, [K, N]);
       return {
         async run(x, T) {
           const xin = input ? input(x, T) : x;
-          const out = await session.run({ X: new ort.Tensor('float32', xin, [T, K]) });
+          const out = await session.run({ X: new ort.Tensor('float32', xin, [T, K]), Wt: w });
           return out.Y!.data as Float32Array;
         },
         release: () => session.release(),
       };
     },
   };
+}
+
+/** Writes W [l.N, l.K] transposed into columns [off, off + l.N) of wt [K, N]; returns wt. */
+export function transposeInto(wt: Float32Array, N: number, off: number, l: { w: Float32Array; N: number; K: number }): Float32Array {
+  const { w, K } = l;
+  // blocks of 64 rows: the writes of one row go N apart, the block keeps them in nearby lines
+  for (let n0 = 0; n0 < l.N; n0 += 64) {
+    const n1 = Math.min(l.N, n0 + 64);
+    for (let k = 0; k < K; k++) {
+      const base = k * N + off;
+      for (let n = n0; n < n1; n++) wt[base + n] = w[n * K + k]!;
+    }
+  }
+  return wt;
 }
 
 /** The fastest engine available: onnxruntime when it loads, else plain JavaScript. */

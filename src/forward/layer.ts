@@ -6,7 +6,7 @@
 import type { ModelConfig } from '../models/config.js';
 import { rmsnorm, silu } from './ops.js';
 import { applyRope } from './rope.js';
-import { jsGemm, type GemmEngine, type PreparedLinear } from './gemm.js';
+import { jsGemm, transposeInto, type GemmEngine, type PreparedLinear } from './gemm.js';
 
 /** A linear as the forward pass uses it: f32 weight [N, K], optional bias, optional input transform. */
 export interface LinearWeights {
@@ -51,7 +51,21 @@ export interface PreparedGroup {
 
 async function prepareGroup(members: LinearWeights[], gemm: GemmEngine): Promise<PreparedGroup> {
   const K = members[0]!.K;
-  if (members.length > 1 && members.every((m) => !m.input && m.K === K)) {
+  const fusable = members.length > 1 && members.every((m) => !m.input && m.K === K);
+  if (fusable && gemm.prepareTransposed) {
+    // W^T of the fused linear written straight from the members
+    const N = members.reduce((a, m) => a + m.N, 0);
+    const wt = new Float32Array(K * N);
+    const b = members.some((m) => m.b) ? new Float32Array(N) : undefined;
+    let off = 0;
+    for (const m of members) {
+      transposeInto(wt, N, off, m);
+      if (b && m.b) b.set(m.b, off);
+      off += m.N;
+    }
+    return splitOutputs(await gemm.prepareTransposed({ wt, N, K, b }), members.map((m) => m.N));
+  }
+  if (fusable) {
     // concatenate the weights along N: one GEMM, outputs split by column ranges
     const N = members.reduce((a, m) => a + m.N, 0);
     const w = new Float32Array(N * K);
@@ -63,23 +77,7 @@ async function prepareGroup(members: LinearWeights[], gemm: GemmEngine): Promise
       if (b && m.b) b.set(m.b, off);
       off += m.N;
     }
-    const fused = await gemm.prepare({ w, N, K, b });
-    const widths = members.map((m) => m.N); // not the members: their f32 weights may be dropped
-    return {
-      async run(x, T) {
-        const y = await fused.run(x, T); // [T, N]
-        const outs = widths.map((n) => new Float32Array(T * n));
-        for (let t = 0; t < T; t++) {
-          let o = 0;
-          widths.forEach((n, i) => {
-            outs[i]!.set(y.subarray(t * N + o, t * N + o + n), t * n);
-            o += n;
-          });
-        }
-        return outs;
-      },
-      release: () => fused.release(),
-    };
+    return splitOutputs(await gemm.prepare({ w, N, K, b }), members.map((m) => m.N));
   }
   const each: PreparedLinear[] = await Promise.all(members.map((m) => gemm.prepare(m)));
   return {
@@ -90,9 +88,29 @@ async function prepareGroup(members: LinearWeights[], gemm: GemmEngine): Promise
   };
 }
 
+/** A fused linear's output [T, sum of widths] split into one [T, width] per member. */
+function splitOutputs(fused: PreparedLinear, widths: number[]): PreparedGroup {
+  const N = widths.reduce((a, n) => a + n, 0);
+  return {
+    async run(x, T) {
+      const y = await fused.run(x, T); // [T, N]
+      const outs = widths.map((n) => new Float32Array(T * n));
+      for (let t = 0; t < T; t++) {
+        let o = 0;
+        widths.forEach((n, i) => {
+          outs[i]!.set(y.subarray(t * N + o, t * N + o + n), t * n);
+          o += n;
+        });
+      }
+      return outs;
+    },
+    release: () => fused.release(),
+  };
+}
+
 /** A layer ready to run: GEMMs prepared (for onnxruntime: sessions with pre-packed weights). */
 export interface PreparedLayer {
-  weights: LayerWeights;
+  norms: Pick<LayerWeights, 'inputNorm' | 'postNorm' | 'qNorm' | 'kNorm'>;
   /** The engine's attention, when it has one. */
   engine: GemmEngine;
   qkv: PreparedGroup;
@@ -103,17 +121,26 @@ export interface PreparedLayer {
 }
 
 export async function prepareLayer(lw: LayerWeights, gemm: GemmEngine = jsGemm): Promise<PreparedLayer> {
-  // one group at a time: each preparation makes transient copies of its weights (fused, transposed,
-  // serialized into the ONNX graph), and a 8B layer's gate|up is 470 MB in f32
-  const qkv = await prepareGroup([lw.q, lw.k, lw.v], gemm);
-  const o = await prepareGroup([lw.o], gemm);
-  const gateUp = await prepareGroup([lw.gate, lw.up], gemm);
-  const down = await prepareGroup([lw.down], gemm);
-  // the engine holds its own copy: keep only the norms (a layer's linears are ~870 MB in f32 at 8B)
-  const none = new Float32Array(0);
-  const drop = (l: LinearWeights): LinearWeights => (gemm.copiesWeights ? { ...l, w: none } : l);
+  return prepareLayerFrom(async (n) => lw[n], lw, gemm);
+}
+
+/**
+ * Prepares a layer loading its linears one GEMM group at a time (`load`), so that with an engine
+ * that keeps its own W^T only one group's [N, K] weights exist besides the prepared ones: a layer's
+ * linears are ~870 MB in f32 at 8B, its gate|up 470 MB.
+ */
+export async function prepareLayerFrom(
+  load: (name: LinearName) => Promise<LinearWeights>,
+  norms: Pick<LayerWeights, 'inputNorm' | 'postNorm' | 'qNorm' | 'kNorm'>,
+  gemm: GemmEngine = jsGemm,
+): Promise<PreparedLayer> {
+  const group = async (names: LinearName[]) => prepareGroup(await Promise.all(names.map(load)), gemm);
+  const qkv = await group(['q', 'k', 'v']);
+  const o = await group(['o']);
+  const gateUp = await group(['gate', 'up']);
+  const down = await group(['down']);
   return {
-    weights: { ...lw, q: drop(lw.q), k: drop(lw.k), v: drop(lw.v), o: drop(lw.o), gate: drop(lw.gate), up: drop(lw.up), down: drop(lw.down) },
+    norms,
     engine: gemm,
     qkv,
     o,
@@ -139,7 +166,7 @@ export async function decoderLayer(
   hooks: LayerHooks = {},
   valid?: Uint8Array,
 ): Promise<Float32Array> {
-  const lw = layer.weights;
+  const lw = layer.norms;
   const H = cfg.hiddenSize, d = cfg.headDim, nH = cfg.numHeads, nKV = cfg.numKvHeads;
   // --- attention block
   const x = rmsnorm(h, T, H, lw.inputNorm, cfg.rmsNormEps); // [T, H]

@@ -150,16 +150,18 @@ function valueInfo(name: string, dims: (number | string)[]): Writer {
  * Y[T, N] = X[T, K] @ Wt[K, N] (+ B[N]): Wt is the transposed Linear weight, stored as an
  * initializer so onnxruntime pre-packs it once.
  */
-export function matmulModel(wt: Float32Array, K: number, N: number, bias?: Float32Array): Uint8Array {
+export function matmulModel(K: number, N: number, bias?: Float32Array): Uint8Array {
+  // Wt [K, N] is a graph input, not an initializer: an initializer would be copied into the model
+  // bytes and again into onnxruntime (three copies of a 470 MB gate|up at 8B), an input is read in
+  // place from the caller's buffer at each run (MLAS packs it panel by panel as it multiplies).
   const graph = new Writer();
   const mm = new Writer().str(1, 'X').str(1, 'Wt').str(2, bias ? 'XW' : 'Y').str(3, 'mm').str(4, 'MatMul');
   graph.msg(1, mm);
   if (bias) graph.msg(1, new Writer().str(1, 'XW').str(1, 'B').str(2, 'Y').str(3, 'add').str(4, 'Add'));
   graph.str(2, 'linear');
-  const init = new Writer().int(1, K).int(1, N).int(2, FLOAT).str(8, 'Wt').bytes(9, new Uint8Array(wt.buffer, wt.byteOffset, wt.byteLength));
-  graph.msg(5, init);
   if (bias) graph.msg(5, new Writer().int(1, N).int(2, FLOAT).str(8, 'B').bytes(9, new Uint8Array(bias.buffer, bias.byteOffset, bias.byteLength)));
   graph.msg(11, valueInfo('X', ['T', K]));
+  graph.msg(11, valueInfo('Wt', [K, N]));
   graph.msg(12, valueInfo('Y', ['T', N]));
   return new Writer().int(1, 8).str(2, 'rxquant').msg(7, graph).msg(8, new Writer().str(1, '').int(2, 17)).finish();
 }

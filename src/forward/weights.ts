@@ -17,7 +17,8 @@ import { dequantizeFp8, } from '../formats/fp8.js';
 import { dequantizeFp8Block } from '../formats/fp8-block.js';
 import { dequantizeNvfp4 } from '../formats/nvfp4.js';
 import { dequantizeInt4 } from '../formats/int4.js';
-import type { LayerWeights, LinearWeights } from './layer.js';
+import { prepareLayerFrom, type LayerWeights, type LinearName, type LinearWeights, type PreparedLayer } from './layer.js';
+import type { GemmEngine } from './gemm.js';
 
 export interface WeightSource {
   tensors: Map<string, TensorRef>;
@@ -141,6 +142,24 @@ export async function loadLayerWeights(src: WeightSource, layout: LayerLayout, c
     qNorm: has(`${layout.attention}.q_norm.weight`) ? await f32(src, `${layout.attention}.q_norm.weight`) : undefined,
     kNorm: has(`${layout.attention}.k_norm.weight`) ? await f32(src, `${layout.attention}.k_norm.weight`) : undefined,
   };
+}
+
+/**
+ * A layer prepared for the forward pass, its linears loaded one GEMM group at a time (see
+ * prepareLayerFrom): with onnxruntime, a layer costs its weights once in f32, not three times.
+ */
+export async function loadPreparedLayer(src: WeightSource, layout: LayerLayout, cfg: ModelConfig, gemm: GemmEngine): Promise<PreparedLayer> {
+  const names: LinearName[] = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
+  const p = layout.prefix;
+  const has = (n: string) => src.tensors.has(n);
+  void cfg;
+  const norms = {
+    inputNorm: await f32(src, `${p}.input_layernorm.weight`),
+    postNorm: await f32(src, `${p}.post_attention_layernorm.weight`),
+    qNorm: has(`${layout.attention}.q_norm.weight`) ? await f32(src, `${layout.attention}.q_norm.weight`) : undefined,
+    kNorm: has(`${layout.attention}.k_norm.weight`) ? await f32(src, `${layout.attention}.k_norm.weight`) : undefined,
+  };
+  return prepareLayerFrom((n) => loadLinear(src, layout.linears[names.indexOf(n)]!), norms, gemm);
 }
 
 /** Embedding rows for token ids [T] -> [T, H]; reads only the rows needed. */
