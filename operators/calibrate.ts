@@ -6,7 +6,7 @@ import { defaultGemm, type GemmEngine } from '../src/forward/gemm.js';
 import { cpus } from 'node:os';
 import { hiddenStore, type HiddenStore } from '../src/calibration/hidden-store.js';
 import { finalize } from 'rxjs';
-import { embed, loadHead, loadPreparedLayer, weightSource } from '../src/forward/weights.js';
+import { embed, loadFinalNorm, loadPreparedLayer, weightSource } from '../src/forward/weights.js';
 import { ropeTables } from '../src/forward/rope.js';
 import { rmsnorm } from '../src/forward/ops.js';
 import { CalibrationDataError } from '../src/errors.js';
@@ -81,7 +81,7 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
             await layer.release();
           } else {
             // lm_head sees the final norm's output; it stays unquantized, but its statistics are reported too
-            const { norm } = await loadHead(src, cfg);
+            const norm = await loadFinalNorm(src);
             for (let i = 0; i < samples.length; i++) {
               const T = samples[i]!.length;
               collector.observe('lm_head', rmsnorm(await hidden.get(i), T, cfg.hiddenSize, norm, cfg.rmsNormEps), T, cfg.hiddenSize);

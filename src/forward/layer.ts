@@ -13,6 +13,11 @@ export interface LinearWeights {
   w: Float32Array;
   N: number;
   K: number;
+  /**
+   * Instead of `w` (then empty): writes W^T into columns [off, off + N) of wt [K, nTotal], reading
+   * the source a chunk of rows at a time, so no [N, K] copy ever exists (engines working on W^T).
+   */
+  writeTransposed?: (wt: Float32Array, nTotal: number, off: number) => Promise<void>;
   b?: Float32Array;
   /** Applied to the input before the matmul: pre_quant_scale and activation fake-quantization of an export. */
   input?: (x: Float32Array, T: number) => Float32Array;
@@ -49,22 +54,51 @@ export interface PreparedGroup {
   release(): Promise<void>;
 }
 
+/**
+ * Prepares one GEMM group from loaders of its members (loaded when needed, dropped once used).
+ * `dims`: each member's [N, K] as the config gives it, so that an engine working on W^T can size the
+ * fused matrix first and transpose the members into it one at a time.
+ */
+async function prepareGroupFrom(loads: (() => Promise<LinearWeights>)[], dims: [number, number][], gemm: GemmEngine): Promise<PreparedGroup> {
+  const K = dims[0]![1];
+  if (gemm.prepareTransposed && loads.length > 1 && dims.every((d) => d[1] === K)) {
+    const N = dims.reduce((a, d) => a + d[0], 0);
+    const wt = new Float32Array(K * N);
+    let b: Float32Array | undefined;
+    let off = 0;
+    let fused = true;
+    for (let i = 0; i < loads.length && fused; i++) {
+      const m = await loads[i]!();
+      if (m.input || m.K !== K || m.N !== dims[i]![0]) {
+        fused = false; // activation fake-quant of an exported checkpoint (or an odd shape): one GEMM each
+        break;
+      }
+      if (m.writeTransposed) await m.writeTransposed(wt, N, off);
+      else transposeInto(wt, N, off, m);
+      if (m.b) (b ??= new Float32Array(N)).set(m.b, off);
+      off += m.N;
+    }
+    if (fused) return splitOutputs(await gemm.prepareTransposed({ wt, N, K, b }), dims.map((d) => d[0]));
+  }
+  if (!gemm.prepareTransposed) return prepareGroup(await Promise.all(loads.map((l) => l())), gemm);
+  // one at a time: each member's [N, K] is dropped once the engine has its W^T
+  const each: PreparedLinear[] = [];
+  for (const l of loads) each.push(await gemm.prepare(await l()));
+  return separate(each);
+}
+
+function separate(each: PreparedLinear[]): PreparedGroup {
+  return {
+    run: (x, T) => Promise.all(each.map((p) => p.run(x, T))),
+    release: async () => {
+      await Promise.all(each.map((p) => p.release()));
+    },
+  };
+}
+
 async function prepareGroup(members: LinearWeights[], gemm: GemmEngine): Promise<PreparedGroup> {
   const K = members[0]!.K;
   const fusable = members.length > 1 && members.every((m) => !m.input && m.K === K);
-  if (fusable && gemm.prepareTransposed) {
-    // W^T of the fused linear written straight from the members
-    const N = members.reduce((a, m) => a + m.N, 0);
-    const wt = new Float32Array(K * N);
-    const b = members.some((m) => m.b) ? new Float32Array(N) : undefined;
-    let off = 0;
-    for (const m of members) {
-      transposeInto(wt, N, off, m);
-      if (b && m.b) b.set(m.b, off);
-      off += m.N;
-    }
-    return splitOutputs(await gemm.prepareTransposed({ wt, N, K, b }), members.map((m) => m.N));
-  }
   if (fusable) {
     // concatenate the weights along N: one GEMM, outputs split by column ranges
     const N = members.reduce((a, m) => a + m.N, 0);
@@ -79,13 +113,7 @@ async function prepareGroup(members: LinearWeights[], gemm: GemmEngine): Promise
     }
     return splitOutputs(await gemm.prepare({ w, N, K, b }), members.map((m) => m.N));
   }
-  const each: PreparedLinear[] = await Promise.all(members.map((m) => gemm.prepare(m)));
-  return {
-    run: (x, T) => Promise.all(each.map((p) => p.run(x, T))),
-    release: async () => {
-      await Promise.all(each.map((p) => p.release()));
-    },
-  };
+  return separate(await Promise.all(members.map((m) => gemm.prepare(m))));
 }
 
 /** A fused linear's output [T, sum of widths] split into one [T, width] per member. */
@@ -121,24 +149,31 @@ export interface PreparedLayer {
 }
 
 export async function prepareLayer(lw: LayerWeights, gemm: GemmEngine = jsGemm): Promise<PreparedLayer> {
-  return prepareLayerFrom(async (n) => lw[n], lw, gemm);
+  return prepareLayerFrom(async (n) => lw[n], (n) => [lw[n].N, lw[n].K], lw, gemm);
 }
 
 /**
- * Prepares a layer loading its linears one GEMM group at a time (`load`), so that with an engine
- * that keeps its own W^T only one group's [N, K] weights exist besides the prepared ones: a layer's
- * linears are ~870 MB in f32 at 8B, its gate|up 470 MB.
+ * Prepares a layer loading its linears only as the engine needs them (`load`; `dims` gives each
+ * one's [N, K] beforehand). With an engine that keeps its own W^T, the largest single linear is
+ * prepared first, while nothing else is held, and fused members are transposed in one at a time:
+ * the peak is about the layer's weights once in f32 (~870 MB at 8B), not two or three times.
  */
 export async function prepareLayerFrom(
   load: (name: LinearName) => Promise<LinearWeights>,
+  dims: (name: LinearName) => [number, number],
   norms: Pick<LayerWeights, 'inputNorm' | 'postNorm' | 'qNorm' | 'kNorm'>,
   gemm: GemmEngine = jsGemm,
 ): Promise<PreparedLayer> {
-  const group = async (names: LinearName[]) => prepareGroup(await Promise.all(names.map(load)), gemm);
+  const group = (names: LinearName[]) =>
+    prepareGroupFrom(
+      names.map((n) => () => load(n)),
+      names.map(dims),
+      gemm,
+    );
+  const down = await group(['down']);
+  const gateUp = await group(['gate', 'up']);
   const qkv = await group(['q', 'k', 'v']);
   const o = await group(['o']);
-  const gateUp = await group(['gate', 'up']);
-  const down = await group(['down']);
   return {
     norms,
     engine: gemm,

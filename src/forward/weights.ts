@@ -18,7 +18,7 @@ import { dequantizeFp8Block } from '../formats/fp8-block.js';
 import { dequantizeNvfp4 } from '../formats/nvfp4.js';
 import { dequantizeInt4 } from '../formats/int4.js';
 import { prepareLayerFrom, type LayerWeights, type LinearName, type LinearWeights, type PreparedLayer } from './layer.js';
-import type { GemmEngine } from './gemm.js';
+import { transposeInto, type GemmEngine } from './gemm.js';
 
 export interface WeightSource {
   tensors: Map<string, TensorRef>;
@@ -145,6 +145,32 @@ export async function loadLayerWeights(src: WeightSource, layout: LayerLayout, c
 }
 
 /**
+ * An unquantized linear whose W^T is written by the engine's request, 4 MiB of source rows at a
+ * time (writeTransposed); a quantized one is dequantized whole (loadLinear).
+ */
+export async function loadLinearLazily(src: WeightSource, module: string): Promise<LinearWeights> {
+  const t = src.tensors.get(`${module}.weight`);
+  if (!t || src.tensors.has(`${module}.weight_scale`) || t.shape.length !== 2) return loadLinear(src, module);
+  const [N, K] = t.shape as [number, number];
+  const b = src.tensors.has(`${module}.bias`) ? await f32(src, `${module}.bias`) : undefined;
+  return {
+    w: new Float32Array(0),
+    N,
+    K,
+    b,
+    async writeTransposed(wt, nTotal, off) {
+      const rows = Math.max(1, Math.floor((4 * 2 ** 20) / t.rowBytes));
+      const raw = new Uint8Array(rows * t.rowBytes);
+      for (let r0 = 0; r0 < N; r0 += rows) {
+        const r1 = Math.min(N, r0 + rows);
+        const w = decodeToFloat32(await t.readRows(r0, r1, raw), t.dtype, t.name);
+        transposeInto(wt, nTotal, off + r0, { w, N: r1 - r0, K });
+      }
+    },
+  };
+}
+
+/**
  * A layer prepared for the forward pass, its linears loaded one GEMM group at a time (see
  * prepareLayerFrom): with onnxruntime, a layer costs its weights once in f32, not three times.
  */
@@ -152,14 +178,20 @@ export async function loadPreparedLayer(src: WeightSource, layout: LayerLayout, 
   const names: LinearName[] = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
   const p = layout.prefix;
   const has = (n: string) => src.tensors.has(n);
-  void cfg;
   const norms = {
     inputNorm: await f32(src, `${p}.input_layernorm.weight`),
     postNorm: await f32(src, `${p}.post_attention_layernorm.weight`),
     qNorm: has(`${layout.attention}.q_norm.weight`) ? await f32(src, `${layout.attention}.q_norm.weight`) : undefined,
     kNorm: has(`${layout.attention}.k_norm.weight`) ? await f32(src, `${layout.attention}.k_norm.weight`) : undefined,
   };
-  return prepareLayerFrom((n) => loadLinear(src, layout.linears[names.indexOf(n)]!), norms, gemm);
+  // [N, K] from the config, for sizing fused matrices before loading (a mismatch falls back to one GEMM each)
+  const H = cfg.hiddenSize, I = cfg.intermediateSize, q = cfg.numHeads * cfg.headDim, kv = cfg.numKvHeads * cfg.headDim;
+  const dims: Record<LinearName, [number, number]> = { q: [q, H], k: [kv, H], v: [kv, H], o: [H, q], gate: [I, H], up: [I, H], down: [H, I] };
+  const load = (n: LinearName) => {
+    const m = layout.linears[names.indexOf(n)]!;
+    return gemm.prepareTransposed ? loadLinearLazily(src, m) : loadLinear(src, m);
+  };
+  return prepareLayerFrom(load, (n) => dims[n], norms, gemm);
 }
 
 /** Embedding rows for token ids [T] -> [T, H]; reads only the rows needed. */
@@ -182,9 +214,14 @@ export async function embed(src: WeightSource, ids: ArrayLike<number>, H: number
   return out;
 }
 
+/** The final norm alone (calibration needs no logits: lm_head at 8B is 2.1 GB in f32). */
+export function loadFinalNorm(src: WeightSource): Promise<Float32Array> {
+  return f32(src, 'model.norm.weight');
+}
+
 /** Final norm and the output head (the embedding matrix when tied). */
 export async function loadHead(src: WeightSource, cfg: ModelConfig): Promise<{ norm: Float32Array; head: LinearWeights }> {
-  const norm = await f32(src, 'model.norm.weight');
+  const norm = await loadFinalNorm(src);
   const head = src.tensors.has('lm_head.weight') ? await loadLinear(src, 'lm_head') : await loadLinear(src, 'model.embed_tokens');
   if (head.K !== cfg.hiddenSize) throw new CheckpointError(src.dir, `lm_head has ${head.K} inputs, expected hidden_size ${cfg.hiddenSize}`);
   return { norm, head };

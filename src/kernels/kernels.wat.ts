@@ -69,38 +69,39 @@ const E2M1_CONSTS = ['$kAbs', '$k6', '$kF1', '$kM4', '$kM4b', '$kB4', '$kOne', '
  * Normal range (|q| >= 2^-6): round the f32 mantissa to 3 bits by adding 0x7ffff + its lowest kept
  * bit, then rebias the exponent (-(127-7) << 3 = -960, folded into the added constant $kB8).
  * Subnormal range: |q| + 2^14 has a ulp of 2^-9, e4m3's subnormal step, so the FPU rounds it
- * (nearest-even) and the low bits of the sum are the code.
+ * (nearest-even) and the low bits of the sum are the code. No select between the two: with |q|
+ * clamped to 2^-6 for the subnormal one (which then gives 8, the smallest normal code), the right
+ * code is always the larger (the normal formula is negative or smaller below 2^-6).
  */
 const E4M3 = (q: string) => `
   (v128.or
     (v128.and (i32x4.shr_u (local.tee $qq ${q}) (i32.const 24)) (local.get $k80))
-    (v128.bitselect
+    (i32x4.max_s
       (i32x4.sub (f32x4.add
-        (local.tee $a (f32x4.pmin (v128.and (local.get $qq) (local.get $kAbs)) (local.get $k448)))
+        (f32x4.pmin (local.tee $a (f32x4.pmin (v128.and (local.get $qq) (local.get $kAbs)) (local.get $k448))) (local.get $kMin8))
         (local.get $kM8)) (local.get $kM8b))
-      (i32x4.shr_u
+      (i32x4.shr_s
         (i32x4.add (i32x4.add (local.get $a) (local.get $kB8))
           (v128.and (i32x4.shr_u (local.get $a) (i32.const 20)) (local.get $kOne)))
-        (i32.const 20))
-      (f32x4.lt (local.get $a) (local.get $kMin8))))`;
+        (i32.const 20))))`;
 
 /**
  * e2m1 code of each f32 lane of q with NVFP4's rounding: round-to-nearest-even to one mantissa bit
  * (ties 0.75, 1.75, 3.5 go up, 1.25, 2.5, 5 down), subnormal 0.5, saturate at 6; sign = (q < 0), so
  * -0.0 gives 0. As E4M3: mantissa rounding by integer add for |q| >= 1 (rebias -(127-1) << 1 = -252
- * folded into $kB4), |q| + 2^22 (ulp 0.5) below 1. Uses locals $qq, $qa.
+ * folded into $kB4), |q| + 2^22 (ulp 0.5) below 1; the larger of the two, as in E4M3. Uses
+ * locals $qq, $qa.
  */
 const E2M1B = (q: string) => `
   (v128.or
-    (v128.bitselect
+    (i32x4.max_s
       (i32x4.sub (f32x4.add
-        (local.tee $qa (f32x4.pmin (v128.and (local.tee $qq ${q}) (local.get $kAbs)) (local.get $k6)))
+        (f32x4.pmin (local.tee $qa (f32x4.pmin (v128.and (local.tee $qq ${q}) (local.get $kAbs)) (local.get $k6))) (local.get $kF1))
         (local.get $kM4)) (local.get $kM4b))
-      (i32x4.shr_u
+      (i32x4.shr_s
         (i32x4.add (i32x4.add (local.get $qa) (local.get $kB4))
           (v128.and (i32x4.shr_u (local.get $qa) (i32.const 22)) (local.get $kOne)))
-        (i32.const 22))
-      (f32x4.lt (local.get $qa) (local.get $kF1)))
+        (i32.const 22)))
     (v128.and (f32x4.lt (local.get $qq) (v128.const f32x4 0 0 0 0)) (local.get $k8)))`;
 
 /** Four i32x4 of byte values -> one v128 of 16 bytes. */
