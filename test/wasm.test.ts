@@ -35,6 +35,7 @@ function views(base: number) {
     codes: new Uint8Array(buf, base + N * K * 2, N * K),
     scales: new Uint8Array(buf, base + N * K * 3, N * K),
     lut: new Uint8Array(buf, base + N * K * 4, 65536),
+    packed: new Uint8Array(buf, base + N * K * 4 + 65536, (N * K) / 2),
   };
 }
 
@@ -57,6 +58,7 @@ function compare(kind: KernelTask['kind'], extra: (v: ReturnType<typeof views>) 
   expect(ra).toEqual(rb);
   expect(Buffer.compare(a.codes, b.codes)).toBe(0);
   expect(Buffer.compare(a.scales, b.scales)).toBe(0);
+  expect(Buffer.compare(a.packed, b.packed)).toBe(0);
 }
 
 describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
@@ -64,7 +66,7 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
   it('FP8 per-tensor (64K table)', () => compare('fp8', (v) => ({ scale: 3.1 / 448, codes: v.codes })));
   it('FP8 128x128 blocks', () => compare('fp8_block', (v) => ({ codes: v.codes, scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, 2 * 3) })));
   it('NVFP4 (also with a power-of-two global scale, where e2m1 ties are exact)', () => {
-    compare('nvfp4', (v) => ({ ws2: 3.1 / 2688, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16) }));
+    compare('nvfp4', (v) => ({ ws2: 3.1 / 2688, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16), packed: v.packed }));
     compare('nvfp4', (v) => ({ ws2: 2 ** -9, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16) }));
   });
   it('NVFP4 when the block count is not a multiple of 4 (the one-block tail)', () => {
@@ -81,7 +83,7 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
   });
   it('every finite bf16 value, through each format (the rounding bit tricks, at every exponent)', () => {
     // N * K = 98,304 elements: all 65,536 patterns, then the first 32,768 again
-    const nv = (ws2: number) => (v: ReturnType<typeof views>) => ({ ws2, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16) });
+    const nv = (ws2: number) => (v: ReturnType<typeof views>) => ({ ws2, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16), packed: v.packed });
     compare('nvfp4', nv(2 ** -9), everyBf16);
     compare('nvfp4', nv(3.1 / 2688), everyBf16);
     compare('nvfp4', nv(1e30), everyBf16); // scales clamp at 2^-9: large quotients saturate

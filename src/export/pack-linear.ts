@@ -50,7 +50,7 @@ export function packLinearStream(q: QuantizedLinear, format: FormatSpec): Stream
     case 'nvfp4_awq':
       tensors = [{ name: w, dtype: 'U8', shape: [N, K / 2] }, { name: ws, dtype: 'F8_E4M3', shape: [N, K / 16] }];
       pack = (c) => [
-        { name: w, offset: (c.row0 * K) / 2, data: packNibblesK(c.codes as Uint8Array, c.slot.packed.subarray(0, (c.rows * K) / 2)) },
+        { name: w, offset: (c.row0 * K) / 2, data: c.packed ?? packNibblesK(c.codes as Uint8Array, c.slot.packed.subarray(0, (c.rows * K) / 2)) },
         { name: ws, offset: (c.row0 * K) / 16, data: bytesOf(c.scales!) },
       ];
       break;

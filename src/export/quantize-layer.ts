@@ -255,7 +255,7 @@ async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
   const rows = Math.min(maxRows, e.N - row0);
   const { slot, src } = await readChunk(e, pool, row0, rows, e.weightAmax === undefined);
   const scale = fmt.name === 'fp8' ? q.weightScale! : fmt.name.startsWith('nvfp4') ? q.weightScale2! : 1;
-  const { task, codes, scales } = chunkTask(fmt.name, slot, { src, dtype: e.dtype, row0, rows, K: e.K, ops: e.ops }, scale);
+  const { task, codes, scales, packed } = chunkTask(fmt.name, slot, { src, dtype: e.dtype, row0, rows, K: e.K, ops: e.ops }, scale);
   let released = false;
   const release = () => {
     if (!released) {
@@ -270,5 +270,5 @@ async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
     release();
     throw err;
   }
-  return { row0, rows, codes, scales, slot, release };
+  return { row0, rows, codes, scales, packed, slot, release };
 }

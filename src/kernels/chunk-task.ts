@@ -10,6 +10,8 @@ export interface ChunkOutputs {
   codes: Uint8Array | Int8Array;
   /** The chunk's scales in the slot (none for per-tensor FP8). */
   scales?: Uint8Array | Float32Array;
+  /** nvfp4: the codes packed two per byte, in the slot (the task fills it). */
+  packed?: Uint8Array;
 }
 
 /**
@@ -31,7 +33,8 @@ export function chunkTask(format: FormatName, slot: Slot, base: Omit<ChunkInput,
     case 'nvfp4':
     case 'nvfp4_awq': {
       const scales = slot.scales.subarray(0, n / 16);
-      return { task: { ...input, kind: 'nvfp4', ws2: scale, codes, scales }, codes, scales };
+      const packed = slot.packed.subarray(0, n / 2);
+      return { task: { ...input, kind: 'nvfp4', ws2: scale, codes, scales, packed }, codes, scales, packed };
     }
     case 'int4_awq':
     case 'w4a8_awq': {

@@ -40,6 +40,7 @@ const CONST_VALUES: Record<string, string> = {
   $kHi4: 'i32x4 7 7 7 7',
   $k7fff: 'i32x4 0x7fff7fff 0x7fff7fff 0x7fff7fff 0x7fff7fff',
   $kHi: 'i32x4 0xffff0000 0xffff0000 0xffff0000 0xffff0000',
+  $kFF: 'i32x4 0x00ff00ff 0x00ff00ff 0x00ff00ff 0x00ff00ff',
 };
 const CONST_NAMES = Object.keys(CONST_VALUES);
 /** Byte address of the constant table: after the 256-entry e4m3 decode table. */
@@ -141,7 +142,7 @@ const QBLOCK = (x: string, lane: number, off: number) => `
     ${NARROW_U8(E2M1B(`(f32x4.div (local.get $${x}0) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}1) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}2) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}3) (local.get $dv))`))})`;
 
 const C_NV = CONSTS(...E2M1_CONSTS);
-const C_NV4 = CONSTS(...new Set([...E2M1_CONSTS, ...E4M3_CONSTS, '$k7fff', '$kHi']));
+const C_NV4 = CONSTS(...new Set([...E2M1_CONSTS, ...E4M3_CONSTS, '$k7fff', '$kHi', '$kFF']));
 const C_E4 = CONSTS(...E4M3_CONSTS);
 const C_I4 = CONSTS('$kRnd', '$kRndb', '$kLo4', '$kHi4');
 
@@ -149,17 +150,27 @@ const C_I4 = CONSTS('$kRnd', '$kRndb', '$kLo4', '$kHi4');
 const BLOCK_MAX16 = (m: string, off: number) =>
   `(local.set ${m} (i16x8.max_u (v128.and (v128.load offset=${off} (local.get $p)) (local.get $k7fff)) (v128.and (v128.load offset=${off + 16} (local.get $p)) (local.get $k7fff))))`;
 
-/** Codes of block b (lane b of $div is its divisor) from $p + 32b to $o + 16b, in element order. */
+/**
+ * Codes of block b (lane b of $div is its divisor) from $p + 32b to $o + 16b, in element order, and
+ * packed two per byte (even element in the low nibble) to $pk + 8b unless $packed is 0.
+ */
 const QBLOCK_EO = (b: number) => `
   (local.set $dv (f32x4.splat (f32x4.extract_lane ${b} (local.get $div))))
   (local.set $v (v128.load offset=${32 * b} (local.get $p)))
   (local.set $w (v128.load offset=${32 * b + 16} (local.get $p)))
-  (v128.store offset=${16 * b} (local.get $o)
+  (local.set $u
     (i16x8.narrow_i32x4_u
       (v128.or ${E2M1B('(f32x4.div (i32x4.shl (local.get $v) (i32.const 16)) (local.get $dv))')}
         (i32x4.shl ${E2M1B('(f32x4.div (v128.and (local.get $v) (local.get $kHi)) (local.get $dv))')} (i32.const 8)))
       (v128.or ${E2M1B('(f32x4.div (i32x4.shl (local.get $w) (i32.const 16)) (local.get $dv))')}
-        (i32x4.shl ${E2M1B('(f32x4.div (v128.and (local.get $w) (local.get $kHi)) (local.get $dv))')} (i32.const 8)))))`;
+        (i32x4.shl ${E2M1B('(f32x4.div (v128.and (local.get $w) (local.get $kHi)) (local.get $dv))')} (i32.const 8)))))
+  (v128.store offset=${16 * b} (local.get $o) (local.get $u))
+  ;; u16 lane = even | odd << 8 -> byte even | odd << 4
+  (if (local.get $packed) (then
+    (v128.store64_lane offset=${8 * b} 0 (local.get $pk)
+      (i8x16.narrow_i16x8_u
+        (v128.and (v128.or (local.get $u) (i16x8.shr_u (local.get $u) (i32.const 4))) (local.get $kFF))
+        (local.get $u)))))`;
 
 export const KERNELS_WAT = `
 (module
@@ -245,8 +256,8 @@ export const KERNELS_WAT = `
   ;; and the four scales as one vector; (2) each block reloaded (L1) and quantized. Weights are split
   ;; into even and odd elements (bits << 16 and bits & 0xffff0000 are their f32 values, one
   ;; instruction each), and the codes re-interleaved as (even | odd << 8) when narrowing.
-  (func (export "nvfp4x4") (param $src i32) (param $n4 i32) (param $ws2 f32) (param $six f32) (param $codes i32) (param $scales i32)
-    (local $g i32) (local $p i32) (local $o i32) (local $v v128) (local $w v128)
+  (func (export "nvfp4x4") (param $src i32) (param $n4 i32) (param $ws2 f32) (param $six f32) (param $codes i32) (param $scales i32) (param $packed i32)
+    (local $g i32) (local $p i32) (local $o i32) (local $pk i32) (local $u v128) (local $v v128) (local $w v128)
     (local $m0 v128) (local $m1 v128) (local $m2 v128) (local $m3 v128)
     (local $x v128) (local $y v128) (local $s v128) (local $a v128) (local $qq v128) (local $qa v128) (local $code v128) (local $div v128) (local $dv v128)
     ${C_NV4.locals}
@@ -285,6 +296,7 @@ export const KERNELS_WAT = `
             (v128.const i32x4 0xfff00000 0xfff00000 0xfff00000 0xfff00000))
           (f32x4.lt (local.get $s) (local.get $kMin8)))))
       (local.set $o (i32.add (local.get $codes) (i32.shl (local.get $g) (i32.const 6))))
+      (local.set $pk (i32.add (local.get $packed) (i32.shl (local.get $g) (i32.const 5))))
       ${QBLOCK_EO(0)}
       ${QBLOCK_EO(1)}
       ${QBLOCK_EO(2)}

@@ -8,6 +8,7 @@ import { decodeToFloat32 } from '../codecs/float.js';
 import { fp8LutForBf16, quantizeFp8, quantizeFp8Bf16Lut } from '../formats/fp8.js';
 import { fp8BlockScales, quantizeFp8Block } from '../formats/fp8-block.js';
 import { quantizeNvfp4 } from '../formats/nvfp4.js';
+import { packNibblesK } from '../codecs/e2m1.js';
 import { int4Scales, quantizeInt4 } from '../formats/int4.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
 import { applyWeightOps, type WeightOp } from './weight-ops.js';
@@ -37,8 +38,8 @@ export type KernelTask = ChunkInput &
     | { kind: 'fp8'; scale: number; codes: Uint8Array }
     /** 128x128 tile scales (rows must be whole 128-row bands, except the last) and codes */
     | { kind: 'fp8_block'; codes: Uint8Array; scales: Float32Array }
-    /** e2m1 codes and e4m3 block scales under global scale ws2 */
-    | { kind: 'nvfp4'; ws2: number; codes: Uint8Array; scales: Uint8Array }
+    /** e2m1 codes and e4m3 block scales under global scale ws2; `packed`: the codes two per byte too */
+    | { kind: 'nvfp4'; ws2: number; codes: Uint8Array; scales: Uint8Array; packed?: Uint8Array }
     /** int4 q and f32 group scales */
     | { kind: 'int4'; codes: Int8Array; scales: Float32Array }
   );
@@ -110,9 +111,13 @@ function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
       const blocks = n / 16;
       const six = Math.fround(6 * task.ws2);
       const n4 = blocks >> 2; // four blocks per iteration, then the rest one at a time
-      k.nvfp4x4(src, n4, task.ws2, six, task.codes.byteOffset, task.scales.byteOffset);
+      // packed bytes too when asked (address 0, the e4m3 table, means none)
+      k.nvfp4x4(src, n4, task.ws2, six, task.codes.byteOffset, task.scales.byteOffset, task.packed ? task.packed.byteOffset : 0);
       const done = n4 * 4;
-      if (done < blocks) k.nvfp4(src + done * 32, blocks - done, task.ws2, six, task.codes.byteOffset + done * 16, task.scales.byteOffset + done);
+      if (done < blocks) {
+        k.nvfp4(src + done * 32, blocks - done, task.ws2, six, task.codes.byteOffset + done * 16, task.scales.byteOffset + done);
+        if (task.packed) packNibblesK(task.codes.subarray(done * 16), task.packed.subarray(done * 8));
+      }
       return {};
     }
     case 'int4':
@@ -159,6 +164,7 @@ function runJs(task: KernelTask): KernelResult {
     }
     case 'nvfp4':
       quantizeNvfp4(weights(task), task.rows, task.K, task.ws2, task.codes, task.scales);
+      if (task.packed) packNibblesK(task.codes.subarray(0, task.rows * task.K), task.packed);
       return {};
     case 'int4': {
       const w = weights(task);

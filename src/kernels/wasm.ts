@@ -7,7 +7,7 @@ export interface WasmKernels {
   amax_bf16(src: number, n: number): number;
   lut16(src: number, n: number, lut: number, dst: number): void;
   nvfp4(src: number, nblk: number, ws2: number, six: number, codes: number, scales: number): void;
-  nvfp4x4(src: number, n4: number, ws2: number, six: number, codes: number, scales: number): void;
+  nvfp4x4(src: number, n4: number, ws2: number, six: number, codes: number, scales: number, packed: number): void;
   int4(src: number, ngroups: number, codes: number, scales: number): void;
   fp8_block(src: number, rows: number, K: number, codes: number, scales: number): void;
 }

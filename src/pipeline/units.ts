@@ -30,6 +30,12 @@ export interface QuantizedChunk {
   codes: Uint8Array | Int8Array;
   /** nvfp4: e4m3 bytes [rows, K/16]; int4: f32 [rows, K/128]; fp8_pb_wo: f32 per 128x128 tile of these rows; fp8: none. */
   scales?: Uint8Array | Float32Array;
+  /**
+   * nvfp4: the codes already packed two per byte by the kernel (in `slot.packed`), which `pack`
+   * writes as they are. An operator that changes `codes` must set this to undefined (then `pack`
+   * packs the codes itself).
+   */
+  packed?: Uint8Array;
   /** Shared memory the chunk lives in; `pack` writes the stored layout into `slot.packed`. */
   slot: Slot;
   /** Returns the slot to the pool (writeShards calls it once the chunk is on disk). */
