@@ -136,7 +136,7 @@ function splitOutputs(fused: PreparedLinear, widths: number[]): PreparedGroup {
   };
 }
 
-/** A layer ready to run: GEMMs prepared (for onnxruntime: sessions with pre-packed weights). */
+/** A layer ready to run: GEMMs prepared (for onnxruntime: one session per group over its W^T). */
 export interface PreparedLayer {
   norms: Pick<LayerWeights, 'inputNorm' | 'postNorm' | 'qNorm' | 'kNorm'>;
   /** The engine's attention, when it has one. */

@@ -1,6 +1,6 @@
 /**
  * A minimal ONNX ModelProto encoder (protobuf by hand: the handful of fields a MatMul graph needs),
- * so GEMMs can run in onnxruntime-node with the weight as a pre-packed initializer.
+ * so GEMMs and attention can run in onnxruntime-node.
  */
 
 class Writer {
@@ -146,10 +146,7 @@ function valueInfo(name: string, dims: (number | string)[]): Writer {
   return new Writer().str(1, name).msg(2, tensorType(dims));
 }
 
-/**
- * Y[T, N] = X[T, K] @ Wt[K, N] (+ B[N]): Wt is the transposed Linear weight, stored as an
- * initializer so onnxruntime pre-packs it once.
- */
+/** Y[T, N] = X[T, K] @ Wt[K, N] (+ B[N]): Wt is the transposed Linear weight, a graph input. */
 export function matmulModel(K: number, N: number, bias?: Float32Array): Uint8Array {
   // Wt [K, N] is a graph input, not an initializer: an initializer would be copied into the model
   // bytes and again into onnxruntime (three copies of a 470 MB gate|up at 8B), an input is read in
