@@ -75,11 +75,12 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
     b.src.set(a.src);
     const K2 = 16 * 7, rows = 5; // 35 blocks
     const mk = (v: ReturnType<typeof views>, wasm: boolean) =>
-      ({ src: v.src.subarray(0, rows * K2 * 2), dtype: 'BF16', row0: 0, rows, K: K2, ops: [], wasm, kind: 'nvfp4', ws2: 2.2 / 2688, codes: v.codes.subarray(0, rows * K2), scales: v.scales.subarray(0, (rows * K2) / 16) }) as KernelTask;
+      ({ src: v.src.subarray(0, rows * K2 * 2), dtype: 'BF16', row0: 0, rows, K: K2, ops: [], wasm, kind: 'nvfp4', ws2: 2.2 / 2688, codes: v.codes.subarray(0, rows * K2), scales: v.scales.subarray(0, (rows * K2) / 16), packed: v.packed.subarray(0, (rows * K2) / 2) }) as KernelTask;
     runKernel(mk(a, true), k);
     runKernel(mk(b, false));
     expect(Buffer.compare(a.codes.subarray(0, rows * K2), b.codes.subarray(0, rows * K2))).toBe(0);
     expect(Buffer.compare(a.scales.subarray(0, 35), b.scales.subarray(0, 35))).toBe(0);
+    expect(Buffer.compare(a.packed.subarray(0, (rows * K2) / 2), b.packed.subarray(0, (rows * K2) / 2))).toBe(0);
   });
   it('every finite bf16 value, through each format (the rounding bit tricks, at every exponent)', () => {
     // N * K = 98,304 elements: all 65,536 patterns, then the first 32,768 again
