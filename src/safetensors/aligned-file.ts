@@ -106,6 +106,9 @@ export class AlignedFile {
     this.throwIfFailed();
     const end = position + data.length;
     if (position < 0 || end > this.length) throw new OutputError(`${this.path}: write of [${position}, ${end}) outside the file's ${this.length} bytes`);
+    // nothing to write: a page entry made for it would be written back as it stands at close,
+    // over a page that may already be complete on disk
+    if (data.length === 0) return;
     let at = position;
     // head: the rest of a page that starts before `position`
     if (at % PAGE !== 0 || end - at < PAGE) {
