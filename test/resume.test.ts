@@ -65,4 +65,16 @@ describe('resume after a crash', () => {
     expect(restarted.code, restarted.stderr).toBe(0);
     expect(JSON.parse(await readFile(join(out2, 'hf_quant_config.json'), 'utf8')).quantization.quant_algo).toBe('FP8');
   });
+
+  it('--no-direct-io (everything through the page cache) writes the same bytes, single-pass format included', async () => {
+    for (const format of ['nvfp4', 'fp8_pb_wo']) {
+      const a = join(tmp, `direct-${format}`), b = join(tmp, `cached-${format}`);
+      expect((await cli(args(a, format))).code).toBe(0);
+      const r = await cli([...args(b, format), '--no-direct-io']);
+      expect(r.code, r.stderr).toBe(0);
+      const fa = await files(a), fb = await files(b);
+      expect([...fb.keys()]).toEqual([...fa.keys()]);
+      for (const [f, bytes] of fa) expect(Buffer.compare(bytes, fb.get(f)!), f).toBe(0);
+    }
+  });
 });

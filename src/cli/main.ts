@@ -90,6 +90,7 @@ export function buildProgram(): Command {
     .option('--eval-windows <n>', 'windows of 512 tokens scored by --eval (0 = the whole text)', intOption('--eval-windows'), 16)
     .option('--layers-in-flight <n>', 'decoder layers between reader and writer at once', intOption('--layers-in-flight'), 2)
     .option('--overwrite', 'replace a non-empty output folder')
+    .option('--no-direct-io', 'read and write through the page cache instead of O_DIRECT (for file systems where O_DIRECT is slow)')
     .option('--restart', 'discard an interrupted export made with other options instead of refusing')
     .option('--checkpoint-every <size>', 'record finished layers for resume after this many bytes written (each record waits for the disk)', '2GB')
     .option('--upload <repo>', 'push the finished export to this Hugging Face model repo (needs HF_TOKEN)')
@@ -130,6 +131,7 @@ export function buildProgram(): Command {
         exclude: o.exclude,
         workers: o.workers,
         overwrite: o.overwrite,
+        directIO: o.directIo,
         layersInFlight: o.layersInFlight,
         calibration,
         resumable: true,

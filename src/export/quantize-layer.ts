@@ -35,9 +35,11 @@ interface Work {
   pqs?: Float32Array;
   inputAmax?: number;
   weightAmax?: number;
+  /** Chunks read once may bypass the page cache. */
+  directIO: boolean;
 }
 
-export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: Stats, pool: KernelPool): Promise<QuantizedUnit> {
+export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: Stats, pool: KernelPool, io: { directIO?: boolean } = {}): Promise<QuantizedUnit> {
   const replaced = new Map<string, Uint8Array>();
   const kvScales = new Map<string, number>();
   const result: QuantizedUnit = { ...unit, plan, linears: [], replaced, kvScales };
@@ -55,7 +57,7 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
   for (const m of layout.linears) {
     const d = plan.decisions.get(m)!;
     if (!d.quantized) continue;
-    const entry: Work = { module: m, tensor: tensor(`${m}.weight`), N: d.N, K: d.K, dtype: d.dtype, ops: [] };
+    const entry: Work = { module: m, tensor: tensor(`${m}.weight`), N: d.N, K: d.K, dtype: d.dtype, ops: [], directIO: io.directIO ?? true };
     if (fmt.inputScaleDivisor !== undefined) {
       const a = scalarStat(stats, `${m}.input_amax`);
       if (a === undefined) throw new QuantizationError(`format ${fmt.name} needs "${m}.input_amax" in the activation statistics`);
@@ -253,7 +255,7 @@ async function* streamChunks(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
 
 async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool, row0: number, maxRows: number): Promise<QuantizedChunk> {
   const rows = Math.min(maxRows, e.N - row0);
-  const { slot, src } = await readChunk(e, pool, row0, rows, e.weightAmax === undefined);
+  const { slot, src } = await readChunk(e, pool, row0, rows, e.directIO && e.weightAmax === undefined);
   const scale = fmt.name === 'fp8' ? q.weightScale! : fmt.name.startsWith('nvfp4') ? q.weightScale2! : 1;
   const { task, codes, scales, packed } = chunkTask(fmt.name, slot, { src, dtype: e.dtype, row0, rows, K: e.K, ops: e.ops }, scale);
   let released = false;
