@@ -54,7 +54,6 @@ export async function benchKernels(): Promise<string[]> {
   const k = instantiate(await compileKernels(), mem);
   const slot: Slot = {
     src: new Uint8Array(mem.buffer, WASM_RESERVED, CHUNK),
-    srcArea: new Uint8Array(mem.buffer, WASM_RESERVED, CHUNK),
     codes: new Uint8Array(mem.buffer, WASM_RESERVED + CHUNK, CHUNK / 2),
     packed: new Uint8Array(mem.buffer, WASM_RESERVED + CHUNK * 1.5, CHUNK / 4),
     scales: new Uint8Array(mem.buffer, WASM_RESERVED + CHUNK * 2, CHUNK / 8),

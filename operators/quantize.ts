@@ -13,11 +13,6 @@ export interface QuantizeOptions extends ExportOptions {
   pool?: KernelPool;
   /** Source bytes per chunk the kernels work on (default 8 MiB); memory per chunk in flight. */
   chunkBytes?: number;
-  /**
-   * Read weights that are read only once (formats without a per-tensor scan pass) with O_DIRECT
-   * (default true): no page-cache cost, which is ~1 s of CPU per GB on some VMs.
-   */
-  directIO?: boolean;
   /** Units quantized concurrently (default 2). */
   concurrency?: number;
   /** Called once with the plan, before the first unit is quantized. */
@@ -61,7 +56,7 @@ export function quantize(format: FormatName | FormatSpec, options: QuantizeOptio
               plan = createPlan(unit.model, spec, { ...options, deferStatsCheck: unit.stats !== undefined });
               options.onPlan?.(plan);
             }
-            const q = await quantizeLayer(unit, plan, mergeStats(options.stats, unit.stats), pool, { directIO: options.directIO ?? true });
+            const q = await quantizeLayer(unit, plan, mergeStats(options.stats, unit.stats), pool);
             outstanding++;
             let released = false;
             q.release = () => {

@@ -89,9 +89,9 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
     compare('nvfp4', nv(3.1 / 2688), everyBf16);
     compare('nvfp4', nv(1e30), everyBf16); // scales clamp at 2^-9: large quotients saturate
     compare('fp8_block', (v) => ({ codes: v.codes, scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, 2 * 3) }), everyBf16);
-    compare('int4', (v) => ({ codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128) }), everyBf16);
+    compare('int4', (v) => ({ codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128), packed: v.packed }), everyBf16);
   });
-  it('INT4', () => compare('int4', (v) => ({ codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128) })));
+  it('INT4', () => compare('int4', (v) => ({ codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128), packed: v.packed })));
   it('a NaN is located by the JavaScript path', () => {
     const v = views(WASM_RESERVED);
     const u16 = new Uint16Array(v.src.buffer, v.src.byteOffset, N * K);

@@ -58,7 +58,7 @@ export function packLinearStream(q: QuantizedLinear, format: FormatSpec): Stream
     case 'w4a8_awq':
       tensors = [{ name: w, dtype: 'U8', shape: [N / 2, K] }, { name: ws, dtype: 'F32', shape: [N, K / 128] }];
       pack = (c) => [
-        { name: w, offset: (c.row0 / 2) * K, data: packInt4Rows(c.codes as Int8Array, c.rows, K, c.slot.packed.subarray(0, (c.rows / 2) * K)) },
+        { name: w, offset: (c.row0 / 2) * K, data: c.packed ?? packInt4Rows(c.codes as Int8Array, c.rows, K, c.slot.packed.subarray(0, (c.rows / 2) * K)) },
         { name: ws, offset: c.row0 * (K / 128) * 4, data: bytesOf(c.scales!) },
       ];
       break;

@@ -22,7 +22,7 @@ export interface ExportCheckpointOptions extends ExportOptions {
   /** Source bytes per kernel chunk (default 8 MiB). */
   chunkBytes?: number;
   overwrite?: boolean;
-  /** O_DIRECT for the output and for source bytes read once (default true); false: the page cache. */
+  /** O_DIRECT for the output and for tensors copied through (default true); false: the page cache. */
   directIO?: boolean;
   layersInFlight?: number;
   /** Calibration samples (token ids): run the forward pass inline, layer by layer, for the statistics. */
@@ -70,7 +70,7 @@ export async function exportCheckpoint(o: ExportCheckpointOptions): Promise<Extr
   const last = await lastValueFrom(
     readCheckpoint(o.model, { layersInFlight: o.layersInFlight }).pipe(
       o.calibration ? calibrate(o.calibration, { onProgress: o.onCalibrate, gemm: o.gemm }) : identity,
-      quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, chunkBytes: o.chunkBytes, onPlan: o.onPlan, directIO: o.directIO }),
+      quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, chunkBytes: o.chunkBytes, onPlan: o.onPlan }),
       pack(),
       writeShards(o.out, { maxShardSize: o.maxShardSize, overwrite: o.overwrite, fingerprint, restart: o.restart, onResume: o.onResume, onTensor: o.onTensor, checkpointEvery: o.checkpointEvery, directIO: o.directIO }),
       tap((e) => o.onEvent?.(e)),

@@ -10,7 +10,7 @@ export interface ChunkOutputs {
   codes: Uint8Array | Int8Array;
   /** The chunk's scales in the slot (none for per-tensor FP8). */
   scales?: Uint8Array | Float32Array;
-  /** nvfp4: the codes packed two per byte, in the slot (the task fills it). */
+  /** nvfp4 and int4: the codes packed two per byte as stored, in the slot (the task fills it). */
   packed?: Uint8Array;
 }
 
@@ -40,7 +40,9 @@ export function chunkTask(format: FormatName, slot: Slot, base: Omit<ChunkInput,
     case 'w4a8_awq': {
       const q = new Int8Array(slot.codes.buffer, slot.codes.byteOffset, n);
       const scales = f32(n / 128);
-      return { task: { ...input, kind: 'int4', codes: q, scales }, codes: q, scales };
+      // row pairs: whole ones only (every chunk but a model's odd last row has an even count)
+      const packed = base.rows % 2 === 0 ? slot.packed.subarray(0, n / 2) : undefined;
+      return { task: { ...input, kind: 'int4', codes: q, scales, packed }, codes: q, scales, packed };
     }
   }
 }

@@ -340,6 +340,25 @@ export const KERNELS_WAT = `
       (local.set $g (i32.add (local.get $g) (i32.const 1)))
       (br $l))))
 
+  ;; int4 codes [rows, K] (rows even, K % 16 == 0) packed by row pairs: dst[i, k] = q[2i, k] & 15 | q[2i+1, k] << 4
+  (func (export "pack_int4_rows") (param $q i32) (param $rows i32) (param $K i32) (param $dst i32)
+    (local $i i32) (local $k i32) (local $lo i32) (local $o i32)
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (i32.shl (local.get $i) (i32.const 1)) (local.get $rows)))
+      (local.set $lo (i32.add (local.get $q) (i32.mul (i32.shl (local.get $i) (i32.const 1)) (local.get $K))))
+      (local.set $o (i32.add (local.get $dst) (i32.mul (local.get $i) (local.get $K))))
+      (local.set $k (i32.const 0))
+      (block $d2 (loop $l2
+        (br_if $d2 (i32.ge_u (local.get $k) (local.get $K)))
+        (v128.store (i32.add (local.get $o) (local.get $k))
+          (v128.or
+            (v128.and (v128.load (i32.add (local.get $lo) (local.get $k))) (v128.const i8x16 15 15 15 15 15 15 15 15 15 15 15 15 15 15 15 15))
+            (i8x16.shl (v128.load (i32.add (i32.add (local.get $lo) (local.get $K)) (local.get $k))) (i32.const 4))))
+        (local.set $k (i32.add (local.get $k) (i32.const 16)))
+        (br $l2)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $l))))
+
   ;; FP8 128x128 tiles over rows [0, rows) of a bf16 [rows, K] band set (K % 128 == 0):
   ;; scales[band * BK + tile] = tileAmax/448 (zero -> 1), codes = e4m3(w / scale).
   ;; Both passes walk rows in memory order; the per-tile |bits| maxima live at the start of the

@@ -12,7 +12,6 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { cpus } from 'node:os';
 import { runKernel, type KernelTask, type KernelResult } from './tasks.js';
-import { directReadSpan } from '../safetensors/file.js';
 import { compileKernels, createSharedMemory, instantiate, WASM_RESERVED, type WasmKernels } from './wasm.js';
 
 /** The compiled worker: beside this file in dist/, or dist/ mirrored when running from TypeScript sources. */
@@ -34,11 +33,6 @@ export const DEFAULT_CHUNK_BYTES = 8 * 2 ** 20;
 /** One chunk's worth of shared buffers: source bytes, one code per element, packed output, scales, scratch. */
 export interface Slot {
   src: Uint8Array;
-  /**
-   * The page-aligned region src starts, with room for whole pages around a chunk: what O_DIRECT
-   * reads (readBytesDirect) land in. A chunk read that way sits at an offset inside it.
-   */
-  srcArea: Uint8Array;
   codes: Uint8Array;
   packed: Uint8Array;
   scales: Uint8Array;
@@ -52,17 +46,15 @@ const pageAlign = (n: number) => Math.ceil(n / 4096) * 4096;
 
 /** A slot's regions; every one starts on a page, so slots do too (the memory's base is page-aligned). */
 function layout(bytes: number) {
-  const area = directReadSpan(bytes);
   const scales = pageAlign(Math.ceil(bytes / 8) + 4096);
-  const codes = area, packed = codes + pageAlign(bytes), sc = packed + pageAlign(bytes), lut = sc + scales;
-  return { src: 0, area, codes, packed, scales: sc, lut, size: lut + 65536 };
+  const codes = pageAlign(bytes), packed = codes + pageAlign(bytes), sc = packed + pageAlign(bytes), lut = sc + scales;
+  return { src: 0, codes, packed, scales: sc, lut, size: lut + 65536 };
 }
 
 function slotIn(buffer: ArrayBufferLike, base: number, bytes: number, wasm: boolean): Slot {
   const l = layout(bytes);
   return {
     src: new Uint8Array(buffer, base + l.src, bytes),
-    srcArea: new Uint8Array(buffer, base + l.src, l.area),
     codes: new Uint8Array(buffer, base + l.codes, bytes),
     packed: new Uint8Array(buffer, base + l.packed, bytes),
     scales: new Uint8Array(buffer, base + l.scales, l.lut - l.scales),

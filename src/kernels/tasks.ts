@@ -9,6 +9,7 @@ import { fp8LutForBf16, quantizeFp8, quantizeFp8Bf16Lut } from '../formats/fp8.j
 import { fp8BlockScales, quantizeFp8Block } from '../formats/fp8-block.js';
 import { quantizeNvfp4 } from '../formats/nvfp4.js';
 import { packNibblesK } from '../codecs/e2m1.js';
+import { packInt4Rows } from '../codecs/int4.js';
 import { int4Scales, quantizeInt4 } from '../formats/int4.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
 import { applyWeightOps, type WeightOp } from './weight-ops.js';
@@ -40,8 +41,8 @@ export type KernelTask = ChunkInput &
     | { kind: 'fp8_block'; codes: Uint8Array; scales: Float32Array }
     /** e2m1 codes and e4m3 block scales under global scale ws2; `packed`: the codes two per byte too */
     | { kind: 'nvfp4'; ws2: number; codes: Uint8Array; scales: Uint8Array; packed?: Uint8Array }
-    /** int4 q and f32 group scales */
-    | { kind: 'int4'; codes: Int8Array; scales: Float32Array }
+    /** int4 q and f32 group scales; `packed`: the codes packed by row pairs too (rows even) */
+    | { kind: 'int4'; codes: Int8Array; scales: Float32Array; packed?: Uint8Array }
   );
 
 export interface KernelResult {
@@ -122,7 +123,9 @@ function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
     }
     case 'int4':
       k.int4(src, n / 128, task.codes.byteOffset, task.scales.byteOffset);
-      return finiteScales(task.scales) ? {} : undefined;
+      if (!finiteScales(task.scales)) return undefined;
+      if (task.packed) k.pack_int4_rows(task.codes.byteOffset, task.rows, task.K, task.packed.byteOffset);
+      return {};
   }
 }
 
@@ -173,6 +176,7 @@ function runJs(task: KernelTask): KernelResult {
       const s = int4Scales(w, task.rows, task.K);
       task.scales.set(s);
       quantizeInt4(w, task.rows, task.K, s, task.codes);
+      if (task.packed) packInt4Rows(task.codes.subarray(0, task.rows * task.K), task.rows, task.K, task.packed);
       return {};
     }
   }

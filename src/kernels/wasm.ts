@@ -9,6 +9,7 @@ export interface WasmKernels {
   nvfp4(src: number, nblk: number, ws2: number, six: number, codes: number, scales: number): void;
   nvfp4x4(src: number, n4: number, ws2: number, six: number, codes: number, scales: number, packed: number): void;
   int4(src: number, ngroups: number, codes: number, scales: number): void;
+  pack_int4_rows(q: number, rows: number, K: number, dst: number): void;
   fp8_block(src: number, rows: number, K: number, codes: number, scales: number): void;
 }
 

@@ -31,7 +31,7 @@ export interface QuantizedChunk {
   /** nvfp4: e4m3 bytes [rows, K/16]; int4: f32 [rows, K/128]; fp8_pb_wo: f32 per 128x128 tile of these rows; fp8: none. */
   scales?: Uint8Array | Float32Array;
   /**
-   * nvfp4: the codes already packed two per byte by the kernel (in `slot.packed`), which `pack`
+   * nvfp4, int4: the codes already packed two per byte by the kernel (in `slot.packed`), which `pack`
    * writes as they are. An operator that changes `codes` must set this to undefined (then `pack`
    * packs the codes itself).
    */
