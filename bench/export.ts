@@ -57,7 +57,7 @@ export async function benchExport(dataDir: string, layers = 5, formats = ['fp8_p
   }
   rows.push(
     '',
-    `medians of ${repeats} runs; "x floor" lists each run's ratio to the floor (cat + dd write) measured right after it; "x strict floor" uses an O_DIRECT dd read instead of cat (rxquant reads data it reads once with O_DIRECT too)`,
+    `medians of ${repeats} runs; "x floor" lists each run's ratio to the floor (cat + dd write) measured right after it; "x strict floor" uses an O_DIRECT dd read instead of cat (rxquant reads the tensors it copies through with O_DIRECT too)`,
   );
   return rows;
 }
