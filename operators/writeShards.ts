@@ -60,6 +60,20 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
       let shards: ShardPlan | undefined;
       let written = 0;
       let finished = false;
+      // An error upstream (a NaN in the next layer) ends the chain while a unit may still be in
+      // writeUnit (a promise cannot be cancelled): it must neither create the temporary folder
+      // after the cleanup nor write into an aborted writer. So: a flag it checks, and the cleanup
+      // waits for it.
+      let stopped = false;
+      let current: Promise<unknown> = Promise.resolve();
+      const stop = async () => {
+        stopped = true;
+        await current.catch(() => undefined);
+        await writer?.abort();
+      };
+      const checkStopped = () => {
+        if (stopped) throw new RxquantError('export stopped');
+      };
       let alreadyDone = new Set<string>();
       const pending: { id: string; tensors: string[] }[] = [];
       let pendingBytes = 0;
@@ -84,7 +98,12 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
         if (!writer) {
           plan = unit.plan;
           shards = planShards(plan.outputs, maxShardSize);
-          writer = await ShardWriter.create(outDir, shards, { overwrite: options.overwrite, fingerprint: options.fingerprint, restart: options.restart, directIO: options.directIO });
+          const w = await ShardWriter.create(outDir, shards, { overwrite: options.overwrite, fingerprint: options.fingerprint, restart: options.restart, directIO: options.directIO });
+          if (stopped) {
+            await w.abort();
+            checkStopped();
+          }
+          writer = w;
           alreadyDone = writer.doneUnits();
           if (alreadyDone.size > 0) options.onResume?.(alreadyDone.size);
         }
@@ -100,6 +119,10 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
         for (const s of unit.streams) {
           s.tensors.forEach(check);
           for await (const part of s.parts()) {
+            if (stopped) {
+              part.release();
+              checkStopped();
+            }
             try {
               for (const w of part.writes) {
                 await writer.write(w.name, w.data, w.offset);
@@ -162,22 +185,26 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
       });
 
       return source.pipe(
-        concatMap(async (unit) => {
-          try {
-            return await writeUnit(unit);
-          } finally {
-            unit.release();
-          }
+        concatMap((unit) => {
+          const p = (async () => {
+            try {
+              return await writeUnit(unit);
+            } finally {
+              unit.release();
+            }
+          })();
+          current = p;
+          return p;
         }),
         concatWith(done),
         catchError(async (err) => {
-          await writer?.abort();
+          await stop();
           await plan?.model.close();
           throw err;
         }),
         finalize(() => {
           // unsubscribed mid-run (Ctrl-C): drop the partial folder
-          if (writer && !finished) void writer.abort();
+          if (!finished) void stop();
         }),
       );
     });

@@ -70,6 +70,8 @@ export class KernelPool {
   private waiting: ((s: Slot) => void)[] = [];
   private ready: Promise<void>;
   private closed = false;
+  /** Tasks sent to the workers and not yet answered: close() waits for them. */
+  private inflight = new Set<Promise<unknown>>();
 
   constructor(
     readonly workers: number = defaultWorkers(),
@@ -106,6 +108,9 @@ export class KernelPool {
         idleTimeout: 1000,
         workerData: { module, memory },
       });
+      // a late answer after destroy() is reported as an 'error' event; with no listener it would
+      // end the process (close() waits for answers, so this is a last resort)
+      this.piscina.on('error', () => undefined);
     }
   }
 
@@ -137,12 +142,21 @@ export class KernelPool {
   async run(task: KernelTask): Promise<KernelResult> {
     await this.ready;
     if (!this.piscina) return runKernel(task, this.kernels);
-    return (await this.piscina.run(task)) as KernelResult;
+    const p = this.piscina.run(task) as Promise<KernelResult>;
+    this.inflight.add(p);
+    try {
+      return await p;
+    } finally {
+      this.inflight.delete(p);
+    }
   }
 
   async close(): Promise<void> {
     this.closed = true;
     await this.ready.catch(() => undefined);
+    // an error elsewhere (a NaN found by one scan task) can close the pool while other tasks run:
+    // destroying the workers under them would leave their answers nowhere to go
+    await Promise.allSettled([...this.inflight]);
     const p = this.piscina;
     this.piscina = undefined;
     this.free = [];
