@@ -71,9 +71,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
         await current.catch(() => undefined);
         await writer?.abort();
       };
-      const checkStopped = () => {
-        if (stopped) throw new RxquantError('export stopped');
-      };
+      const stoppedError = () => new RxquantError('export stopped');
       let alreadyDone = new Set<string>();
       const pending: { id: string; tensors: string[] }[] = [];
       let pendingBytes = 0;
@@ -101,7 +99,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
           const w = await ShardWriter.create(outDir, shards, { overwrite: options.overwrite, fingerprint: options.fingerprint, restart: options.restart, directIO: options.directIO });
           if (stopped) {
             await w.abort();
-            checkStopped();
+            throw stoppedError();
           }
           writer = w;
           alreadyDone = writer.doneUnits();
@@ -121,7 +119,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
           for await (const part of s.parts()) {
             if (stopped) {
               part.release();
-              checkStopped();
+              throw stoppedError();
             }
             try {
               for (const w of part.writes) {

@@ -132,15 +132,18 @@ export async function loadLinear(src: WeightSource, module: string): Promise<Lin
 
 export async function loadLayerWeights(src: WeightSource, layout: LayerLayout, cfg: ModelConfig): Promise<LayerWeights> {
   const [q, k, v, o, gate, up, down] = await Promise.all(layout.linears.map((m) => loadLinear(src, m)));
-  const p = layout.prefix;
-  const has = (n: string) => src.tensors.has(n);
   void cfg;
+  return { q: q!, k: k!, v: v!, o: o!, gate: gate!, up: up!, down: down!, ...(await loadNorms(src, layout)) };
+}
+
+/** A layer's norms in f32 (q_norm and k_norm where the architecture has them, Qwen3). */
+async function loadNorms(src: WeightSource, layout: LayerLayout): Promise<Pick<LayerWeights, 'inputNorm' | 'postNorm' | 'qNorm' | 'kNorm'>> {
+  const optional = async (name: string) => (src.tensors.has(name) ? f32(src, name) : undefined);
   return {
-    q: q!, k: k!, v: v!, o: o!, gate: gate!, up: up!, down: down!,
-    inputNorm: await f32(src, `${p}.input_layernorm.weight`),
-    postNorm: await f32(src, `${p}.post_attention_layernorm.weight`),
-    qNorm: has(`${layout.attention}.q_norm.weight`) ? await f32(src, `${layout.attention}.q_norm.weight`) : undefined,
-    kNorm: has(`${layout.attention}.k_norm.weight`) ? await f32(src, `${layout.attention}.k_norm.weight`) : undefined,
+    inputNorm: await f32(src, `${layout.prefix}.input_layernorm.weight`),
+    postNorm: await f32(src, `${layout.prefix}.post_attention_layernorm.weight`),
+    qNorm: await optional(`${layout.attention}.q_norm.weight`),
+    kNorm: await optional(`${layout.attention}.k_norm.weight`),
   };
 }
 
@@ -176,14 +179,7 @@ export async function loadLinearLazily(src: WeightSource, module: string): Promi
  */
 export async function loadPreparedLayer(src: WeightSource, layout: LayerLayout, cfg: ModelConfig, gemm: GemmEngine): Promise<PreparedLayer> {
   const names: LinearName[] = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
-  const p = layout.prefix;
-  const has = (n: string) => src.tensors.has(n);
-  const norms = {
-    inputNorm: await f32(src, `${p}.input_layernorm.weight`),
-    postNorm: await f32(src, `${p}.post_attention_layernorm.weight`),
-    qNorm: has(`${layout.attention}.q_norm.weight`) ? await f32(src, `${layout.attention}.q_norm.weight`) : undefined,
-    kNorm: has(`${layout.attention}.k_norm.weight`) ? await f32(src, `${layout.attention}.k_norm.weight`) : undefined,
-  };
+  const norms = await loadNorms(src, layout);
   // [N, K] from the config, for sizing fused matrices before loading (a mismatch falls back to one GEMM each)
   const H = cfg.hiddenSize, I = cfg.intermediateSize, q = cfg.numHeads * cfg.headDim, kv = cfg.numKvHeads * cfg.headDim;
   const dims: Record<LinearName, [number, number]> = { q: [q, H], k: [kv, H], v: [kv, H], o: [H, q], gate: [I, H], up: [I, H], down: [H, I] };

@@ -131,23 +131,20 @@ export class AlignedFile {
 
   /** Writes every page held in memory as it stands (zeros where not yet written) and waits for the disk. */
   async flush(): Promise<void> {
-    await this.drain();
-    for (const [page, p] of this.partial) await this.writePage(page, p.data);
+    await this.writePartials();
     await this.fd.datasync().catch((e) => {
       throw ioError(this.path, e);
     });
     this.throwIfFailed();
   }
 
-  /** Waits for everything, checks no page is left half-written, sets the exact length and closes. */
+  /**
+   * Waits for everything, writes the pages still held (when resuming, every page at a tensor
+   * boundary; otherwise none but an unwritten range's), sets the exact length and closes.
+   */
   async close(): Promise<void> {
-    await this.drain();
-    for (const [page, p] of this.partial) {
-      // only the last page may end short of a full page (it ends at the file's end)
-      await this.writePage(page, p.data);
-    }
+    await this.writePartials();
     this.partial.clear();
-    this.throwIfFailed();
     try {
       await this.plain.truncate(this.length); // an O_DIRECT write of the last page went past the end
       await this.fd.sync();
@@ -179,17 +176,22 @@ export class AlignedFile {
     const pageLength = Math.min(PAGE, this.length - page * PAGE);
     if (p.filled >= pageLength && !this.existing) {
       this.partial.delete(page);
-      const buf = await this.staging();
-      buf.set(p.data);
-      this.background(buf, PAGE, page * PAGE);
+      await this.stagePage(page, p.data);
     }
   }
 
-  private async writePage(page: number, data: Uint8Array): Promise<void> {
+  /** Writes every page held in memory as it stands (zeros where not yet written) and waits for them. */
+  private async writePartials(): Promise<void> {
+    await this.drain();
+    for (const [page, p] of this.partial) await this.stagePage(page, p.data);
+    await this.drain();
+  }
+
+  /** One page's bytes to staging memory, written in the background. */
+  private async stagePage(page: number, data: Uint8Array): Promise<void> {
     const buf = await this.staging();
     buf.set(data);
     this.background(buf, PAGE, page * PAGE);
-    await this.drain();
   }
 
   private staging(): Promise<Uint8Array> {

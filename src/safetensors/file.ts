@@ -50,9 +50,7 @@ export class TensorRef {
 
   /** Reads bytes [start, end) of the tensor's data. */
   readBytes(start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
-    if (!(0 <= start && start <= end && end <= this.byteLength)) {
-      throw new RangeError(`${this.name}: byte range [${start}, ${end}) outside [0, ${this.byteLength})`);
-    }
+    this.checkRange(start, end);
     const n = end - start;
     const dest = into ? into.subarray(0, n) : new Uint8Array(n);
     if (dest.length < n) throw new RangeError(`${this.name}: buffer of ${into!.length} bytes is smaller than ${n}`);
@@ -67,11 +65,15 @@ export class TensorRef {
    * O_DIRECT none. Where O_DIRECT is refused, a normal read.
    */
   readBytesDirect(start: number, end: number, aligned: Uint8Array): Promise<Uint8Array> {
+    this.checkRange(start, end);
+    if (aligned.length < directReadSpan(end - start)) throw new RangeError(`${this.name}: buffer of ${aligned.length} bytes is smaller than ${directReadSpan(end - start)}`);
+    return this.file.readAtDirect(this.offset + start, end - start, aligned, this.name);
+  }
+
+  private checkRange(start: number, end: number): void {
     if (!(0 <= start && start <= end && end <= this.byteLength)) {
       throw new RangeError(`${this.name}: byte range [${start}, ${end}) outside [0, ${this.byteLength})`);
     }
-    if (aligned.length < directReadSpan(end - start)) throw new RangeError(`${this.name}: buffer of ${aligned.length} bytes is smaller than ${directReadSpan(end - start)}`);
-    return this.file.readAtDirect(this.offset + start, end - start, aligned, this.name);
   }
 
   /** Reads and decodes a float tensor (F32/BF16/F16) to a new Float32Array. For small tensors and tests. */
