@@ -12,6 +12,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { cpus } from 'node:os';
 import { runKernel, type KernelTask, type KernelResult } from './tasks.js';
+import { PAGE } from '../safetensors/aligned-file.js';
 import { compileKernels, createSharedMemory, instantiate, WASM_RESERVED, type WasmKernels } from './wasm.js';
 
 /** The compiled worker: beside this file in dist/, or dist/ mirrored when running from TypeScript sources. */
@@ -42,7 +43,7 @@ export interface Slot {
 }
 
 const align = (n: number) => Math.ceil(n / 64) * 64;
-const pageAlign = (n: number) => Math.ceil(n / 4096) * 4096;
+const pageAlign = (n: number) => Math.ceil(n / PAGE) * PAGE;
 
 /** A slot's regions; every one starts on a page, so slots do too (the memory's base is page-aligned). */
 function layout(bytes: number) {

@@ -5,6 +5,7 @@ import { SafetensorsFormatError } from '../errors.js';
 import { numelOf, type DType } from './dtypes.js';
 import { parseHeader, parseHeaderLength, type ParsedHeader } from './header.js';
 import { decodeToFloat32 } from '../codecs/float.js';
+import { PAGE } from './aligned-file.js';
 
 /**
  * A lazy reference to one tensor inside a safetensors file. Nothing is read until asked; every
@@ -81,8 +82,6 @@ export class TensorRef {
     return decodeToFloat32(await this.read(), this.dtype, this.name);
   }
 }
-
-const PAGE = 4096;
 
 /** Bytes a buffer needs for readBytesDirect of n bytes (whole pages around them). */
 export function directReadSpan(n: number): number {
