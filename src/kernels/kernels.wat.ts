@@ -196,26 +196,6 @@ export const KERNELS_WAT = `
       (br $t)))
     (local.get $m))
 
-  ;; dst[i] = lut[bf16 bits of src[i]], 64K-entry table (FP8 per-tensor: bit-exact for any formula)
-  (func (export "lut16") (param $src i32) (param $n i32) (param $lut i32) (param $dst i32)
-    (local $i i32) (local $end i32) (local $p i32)
-    (local.set $end (i32.and (local.get $n) (i32.const -4)))
-    (block $done (loop $l
-      (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
-      (local.set $p (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 1))))
-      (i32.store8 (i32.add (local.get $dst) (local.get $i)) (i32.load8_u (i32.add (local.get $lut) (i32.load16_u (local.get $p)))))
-      (i32.store8 offset=1 (i32.add (local.get $dst) (local.get $i)) (i32.load8_u (i32.add (local.get $lut) (i32.load16_u offset=2 (local.get $p)))))
-      (i32.store8 offset=2 (i32.add (local.get $dst) (local.get $i)) (i32.load8_u (i32.add (local.get $lut) (i32.load16_u offset=4 (local.get $p)))))
-      (i32.store8 offset=3 (i32.add (local.get $dst) (local.get $i)) (i32.load8_u (i32.add (local.get $lut) (i32.load16_u offset=6 (local.get $p)))))
-      (local.set $i (i32.add (local.get $i) (i32.const 4)))
-      (br $l)))
-    (block $done2 (loop $t
-      (br_if $done2 (i32.ge_u (local.get $i) (local.get $n)))
-      (i32.store8 (i32.add (local.get $dst) (local.get $i))
-        (i32.load8_u (i32.add (local.get $lut) (i32.load16_u (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 1)))))))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br $t))))
-
   ;; NVFP4 over nblk blocks of 16 bf16: e4m3 block scale (vs ws2) to scales[b], 16 e2m1 codes to codes
   (func (export "nvfp4") (param $src i32) (param $nblk i32) (param $ws2 f32) (param $six f32) (param $codes i32) (param $scales i32)
     (local $b i32) (local $p i32) (local $lo v128) (local $hi v128)
@@ -454,3 +434,42 @@ export const KERNELS_WAT = `
 function Q4(x: string): string {
   return `(i32x4.min_s (i32x4.max_s (i32x4.sub (f32x4.add (f32x4.div ${x} (local.get $sv)) (local.get $kRnd)) (local.get $kRndb)) (local.get $kLo4)) (local.get $kHi4))`;
 }
+
+/**
+ * Stand-in for the FP8 lookup table's address in LUT16_WAT, encoded in 5 LEB128 bytes (as every
+ * address is once patched, see wasm.ts): the table sits at a fixed address per slot, and a constant
+ * offset folds it into each lookup, where an address held in a local costs an add per element.
+ */
+export const LUT_ADDRESS_STAND_IN = 0xf7e5d3c1;
+/** Lookups per iteration of LUT16_WAT's main loop, plus the tail's one: how many times the stand-in appears. */
+export const LUT16_LOOKUPS = 33;
+
+/**
+ * dst[i] = table[bf16 bits of src[i]] with the 64K-entry table (FP8 per-tensor: bit-exact for any
+ * formula) at the address patched over LUT_ADDRESS_STAND_IN. 32 elements per iteration, read four
+ * at a time with an i64 load (measured 9.2 GB/s per core against 8.2 with a 16-bit load each and 6.7
+ * with the table's address in a local and 4 per iteration).
+ */
+export const LUT16_WAT = `
+(module
+  (import "env" "mem" (memory 1 65536 shared))
+  (func (export "lut16") (param $src i32) (param $n i32) (param $dst i32)
+    (local $p i32) (local $d i32) (local $end i32) (local $x i64)
+    (local.set $p (local.get $src))
+    (local.set $d (local.get $dst))
+    (local.set $end (i32.add (local.get $dst) (i32.and (local.get $n) (i32.const -32))))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+      ${Array.from({ length: 8 }, (_, j) => `(local.set $x (i64.load offset=${8 * j} (local.get $p)))
+      ${[0, 1, 2, 3].map((e) => `(i32.store8 offset=${4 * j + e} (local.get $d) (i32.load8_u offset=${LUT_ADDRESS_STAND_IN} (i32.and (i32.wrap_i64 ${e ? `(i64.shr_u (local.get $x) (i64.const ${16 * e}))` : '(local.get $x)'}) (i32.const 0xffff))))`).join('\n      ')}`).join('\n      ')}
+      (local.set $p (i32.add (local.get $p) (i32.const 64)))
+      (local.set $d (i32.add (local.get $d) (i32.const 32)))
+      (br $l)))
+    (local.set $end (i32.add (local.get $dst) (local.get $n)))
+    (block $done2 (loop $t
+      (br_if $done2 (i32.ge_u (local.get $d) (local.get $end)))
+      (i32.store8 (local.get $d) (i32.load8_u offset=${LUT_ADDRESS_STAND_IN} (i32.load16_u (local.get $p))))
+      (local.set $p (i32.add (local.get $p) (i32.const 2)))
+      (local.set $d (i32.add (local.get $d) (i32.const 1)))
+      (br $t)))))
+`;

@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { cpus } from 'node:os';
 import { runKernel, type KernelTask, type KernelResult } from './tasks.js';
 import { PAGE } from '../safetensors/aligned-file.js';
-import { compileKernels, createSharedMemory, instantiate, WASM_RESERVED, type WasmKernels } from './wasm.js';
+import { compileKernels, createSharedMemory, instantiate, WASM_RESERVED, type KernelCode, type WasmKernels } from './wasm.js';
 
 /** The compiled worker: beside this file in dist/, or dist/ mirrored when running from TypeScript sources. */
 function workerPath(): string {
@@ -87,16 +87,16 @@ export class KernelPool {
   }
 
   private async init(): Promise<void> {
-    let module: WebAssembly.Module | undefined;
+    let code: KernelCode | undefined;
     let memory: WebAssembly.Memory | undefined;
     try {
-      module = await compileKernels();
+      code = await compileKernels();
       memory = createSharedMemory(this.slots * layout(this.chunkBytes).size);
       for (let i = 0; i < this.slots; i++) this.free.push(slotIn(memory.buffer, WASM_RESERVED + i * layout(this.chunkBytes).size, this.chunkBytes, true));
-      if (this.workers === 0) this.kernels = instantiate(module, memory);
+      if (this.workers === 0) this.kernels = instantiate(code, memory);
     } catch {
       // no SIMD here: plain JavaScript kernels over ordinary shared buffers
-      module = undefined;
+      code = undefined;
       memory = undefined;
       this.free = [];
       for (let i = 0; i < this.slots; i++) this.free.push(slotIn(new SharedArrayBuffer(layout(this.chunkBytes).size), 0, this.chunkBytes, false));
@@ -107,7 +107,7 @@ export class KernelPool {
         minThreads: this.workers,
         maxThreads: this.workers,
         idleTimeout: 1000,
-        workerData: { module, memory },
+        workerData: { code, memory },
       });
       // a late answer after destroy() is reported as an 'error' event; with no listener it would
       // end the process (close() waits for answers, so this is a last resort)

@@ -1,10 +1,11 @@
 /** Compiling and instantiating the SIMD kernels over a shared memory. */
-import { KERNELS_WAT, CONST_TABLE, constTableBytes } from './kernels.wat.js';
+import { KERNELS_WAT, CONST_TABLE, constTableBytes, LUT16_WAT, LUT_ADDRESS_STAND_IN, LUT16_LOOKUPS } from './kernels.wat.js';
 import { E4M3_VALUES } from '../codecs/e4m3.js';
 
 export interface WasmKernels {
   memory: WebAssembly.Memory;
   amax_bf16(src: number, n: number): number;
+  /** dst[i] = lut[bf16 bits of src[i]]; the first call for a table address compiles a kernel for it (~1 ms). */
   lut16(src: number, n: number, lut: number, dst: number): void;
   nvfp4(src: number, nblk: number, ws2: number, six: number, codes: number, scales: number): void;
   nvfp4x4(src: number, n4: number, ws2: number, six: number, codes: number, scales: number, packed: number): void;
@@ -13,21 +14,58 @@ export interface WasmKernels {
   fp8_block(src: number, rows: number, K: number, codes: number, scales: number): void;
 }
 
+/** The compiled kernels, and the table-lookup kernel's bytes with its table address to patch (structured-cloneable, for workers). */
+export interface KernelCode {
+  module: WebAssembly.Module;
+  lutTemplate: Uint8Array;
+}
+
 /** Bytes at the start of the memory reserved for the e4m3 decode table and the vector constants (one page). */
 export const WASM_RESERVED = 4096;
 
-let compiled: Promise<WebAssembly.Module> | undefined;
+let compiled: Promise<KernelCode> | undefined;
 
 /** Compiles the kernels once per thread (wabt: ~45 ms). */
-export function compileKernels(): Promise<WebAssembly.Module> {
+export function compileKernels(): Promise<KernelCode> {
   compiled ??= (async () => {
     const wabt = await (await import('wabt')).default();
-    const mod = wabt.parseWat('kernels.wat', KERNELS_WAT, { simd: true, threads: true });
-    const { buffer } = mod.toBinary({});
-    mod.destroy();
-    return new WebAssembly.Module(buffer as unknown as BufferSource);
+    const binary = (wat: string) => {
+      const mod = wabt.parseWat('kernels.wat', wat, { simd: true, threads: true });
+      const { buffer } = mod.toBinary({});
+      mod.destroy();
+      return buffer;
+    };
+    const lutTemplate = binary(LUT16_WAT);
+    standIns(lutTemplate); // throws unless the stand-in address is where the kernel's lookups are
+    return { module: new WebAssembly.Module(binary(KERNELS_WAT) as unknown as BufferSource), lutTemplate };
   })();
   return compiled;
+}
+
+/** A u32 in the 5-byte LEB128 form (padded with continuation bits), which any u32 fits. */
+function leb5(x: number): number[] {
+  return [0, 1, 2, 3].map((i) => ((x >>> (7 * i)) & 0x7f) | 0x80).concat((x >>> 28) & 0x0f);
+}
+
+/**
+ * Offsets of the stand-in address in the table kernel's binary; exactly LUT16_LOOKUPS of them or the
+ * binary is not what we wrote. The stand-in (>= 2^28) takes 5 bytes, as every patched address does,
+ * so patching never moves a byte.
+ */
+function standIns(bin: Uint8Array): number[] {
+  const pat = leb5(LUT_ADDRESS_STAND_IN);
+  const at: number[] = [];
+  for (let i = 0; i + 5 <= bin.length; i++) if (pat.every((b, j) => bin[i + j] === b)) at.push(i);
+  if (at.length !== LUT16_LOOKUPS) throw new Error(`internal: table kernel has ${at.length} table addresses, expected ${LUT16_LOOKUPS}`);
+  return at;
+}
+
+/** The table-lookup kernel with its table at `lut`. */
+function lutModule(template: Uint8Array, lut: number): WebAssembly.Module {
+  const bin = template.slice();
+  const enc = leb5(lut);
+  for (const i of standIns(template)) bin.set(enc, i);
+  return new WebAssembly.Module(bin);
 }
 
 /** A shared memory of `bytes` (rounded up to 64 KiB pages) with the e4m3 table at 0 and the kernels' constants after it. */
@@ -41,7 +79,18 @@ export function createSharedMemory(bytes: number): WebAssembly.Memory {
   return memory;
 }
 
-export function instantiate(module: WebAssembly.Module, memory: WebAssembly.Memory): WasmKernels {
-  const inst = new WebAssembly.Instance(module, { env: { mem: memory } });
-  return { memory, ...(inst.exports as unknown as Omit<WasmKernels, 'memory'>) };
+export function instantiate(code: KernelCode, memory: WebAssembly.Memory): WasmKernels {
+  const inst = new WebAssembly.Instance(code.module, { env: { mem: memory } });
+  // one lookup kernel per table address (one per slot), compiled on first use
+  const lutKernels = new Map<number, (src: number, n: number, dst: number) => void>();
+  const lut16 = (src: number, n: number, lut: number, dst: number) => {
+    let f = lutKernels.get(lut);
+    if (!f) {
+      const exp = new WebAssembly.Instance(lutModule(code.lutTemplate, lut), { env: { mem: memory } }).exports;
+      f = exp.lut16 as (src: number, n: number, dst: number) => void;
+      lutKernels.set(lut, f);
+    }
+    f(src, n, dst);
+  };
+  return { memory, ...(inst.exports as unknown as Omit<WasmKernels, 'memory' | 'lut16'>), lut16 };
 }
