@@ -69,6 +69,21 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
     compare('nvfp4', (v) => ({ ws2: 3.1 / 2688, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16), packed: v.packed }));
     compare('nvfp4', (v) => ({ ws2: 2 ** -9, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16) }));
   });
+  it('FP8 table kernel: an element count that is not a multiple of its 32 per iteration, two table addresses', () => {
+    const a = views(WASM_RESERVED), b = views(WASM_RESERVED + 16 * 2 ** 20);
+    fill(new Uint16Array(a.src.buffer, a.src.byteOffset, N * K), 11);
+    b.src.set(a.src);
+    const rows = 3, K2 = 37; // 111 elements: 3 iterations and a 15-element tail
+    for (const [scale, lut] of [[0.9 / 448, a.lut], [4.2 / 448, new Uint8Array(mem.buffer, WASM_RESERVED + 40 * 2 ** 20, 65536)]] as const) {
+      const mk = (v: ReturnType<typeof views>, wasm: boolean, table: Uint8Array) =>
+        ({ src: v.src.subarray(0, rows * K2 * 2), dtype: 'BF16', row0: 0, rows, K: K2, ops: [], wasm, lut: table, kind: 'fp8', scale, codes: v.codes.subarray(0, rows * K2 + 1) }) as KernelTask;
+      a.codes[rows * K2] = 0xab; // the byte after the last code stays untouched
+      runKernel(mk(a, true, lut), k);
+      runKernel(mk(b, false, b.lut));
+      expect(Buffer.compare(a.codes.subarray(0, rows * K2), b.codes.subarray(0, rows * K2))).toBe(0);
+      expect(a.codes[rows * K2]).toBe(0xab);
+    }
+  });
   it('NVFP4 when the block count is not a multiple of 4 (the one-block tail)', () => {
     const a = views(WASM_RESERVED), b = views(WASM_RESERVED + 16 * 2 ** 20);
     fill(new Uint16Array(a.src.buffer, a.src.byteOffset, N * K), 9);
@@ -89,6 +104,7 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
     compare('nvfp4', nv(3.1 / 2688), everyBf16);
     compare('nvfp4', nv(1e30), everyBf16); // scales clamp at 2^-9: large quotients saturate
     compare('fp8_block', (v) => ({ codes: v.codes, scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, 2 * 3) }), everyBf16);
+    compare('fp8', (v) => ({ scale: 3.1 / 448, codes: v.codes }), everyBf16);
     compare('int4', (v) => ({ codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128), packed: v.packed }), everyBf16);
   });
   it('INT4', () => compare('int4', (v) => ({ codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128), packed: v.packed })));
