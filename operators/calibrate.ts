@@ -88,6 +88,7 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
             }
             await hidden.close(); // the rest comes last: no layer needs the hidden states any more
             hidden = undefined;
+            gemm.dropSpareBuffers?.(); // nor the last layer's weight buffers
           }
           onProgress?.({ layer: unit.layer, tokens, seconds: (Date.now() - started) / 1000 });
           const stats = collector.result();

@@ -221,3 +221,23 @@ describe('quantize with inline calibration', () => {
     await ck.close();
   });
 });
+
+describe('ReusedBuffers (forward-pass intermediates kept from call to call)', () => {
+  it("a call gets the previous call's buffers, an overlapping call its own, a new key new ones", async () => {
+    const { ReusedBuffers } = await import('../src/forward/reused.js');
+    let made = 0;
+    const reuse = new ReusedBuffers((key) => ({ key, id: ++made }));
+    const first = await reuse.use('a', async (b) => b);
+    expect(await reuse.use('a', async (b) => b)).toBe(first);
+    let release!: () => void;
+    const held = reuse.use('a', (b) => new Promise<typeof b>((r) => (release = () => r(b))));
+    const overlapping = await reuse.use('a', async (b) => b);
+    release();
+    expect(await held).toBe(first);
+    expect(overlapping).not.toBe(first);
+    const other = await reuse.use('b', async (b) => b);
+    expect(other.key).toBe('b');
+    expect(reuse.takeBack()).toBe(other);
+    expect(reuse.takeBack()).toBeUndefined();
+  });
+});

@@ -65,12 +65,19 @@ export async function exportFingerprint(o: ExportCheckpointOptions): Promise<str
   return h.digest('hex');
 }
 
+/**
+ * Kernel chunks while calibrating: the export then waits on the forward pass (seconds per layer at
+ * 8B against a fraction of one to quantize it), and smaller chunks keep the kernel pool's slots at
+ * ~15 MB instead of ~60 MB next to a layer in f32.
+ */
+const CALIBRATION_CHUNK_BYTES = 2 * 2 ** 20;
+
 export async function exportCheckpoint(o: ExportCheckpointOptions): Promise<Extract<WriteEvent, { type: 'done' }>> {
   const fingerprint = o.resumable ? await exportFingerprint(o) : undefined;
   const last = await lastValueFrom(
     readCheckpoint(o.model, { layersInFlight: o.layersInFlight }).pipe(
       o.calibration ? calibrate(o.calibration, { onProgress: o.onCalibrate, gemm: o.gemm }) : identity,
-      quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, chunkBytes: o.chunkBytes, onPlan: o.onPlan }),
+      quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, chunkBytes: o.chunkBytes ?? (o.calibration ? CALIBRATION_CHUNK_BYTES : undefined), onPlan: o.onPlan }),
       pack(),
       writeShards(o.out, { maxShardSize: o.maxShardSize, overwrite: o.overwrite, fingerprint, restart: o.restart, onResume: o.onResume, onTensor: o.onTensor, checkpointEvery: o.checkpointEvery, directIO: o.directIO }),
       tap((e) => o.onEvent?.(e)),

@@ -7,6 +7,7 @@ import type { ModelConfig } from '../models/config.js';
 import { rmsnorm, silu } from './ops.js';
 import { applyRope } from './rope.js';
 import { jsGemm, transposeInto, type GemmEngine, type PreparedLinear } from './gemm.js';
+import { ReusedBuffers } from './reused.js';
 
 /** A linear as the forward pass uses it: f32 weight [N, K], optional bias, optional input transform. */
 export interface LinearWeights {
@@ -50,7 +51,10 @@ export interface LayerHooks {
 
 /** Linears that read the same input, run as one GEMM when they have no input transform of their own. */
 export interface PreparedGroup {
+  /** Each member's output; the arrays may be reused by the next run (see PreparedLinear.run). */
   run(x: Float32Array, T: number): Promise<Float32Array[]>;
+  /** Fused groups: the members' outputs side by side, [T, sum of widths], without splitting them. */
+  runFused?(x: Float32Array, T: number): Promise<Float32Array>;
   release(): Promise<void>;
 }
 
@@ -63,7 +67,7 @@ async function prepareGroupFrom(loads: (() => Promise<LinearWeights>)[], dims: [
   const K = dims[0]![1];
   if (gemm.prepareTransposed && loads.length > 1 && dims.every((d) => d[1] === K)) {
     const N = dims.reduce((a, d) => a + d[0], 0);
-    const wt = new Float32Array(K * N);
+    const wt = gemm.takeBuffer?.(K * N) ?? new Float32Array(K * N);
     let b: Float32Array | undefined;
     let off = 0;
     let fused = true;
@@ -78,7 +82,7 @@ async function prepareGroupFrom(loads: (() => Promise<LinearWeights>)[], dims: [
       if (m.b) (b ??= new Float32Array(N)).set(m.b, off);
       off += m.N;
     }
-    if (fused) return splitOutputs(await gemm.prepareTransposed({ wt, N, K, b }), dims.map((d) => d[0]));
+    if (fused) return splitOutputs(await gemm.prepareTransposed({ wt, N, K, b }), dims.map((d) => d[0]), gemm);
   }
   if (!gemm.prepareTransposed) return prepareGroup(await Promise.all(loads.map((l) => l())), gemm);
   // one at a time: each member's [N, K] is dropped once the engine has its W^T
@@ -111,28 +115,34 @@ async function prepareGroup(members: LinearWeights[], gemm: GemmEngine): Promise
       if (b && m.b) b.set(m.b, off);
       off += m.N;
     }
-    return splitOutputs(await gemm.prepare({ w, N, K, b }), members.map((m) => m.N));
+    return splitOutputs(await gemm.prepare({ w, N, K, b }), members.map((m) => m.N), gemm);
   }
   return separate(await Promise.all(members.map((m) => gemm.prepare(m))));
 }
 
 /** A fused linear's output [T, sum of widths] split into one [T, width] per member. */
-function splitOutputs(fused: PreparedLinear, widths: number[]): PreparedGroup {
+function splitOutputs(fused: PreparedLinear, widths: number[], gemm: GemmEngine): PreparedGroup {
   const N = widths.reduce((a, n) => a + n, 0);
+  const take = (n: number) => gemm.takeBuffer?.(n) ?? new Float32Array(n);
+  const outputs = new ReusedBuffers((key) => widths.map((n) => take(Number(key) * n)));
   return {
-    async run(x, T) {
-      const y = await fused.run(x, T); // [T, N]
-      const outs = widths.map((n) => new Float32Array(T * n));
-      for (let t = 0; t < T; t++) {
-        let o = 0;
-        widths.forEach((n, i) => {
-          outs[i]!.set(y.subarray(t * N + o, t * N + o + n), t * n);
-          o += n;
-        });
-      }
-      return outs;
+    run: (x, T) =>
+      outputs.use(String(T), async (outs) => {
+        const y = await fused.run(x, T); // [T, N]
+        for (let t = 0; t < T; t++) {
+          let o = 0;
+          widths.forEach((n, i) => {
+            outs[i]!.set(y.subarray(t * N + o, t * N + o + n), t * n);
+            o += n;
+          });
+        }
+        return outs;
+      }),
+    runFused: (x, T) => fused.run(x, T),
+    release: async () => {
+      await fused.release();
+      gemm.giveBack?.(...(outputs.takeBack() ?? []));
     },
-    release: () => fused.release(),
   };
 }
 
@@ -187,9 +197,13 @@ export async function prepareLayerFrom(
   };
 }
 
+/** decoderLayer's normed input and MLP activation buffers, kept per engine (see ReusedBuffers). */
+const scratchOf = new WeakMap<GemmEngine, ReusedBuffers<{ x: Float32Array; act: Float32Array }>>();
+
 /**
- * h [T, H] -> h' [T, H] for one sequence. `valid[t] = 0` marks a padding token (its key is masked).
- * cos/sin: [T, headDim] RoPE tables.
+ * h [T, H] -> h' [T, H] for one sequence, written over h (the residual stream is updated in place:
+ * at 8B a copy per sample is 8 MB more garbage) and returned. `valid[t] = 0` marks a padding token
+ * (its key is masked). cos/sin: [T, headDim] RoPE tables.
  */
 export async function decoderLayer(
   h: Float32Array,
@@ -201,10 +215,30 @@ export async function decoderLayer(
   hooks: LayerHooks = {},
   valid?: Uint8Array,
 ): Promise<Float32Array> {
+  let reuse = scratchOf.get(layer.engine);
+  if (!reuse) scratchOf.set(layer.engine, (reuse = new ReusedBuffers((key) => {
+    const [t, h, i] = key.split(',').map(Number) as [number, number, number];
+    return { x: new Float32Array(t * h), act: new Float32Array(t * i) };
+  })));
+  return reuse.use(`${T},${cfg.hiddenSize},${cfg.intermediateSize}`, (scratch) => decoderLayerWith(scratch, h, T, layer, cfg, cos, sin, hooks, valid));
+}
+
+async function decoderLayerWith(
+  scratch: { x: Float32Array; act: Float32Array },
+  h: Float32Array,
+  T: number,
+  layer: PreparedLayer,
+  cfg: ModelConfig,
+  cos: Float32Array,
+  sin: Float32Array,
+  hooks: LayerHooks,
+  valid: Uint8Array | undefined,
+): Promise<Float32Array> {
   const lw = layer.norms;
   const H = cfg.hiddenSize, d = cfg.headDim, nH = cfg.numHeads, nKV = cfg.numKvHeads;
   // --- attention block
-  const x = rmsnorm(h, T, H, lw.inputNorm, cfg.rmsNormEps); // [T, H]
+  // [T, H]; the MLP's normed input reuses the buffer once q, k and v are computed
+  const x = rmsnorm(h, T, H, lw.inputNorm, cfg.rmsNormEps, scratch.x);
   for (const n of ['q', 'k', 'v'] as const) hooks.linearInput?.(n, x, T, H);
   const [q, k, v] = (await layer.qkv.run(x, T)) as [Float32Array, Float32Array, Float32Array]; // [T, nH*d], [T, nKV*d] x2
   if (lw.qNorm) rmsnorm(q, T * nH, d, lw.qNorm, cfg.rmsNormEps, q);
@@ -216,16 +250,28 @@ export async function decoderLayer(
   const att = layer.engine.attention && !valid ? await (await layer.engine.attention(T, nH, nKV, d))(q, k, v) : attention(q, k, v, T, nH, nKV, d, valid);
   hooks.linearInput?.('o', att, T, nH * d);
   const [o] = (await layer.o.run(att, T)) as [Float32Array]; // [T, H]
-  const h1 = new Float32Array(T * H);
-  for (let i = 0; i < h1.length; i++) h1[i] = h[i]! + o[i]!;
+  const h1 = h; // h + attention, in place
+  for (let i = 0; i < h1.length; i++) h1[i] = h1[i]! + o[i]!;
   // --- MLP block (SwiGLU)
-  const x2 = rmsnorm(h1, T, H, lw.postNorm, cfg.rmsNormEps);
+  const x2 = rmsnorm(h1, T, H, lw.postNorm, cfg.rmsNormEps, x);
   hooks.linearInput?.('gate', x2, T, H);
   hooks.linearInput?.('up', x2, T, H);
-  const [g, u] = (await layer.gateUp.run(x2, T)) as [Float32Array, Float32Array]; // [T, I] x2
-  for (let i = 0; i < g.length; i++) g[i] = Math.fround(silu(g[i]!)) * u[i]!;
-  hooks.linearInput?.('down', g, T, cfg.intermediateSize);
-  const [dn] = (await layer.down.run(g, T)) as [Float32Array]; // [T, H]
+  const I = cfg.intermediateSize;
+  let act: Float32Array; // silu(gate) * up, [T, I]
+  if (layer.gateUp.runFused) {
+    const gu = await layer.gateUp.runFused(x2, T); // [T, 2I]: gate | up, read in place
+    act = scratch.act;
+    for (let t = 0; t < T; t++) {
+      const o = 2 * t * I;
+      for (let i = 0; i < I; i++) act[t * I + i] = Math.fround(silu(gu[o + i]!)) * gu[o + I + i]!;
+    }
+  } else {
+    const [g, u] = (await layer.gateUp.run(x2, T)) as [Float32Array, Float32Array]; // [T, I] x2
+    act = scratch.act;
+    for (let i = 0; i < act.length; i++) act[i] = Math.fround(silu(g[i]!)) * u[i]!;
+  }
+  hooks.linearInput?.('down', act, T, I);
+  const [dn] = (await layer.down.run(act, T)) as [Float32Array]; // [T, H]
   for (let i = 0; i < h1.length; i++) h1[i] = h1[i]! + dn[i]!;
   return h1;
 }

@@ -18,7 +18,7 @@ import { dequantizeFp8Block } from '../formats/fp8-block.js';
 import { dequantizeNvfp4 } from '../formats/nvfp4.js';
 import { dequantizeInt4 } from '../formats/int4.js';
 import { prepareLayerFrom, type LayerWeights, type LinearName, type LinearWeights, type PreparedLayer } from './layer.js';
-import { transposeInto, type GemmEngine } from './gemm.js';
+import { transposeBf16Into, transposeInto, type GemmEngine } from './gemm.js';
 
 export interface WeightSource {
   tensors: Map<string, TensorRef>;
@@ -164,10 +164,12 @@ export async function loadLinearLazily(src: WeightSource, module: string): Promi
     async writeTransposed(wt, nTotal, off) {
       const rows = Math.max(1, Math.floor((4 * 2 ** 20) / t.rowBytes));
       const raw = new Uint8Array(rows * t.rowBytes);
+      const bits = new Uint16Array(raw.buffer);
       for (let r0 = 0; r0 < N; r0 += rows) {
         const r1 = Math.min(N, r0 + rows);
-        const w = decodeToFloat32(await t.readRows(r0, r1, raw), t.dtype, t.name);
-        transposeInto(wt, nTotal, off + r0, { w, N: r1 - r0, K });
+        const bytes = await t.readRows(r0, r1, raw);
+        if (t.dtype === 'BF16' && bytes.buffer === raw.buffer && bytes.byteOffset === 0) transposeBf16Into(wt, nTotal, off + r0, bits, r1 - r0, K);
+        else transposeInto(wt, nTotal, off + r0, { w: decodeToFloat32(bytes, t.dtype, t.name), N: r1 - r0, K });
       }
     },
   };
