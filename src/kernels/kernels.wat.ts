@@ -41,6 +41,8 @@ const CONST_VALUES: Record<string, string> = {
   $k7fff: 'i32x4 0x7fff7fff 0x7fff7fff 0x7fff7fff 0x7fff7fff',
   $kHi: 'i32x4 0xffff0000 0xffff0000 0xffff0000 0xffff0000',
   $kFF: 'i32x4 0x00ff00ff 0x00ff00ff 0x00ff00ff 0x00ff00ff',
+  $k8000: 'i32x4 0x80008000 0x80008000 0x80008000 0x80008000',
+  $k08: 'i32x4 0x08080808 0x08080808 0x08080808 0x08080808',
 };
 const CONST_NAMES = Object.keys(CONST_VALUES);
 /** Byte address of the constant table: after the 256-entry e4m3 decode table. */
@@ -105,6 +107,19 @@ const E2M1B = (q: string) => `
         (i32.const 22)))
     (v128.and (f32x4.lt (local.get $qq) (v128.const f32x4 0 0 0 0)) (local.get $k8)))`;
 
+/**
+ * E2M1B without the sign, for q >= 0 (a quotient of |x|): the magnitude code 0..7. Uses local $qa.
+ */
+const E2M1_MAG = (q: string) => `
+  (i32x4.max_s
+    (i32x4.sub (f32x4.add
+      (f32x4.pmin (local.tee $qa (f32x4.pmin ${q} (local.get $k6))) (local.get $kF1))
+      (local.get $kM4)) (local.get $kM4b))
+    (i32x4.shr_s
+      (i32x4.add (i32x4.add (local.get $qa) (local.get $kB4))
+        (v128.and (i32x4.shr_u (local.get $qa) (i32.const 22)) (local.get $kOne)))
+      (i32.const 22)))`;
+
 /** Four i32x4 of byte values -> one v128 of 16 bytes. */
 const NARROW_U8 = (a: string, b: string, c: string, d: string) =>
   `(i8x16.narrow_i16x8_u (i16x8.narrow_i32x4_u ${a} ${b}) (i16x8.narrow_i32x4_u ${c} ${d}))`;
@@ -142,7 +157,7 @@ const QBLOCK = (x: string, lane: number, off: number) => `
     ${NARROW_U8(E2M1B(`(f32x4.div (local.get $${x}0) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}1) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}2) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}3) (local.get $dv))`))})`;
 
 const C_NV = CONSTS(...E2M1_CONSTS);
-const C_NV4 = CONSTS(...new Set([...E2M1_CONSTS, ...E4M3_CONSTS, '$k7fff', '$kHi', '$kFF']));
+const C_NV4 = CONSTS(...new Set([...E2M1_CONSTS, ...E4M3_CONSTS, '$k7fff', '$kHi', '$kFF', '$k8000', '$k08']));
 const C_E4 = CONSTS(...E4M3_CONSTS);
 const C_I4 = CONSTS('$kRnd', '$kRndb', '$kLo4', '$kHi4');
 
@@ -152,18 +167,25 @@ const BLOCK_MAX16 = (m: string, off: number) =>
 
 /**
  * Codes of block b (lane b of $div is its divisor) from $p + 32b to $o + 16b, in element order, and
- * packed two per byte (even element in the low nibble) to $pk + 8b unless $packed is 0.
+ * packed two per byte (even element in the low nibble) to $pk + 8b unless $packed is 0. The
+ * magnitudes come from |x| / divisor; the sign bit from the bf16 sign of x, set for every x below
+ * -0.0 (0x8000 itself gives 0, as -0.0 / d does): the quotient of a nonzero x is never zero here
+ * (the caller keeps divisors <= 2^16, so |x| >= 2^-133 gives |q| >= 2^-149), so its sign is x's.
  */
 const QBLOCK_EO = (b: number) => `
   (local.set $dv (f32x4.splat (f32x4.extract_lane ${b} (local.get $div))))
   (local.set $v (v128.load offset=${32 * b} (local.get $p)))
   (local.set $w (v128.load offset=${32 * b + 16} (local.get $p)))
+  (local.set $x (v128.and (local.get $v) (local.get $k7fff)))
+  (local.set $y (v128.and (local.get $w) (local.get $k7fff)))
   (local.set $u
-    (i16x8.narrow_i32x4_u
-      (v128.or ${E2M1B('(f32x4.div (i32x4.shl (local.get $v) (i32.const 16)) (local.get $dv))')}
-        (i32x4.shl ${E2M1B('(f32x4.div (v128.and (local.get $v) (local.get $kHi)) (local.get $dv))')} (i32.const 8)))
-      (v128.or ${E2M1B('(f32x4.div (i32x4.shl (local.get $w) (i32.const 16)) (local.get $dv))')}
-        (i32x4.shl ${E2M1B('(f32x4.div (v128.and (local.get $w) (local.get $kHi)) (local.get $dv))')} (i32.const 8)))))
+    (v128.or
+      (i16x8.narrow_i32x4_u
+        (v128.or ${E2M1_MAG('(f32x4.div (i32x4.shl (local.get $x) (i32.const 16)) (local.get $dv))')}
+          (i32x4.shl ${E2M1_MAG('(f32x4.div (v128.and (local.get $x) (local.get $kHi)) (local.get $dv))')} (i32.const 8)))
+        (v128.or ${E2M1_MAG('(f32x4.div (i32x4.shl (local.get $y) (i32.const 16)) (local.get $dv))')}
+          (i32x4.shl ${E2M1_MAG('(f32x4.div (v128.and (local.get $y) (local.get $kHi)) (local.get $dv))')} (i32.const 8))))
+      (v128.and (i8x16.narrow_i16x8_s (i16x8.gt_u (local.get $v) (local.get $k8000)) (i16x8.gt_u (local.get $w) (local.get $k8000))) (local.get $k08))))
   (v128.store offset=${16 * b} (local.get $o) (local.get $u))
   ;; u16 lane = even | odd << 8 -> byte even | odd << 4
   (if (local.get $packed) (then

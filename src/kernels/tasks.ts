@@ -109,6 +109,9 @@ function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
       k.fp8_block(src, task.rows, task.K, task.codes.byteOffset, task.scales.byteOffset);
       return finiteScales(task.scales) ? {} : undefined;
     case 'nvfp4': {
+      // the kernel takes the sign of a code from x, exact while no |x| / divisor underflows to 0:
+      // divisors are at most 448 * ws2, and <= 2^16 keeps the smallest bf16 (2^-133) above it
+      if (448 * task.ws2 > 2 ** 16) return undefined;
       const blocks = n / 16;
       const six = Math.fround(6 * task.ws2);
       const n4 = blocks >> 2; // four blocks per iteration, then the rest one at a time
