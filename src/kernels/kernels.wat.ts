@@ -162,8 +162,8 @@ const C_E4 = CONSTS(...E4M3_CONSTS);
 const C_I4 = CONSTS('$kRnd', '$kRndb', '$kLo4', '$kHi4');
 
 /** u16 lanes whose max is the max |bits| of the block of 16 bf16 at $p + off. */
-const BLOCK_MAX16 = (m: string, off: number) =>
-  `(local.set ${m} (i16x8.max_u (v128.and (v128.load offset=${off} (local.get $p)) (local.get $k7fff)) (v128.and (v128.load offset=${off + 16} (local.get $p)) (local.get $k7fff))))`;
+const BLOCK_MAX16 = (m: string, off: number, base = '$p') =>
+  `(local.set ${m} (i16x8.max_u (v128.and (v128.load offset=${off} (local.get ${base})) (local.get $k7fff)) (v128.and (v128.load offset=${off + 16} (local.get ${base})) (local.get $k7fff))))`;
 
 /**
  * Codes of block b (lane b of $div is its divisor) from $p + 32b to $o + 16b, in element order, and
@@ -193,6 +193,42 @@ const QBLOCK_EO = (b: number) => `
       (i8x16.narrow_i16x8_u
         (v128.and (v128.or (local.get $u) (i16x8.shr_u (local.get $u) (i32.const 4))) (local.get $kFF))
         (local.get $u)))))`;
+
+/**
+ * The divisors (e4m3 scale x ws2) of the 4 blocks of group g at $q, to $nd, and their e4m3 codes to
+ * scales[4g..4g+3]. nvfp4x4 computes them one group ahead (see there).
+ */
+const GROUP_SCALES = (g: string) => `      ${BLOCK_MAX16('$m0', 0, '$q')}
+      ${BLOCK_MAX16('$m1', 32, '$q')}
+      ${BLOCK_MAX16('$m2', 64, '$q')}
+      ${BLOCK_MAX16('$m3', 96, '$q')}
+      ;; u16 lanes 0-3: block 0 (or 2), 4-7: block 1 (or 3)
+      (local.set $x (i16x8.max_u (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $m0) (local.get $m1))
+                                 (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $m0) (local.get $m1))))
+      (local.set $y (i16x8.max_u (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $m2) (local.get $m3))
+                                 (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $m2) (local.get $m3))))
+      ;; two u16 per 32-bit lane, lane b = block b; then the max of the pair, as f32 bits
+      (local.set $s (i16x8.max_u (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $x) (local.get $y))
+                                 (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $x) (local.get $y))))
+      (local.set $s (i32x4.shl (i16x8.max_u (local.get $s) (i32x4.shr_u (local.get $s) (i32.const 16))) (i32.const 16)))
+      ;; s = clamp(blockAmax / (6 ws2), 2^-9, 448), zero -> 1
+      (local.set $s (f32x4.div (local.get $s) (f32x4.splat (local.get $six))))
+      (local.set $s (v128.bitselect (v128.const f32x4 1 1 1 1) (local.get $s) (f32x4.eq (local.get $s) (v128.const f32x4 0 0 0 0))))
+      (local.set $s (f32x4.pmin (f32x4.pmax (local.get $s) (v128.const f32x4 0x1p-9 0x1p-9 0x1p-9 0x1p-9)) (local.get $k448)))
+      (local.set $code ${E4M3('(local.get $s)')})
+      (v128.store32_lane 0 (i32.add (local.get $scales) (i32.shl ${g} (i32.const 2)))
+        (i8x16.narrow_i16x8_u (i16x8.narrow_i32x4_u (local.get $code) (local.get $code)) (i16x8.narrow_i32x4_u (local.get $code) (local.get $code))))
+      ;; the e4m3 value of each scale (exact), times ws2
+      (local.set $nd (f32x4.mul (f32x4.splat (local.get $ws2))
+        (v128.bitselect
+          (f32x4.mul (f32x4.nearest (f32x4.mul (local.get $s) (v128.const f32x4 512 512 512 512))) (v128.const f32x4 0x1p-9 0x1p-9 0x1p-9 0x1p-9))
+          (v128.and
+            (i32x4.add (local.get $s)
+              (i32x4.add (v128.const i32x4 0x7ffff 0x7ffff 0x7ffff 0x7ffff)
+                (v128.and (i32x4.shr_u (local.get $s) (i32.const 20)) (local.get $kOne))))
+            (v128.const i32x4 0xfff00000 0xfff00000 0xfff00000 0xfff00000))
+          (f32x4.lt (local.get $s) (local.get $kMin8)))))
+`;
 
 export const KERNELS_WAT = `
 (module
@@ -262,41 +298,22 @@ export const KERNELS_WAT = `
     (local $g i32) (local $p i32) (local $o i32) (local $pk i32) (local $u v128) (local $v v128) (local $w v128)
     (local $m0 v128) (local $m1 v128) (local $m2 v128) (local $m3 v128)
     (local $x v128) (local $y v128) (local $s v128) (local $a v128) (local $qq v128) (local $qa v128) (local $code v128) (local $div v128) (local $dv v128)
+    (local $q i32) (local $nd v128)
     ${C_NV4.locals}
     ${C_NV4.init}
+    (if (local.get $n4) (then
+      (local.set $q (local.get $src))
+      ${GROUP_SCALES('(i32.const 0)')}))
     (block $done (loop $l
       (br_if $done (i32.ge_u (local.get $g) (local.get $n4)))
       (local.set $p (i32.add (local.get $src) (i32.shl (local.get $g) (i32.const 7))))
-      ${BLOCK_MAX16('$m0', 0)}
-      ${BLOCK_MAX16('$m1', 32)}
-      ${BLOCK_MAX16('$m2', 64)}
-      ${BLOCK_MAX16('$m3', 96)}
-      ;; u16 lanes 0-3: block 0 (or 2), 4-7: block 1 (or 3)
-      (local.set $x (i16x8.max_u (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $m0) (local.get $m1))
-                                 (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $m0) (local.get $m1))))
-      (local.set $y (i16x8.max_u (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $m2) (local.get $m3))
-                                 (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $m2) (local.get $m3))))
-      ;; two u16 per 32-bit lane, lane b = block b; then the max of the pair, as f32 bits
-      (local.set $s (i16x8.max_u (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $x) (local.get $y))
-                                 (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $x) (local.get $y))))
-      (local.set $s (i32x4.shl (i16x8.max_u (local.get $s) (i32x4.shr_u (local.get $s) (i32.const 16))) (i32.const 16)))
-      ;; s = clamp(blockAmax / (6 ws2), 2^-9, 448), zero -> 1
-      (local.set $s (f32x4.div (local.get $s) (f32x4.splat (local.get $six))))
-      (local.set $s (v128.bitselect (v128.const f32x4 1 1 1 1) (local.get $s) (f32x4.eq (local.get $s) (v128.const f32x4 0 0 0 0))))
-      (local.set $s (f32x4.pmin (f32x4.pmax (local.get $s) (v128.const f32x4 0x1p-9 0x1p-9 0x1p-9 0x1p-9)) (local.get $k448)))
-      (local.set $code ${E4M3('(local.get $s)')})
-      (v128.store32_lane 0 (i32.add (local.get $scales) (i32.shl (local.get $g) (i32.const 2)))
-        (i8x16.narrow_i16x8_u (i16x8.narrow_i32x4_u (local.get $code) (local.get $code)) (i16x8.narrow_i32x4_u (local.get $code) (local.get $code))))
-      ;; the e4m3 value of each scale (exact), times ws2
-      (local.set $div (f32x4.mul (f32x4.splat (local.get $ws2))
-        (v128.bitselect
-          (f32x4.mul (f32x4.nearest (f32x4.mul (local.get $s) (v128.const f32x4 512 512 512 512))) (v128.const f32x4 0x1p-9 0x1p-9 0x1p-9 0x1p-9))
-          (v128.and
-            (i32x4.add (local.get $s)
-              (i32x4.add (v128.const i32x4 0x7ffff 0x7ffff 0x7ffff 0x7ffff)
-                (v128.and (i32x4.shr_u (local.get $s) (i32.const 20)) (local.get $kOne))))
-            (v128.const i32x4 0xfff00000 0xfff00000 0xfff00000 0xfff00000))
-          (f32x4.lt (local.get $s) (local.get $kMin8)))))
+      ;; this group's divisors were computed last iteration; the next group's now, so that their
+      ;; long dependency chain (max, e4m3 scale, its value) overlaps this group's codes instead of
+      ;; stalling the start of every iteration (the loop body is larger than the reorder window)
+      (local.set $div (local.get $nd))
+      (if (i32.lt_u (i32.add (local.get $g) (i32.const 1)) (local.get $n4)) (then
+        (local.set $q (i32.add (local.get $p) (i32.const 128)))
+        ${GROUP_SCALES('(i32.add (local.get $g) (i32.const 1))')}))
       (local.set $o (i32.add (local.get $codes) (i32.shl (local.get $g) (i32.const 6))))
       (local.set $pk (i32.add (local.get $packed) (i32.shl (local.get $g) (i32.const 5))))
       ${QBLOCK_EO(0)}
