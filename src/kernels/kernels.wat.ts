@@ -25,13 +25,11 @@ const CONST_VALUES: Record<string, string> = {
   $k448: 'f32x4 448 448 448 448',
   $kMin8: 'f32x4 0.015625 0.015625 0.015625 0.015625',
   $kM8: 'f32x4 16384 16384 16384 16384',
-  $kM8b: 'i32x4 0x46800000 0x46800000 0x46800000 0x46800000',
   $kB8: 'i32x4 0xc407ffff 0xc407ffff 0xc407ffff 0xc407ffff',
   $kOne: 'i32x4 1 1 1 1',
   $k6: 'f32x4 6 6 6 6',
   $kF1: 'f32x4 1 1 1 1',
   $kM4: 'f32x4 4194304 4194304 4194304 4194304',
-  $kM4b: 'i32x4 0x4a800000 0x4a800000 0x4a800000 0x4a800000',
   $kB4: 'i32x4 0xc11fffff 0xc11fffff 0xc11fffff 0xc11fffff',
   $k8: 'i32x4 8 8 8 8',
   $kRnd: 'f32x4 12582912 12582912 12582912 12582912',
@@ -64,8 +62,8 @@ const CONSTS = (...names: string[]) => ({
   locals: names.map((n) => `(local ${n} v128)`).join(' '),
   init: names.map((n) => `(local.set ${n} (v128.load offset=${CONST_TABLE + 16 * CONST_NAMES.indexOf(n)} (i32.const 0)))`).join('\n    '),
 });
-const E4M3_CONSTS = ['$kAbs', '$k80', '$k448', '$kMin8', '$kM8', '$kM8b', '$kB8', '$kOne'];
-const E2M1_CONSTS = ['$kAbs', '$k6', '$kF1', '$kM4', '$kM4b', '$kB4', '$kOne', '$k8'];
+const E4M3_CONSTS = ['$kAbs', '$k80', '$k448', '$kMin8', '$kM8', '$kB8', '$kOne'];
+const E2M1_CONSTS = ['$kAbs', '$k6', '$kF1', '$kM4', '$kB4', '$kOne', '$k8'];
 
 /**
  * e4m3 code of each f32 lane of q (RNE, subnormals, clamp to 448, sign kept); uses locals $qq, $a.
@@ -82,7 +80,7 @@ const E4M3 = (q: string) => `
     (i32x4.max_s
       (i32x4.sub (f32x4.add
         (f32x4.pmin (local.tee $a (f32x4.pmin (v128.and (local.get $qq) (local.get $kAbs)) (local.get $k448))) (local.get $kMin8))
-        (local.get $kM8)) (local.get $kM8b))
+        (local.get $kM8)) (local.get $kM8))
       (i32x4.shr_s
         (i32x4.add (i32x4.add (local.get $a) (local.get $kB8))
           (v128.and (i32x4.shr_u (local.get $a) (i32.const 20)) (local.get $kOne)))
@@ -100,7 +98,7 @@ const E2M1B = (q: string) => `
     (i32x4.max_s
       (i32x4.sub (f32x4.add
         (f32x4.pmin (local.tee $qa (f32x4.pmin (v128.and (local.tee $qq ${q}) (local.get $kAbs)) (local.get $k6))) (local.get $kF1))
-        (local.get $kM4)) (local.get $kM4b))
+        (local.get $kM4)) (local.get $kM4))
       (i32x4.shr_s
         (i32x4.add (i32x4.add (local.get $qa) (local.get $kB4))
           (v128.and (i32x4.shr_u (local.get $qa) (i32.const 22)) (local.get $kOne)))
@@ -114,7 +112,7 @@ const E2M1_MAG = (q: string) => `
   (i32x4.max_s
     (i32x4.sub (f32x4.add
       (f32x4.pmin (local.tee $qa (f32x4.pmin ${q} (local.get $k6))) (local.get $kF1))
-      (local.get $kM4)) (local.get $kM4b))
+      (local.get $kM4)) (local.get $kM4))
     (i32x4.shr_s
       (i32x4.add (i32x4.add (local.get $qa) (local.get $kB4))
         (v128.and (i32x4.shr_u (local.get $qa) (i32.const 22)) (local.get $kOne)))
