@@ -157,7 +157,7 @@ const QBLOCK = (x: string, lane: number, off: number) => `
 const C_NV = CONSTS(...E2M1_CONSTS);
 const C_NV4 = CONSTS(...new Set([...E2M1_CONSTS, ...E4M3_CONSTS, '$k7fff', '$kHi', '$kFF', '$k8000', '$k08']));
 const C_E4 = CONSTS(...E4M3_CONSTS);
-const C_I4 = CONSTS('$kRnd', '$kRndb', '$kLo4', '$kHi4');
+const C_I4 = CONSTS('$kRnd', '$kRndb', '$kLo4', '$kHi4', '$k7fff');
 
 /** u16 lanes whose max is the max |bits| of the block of 16 bf16 at $p + off. */
 const BLOCK_MAX16 = (m: string, off: number, base = '$p') =>
@@ -328,15 +328,14 @@ export const KERNELS_WAT = `
     (block $done (loop $l
       (br_if $done (i32.ge_u (local.get $g) (local.get $ngroups)))
       (local.set $p (i32.add (local.get $src) (i32.shl (local.get $g) (i32.const 8))))
-      (local.set $mx (v128.const i32x4 0 0 0 0))
-      (local.set $j (i32.const 0))
-      (block $d1 (loop $l1
-        (br_if $d1 (i32.ge_u (local.get $j) (i32.const 256)))
-        (local.set $v (v128.load (i32.add (local.get $p) (local.get $j))))
-        (local.set $mx (f32x4.pmax (local.get $mx) (f32x4.pmax (f32x4.abs ${BF16_TO_F32_LO('(local.get $v)')}) (f32x4.abs ${BF16_TO_F32_HI('(local.get $v)')}))))
-        (local.set $j (i32.add (local.get $j) (i32.const 16)))
-        (br $l1)))
-      (local.set $s ${HMAX('(local.get $mx)')})
+      ;; max |w| of the group on the bf16 bits: a tree over its 16 vectors, not a chain through one
+      ;; accumulator
+      (local.set $mx ${I4_AMAX_TREE(0, 16)})
+      ;; horizontal max of the 8 u16 lanes, then the bf16 bits as f32
+      (local.set $mx (i16x8.max_u (local.get $mx) (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $mx) (local.get $mx))))
+      (local.set $mx (i16x8.max_u (local.get $mx) (i8x16.shuffle 4 5 6 7 0 1 2 3 4 5 6 7 0 1 2 3 (local.get $mx) (local.get $mx))))
+      (local.set $mx (i16x8.max_u (local.get $mx) (i8x16.shuffle 2 3 0 1 2 3 0 1 2 3 0 1 2 3 0 1 (local.get $mx) (local.get $mx))))
+      (local.set $s (f32.reinterpret_i32 (i32.shl (i16x8.extract_lane_u 0 (local.get $mx)) (i32.const 16))))
       (local.set $s (if (result f32) (f32.eq (local.get $s) (f32.const 0)) (then (f32.const 1)) (else (f32.div (local.get $s) (f32.const 7)))))
       (f32.store (i32.add (local.get $scales) (i32.shl (local.get $g) (i32.const 2))) (local.get $s))
       (local.set $sv (f32x4.splat (local.get $s)))
@@ -463,6 +462,12 @@ export const KERNELS_WAT = `
       (br $lb))))
 )
 `;
+
+/** Max of |bf16 bits| (u16 lanes; integer order is |value| order) over vectors [i, i + n) of the group at $p, as a balanced tree. */
+function I4_AMAX_TREE(i: number, n: number): string {
+  if (n === 1) return `(v128.and (v128.load offset=${16 * i} (local.get $p)) (local.get $k7fff))`;
+  return `(i16x8.max_u ${I4_AMAX_TREE(i, n / 2)} ${I4_AMAX_TREE(i + n / 2, n / 2)})`;
+}
 
 /**
  * rne(x / scale) clamped to [-8, 7], as i32x4 ($sv holds the splatted scale): adding 1.5 * 2^23 puts
