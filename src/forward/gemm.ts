@@ -103,13 +103,12 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
         attention.set(key, session);
       }
       const s = await session;
-      let buffers = attentionBuffers.get(`${T},${nH},${nKV},${d}`);
-      if (!buffers) {
-        // [T, nH*d] output; one head group's q, k, v and output
-        buffers = new ReusedBuffers(() => ({ y: new Float32Array(T * nH * d), qj: new Float32Array(T * g * d), kj: new Float32Array(T * d), vj: new Float32Array(T * d), yj: new Float32Array(T * g * d) }));
-        attentionBuffers.set(`${T},${nH},${nKV},${d}`, buffers);
+      // [T, nH*d] output; one head group's q, k, v and output
+      const shape = `${T},${nH},${nKV},${d}`;
+      if (!attentionBuffers.has(shape)) {
+        attentionBuffers.set(shape, new ReusedBuffers(() => ({ y: new Float32Array(T * nH * d), qj: new Float32Array(T * g * d), kj: new Float32Array(T * d), vj: new Float32Array(T * d), yj: new Float32Array(T * g * d) })));
       }
-      const reuse = buffers;
+      const reuse = attentionBuffers.get(shape)!;
       return (q, k, v) =>
         reuse.use('', async ({ y, qj, kj, vj, yj }) => {
           // KV head j and its query heads j*g .. j*g+g-1: contiguous columns of q and y

@@ -216,64 +216,53 @@ export async function decoderLayer(
   valid?: Uint8Array,
 ): Promise<Float32Array> {
   let reuse = scratchOf.get(layer.engine);
-  if (!reuse) scratchOf.set(layer.engine, (reuse = new ReusedBuffers((key) => {
-    const [t, h, i] = key.split(',').map(Number) as [number, number, number];
-    return { x: new Float32Array(t * h), act: new Float32Array(t * i) };
-  })));
-  return reuse.use(`${T},${cfg.hiddenSize},${cfg.intermediateSize}`, (scratch) => decoderLayerWith(scratch, h, T, layer, cfg, cos, sin, hooks, valid));
-}
-
-async function decoderLayerWith(
-  scratch: { x: Float32Array; act: Float32Array },
-  h: Float32Array,
-  T: number,
-  layer: PreparedLayer,
-  cfg: ModelConfig,
-  cos: Float32Array,
-  sin: Float32Array,
-  hooks: LayerHooks,
-  valid: Uint8Array | undefined,
-): Promise<Float32Array> {
-  const lw = layer.norms;
-  const H = cfg.hiddenSize, d = cfg.headDim, nH = cfg.numHeads, nKV = cfg.numKvHeads;
-  // --- attention block
-  // [T, H]; the MLP's normed input reuses the buffer once q, k and v are computed
-  const x = rmsnorm(h, T, H, lw.inputNorm, cfg.rmsNormEps, scratch.x);
-  for (const n of ['q', 'k', 'v'] as const) hooks.linearInput?.(n, x, T, H);
-  const [q, k, v] = (await layer.qkv.run(x, T)) as [Float32Array, Float32Array, Float32Array]; // [T, nH*d], [T, nKV*d] x2
-  if (lw.qNorm) rmsnorm(q, T * nH, d, lw.qNorm, cfg.rmsNormEps, q);
-  if (lw.kNorm) rmsnorm(k, T * nKV, d, lw.kNorm, cfg.rmsNormEps, k);
-  applyRope(q, T, nH, d, cos, sin);
-  applyRope(k, T, nKV, d, cos, sin);
-  hooks.keysValues?.(k, v, T);
-  // [T, nH*d]; the engine's attention when it has one (it has no padding mask)
-  const att = layer.engine.attention && !valid ? await (await layer.engine.attention(T, nH, nKV, d))(q, k, v) : attention(q, k, v, T, nH, nKV, d, valid);
-  hooks.linearInput?.('o', att, T, nH * d);
-  const [o] = (await layer.o.run(att, T)) as [Float32Array]; // [T, H]
-  const h1 = h; // h + attention, in place
-  for (let i = 0; i < h1.length; i++) h1[i] = h1[i]! + o[i]!;
-  // --- MLP block (SwiGLU)
-  const x2 = rmsnorm(h1, T, H, lw.postNorm, cfg.rmsNormEps, x);
-  hooks.linearInput?.('gate', x2, T, H);
-  hooks.linearInput?.('up', x2, T, H);
-  const I = cfg.intermediateSize;
-  let act: Float32Array; // silu(gate) * up, [T, I]
-  if (layer.gateUp.runFused) {
-    const gu = await layer.gateUp.runFused(x2, T); // [T, 2I]: gate | up, read in place
-    act = scratch.act;
-    for (let t = 0; t < T; t++) {
-      const o = 2 * t * I;
-      for (let i = 0; i < I; i++) act[t * I + i] = Math.fround(silu(gu[o + i]!)) * gu[o + I + i]!;
-    }
-  } else {
-    const [g, u] = (await layer.gateUp.run(x2, T)) as [Float32Array, Float32Array]; // [T, I] x2
-    act = scratch.act;
-    for (let i = 0; i < act.length; i++) act[i] = Math.fround(silu(g[i]!)) * u[i]!;
+  if (!reuse) {
+    reuse = new ReusedBuffers((key) => {
+      const [tokens, hidden, inter] = key.split(',').map(Number) as [number, number, number];
+      return { x: new Float32Array(tokens * hidden), act: new Float32Array(tokens * inter) };
+    });
+    scratchOf.set(layer.engine, reuse);
   }
-  hooks.linearInput?.('down', act, T, I);
-  const [dn] = (await layer.down.run(act, T)) as [Float32Array]; // [T, H]
-  for (let i = 0; i < h1.length; i++) h1[i] = h1[i]! + dn[i]!;
-  return h1;
+  return reuse.use(`${T},${cfg.hiddenSize},${cfg.intermediateSize}`, async (scratch) => {
+    const lw = layer.norms;
+    const H = cfg.hiddenSize, d = cfg.headDim, nH = cfg.numHeads, nKV = cfg.numKvHeads;
+    // --- attention block
+    // [T, H]; the MLP's normed input reuses the buffer once q, k and v are computed
+    const x = rmsnorm(h, T, H, lw.inputNorm, cfg.rmsNormEps, scratch.x);
+    for (const n of ['q', 'k', 'v'] as const) hooks.linearInput?.(n, x, T, H);
+    const [q, k, v] = (await layer.qkv.run(x, T)) as [Float32Array, Float32Array, Float32Array]; // [T, nH*d], [T, nKV*d] x2
+    if (lw.qNorm) rmsnorm(q, T * nH, d, lw.qNorm, cfg.rmsNormEps, q);
+    if (lw.kNorm) rmsnorm(k, T * nKV, d, lw.kNorm, cfg.rmsNormEps, k);
+    applyRope(q, T, nH, d, cos, sin);
+    applyRope(k, T, nKV, d, cos, sin);
+    hooks.keysValues?.(k, v, T);
+    // [T, nH*d]; the engine's attention when it has one (it has no padding mask)
+    const att = layer.engine.attention && !valid ? await (await layer.engine.attention(T, nH, nKV, d))(q, k, v) : attention(q, k, v, T, nH, nKV, d, valid);
+    hooks.linearInput?.('o', att, T, nH * d);
+    const [o] = (await layer.o.run(att, T)) as [Float32Array]; // [T, H]
+    const h1 = h; // h + attention, in place
+    for (let i = 0; i < h1.length; i++) h1[i] = h1[i]! + o[i]!;
+    // --- MLP block (SwiGLU)
+    const x2 = rmsnorm(h1, T, H, lw.postNorm, cfg.rmsNormEps, x);
+    hooks.linearInput?.('gate', x2, T, H);
+    hooks.linearInput?.('up', x2, T, H);
+    const I = cfg.intermediateSize;
+    const act = scratch.act; // silu(gate) * up, [T, I]
+    if (layer.gateUp.runFused) {
+      const gu = await layer.gateUp.runFused(x2, T); // [T, 2I]: gate | up, read in place
+      for (let t = 0; t < T; t++) {
+        const o = 2 * t * I;
+        for (let i = 0; i < I; i++) act[t * I + i] = Math.fround(silu(gu[o + i]!)) * gu[o + I + i]!;
+      }
+    } else {
+      const [g, u] = (await layer.gateUp.run(x2, T)) as [Float32Array, Float32Array]; // [T, I] x2
+      for (let i = 0; i < act.length; i++) act[i] = Math.fround(silu(g[i]!)) * u[i]!;
+    }
+    hooks.linearInput?.('down', act, T, I);
+    const [dn] = (await layer.down.run(act, T)) as [Float32Array]; // [T, H]
+    for (let i = 0; i < h1.length; i++) h1[i] = h1[i]! + dn[i]!;
+    return h1;
+  });
 }
 
 /**
