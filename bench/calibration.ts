@@ -90,11 +90,13 @@ export async function benchCalibration(): Promise<string[]> {
   const results: { threads: number; rx: number; torch?: number }[] = [];
   for (const threads of [1, Math.min(2, cpus().length)]) {
     const layer = await prepareLayer(lw, onnxGemm(ort, threads));
-    await decoderLayer(h, T, layer, CFG, cos, sin);
+    // decoderLayer writes its result over its input: each run gets a copy of the same h
+    await decoderLayer(h.slice(), T, layer, CFG, cos, sin);
     const ts: number[] = [];
     for (let i = 0; i < 3; i++) {
+      const x = h.slice();
       const t = performance.now();
-      await decoderLayer(h, T, layer, CFG, cos, sin);
+      await decoderLayer(x, T, layer, CFG, cos, sin);
       ts.push((performance.now() - t) / 1000);
     }
     await layer.release();
