@@ -196,7 +196,8 @@ const QBLOCK_EO = (b: number) => `
  * The divisors (e4m3 scale x ws2) of the 4 blocks of group g at $q, to $nd, and their e4m3 codes to
  * scales[4g..4g+3]. nvfp4x4 computes them one group ahead (see there).
  */
-const GROUP_SCALES = (g: string) => `      ${BLOCK_MAX16('$m0', 0, '$q')}
+const GROUP_SCALES = (g: string) => `
+      ${BLOCK_MAX16('$m0', 0, '$q')}
       ${BLOCK_MAX16('$m1', 32, '$q')}
       ${BLOCK_MAX16('$m2', 64, '$q')}
       ${BLOCK_MAX16('$m3', 96, '$q')}
