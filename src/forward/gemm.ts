@@ -162,34 +162,32 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
 }
 
 /**
- * As transposeInto, for rows given as bf16 bits [rows, K]: a bf16 is the top half of an f32, so the
- * bits go straight into W^T with no f32 copy of the rows (at 8B, a layer's load otherwise leaves
- * 2.5 GB of such copies to the garbage collector, 12 MB at a time).
+ * Writes rows [rows, K] transposed into columns [off, off + rows) of wt [K, N], as f32 bits: `src`
+ * holds f32 bits (shift 0) or bf16 bits (shift 16: a bf16 is the top half of an f32, so no f32 copy
+ * of the rows is made; at 8B, a layer's load otherwise leaves 2.5 GB of such copies to the garbage
+ * collector, 12 MB at a time). Blocks of 64 rows: the writes of one row go N apart, the block keeps
+ * them in nearby lines.
  */
-export function transposeBf16Into(wt: Float32Array, N: number, off: number, bits: Uint16Array, rows: number, K: number): Float32Array {
+function transposeBits(wt: Float32Array, N: number, off: number, src: Uint32Array | Uint16Array, rows: number, K: number, shift: 0 | 16): Float32Array {
   const out = new Uint32Array(wt.buffer, wt.byteOffset, wt.length);
   for (let n0 = 0; n0 < rows; n0 += 64) {
     const n1 = Math.min(rows, n0 + 64);
     for (let k = 0; k < K; k++) {
       const base = k * N + off;
-      for (let n = n0; n < n1; n++) out[base + n] = bits[n * K + k]! << 16;
+      for (let n = n0; n < n1; n++) out[base + n] = src[n * K + k]! << shift;
     }
   }
   return wt;
 }
 
+/** As transposeInto, for rows given as bf16 bits [rows, K]. */
+export function transposeBf16Into(wt: Float32Array, N: number, off: number, bits: Uint16Array, rows: number, K: number): Float32Array {
+  return transposeBits(wt, N, off, bits, rows, K, 16);
+}
+
 /** Writes W [l.N, l.K] transposed into columns [off, off + l.N) of wt [K, N]; returns wt. */
 export function transposeInto(wt: Float32Array, N: number, off: number, l: { w: Float32Array; N: number; K: number }): Float32Array {
-  const { w, K } = l;
-  // blocks of 64 rows: the writes of one row go N apart, the block keeps them in nearby lines
-  for (let n0 = 0; n0 < l.N; n0 += 64) {
-    const n1 = Math.min(l.N, n0 + 64);
-    for (let k = 0; k < K; k++) {
-      const base = k * N + off;
-      for (let n = n0; n < n1; n++) wt[base + n] = w[n * K + k]!;
-    }
-  }
-  return wt;
+  return transposeBits(wt, N, off, new Uint32Array(l.w.buffer, l.w.byteOffset, l.w.length), l.N, l.K, 0);
 }
 
 /** The fastest engine available: onnxruntime when it loads, else plain JavaScript. */

@@ -58,6 +58,9 @@ export interface PreparedGroup {
   release(): Promise<void>;
 }
 
+/** A [n] buffer from the engine's spares when it keeps them (see GemmEngine.takeBuffer). */
+const buffer = (gemm: GemmEngine, n: number) => gemm.takeBuffer?.(n) ?? new Float32Array(n);
+
 /**
  * Prepares one GEMM group from loaders of its members (loaded when needed, dropped once used).
  * `dims`: each member's [N, K] as the config gives it, so that an engine working on W^T can size the
@@ -67,7 +70,7 @@ async function prepareGroupFrom(loads: (() => Promise<LinearWeights>)[], dims: [
   const K = dims[0]![1];
   if (gemm.prepareTransposed && loads.length > 1 && dims.every((d) => d[1] === K)) {
     const N = dims.reduce((a, d) => a + d[0], 0);
-    const wt = gemm.takeBuffer?.(K * N) ?? new Float32Array(K * N);
+    const wt = buffer(gemm, K * N);
     let b: Float32Array | undefined;
     let off = 0;
     let fused = true;
@@ -123,8 +126,7 @@ async function prepareGroup(members: LinearWeights[], gemm: GemmEngine): Promise
 /** A fused linear's output [T, sum of widths] split into one [T, width] per member. */
 function splitOutputs(fused: PreparedLinear, widths: number[], gemm: GemmEngine): PreparedGroup {
   const N = widths.reduce((a, n) => a + n, 0);
-  const take = (n: number) => gemm.takeBuffer?.(n) ?? new Float32Array(n);
-  const outputs = new ReusedBuffers((key) => widths.map((n) => take(Number(key) * n)));
+  const outputs = new ReusedBuffers((key) => widths.map((n) => buffer(gemm, Number(key) * n)));
   return {
     run: (x, T) =>
       outputs.use(String(T), async (outs) => {

@@ -164,11 +164,10 @@ export async function loadLinearLazily(src: WeightSource, module: string): Promi
     async writeTransposed(wt, nTotal, off) {
       const rows = Math.max(1, Math.floor((4 * 2 ** 20) / t.rowBytes));
       const raw = new Uint8Array(rows * t.rowBytes);
-      const bits = new Uint16Array(raw.buffer);
       for (let r0 = 0; r0 < N; r0 += rows) {
         const r1 = Math.min(N, r0 + rows);
-        const bytes = await t.readRows(r0, r1, raw);
-        if (t.dtype === 'BF16' && bytes.buffer === raw.buffer && bytes.byteOffset === 0) transposeBf16Into(wt, nTotal, off + r0, bits, r1 - r0, K);
+        const bytes = await t.readRows(r0, r1, raw); // the start of raw
+        if (t.dtype === 'BF16') transposeBf16Into(wt, nTotal, off + r0, new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length / 2), r1 - r0, K);
         else transposeInto(wt, nTotal, off + r0, { w: decodeToFloat32(bytes, t.dtype, t.name), N: r1 - r0, K });
       }
     },

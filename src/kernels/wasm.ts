@@ -14,10 +14,11 @@ export interface WasmKernels {
   fp8_block(src: number, rows: number, K: number, codes: number, scales: number): void;
 }
 
-/** The compiled kernels, and the table-lookup kernel's bytes with its table address to patch (structured-cloneable, for workers). */
+/** The compiled kernels, and the table-lookup kernel's bytes with the offsets of its table address to patch (structured-cloneable, for workers). */
 export interface KernelCode {
   module: WebAssembly.Module;
   lutTemplate: Uint8Array;
+  lutSites: number[];
 }
 
 /** Bytes at the start of the memory reserved for the e4m3 decode table and the vector constants (one page). */
@@ -36,8 +37,7 @@ export function compileKernels(): Promise<KernelCode> {
       return buffer;
     };
     const lutTemplate = binary(LUT16_WAT);
-    standIns(lutTemplate); // throws unless the stand-in address is where the kernel's lookups are
-    return { module: new WebAssembly.Module(binary(KERNELS_WAT) as unknown as BufferSource), lutTemplate };
+    return { module: new WebAssembly.Module(binary(KERNELS_WAT) as unknown as BufferSource), lutTemplate, lutSites: standIns(lutTemplate) };
   })();
   return compiled;
 }
@@ -61,10 +61,10 @@ function standIns(bin: Uint8Array): number[] {
 }
 
 /** The table-lookup kernel with its table at `lut`. */
-function lutModule(template: Uint8Array, lut: number): WebAssembly.Module {
-  const bin = template.slice();
+function lutModule(code: KernelCode, lut: number): WebAssembly.Module {
+  const bin = code.lutTemplate.slice();
   const enc = leb5(lut);
-  for (const i of standIns(template)) bin.set(enc, i);
+  for (const i of code.lutSites) bin.set(enc, i);
   return new WebAssembly.Module(bin);
 }
 
@@ -86,7 +86,7 @@ export function instantiate(code: KernelCode, memory: WebAssembly.Memory): WasmK
   const lut16 = (src: number, n: number, lut: number, dst: number) => {
     let f = lutKernels.get(lut);
     if (!f) {
-      const exp = new WebAssembly.Instance(lutModule(code.lutTemplate, lut), { env: { mem: memory } }).exports;
+      const exp = new WebAssembly.Instance(lutModule(code, lut), { env: { mem: memory } }).exports;
       f = exp.lut16 as (src: number, n: number, dst: number) => void;
       lutKernels.set(lut, f);
     }
