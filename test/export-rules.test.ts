@@ -2,7 +2,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtemp, rm, cp, writeFile, readFile, chmod, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { summarizeExcludeModules, exportCheckpoint, loadStats, openCheckpoint, type Stats } from '../src/index.js';
+import { summarizeExcludeModules, exportCheckpoint, loadStats, openCheckpoint, readCheckpoint, quantize, pack, writeShards, type Stats, type QuantizedUnit } from '../src/index.js';
+import { lastValueFrom, map } from 'rxjs';
+import { quantizeNvfp4Ref } from '../src/formats/nvfp4.js';
 import { decodeToFloat32, roundBf16, f32ToBf16 } from '../src/codecs/float.js';
 import { planShards, ShardWriter } from '../src/safetensors/writer.js';
 import { synthetic, STORIES } from './helpers.js';
@@ -174,5 +176,43 @@ describe('streaming in row chunks', () => {
       await exportCheckpoint({ model: synthetic('llama31'), format, out: b, stats, workers: 2, chunkBytes: 4096 });
       expect(Buffer.compare(await readFile(join(a, 'model.safetensors')), await readFile(join(b, 'model.safetensors'))), format).toBe(0);
     }
+  });
+});
+
+describe('an operator between quantize and pack', () => {
+  it('reads nvfp4 codes (the kernel writes only the packed ones) and can replace them', async () => {
+    const model = synthetic('llama31');
+    const stats: Stats = await loadStats(join(model, 'reference.safetensors'));
+    const src = await openCheckpoint(model);
+    const out = join(tmp, 'operator-nvfp4');
+    const zeroed = 'model.layers.1.mlp.up_proj';
+    let checked = 0;
+    const wrap = (unit: QuantizedUnit) => {
+      for (const l of unit.linears) {
+        const chunks = l.chunks.bind(l);
+        l.chunks = async function* () {
+          const w = await src.tensors.get(`${l.module}.weight`)!.toFloat32();
+          const ref = quantizeNvfp4Ref(w, l.N, l.K, l.weightScale2!);
+          for await (const c of chunks()) {
+            const n = c.rows * l.K;
+            expect(Buffer.compare(c.codes as Uint8Array, ref.codes.subarray(c.row0 * l.K, c.row0 * l.K + n))).toBe(0);
+            checked++;
+            if (l.module === zeroed) {
+              c.codes = new Uint8Array(n).fill(0x9); // -0.5 everywhere
+              c.packed = undefined; // pack() packs the new codes itself
+            }
+            yield c;
+          }
+        };
+      }
+      return unit;
+    };
+    await lastValueFrom(readCheckpoint(model).pipe(quantize('nvfp4', { stats, workers: 0 }), map(wrap), pack(), writeShards(out)));
+    await src.close();
+    expect(checked).toBeGreaterThan(0);
+    const ck = await openCheckpoint(out);
+    const w = await ck.tensors.get(`${zeroed}.weight`)!.read();
+    expect(w.every((b) => b === 0x99)).toBe(true);
+    await ck.close();
   });
 });

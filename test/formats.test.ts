@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { bf16ToF32, f32Bits, roundBf16, f32FromBits } from '../src/codecs/float.js';
-import { quantizeNvfp4, quantizeNvfp4Ref, nvfp4GlobalScale, dequantizeNvfp4 } from '../src/formats/nvfp4.js';
+import { quantizeNvfp4, quantizeNvfp4Ref, nvfp4GlobalScale, dequantizeNvfp4, nvfp4TablesForBf16, NVFP4_SCALE_TABLE } from '../src/formats/nvfp4.js';
+import { e2m1EncodeRef } from '../src/codecs/e2m1.js';
+import { E4M3_VALUES } from '../src/codecs/e4m3.js';
 import { quantizeFp8, quantizeFp8Ref, fp8WeightScale, fp8LutForBf16, quantizeFp8Bf16Lut, dequantizeFp8 } from '../src/formats/fp8.js';
 import { fp8BlockScales, quantizeFp8Block, quantizeFp8BlockRef, dequantizeFp8Block } from '../src/formats/fp8-block.js';
 import { int4Scales, quantizeInt4, quantizeInt4Ref, dequantizeInt4 } from '../src/formats/int4.js';
@@ -124,6 +126,33 @@ describe('fast kernels equal their plain reference', () => {
       for (let i = 0; i < w.length; i++) expect(Math.abs(d[i]! - w[i]!)).toBeLessThanOrEqual(sc[Math.floor(i / 128)]! * 0.5 + 1e-9);
       expect(f32FromBits(f32Bits(d[1]!))).toBe(0); // 0.5 -> 0 (half to even)
       expect(d[5]).toBeCloseTo(sc[0]! * 2, 9); // 2.5 -> 2
+    });
+  }
+});
+
+describe("NVFP4 tables (the SIMD kernel's) against the plain reference", () => {
+  // ordinary, power of two (exact e2m1 ties), huge (quotients underflow to -0: the sign threshold), tiny (subnormal divisors)
+  for (const ws2 of [3.1 / 2688, 2 ** -9, 1e30, 1e-38]) {
+    it(`ws2 = ${ws2}: the scale of a block of every finite max, and every (scale, bf16) code`, () => {
+      const t = nvfp4TablesForBf16(ws2);
+      // blocks [m, 0, ..., 0] for every finite |bf16| m: the reference's block scale = table[m]
+      const rows = 0x7f80;
+      const w = new Float32Array(rows * 16);
+      for (let m = 0; m < rows; m++) w[m * 16] = bf16ToF32(m);
+      expect(Buffer.compare(quantizeNvfp4Ref(w, rows, 16, ws2).scales, t.subarray(0, rows))).toBe(0);
+      const thr = new Int16Array(t.buffer, t.byteOffset + NVFP4_SCALE_TABLE, 128 * 8);
+      let bad = 0;
+      for (let c = 1; c <= 0x7e; c++) {
+        const div = Math.fround(E4M3_VALUES[c]! * ws2);
+        for (let bits = 0; bits < 0x7f80; bits++) {
+          let mag = 0;
+          for (let k = 0; k < 7; k++) mag += +(bits > thr[c * 8 + k]!);
+          const x = bf16ToF32(bits);
+          if (mag !== e2m1EncodeRef(Math.fround(x / div))) bad++;
+          if ((mag | (bits > thr[c * 8 + 7]! ? 8 : 0)) !== e2m1EncodeRef(Math.fround(-x / div))) bad++;
+        }
+      }
+      expect(bad).toBe(0);
     });
   }
 });

@@ -69,6 +69,20 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
     compare('nvfp4', (v) => ({ ws2: 3.1 / 2688, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16), packed: v.packed }));
     compare('nvfp4', (v) => ({ ws2: 2 ** -9, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16) }));
   });
+  it('NVFP4 as the export asks for it (packed codes only, no one-per-element codes), at every finite bf16 value', () => {
+    for (const ws2 of [3.1 / 2688, 2 ** -9, 1e30]) {
+      const a = views(WASM_RESERVED), b = views(WASM_RESERVED + 16 * 2 ** 20);
+      everyBf16(new Uint16Array(a.src.buffer, a.src.byteOffset, N * K));
+      b.src.set(a.src);
+      a.codes.fill(0xab);
+      const base = { src: a.src, dtype: 'BF16', row0: 0, rows: N, K, ops: [], kind: 'nvfp4', ws2 } as const;
+      runKernel({ ...base, wasm: true, lut: a.lut, scales: a.scales.subarray(0, (N * K) / 16), packed: a.packed }, k);
+      runKernel({ ...base, src: b.src, wasm: false, codes: b.codes, scales: b.scales.subarray(0, (N * K) / 16), packed: b.packed });
+      expect(Buffer.compare(a.packed, b.packed)).toBe(0);
+      expect(Buffer.compare(a.scales.subarray(0, (N * K) / 16), b.scales.subarray(0, (N * K) / 16))).toBe(0);
+      expect(a.codes.every((x) => x === 0xab)).toBe(true); // not asked for, not written
+    }
+  });
   it('FP8 table kernel: an element count that is not a multiple of its 64 per iteration, two table addresses', () => {
     const a = views(WASM_RESERVED), b = views(WASM_RESERVED + 16 * 2 ** 20);
     fill(new Uint16Array(a.src.buffer, a.src.byteOffset, N * K), 11);
@@ -90,7 +104,7 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
     b.src.set(a.src);
     const K2 = 16 * 7, rows = 5; // 35 blocks
     const mk = (v: ReturnType<typeof views>, wasm: boolean) =>
-      ({ src: v.src.subarray(0, rows * K2 * 2), dtype: 'BF16', row0: 0, rows, K: K2, ops: [], wasm, kind: 'nvfp4', ws2: 2.2 / 2688, codes: v.codes.subarray(0, rows * K2), scales: v.scales.subarray(0, (rows * K2) / 16), packed: v.packed.subarray(0, (rows * K2) / 2) }) as KernelTask;
+      ({ src: v.src.subarray(0, rows * K2 * 2), dtype: 'BF16', row0: 0, rows, K: K2, ops: [], wasm, lut: v.lut, kind: 'nvfp4', ws2: 2.2 / 2688, codes: v.codes.subarray(0, rows * K2), scales: v.scales.subarray(0, (rows * K2) / 16), packed: v.packed.subarray(0, (rows * K2) / 2) }) as KernelTask;
     runKernel(mk(a, true), k);
     runKernel(mk(b, false));
     expect(Buffer.compare(a.codes.subarray(0, rows * K2), b.codes.subarray(0, rows * K2))).toBe(0);

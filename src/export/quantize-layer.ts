@@ -268,5 +268,20 @@ async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
     release();
     throw err;
   }
-  return { row0, rows, codes, scales, packed, slot, release };
+  // `codes` on first read (NVFP4 unpacks them from `packed`), then whatever an operator sets
+  let own: Uint8Array | Int8Array | undefined;
+  return {
+    row0,
+    rows,
+    get codes() {
+      return (own ??= codes());
+    },
+    set codes(c) {
+      own = c;
+    },
+    scales,
+    packed,
+    slot,
+    release,
+  };
 }

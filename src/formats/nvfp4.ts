@@ -9,6 +9,7 @@
  */
 import { e4m3EncodeRef, e4m3Encode, E4M3_VALUES } from '../codecs/e4m3.js';
 import { e2m1EncodeRef, e2m1Encode, E2M1_VALUES } from '../codecs/e2m1.js';
+import { bf16ToF32 } from '../codecs/float.js';
 
 export const NVFP4_GROUP = 16;
 export const NVFP4_MAXBOUND = 6 * 448; // 2688
@@ -77,4 +78,45 @@ export function dequantizeNvfp4(codes: Uint8Array, scales: Uint8Array, N: number
     out[i] = Math.fround(E2M1_VALUES[code]! * s);
   }
   return out;
+}
+
+/** Bytes of `nvfp4TablesForBf16`: the scale table, then 128 rows of 8 i16 thresholds. */
+export const NVFP4_SCALE_TABLE = 32768;
+export const NVFP4_TABLES_BYTES = NVFP4_SCALE_TABLE + 128 * 16;
+/** A threshold no |bf16| bits exceed (as signed i16): "never". */
+const NEVER = 0x7fff;
+
+/**
+ * NVFP4 of bf16 weights as table lookups and compares, for the SIMD kernel (spec §6.4's formula, not
+ * an approximation of it). Under one global scale ws2:
+ *  - bytes [0, 32768): the e4m3 block-scale code of a block whose max |bf16 bits| is i;
+ *  - then for each scale code c (128 rows of 8 i16): with d = f32(e4m3(c)) * ws2, the e2m1 magnitude
+ *    of x is the number of thresholds t[0..6] with |x bits| > t[k], and the sign bit is set when x is
+ *    negative and |x bits| > t[7]. Both hold exactly because |x| / d, rounded to f32 and then to
+ *    e2m1, never decreases as |x| grows, and bf16 magnitudes order like their bits; so each threshold
+ *    is found by bisection with the same scalar formula `quantizeNvfp4` uses (the sign one is where
+ *    -|x| / d stops rounding to -0.0, which e2m1 encodes as +0).
+ */
+export function nvfp4TablesForBf16(ws2: number, out: Uint8Array = new Uint8Array(NVFP4_TABLES_BYTES)): Uint8Array {
+  const sixWs2 = Math.fround(6 * ws2);
+  for (let i = 0; i < NVFP4_SCALE_TABLE; i++) out[i] = e4m3Encode(blockScaleValue(bf16ToF32(i), sixWs2));
+  const thr = new Int16Array(out.buffer, out.byteOffset + NVFP4_SCALE_TABLE, 128 * 8);
+  for (let c = 0; c < 128; c++) {
+    const div = Math.fround(E4M3_VALUES[c]! * ws2);
+    const mag = (bits: number) => e2m1Encode(Math.fround(bf16ToF32(bits) / div)) & 7;
+    for (let k = 1; k <= 7; k++) thr[c * 8 + k - 1] = firstFinite((bits) => mag(bits) >= k) - 1;
+    thr[c * 8 + 7] = firstFinite((bits) => e2m1Encode(Math.fround(-bf16ToF32(bits) / div)) >= 8) - 1;
+  }
+  return out;
+}
+
+/** The smallest finite |bf16| bit pattern where a monotone predicate holds, or NEVER + 1. */
+function firstFinite(holds: (bits: number) => boolean): number {
+  let lo = 0, hi = 0x7f80; // the answer is in [lo, hi]; hi = 0x7f80 (infinity) means none
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (holds(mid)) hi = mid;
+    else lo = mid + 1;
+  }
+  return hi === 0x7f80 ? NEVER + 1 : hi;
 }

@@ -3,11 +3,16 @@ import type { FormatName } from '../export/formats.js';
 import type { Slot } from './pool.js';
 import type { ChunkInput, KernelTask } from './tasks.js';
 import { FP8_BLOCK } from '../formats/fp8-block.js';
+import { unpackNibblesK } from '../codecs/e2m1.js';
 
 export interface ChunkOutputs {
   task: KernelTask;
-  /** One code per element, in the slot. */
-  codes: Uint8Array | Int8Array;
+  /**
+   * One code per element, in the slot, once the task has run. NVFP4 tasks write only the packed
+   * codes (what is stored; one code per element too cost the kernel a fifth of its speed), so this
+   * unpacks them into the slot when called.
+   */
+  codes(): Uint8Array | Int8Array;
   /** The chunk's scales in the slot (none for per-tensor FP8). */
   scales?: Uint8Array | Float32Array;
   /** nvfp4 and int4: the codes packed two per byte as stored, in the slot (the task fills it). */
@@ -25,16 +30,16 @@ export function chunkTask(format: FormatName, slot: Slot, base: Omit<ChunkInput,
   const codes = slot.codes.subarray(0, n);
   switch (format) {
     case 'fp8':
-      return { task: { ...input, kind: 'fp8', scale, codes }, codes };
+      return { task: { ...input, kind: 'fp8', scale, codes }, codes: () => codes };
     case 'fp8_pb_wo': {
       const scales = f32(Math.ceil(base.rows / FP8_BLOCK) * Math.ceil(base.K / FP8_BLOCK));
-      return { task: { ...input, kind: 'fp8_block', codes, scales }, codes, scales };
+      return { task: { ...input, kind: 'fp8_block', codes, scales }, codes: () => codes, scales };
     }
     case 'nvfp4':
     case 'nvfp4_awq': {
       const scales = slot.scales.subarray(0, n / 16);
       const packed = slot.packed.subarray(0, n / 2);
-      return { task: { ...input, kind: 'nvfp4', ws2: scale, codes, scales, packed }, codes, scales, packed };
+      return { task: { ...input, kind: 'nvfp4', ws2: scale, scales, packed }, codes: () => unpackNibblesK(packed, codes), scales, packed };
     }
     case 'int4_awq':
     case 'w4a8_awq': {
@@ -42,7 +47,7 @@ export function chunkTask(format: FormatName, slot: Slot, base: Omit<ChunkInput,
       const scales = f32(n / 128);
       // row pairs: whole ones only (every chunk but a model's odd last row has an even count)
       const packed = base.rows % 2 === 0 ? slot.packed.subarray(0, n / 2) : undefined;
-      return { task: { ...input, kind: 'int4', codes: q, scales, packed }, codes: q, scales, packed };
+      return { task: { ...input, kind: 'int4', codes: q, scales, packed }, codes: () => q, scales, packed };
     }
   }
 }

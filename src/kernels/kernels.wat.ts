@@ -7,6 +7,7 @@
  * Helpers are written as WAT text macros and inlined by hand, since Node 20 does not inline
  * wasm-to-wasm calls.
  */
+import { NVFP4_SCALE_TABLE } from '../formats/nvfp4.js';
 
 /** bf16 lanes of a v128 at `addr` -> four f32x4 (low 4 of the first 8, high 4, ...). */
 const BF16_TO_F32_LO = (v: string) => `(i32x4.shl (i32x4.extend_low_i16x8_u ${v}) (i32.const 16))`;
@@ -27,20 +28,14 @@ const CONST_VALUES: Record<string, string> = {
   $kM8: 'f32x4 16384 16384 16384 16384',
   $kB8: 'i32x4 0xc407ffff 0xc407ffff 0xc407ffff 0xc407ffff',
   $kOne: 'i32x4 1 1 1 1',
-  $k6: 'f32x4 6 6 6 6',
-  $kF1: 'f32x4 1 1 1 1',
-  $kM4: 'f32x4 4194304 4194304 4194304 4194304',
-  $kB4: 'i32x4 0xc11fffff 0xc11fffff 0xc11fffff 0xc11fffff',
-  $k8: 'i32x4 8 8 8 8',
   $kRnd: 'f32x4 12582912 12582912 12582912 12582912',
   $kRndb: 'i32x4 0x4b400000 0x4b400000 0x4b400000 0x4b400000',
   $kLo4: 'i32x4 -8 -8 -8 -8',
   $kHi4: 'i32x4 7 7 7 7',
   $k7fff: 'i32x4 0x7fff7fff 0x7fff7fff 0x7fff7fff 0x7fff7fff',
-  $kHi: 'i32x4 0xffff0000 0xffff0000 0xffff0000 0xffff0000',
   $kFF: 'i32x4 0x00ff00ff 0x00ff00ff 0x00ff00ff 0x00ff00ff',
   $k8000: 'i32x4 0x80008000 0x80008000 0x80008000 0x80008000',
-  $k08: 'i32x4 0x08080808 0x08080808 0x08080808 0x08080808',
+  $k8h: 'i32x4 0x00080008 0x00080008 0x00080008 0x00080008',
 };
 const CONST_NAMES = Object.keys(CONST_VALUES);
 /** Byte address of the constant table: after the 256-entry e4m3 decode table. */
@@ -63,7 +58,6 @@ const CONSTS = (...names: string[]) => ({
   init: names.map((n) => `(local.set ${n} (v128.load offset=${CONST_TABLE + 16 * CONST_NAMES.indexOf(n)} (i32.const 0)))`).join('\n    '),
 });
 const E4M3_CONSTS = ['$kAbs', '$k80', '$k448', '$kMin8', '$kM8', '$kB8', '$kOne'];
-const E2M1_CONSTS = ['$kAbs', '$k6', '$kF1', '$kM4', '$kB4', '$kOne', '$k8'];
 
 /**
  * e4m3 code of each f32 lane of q (RNE, subnormals, clamp to 448, sign kept); uses locals $qq, $a.
@@ -86,48 +80,11 @@ const E4M3 = (q: string) => `
           (v128.and (i32x4.shr_u (local.get $a) (i32.const 20)) (local.get $kOne)))
         (i32.const 20))))`;
 
-/**
- * e2m1 code of each f32 lane of q with NVFP4's rounding: round-to-nearest-even to one mantissa bit
- * (ties 0.75, 1.75, 3.5 go up, 1.25, 2.5, 5 down), subnormal 0.5, saturate at 6; sign = (q < 0), so
- * -0.0 gives 0. As E4M3: mantissa rounding by integer add for |q| >= 1 (rebias -(127-1) << 1 = -252
- * folded into $kB4), |q| + 2^22 (ulp 0.5) below 1; the larger of the two, as in E4M3. Uses
- * locals $qq, $qa.
- */
-const E2M1B = (q: string) => `
-  (v128.or
-    (i32x4.max_s
-      (i32x4.sub (f32x4.add
-        (f32x4.pmin (local.tee $qa (f32x4.pmin (v128.and (local.tee $qq ${q}) (local.get $kAbs)) (local.get $k6))) (local.get $kF1))
-        (local.get $kM4)) (local.get $kM4))
-      (i32x4.shr_s
-        (i32x4.add (i32x4.add (local.get $qa) (local.get $kB4))
-          (v128.and (i32x4.shr_u (local.get $qa) (i32.const 22)) (local.get $kOne)))
-        (i32.const 22)))
-    (v128.and (f32x4.lt (local.get $qq) (v128.const f32x4 0 0 0 0)) (local.get $k8)))`;
-
-/**
- * E2M1B without the sign, for q >= 0 (a quotient of |x|): the magnitude code 0..7. Uses local $qa.
- */
-const E2M1_MAG = (q: string) => `
-  (i32x4.max_s
-    (i32x4.sub (f32x4.add
-      (f32x4.pmin (local.tee $qa (f32x4.pmin ${q} (local.get $k6))) (local.get $kF1))
-      (local.get $kM4)) (local.get $kM4))
-    (i32x4.shr_s
-      (i32x4.add (i32x4.add (local.get $qa) (local.get $kB4))
-        (v128.and (i32x4.shr_u (local.get $qa) (i32.const 22)) (local.get $kOne)))
-      (i32.const 22)))`;
-
 /** Four i32x4 of byte values -> one v128 of 16 bytes. */
 const NARROW_U8 = (a: string, b: string, c: string, d: string) =>
   `(i8x16.narrow_i16x8_u (i16x8.narrow_i32x4_u ${a} ${b}) (i16x8.narrow_i32x4_u ${c} ${d}))`;
 const NARROW_S8 = (a: string, b: string, c: string, d: string) =>
   `(i8x16.narrow_i16x8_s (i16x8.narrow_i32x4_s ${a} ${b}) (i16x8.narrow_i32x4_s ${c} ${d}))`;
-
-/** Horizontal max of the four f32 lanes of v. */
-const HMAX = (v: string) => `
-  (f32.max (f32.max (f32x4.extract_lane 0 ${v}) (f32x4.extract_lane 1 ${v}))
-           (f32.max (f32x4.extract_lane 2 ${v}) (f32x4.extract_lane 3 ${v})))`;
 
 /** |bf16| bits max of 8 lanes at addr (integer compare is monotonic for finite values). */
 const ABS16 = (addr: string) => `(v128.and (v128.load ${addr}) (v128.const i16x8 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff))`;
@@ -135,99 +92,101 @@ const HMAX16 = (v: string) => `
   (local.set $m (i16x8.extract_lane_u 0 ${v}))
   ${[1, 2, 3, 4, 5, 6, 7].map((i) => `(if (i32.gt_u (i16x8.extract_lane_u ${i} ${v}) (local.get $m)) (then (local.set $m (i16x8.extract_lane_u ${i} ${v}))))`).join('\n  ')}`;
 
-/** Loads one block of 16 bf16 at $p + off as four f32x4 locals $X0..$X3. */
-const LOAD_BLOCK = (x: string, off: number) => `
-  (local.set $v (v128.load offset=${off} (local.get $p)))
-  (local.set $${x}0 ${BF16_TO_F32_LO('(local.get $v)')})
-  (local.set $${x}1 ${BF16_TO_F32_HI('(local.get $v)')})
-  (local.set $v (v128.load offset=${off + 16} (local.get $p)))
-  (local.set $${x}2 ${BF16_TO_F32_LO('(local.get $v)')})
-  (local.set $${x}3 ${BF16_TO_F32_HI('(local.get $v)')})`;
-
-/** Lane-wise max of |X0..X3|. */
-const BMAX = (x: string) =>
-  `(f32x4.pmax (f32x4.pmax (f32x4.abs (local.get $${x}0)) (f32x4.abs (local.get $${x}1))) (f32x4.pmax (f32x4.abs (local.get $${x}2)) (f32x4.abs (local.get $${x}3))))`;
-
-/** Codes of block X (lane `lane` of $div is its divisor) stored at $o + off. */
-const QBLOCK = (x: string, lane: number, off: number) => `
-  (local.set $dv (f32x4.splat (f32x4.extract_lane ${lane} (local.get $div))))
-  (v128.store offset=${off} (local.get $o)
-    ${NARROW_U8(E2M1B(`(f32x4.div (local.get $${x}0) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}1) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}2) (local.get $dv))`), E2M1B(`(f32x4.div (local.get $${x}3) (local.get $dv))`))})`;
-
-const C_NV = CONSTS(...E2M1_CONSTS);
-const C_NV4 = CONSTS(...new Set([...E2M1_CONSTS, ...E4M3_CONSTS, '$k7fff', '$kHi', '$kFF', '$k8000', '$k08']));
 const C_E4 = CONSTS(...E4M3_CONSTS);
 const C_I4 = CONSTS('$kRnd', '$kRndb', '$kLo4', '$kHi4', '$k7fff');
-
-/** u16 lanes whose max is the max |bits| of the block of 16 bf16 at $p + off. */
-const BLOCK_MAX16 = (m: string, off: number, base = '$p') =>
-  `(local.set ${m} (i16x8.max_u (v128.and (v128.load offset=${off} (local.get ${base})) (local.get $k7fff)) (v128.and (v128.load offset=${off + 16} (local.get ${base})) (local.get $k7fff))))`;
+const C_NVT = CONSTS('$k7fff', '$kFF', '$k8h', '$k8000');
 
 /**
- * Codes of block b (lane b of $div is its divisor) from $p + 32b to $o + 16b, in element order, and
- * packed two per byte (even element in the low nibble) to $pk + 8b unless $packed is 0. The
- * magnitudes come from |x| / divisor; the sign bit from the bf16 sign of x, set for every x below
- * -0.0 (0x8000 itself gives 0, as -0.0 / d does): the quotient of a nonzero x is never zero here
- * (the caller keeps divisors <= 2^16, so |x| >= 2^-133 gives |q| >= 2^-149), so its sign is x's.
+ * NVFP4 block i of the group at $p, whose scale code is `c`, by the thresholds at $thr (see
+ * nvfp4TablesForBf16): each magnitude is how many of the code's 7 thresholds |x bits| exceeds (a
+ * compare gives -1 per lane, so the sum is minus the magnitude); the sign bit is set where x is
+ * negative and |x bits| exceeds the 8th, tested in one signed compare of x ^ 0x8000 (which is
+ * |x bits| for negative x and below -1 for positive x). The 16 codes go to $o + 16i, or packed to
+ * $pk + 8i (u16 lane = even | odd << 8 -> byte even | odd << 4). Each block ends with its store:
+ * two blocks with no store between them had TurboFan hoist both blocks' 16 threshold loads and spill.
  */
-const QBLOCK_EO = (b: number) => `
-  (local.set $dv (f32x4.splat (f32x4.extract_lane ${b} (local.get $div))))
-  (local.set $v (v128.load offset=${32 * b} (local.get $p)))
-  (local.set $w (v128.load offset=${32 * b + 16} (local.get $p)))
-  (local.set $x (v128.and (local.get $v) (local.get $k7fff)))
-  (local.set $y (v128.and (local.get $w) (local.get $k7fff)))
-  (local.set $u
-    (v128.or
-      (i16x8.narrow_i32x4_u
-        (v128.or ${E2M1_MAG('(f32x4.div (i32x4.shl (local.get $x) (i32.const 16)) (local.get $dv))')}
-          (i32x4.shl ${E2M1_MAG('(f32x4.div (v128.and (local.get $x) (local.get $kHi)) (local.get $dv))')} (i32.const 8)))
-        (v128.or ${E2M1_MAG('(f32x4.div (i32x4.shl (local.get $y) (i32.const 16)) (local.get $dv))')}
-          (i32x4.shl ${E2M1_MAG('(f32x4.div (v128.and (local.get $y) (local.get $kHi)) (local.get $dv))')} (i32.const 8))))
-      (v128.and (i8x16.narrow_i16x8_s (i16x8.gt_u (local.get $v) (local.get $k8000)) (i16x8.gt_u (local.get $w) (local.get $k8000))) (local.get $k08))))
-  (v128.store offset=${16 * b} (local.get $o) (local.get $u))
-  ;; u16 lane = even | odd << 8 -> byte even | odd << 4
-  (if (local.get $packed) (then
-    (v128.store64_lane offset=${8 * b} 0 (local.get $pk)
-      (i8x16.narrow_i16x8_u
-        (v128.and (v128.or (local.get $u) (i16x8.shr_u (local.get $u) (i32.const 4))) (local.get $kFF))
-        (local.get $u)))))`;
+const NV_BLOCK = (i: number, c: string, codes: boolean) => `
+      (local.set $row (i32.add (local.get $thr) (i32.shl ${c} (i32.const 4))))
+      (local.set $xa (v128.and (v128.load offset=${32 * i} (local.get $p)) (local.get $k7fff)))
+      (local.set $ya (v128.and (v128.load offset=${32 * i + 16} (local.get $p)) (local.get $k7fff)))
+      (local.set $t (v128.load16_splat (local.get $row)))
+      (local.set $ex (i16x8.gt_s (local.get $xa) (local.get $t)))
+      (local.set $ey (i16x8.gt_s (local.get $ya) (local.get $t)))
+      ${[1, 2, 3, 4, 5, 6].map((k) => `(local.set $t (v128.load16_splat offset=${2 * k} (local.get $row)))
+      (local.set $ex (i16x8.add (local.get $ex) (i16x8.gt_s (local.get $xa) (local.get $t))))
+      (local.set $ey (i16x8.add (local.get $ey) (i16x8.gt_s (local.get $ya) (local.get $t))))`).join('\n      ')}
+      (local.set $t (v128.load16_splat offset=14 (local.get $row)))
+      (local.set $u (i8x16.narrow_i16x8_u
+        (i16x8.sub (v128.and (i16x8.gt_s (v128.xor (v128.load offset=${32 * i} (local.get $p)) (local.get $k8000)) (local.get $t)) (local.get $k8h)) (local.get $ex))
+        (i16x8.sub (v128.and (i16x8.gt_s (v128.xor (v128.load offset=${32 * i + 16} (local.get $p)) (local.get $k8000)) (local.get $t)) (local.get $k8h)) (local.get $ey))))
+      ${codes ? `(v128.store offset=${16 * i} (local.get $o) (local.get $u))` : `(v128.store64_lane offset=${8 * i} 0 (local.get $pk) (i8x16.narrow_i16x8_u (local.tee $u (v128.and (v128.or (local.get $u) (i16x8.shr_u (local.get $u) (i32.const 4))) (local.get $kFF))) (local.get $u)))`}`;
+
+/** u16 lanes whose max is block i's max |bits| (block i of the group at $p). */
+const NV_MAX = (i: number) =>
+  `(i16x8.max_u (v128.and (v128.load offset=${32 * i} (local.get $p)) (local.get $k7fff)) (v128.and (v128.load offset=${32 * i + 16} (local.get $p)) (local.get $k7fff)))`;
 
 /**
- * The divisors (e4m3 scale x ws2) of the 4 blocks of group g at $q, to $nd, and their e4m3 codes to
- * scales[4g..4g+3]. nvfp4x4 computes them one group ahead (see there).
+ * NVFP4 over nblk blocks of 16 bf16 by the tables at $tab (nvfp4TablesForBf16 of ws2): the e4m3
+ * scale code of a block is the table entry of its max |bits|, its codes compares against that code's
+ * thresholds (NV_BLOCK). Scales to scales[b]; to $out either the codes packed two per byte (even
+ * element low, 8 bytes per block: what a checkpoint stores) or one code per element. Two functions,
+ * not a flag: a branch in the loop body makes TurboFan load every threshold ahead of it and spill
+ * them. Four blocks per iteration, then one at a time.
  */
-const GROUP_SCALES = (g: string) => `
-      ${BLOCK_MAX16('$m0', 0, '$q')}
-      ${BLOCK_MAX16('$m1', 32, '$q')}
-      ${BLOCK_MAX16('$m2', 64, '$q')}
-      ${BLOCK_MAX16('$m3', 96, '$q')}
-      ;; u16 lanes 0-3: block 0 (or 2), 4-7: block 1 (or 3)
-      (local.set $x (i16x8.max_u (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $m0) (local.get $m1))
-                                 (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $m0) (local.get $m1))))
-      (local.set $y (i16x8.max_u (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $m2) (local.get $m3))
-                                 (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $m2) (local.get $m3))))
-      ;; two u16 per 32-bit lane, lane b = block b; then the max of the pair, as f32 bits
-      (local.set $s (i16x8.max_u (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $x) (local.get $y))
-                                 (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $x) (local.get $y))))
-      (local.set $s (i32x4.shl (i16x8.max_u (local.get $s) (i32x4.shr_u (local.get $s) (i32.const 16))) (i32.const 16)))
-      ;; s = clamp(blockAmax / (6 ws2), 2^-9, 448), zero -> 1
-      (local.set $s (f32x4.div (local.get $s) (f32x4.splat (local.get $six))))
-      (local.set $s (v128.bitselect (v128.const f32x4 1 1 1 1) (local.get $s) (f32x4.eq (local.get $s) (v128.const f32x4 0 0 0 0))))
-      (local.set $s (f32x4.pmin (f32x4.pmax (local.get $s) (v128.const f32x4 0x1p-9 0x1p-9 0x1p-9 0x1p-9)) (local.get $k448)))
-      (local.set $code ${E4M3('(local.get $s)')})
-      (v128.store32_lane 0 (i32.add (local.get $scales) (i32.shl ${g} (i32.const 2)))
-        (i8x16.narrow_i16x8_u (i16x8.narrow_i32x4_u (local.get $code) (local.get $code)) (i16x8.narrow_i32x4_u (local.get $code) (local.get $code))))
-      ;; the e4m3 value of each scale (exact), times ws2
-      (local.set $nd (f32x4.mul (f32x4.splat (local.get $ws2))
-        (v128.bitselect
-          (f32x4.mul (f32x4.nearest (f32x4.mul (local.get $s) (v128.const f32x4 512 512 512 512))) (v128.const f32x4 0x1p-9 0x1p-9 0x1p-9 0x1p-9))
-          (v128.and
-            (i32x4.add (local.get $s)
-              (i32x4.add (v128.const i32x4 0x7ffff 0x7ffff 0x7ffff 0x7ffff)
-                (v128.and (i32x4.shr_u (local.get $s) (i32.const 20)) (local.get $kOne))))
-            (v128.const i32x4 0xfff00000 0xfff00000 0xfff00000 0xfff00000))
-          (f32x4.lt (local.get $s) (local.get $kMin8)))))
-`;
+const NVFP4_TABLE_FN = (name: string, codes: boolean) => `  (func (export "${name}") (param $src i32) (param $nblk i32) (param $tab i32) (param $scales i32) (param $out i32)
+    (local $b i32) (local $end4 i32) (local $p i32) (local $o i32) (local $pk i32) (local $row i32) (local $thr i32)
+    (local $c0 i32) (local $c1 i32) (local $c2 i32) (local $c3 i32)
+    (local $m0 v128) (local $m1 v128) (local $s v128)
+    (local $xa v128) (local $ya v128) (local $t v128) (local $ex v128) (local $ey v128) (local $u v128)
+    ${C_NVT.locals}
+    ${C_NVT.init}
+    (local.set $thr (i32.add (local.get $tab) (i32.const ${NVFP4_SCALE_TABLE})))
+    (local.set $end4 (i32.and (local.get $nblk) (i32.const -4)))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $b) (local.get $end4)))
+      (local.set $p (i32.add (local.get $src) (i32.shl (local.get $b) (i32.const 5))))
+      (local.set $o (i32.add (local.get $out) (i32.shl (local.get $b) (i32.const 4))))
+      (local.set $pk (i32.add (local.get $out) (i32.shl (local.get $b) (i32.const 3))))
+      ;; the four block maxima: u16 lanes 0-3 of $m0 block 0, 4-7 block 1; $m1 blocks 2, 3; then
+      ;; two u16 per 32-bit lane of $s, lane i = block i, and the max of each pair in its low half
+      (local.set $m0 ${NV_MAX(0)})
+      (local.set $m1 ${NV_MAX(1)})
+      (local.set $m0 (i16x8.max_u (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $m0) (local.get $m1))
+                                  (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $m0) (local.get $m1))))
+      (local.set $s ${NV_MAX(2)})
+      (local.set $m1 ${NV_MAX(3)})
+      (local.set $m1 (i16x8.max_u (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $s) (local.get $m1))
+                                  (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $s) (local.get $m1))))
+      (local.set $s (i16x8.max_u (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27 (local.get $m0) (local.get $m1))
+                                 (i8x16.shuffle 4 5 6 7 12 13 14 15 20 21 22 23 28 29 30 31 (local.get $m0) (local.get $m1))))
+      (local.set $s (i16x8.max_u (local.get $s) (i32x4.shr_u (local.get $s) (i32.const 16))))
+      (local.set $c0 (i32.load8_u (i32.add (local.get $tab) (i16x8.extract_lane_u 0 (local.get $s)))))
+      (local.set $c1 (i32.load8_u (i32.add (local.get $tab) (i16x8.extract_lane_u 2 (local.get $s)))))
+      (local.set $c2 (i32.load8_u (i32.add (local.get $tab) (i16x8.extract_lane_u 4 (local.get $s)))))
+      (local.set $c3 (i32.load8_u (i32.add (local.get $tab) (i16x8.extract_lane_u 6 (local.get $s)))))
+      (i32.store (i32.add (local.get $scales) (local.get $b))
+        (i32.or (i32.or (local.get $c0) (i32.shl (local.get $c1) (i32.const 8)))
+                (i32.or (i32.shl (local.get $c2) (i32.const 16)) (i32.shl (local.get $c3) (i32.const 24)))))
+      ${NV_BLOCK(0, '(local.get $c0)', codes)}
+      ${NV_BLOCK(1, '(local.get $c1)', codes)}
+      ${NV_BLOCK(2, '(local.get $c2)', codes)}
+      ${NV_BLOCK(3, '(local.get $c3)', codes)}
+      (local.set $b (i32.add (local.get $b) (i32.const 4)))
+      (br $l)))
+    (block $done1 (loop $l1
+      (br_if $done1 (i32.ge_u (local.get $b) (local.get $nblk)))
+      (local.set $p (i32.add (local.get $src) (i32.shl (local.get $b) (i32.const 5))))
+      (local.set $o (i32.add (local.get $out) (i32.shl (local.get $b) (i32.const 4))))
+      (local.set $pk (i32.add (local.get $out) (i32.shl (local.get $b) (i32.const 3))))
+      (local.set $m0 ${NV_MAX(0)})
+      (local.set $m0 (i16x8.max_u (local.get $m0) (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $m0) (local.get $m0))))
+      (local.set $m0 (i16x8.max_u (local.get $m0) (i8x16.shuffle 4 5 6 7 0 1 2 3 4 5 6 7 0 1 2 3 (local.get $m0) (local.get $m0))))
+      (local.set $m0 (i16x8.max_u (local.get $m0) (i8x16.shuffle 2 3 0 1 2 3 0 1 2 3 0 1 2 3 0 1 (local.get $m0) (local.get $m0))))
+      (local.set $c0 (i32.load8_u (i32.add (local.get $tab) (i16x8.extract_lane_u 0 (local.get $m0)))))
+      (i32.store8 (i32.add (local.get $scales) (local.get $b)) (local.get $c0))
+      ${NV_BLOCK(0, '(local.get $c0)', codes)}
+      (local.set $b (i32.add (local.get $b) (i32.const 1)))
+      (br $l1))))`;
 
 export const KERNELS_WAT = `
 (module
@@ -253,74 +212,8 @@ export const KERNELS_WAT = `
       (br $t)))
     (local.get $m))
 
-  ;; NVFP4 over nblk blocks of 16 bf16: e4m3 block scale (vs ws2) to scales[b], 16 e2m1 codes to codes
-  (func (export "nvfp4") (param $src i32) (param $nblk i32) (param $ws2 f32) (param $six f32) (param $codes i32) (param $scales i32)
-    (local $b i32) (local $p i32) (local $lo v128) (local $hi v128)
-    (local $f0 v128) (local $f1 v128) (local $f2 v128) (local $f3 v128) (local $mx v128) (local $a v128)
-    (local $s f32) (local $bits i32) (local $code i32) (local $dv v128) (local $qq v128) (local $qa v128) ${C_NV.locals}
-    ${C_NV.init}
-    (block $done (loop $l
-      (br_if $done (i32.ge_u (local.get $b) (local.get $nblk)))
-      (local.set $p (i32.add (local.get $src) (i32.shl (local.get $b) (i32.const 5))))
-      (local.set $lo (v128.load (local.get $p)))
-      (local.set $hi (v128.load offset=16 (local.get $p)))
-      (local.set $f0 ${BF16_TO_F32_LO('(local.get $lo)')})
-      (local.set $f1 ${BF16_TO_F32_HI('(local.get $lo)')})
-      (local.set $f2 ${BF16_TO_F32_LO('(local.get $hi)')})
-      (local.set $f3 ${BF16_TO_F32_HI('(local.get $hi)')})
-      (local.set $mx (f32x4.pmax (f32x4.pmax (f32x4.abs (local.get $f0)) (f32x4.abs (local.get $f1)))
-                                (f32x4.pmax (f32x4.abs (local.get $f2)) (f32x4.abs (local.get $f3)))))
-      ;; s = clamp(blockAmax / (6 ws2), 2^-9, 448), zero block -> 1
-      (local.set $s (f32.div ${HMAX('(local.get $mx)')} (local.get $six)))
-      (if (f32.eq (local.get $s) (f32.const 0)) (then (local.set $s (f32.const 1))))
-      (local.set $s (f32.min (f32.max (local.get $s) (f32.const 0x1p-9)) (f32.const 448)))
-      ;; scalar e4m3 of a positive value
-      (if (f32.lt (local.get $s) (f32.const 0.015625))
-        (then (local.set $code (i32.trunc_f32_u (f32.nearest (f32.mul (local.get $s) (f32.const 512))))))
-        (else
-          (local.set $bits (i32.reinterpret_f32 (local.get $s)))
-          (local.set $code (i32.sub (i32.shr_u (i32.add (local.get $bits)
-             (i32.add (i32.const 0x7ffff) (i32.and (i32.shr_u (local.get $bits) (i32.const 20)) (i32.const 1)))) (i32.const 20)) (i32.const 960)))))
-      (i32.store8 (i32.add (local.get $scales) (local.get $b)) (local.get $code))
-      (local.set $dv (f32x4.splat (f32.mul (f32.load (i32.shl (local.get $code) (i32.const 2))) (local.get $ws2))))
-      (v128.store (i32.add (local.get $codes) (i32.shl (local.get $b) (i32.const 4)))
-        ${NARROW_U8(E2M1B('(f32x4.div (local.get $f0) (local.get $dv))'), E2M1B('(f32x4.div (local.get $f1) (local.get $dv))'), E2M1B('(f32x4.div (local.get $f2) (local.get $dv))'), E2M1B('(f32x4.div (local.get $f3) (local.get $dv))'))})
-      (local.set $b (i32.add (local.get $b) (i32.const 1)))
-      (br $l))))
-
-  ;; NVFP4, four blocks of 16 per iteration, in two sweeps so few vectors are live at once (V8 has
-  ;; 16 SIMD registers): (1) the four block maxima on |bf16 bits|, reduced to one f32 lane per block,
-  ;; and the four scales as one vector; (2) each block reloaded (L1) and quantized. Weights are split
-  ;; into even and odd elements (bits << 16 and bits & 0xffff0000 are their f32 values, one
-  ;; instruction each), and the codes re-interleaved as (even | odd << 8) when narrowing.
-  (func (export "nvfp4x4") (param $src i32) (param $n4 i32) (param $ws2 f32) (param $six f32) (param $codes i32) (param $scales i32) (param $packed i32)
-    (local $g i32) (local $p i32) (local $o i32) (local $pk i32) (local $u v128) (local $v v128) (local $w v128)
-    (local $m0 v128) (local $m1 v128) (local $m2 v128) (local $m3 v128)
-    (local $x v128) (local $y v128) (local $s v128) (local $a v128) (local $qq v128) (local $qa v128) (local $code v128) (local $div v128) (local $dv v128)
-    (local $q i32) (local $nd v128)
-    ${C_NV4.locals}
-    ${C_NV4.init}
-    (if (local.get $n4) (then
-      (local.set $q (local.get $src))
-      ${GROUP_SCALES('(i32.const 0)')}))
-    (block $done (loop $l
-      (br_if $done (i32.ge_u (local.get $g) (local.get $n4)))
-      (local.set $p (i32.add (local.get $src) (i32.shl (local.get $g) (i32.const 7))))
-      ;; this group's divisors were computed last iteration; the next group's now, so that their
-      ;; long dependency chain (max, e4m3 scale, its value) overlaps this group's codes instead of
-      ;; stalling the start of every iteration (the loop body is larger than the reorder window)
-      (local.set $div (local.get $nd))
-      (if (i32.lt_u (i32.add (local.get $g) (i32.const 1)) (local.get $n4)) (then
-        (local.set $q (i32.add (local.get $p) (i32.const 128)))
-        ${GROUP_SCALES('(i32.add (local.get $g) (i32.const 1))')}))
-      (local.set $o (i32.add (local.get $codes) (i32.shl (local.get $g) (i32.const 6))))
-      (local.set $pk (i32.add (local.get $packed) (i32.shl (local.get $g) (i32.const 5))))
-      ${QBLOCK_EO(0)}
-      ${QBLOCK_EO(1)}
-      ${QBLOCK_EO(2)}
-      ${QBLOCK_EO(3)}
-      (local.set $g (i32.add (local.get $g) (i32.const 1)))
-      (br $l))))
+  ${NVFP4_TABLE_FN('nvfp4_packed', false)}
+  ${NVFP4_TABLE_FN('nvfp4_codes', true)}
 
   ;; INT4 over groups of 128 bf16 (K % 128 == 0): scale = amax/7 (zero -> 1) as f32, q = rne(w/scale) in [-8, 7]
   (func (export "int4") (param $src i32) (param $ngroups i32) (param $codes i32) (param $scales i32)

@@ -7,7 +7,7 @@
 import { decodeToFloat32 } from '../codecs/float.js';
 import { fp8LutForBf16, quantizeFp8, quantizeFp8Bf16Lut } from '../formats/fp8.js';
 import { fp8BlockScales, quantizeFp8Block } from '../formats/fp8-block.js';
-import { quantizeNvfp4 } from '../formats/nvfp4.js';
+import { nvfp4TablesForBf16, quantizeNvfp4 } from '../formats/nvfp4.js';
 import { packNibblesK } from '../codecs/e2m1.js';
 import { packInt4Rows } from '../codecs/int4.js';
 import { int4Scales, quantizeInt4 } from '../formats/int4.js';
@@ -39,8 +39,8 @@ export type KernelTask = ChunkInput &
     | { kind: 'fp8'; scale: number; codes: Uint8Array }
     /** 128x128 tile scales (rows must be whole 128-row bands, except the last) and codes */
     | { kind: 'fp8_block'; codes: Uint8Array; scales: Float32Array }
-    /** e2m1 codes and e4m3 block scales under global scale ws2; `packed`: the codes two per byte too */
-    | { kind: 'nvfp4'; ws2: number; codes: Uint8Array; scales: Uint8Array; packed?: Uint8Array }
+    /** e4m3 block scales under global scale ws2, and the e2m1 codes one per element (`codes`), two per byte as stored (`packed`), or both */
+    | { kind: 'nvfp4'; ws2: number; scales: Uint8Array; codes?: Uint8Array; packed?: Uint8Array }
     /** int4 q and f32 group scales; `packed`: the codes packed by row pairs too (rows even) */
     | { kind: 'int4'; codes: Int8Array; scales: Float32Array; packed?: Uint8Array }
   );
@@ -54,6 +54,8 @@ export interface KernelResult {
 /** Below this many elements, building the 64K-entry bf16 table costs more than it saves. */
 const LUT_MIN_ELEMENTS = 1 << 18;
 const lutCache: { scale: number; lut: Uint8Array } = { scale: NaN, lut: new Uint8Array(0) };
+/** The NVFP4 tables of the last global scale (a tensor's chunks share it; ~0.4 ms to build). */
+const nvfp4Cache: { ws2: number; tables: Uint8Array } = { ws2: NaN, tables: new Uint8Array(0) };
 
 function weights(t: ChunkInput): Float32Array {
   const w = decodeToFloat32(t.src, t.dtype);
@@ -109,19 +111,14 @@ function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
       k.fp8_block(src, task.rows, task.K, task.codes.byteOffset, task.scales.byteOffset);
       return finiteScales(task.scales) ? {} : undefined;
     case 'nvfp4': {
-      // the kernel takes the sign of a code from x, exact while no |x| / divisor underflows to 0:
-      // divisors are at most 448 * ws2, and <= 2^16 keeps the smallest bf16 (2^-133) above it
-      if (448 * task.ws2 > 2 ** 16) return undefined;
-      const blocks = n / 16;
-      const six = Math.fround(6 * task.ws2);
-      const n4 = blocks >> 2; // four blocks per iteration, then the rest one at a time
-      // packed bytes too when asked (address 0, the e4m3 table, means none)
-      k.nvfp4x4(src, n4, task.ws2, six, task.codes.byteOffset, task.scales.byteOffset, task.packed ? task.packed.byteOffset : 0);
-      const done = n4 * 4;
-      if (done < blocks) {
-        k.nvfp4(src + done * 32, blocks - done, task.ws2, six, task.codes.byteOffset + done * 16, task.scales.byteOffset + done);
-        if (task.packed) packNibblesK(task.codes.subarray(done * 16), task.packed.subarray(done * 8));
+      if (!task.lut) return undefined;
+      if (nvfp4Cache.ws2 !== task.ws2) {
+        nvfp4Cache.tables = nvfp4TablesForBf16(task.ws2);
+        nvfp4Cache.ws2 = task.ws2;
       }
+      task.lut.set(nvfp4Cache.tables);
+      if (task.packed) k.nvfp4_packed(src, n / 16, task.lut.byteOffset, task.scales.byteOffset, task.packed.byteOffset);
+      if (task.codes) k.nvfp4_codes(src, n / 16, task.lut.byteOffset, task.scales.byteOffset, task.codes.byteOffset);
       return {};
     }
     case 'int4':
@@ -168,10 +165,13 @@ function runJs(task: KernelTask): KernelResult {
       quantizeFp8Block(w, task.rows, task.K, s, task.codes);
       return {};
     }
-    case 'nvfp4':
-      quantizeNvfp4(weights(task), task.rows, task.K, task.ws2, task.codes, task.scales);
-      if (task.packed) packNibblesK(task.codes.subarray(0, task.rows * task.K), task.packed);
+    case 'nvfp4': {
+      const n = task.rows * task.K;
+      const codes = task.codes ?? new Uint8Array(n);
+      quantizeNvfp4(weights(task), task.rows, task.K, task.ws2, codes, task.scales);
+      if (task.packed) packNibblesK(codes.subarray(0, n), task.packed);
       return {};
+    }
     case 'int4': {
       const w = weights(task);
       const bad = nonFinite(w);

@@ -7,8 +7,10 @@ export interface WasmKernels {
   amax_bf16(src: number, n: number): number;
   /** dst[i] = lut[bf16 bits of src[i]]; the first call for a table address compiles a kernel for it (~1 ms). */
   lut16(src: number, n: number, lut: number, dst: number): void;
-  nvfp4(src: number, nblk: number, ws2: number, six: number, codes: number, scales: number): void;
-  nvfp4x4(src: number, n4: number, ws2: number, six: number, codes: number, scales: number, packed: number): void;
+  /** NVFP4 by the tables of nvfp4TablesForBf16 at `tables`: block scales, and the codes packed two per byte (8 bytes a block). */
+  nvfp4_packed(src: number, nblk: number, tables: number, scales: number, packed: number): void;
+  /** As nvfp4_packed, with one code per element (16 bytes a block). */
+  nvfp4_codes(src: number, nblk: number, tables: number, scales: number, codes: number): void;
   int4(src: number, ngroups: number, codes: number, scales: number): void;
   pack_int4_rows(q: number, rows: number, K: number, dst: number): void;
   fp8_block(src: number, rows: number, K: number, codes: number, scales: number): void;

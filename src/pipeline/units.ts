@@ -25,7 +25,8 @@ export interface QuantizedChunk {
   rows: number;
   /**
    * One code per weight element, row-major [rows, K]: e4m3 bytes (fp8, fp8_pb_wo), e2m1 nibbles
-   * (nvfp4*), or signed int4 values (int4_awq, w4a8_awq).
+   * (nvfp4*), or signed int4 values (int4_awq, w4a8_awq). nvfp4's kernel writes only `packed`; the
+   * first read of `codes` unpacks them (into the slot), so a chain that never reads them pays nothing.
    */
   codes: Uint8Array | Int8Array;
   /** nvfp4: e4m3 bytes [rows, K/16]; int4: f32 [rows, K/128]; fp8_pb_wo: f32 per 128x128 tile of these rows; fp8: none. */
