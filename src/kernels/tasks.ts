@@ -53,9 +53,24 @@ export interface KernelResult {
 
 /** Below this many elements, building the 64K-entry bf16 table costs more than it saves. */
 const LUT_MIN_ELEMENTS = 1 << 18;
-const lutCache: { scale: number; lut: Uint8Array } = { scale: NaN, lut: new Uint8Array(0) };
-/** The NVFP4 tables of the last global scale (a tensor's chunks share it; ~0.4 ms to build). */
-const nvfp4Cache: { ws2: number; tables: Uint8Array } = { ws2: NaN, tables: new Uint8Array(0) };
+/**
+ * Tables by scale, the last few built (~0.2-0.4 ms each): a tensor's chunks share a scale, and at
+ * a tensor boundary chunks of two or three tensors are in flight at once.
+ */
+class TableCache {
+  private tables = new Map<number, Uint8Array>();
+  constructor(private build: (scale: number) => Uint8Array, private capacity = 4) {}
+  get(scale: number): Uint8Array {
+    let t = this.tables.get(scale);
+    if (t) this.tables.delete(scale); // re-inserted below: most recently used last
+    else t = this.build(scale);
+    this.tables.set(scale, t);
+    if (this.tables.size > this.capacity) this.tables.delete(this.tables.keys().next().value!);
+    return t;
+  }
+}
+const fp8Tables = new TableCache(fp8LutForBf16);
+const nvfp4Tables = new TableCache((ws2) => nvfp4TablesForBf16(ws2));
 
 function weights(t: ChunkInput): Float32Array {
   const w = decodeToFloat32(t.src, t.dtype);
@@ -98,11 +113,7 @@ function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
     }
     case 'fp8': {
       if (!task.lut) return undefined;
-      if (lutCache.scale !== task.scale) {
-        lutCache.lut = fp8LutForBf16(task.scale);
-        lutCache.scale = task.scale;
-      }
-      task.lut.set(lutCache.lut);
+      task.lut.set(fp8Tables.get(task.scale));
       k.lut16(src, n, task.lut.byteOffset, task.codes.byteOffset);
       return {};
     }
@@ -112,11 +123,7 @@ function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
       return finiteScales(task.scales) ? {} : undefined;
     case 'nvfp4': {
       if (!task.lut) return undefined;
-      if (nvfp4Cache.ws2 !== task.ws2) {
-        nvfp4Cache.tables = nvfp4TablesForBf16(task.ws2);
-        nvfp4Cache.ws2 = task.ws2;
-      }
-      task.lut.set(nvfp4Cache.tables);
+      task.lut.set(nvfp4Tables.get(task.ws2));
       if (task.packed) k.nvfp4_packed(src, n / 16, task.lut.byteOffset, task.scales.byteOffset, task.packed.byteOffset);
       if (task.codes) k.nvfp4_codes(src, n / 16, task.lut.byteOffset, task.scales.byteOffset, task.codes.byteOffset);
       return {};
@@ -145,12 +152,8 @@ function runJs(task: KernelTask): KernelResult {
     case 'fp8': {
       const n = task.rows * task.K;
       if (task.dtype === 'BF16' && task.ops.length === 0 && n >= LUT_MIN_ELEMENTS) {
-        if (lutCache.scale !== task.scale) {
-          lutCache.lut = fp8LutForBf16(task.scale);
-          lutCache.scale = task.scale;
-        }
         const bits = new Uint16Array(task.src.buffer, task.src.byteOffset, n);
-        quantizeFp8Bf16Lut(bits, lutCache.lut, task.codes);
+        quantizeFp8Bf16Lut(bits, fp8Tables.get(task.scale), task.codes);
       } else {
         quantizeFp8(weights(task), task.scale, task.dtype, task.codes);
       }
