@@ -100,8 +100,8 @@ const C_NVT = CONSTS('$k7fff', '$kFF', '$k8h', '$k8000');
  * NVFP4 block i of the group at $p, whose scale code is `c`, by the thresholds at $thr (see
  * nvfp4TablesForBf16): each magnitude is how many of the code's 7 thresholds |x bits| exceeds (a
  * compare gives -1 per lane, so the sum is minus the magnitude); the sign bit is set where x is
- * negative and |x bits| exceeds the 8th, tested in one signed compare of x ^ 0x8000 (which is
- * |x bits| for negative x and below -1 for positive x). The 16 codes go to $o + 16i, or packed to
+ * negative and |x bits| exceeds the 8th, tested in one signed compare of x ^ 0x8000 (as i16 that is
+ * |x bits| for negative x and negative for positive x, while the threshold is >= 0). The 16 codes go to $o + 16i, or packed to
  * $pk + 8i (u16 lane = even | odd << 8 -> byte even | odd << 4). Each block ends with its store:
  * two blocks with no store between them had TurboFan hoist both blocks' 16 threshold loads and spill.
  */
@@ -127,8 +127,8 @@ const NV_MAX = (i: number) =>
 
 /**
  * NVFP4 over nblk blocks of 16 bf16 by the tables at $tab (nvfp4TablesForBf16 of ws2): the e4m3
- * scale code of a block is the table entry of its max |bits|, its codes compares against that code's
- * thresholds (NV_BLOCK). Scales to scales[b]; to $out either the codes packed two per byte (even
+ * scale code of a block is the table entry of its max |bits|, its codes come from compares against
+ * that code's thresholds (NV_BLOCK). Scales to scales[b]; to $out either the codes packed two per byte (even
  * element low, 8 bytes per block: what a checkpoint stores) or one code per element. Two functions,
  * not a flag: a branch in the loop body makes TurboFan load every threshold ahead of it and spill
  * them. Four blocks per iteration, then one at a time.
