@@ -2,18 +2,22 @@
  * Worker threads for the kernels (Piscina), and the shared-memory slots chunks travel in.
  *
  * All slots are regions of one shared WebAssembly.Memory that every worker instantiates the SIMD
- * kernels over, so a task carries only views (addresses) and nothing is copied between threads. A
+ * kernels over, so a task carries only views (addresses) and nothing is copied between threads.
+ * Tasks reach each worker through a mailbox (mailbox.ts): one long Piscina task per worker that
+ * takes kernel tasks as they are posted, instead of a Piscina task per chunk. A
  * slot holds one chunk from the moment it is read until its packed bytes are written, so the number
  * of slots bounds memory; the buffers are allocated once and reused (first touch of fresh memory
  * costs ~0.6 s/GiB on this machine).
  */
 import { Piscina } from 'piscina';
 import { existsSync } from 'node:fs';
+import type { MessagePort } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { cpus } from 'node:os';
 import { runKernel, type KernelTask, type KernelResult } from './tasks.js';
 import { PAGE } from '../safetensors/aligned-file.js';
 import { compileKernels, createSharedMemory, instantiate, WASM_RESERVED, type KernelCode, type WasmKernels } from './wasm.js';
+import { Mailbox, mailboxControl, type ServeArgs } from './mailbox.js';
 
 /** The compiled worker: beside this file in dist/, or dist/ mirrored when running from TypeScript sources. */
 function workerPath(): string {
@@ -66,6 +70,8 @@ function slotIn(buffer: ArrayBufferLike, base: number, bytes: number, wasm: bool
 
 export class KernelPool {
   private piscina: Piscina | undefined;
+  /** One per worker: tasks go to the worker with the fewest unanswered (mailbox.ts). */
+  private mailboxes: Mailbox[] = [];
   private kernels: WasmKernels | undefined;
   private free: Slot[] = [];
   private waiting: ((s: Slot) => void)[] = [];
@@ -112,6 +118,11 @@ export class KernelPool {
       // a late answer after destroy() is reported as an 'error' event; with no listener it would
       // end the process (close() waits for answers, so this is a last resort)
       this.piscina.on('error', () => undefined);
+      const ctl = mailboxControl(this.workers);
+      const piscina = this.piscina;
+      // each mailbox's serve call takes an idle worker (Piscina runs one task per worker)
+      const launch = (args: ServeArgs, transferList: MessagePort[]) => piscina.run(args, { name: 'serve', transferList });
+      for (let index = 0; index < this.workers; index++) this.mailboxes.push(new Mailbox(ctl, index, launch));
     }
   }
 
@@ -143,7 +154,10 @@ export class KernelPool {
   async run(task: KernelTask): Promise<KernelResult> {
     await this.ready;
     if (!this.piscina) return runKernel(task, this.kernels);
-    const p = this.piscina.run(task) as Promise<KernelResult>;
+    const live = this.mailboxes.filter((m) => m.alive);
+    if (live.length === 0) throw new Error('kernel workers are gone (a worker thread failed; see the error before this one)');
+    const box = live.reduce((a, b) => (b.outstanding < a.outstanding ? b : a));
+    const p = box.post<KernelResult>(task);
     this.inflight.add(p);
     try {
       return await p;
@@ -158,6 +172,9 @@ export class KernelPool {
     // an error elsewhere (a NaN found by one scan task) can close the pool while other tasks run:
     // destroying the workers under them would leave their answers nowhere to go
     await Promise.allSettled([...this.inflight]);
+    for (const m of this.mailboxes) m.stop();
+    await Promise.all(this.mailboxes.map((m) => m.serving));
+    this.mailboxes = [];
     const p = this.piscina;
     this.piscina = undefined;
     this.free = [];
