@@ -45,6 +45,9 @@ describe('KernelPool with worker threads', () => {
       const bad = { ...scan(s, 4, 1, 2), wasm: false, dtype: 'I32' } as unknown as KernelTask;
       await expect(pool.run(bad)).rejects.toThrow(/dtype I32 is not a float dtype/);
       expect((await pool.run(scan(s, 4, 1, 3))).amax).toBe(3);
+      // a task that cannot be sent at all (a function in it) fails alone, and the next one still gets its own answer
+      await expect(pool.run({ ...scan(s, 4, 1, 2), ops: [() => 0] } as unknown as KernelTask)).rejects.toThrow(/could not be cloned/);
+      expect((await pool.run(scan(s, 4, 1, 4))).amax).toBe(4);
     } finally {
       await pool.close();
     }

@@ -113,12 +113,16 @@ export class Mailbox {
 
   post<R>(task: unknown): Promise<R> {
     if (!this.alive) return Promise.reject(this.failure ?? new Error('internal: kernel mailbox is closed'));
-    const answer = new Promise<R>((resolve, reject) => this.waiters.push({ resolve: resolve as (r: unknown) => void, reject }));
     const at = this.index * STRIDE + POSTED;
-    if (this.port) this.port.postMessage(task);
-    if (!this.port || Atomics.compareExchange(this.ctl, at, this.posted, this.posted + 1) !== this.posted) {
-      // no serve call running (it ended while idle, or none started): answers of the last one are
-      // all in (it ends only when every task is answered); take them, then start one on a new channel
+    // the message first: if it cannot be cloned, this throws before anything has changed
+    let running = false;
+    if (this.port) {
+      this.port.postMessage(task);
+      running = Atomics.compareExchange(this.ctl, at, this.posted, this.posted + 1) === this.posted;
+    }
+    if (!running) {
+      // no serve call running (it ended while idle, or none started): the last one ended with every
+      // task answered, so take those answers, then start one on a new channel
       this.drain();
       const { port1, port2 } = new MessageChannel();
       this.port?.close();
@@ -129,6 +133,8 @@ export class Mailbox {
       served.catch((e: unknown) => this.fail(e));
       this.serving = served.catch(() => undefined);
     }
+    // answers are read on this thread, so none can arrive before its waiter is in the queue
+    const answer = new Promise<R>((resolve, reject) => this.waiters.push({ resolve: resolve as (r: unknown) => void, reject }));
     this.posted++;
     Atomics.notify(this.ctl, at);
     return answer;
