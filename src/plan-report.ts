@@ -11,7 +11,7 @@ import { formatSpec } from './export/formats.js';
 import { freeBytes, planShards } from './safetensors/writer.js';
 import { formatBytes, parseSize } from './safetensors/size.js';
 import { engineSupport, type EngineSupport } from './engines.js';
-import { KernelPool, DEFAULT_CHUNK_BYTES } from './kernels/pool.js';
+import { KernelPool, DEFAULT_CHUNK_BYTES, SCRATCH_BYTES } from './kernels/pool.js';
 import { chunkTask } from './kernels/chunk-task.js';
 import type { FormatName } from './export/formats.js';
 
@@ -47,7 +47,7 @@ export async function planExport(
     const inputBytes = [...model.checkpoint.tensors.values()].reduce((a, t) => a + t.byteLength, 0);
     const workers = o.workers ?? cpus().length;
     const slots = Math.max(2, workers) + 2;
-    const slotBytes = 3 * DEFAULT_CHUNK_BYTES + DEFAULT_CHUNK_BYTES / 8 + 4096 + 65536;
+    const slotBytes = 3 * DEFAULT_CHUNK_BYTES + DEFAULT_CHUNK_BYTES / 8 + 4096 + SCRATCH_BYTES;
     // Node + modules (~70 MiB), the slots, the copy buffer, headers; calibration holds one layer in f32 and the hidden states
     let peak = 70 * 2 ** 20 + slots * slotBytes + 16 * 2 ** 20;
     if (o.calibration) {

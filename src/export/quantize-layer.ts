@@ -91,7 +91,8 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
         const from = work.get(f.from);
         const into = work.get(f.into);
         if (!from?.pqs || !into || from.pqs.length !== into.N) continue;
-        into.ops.push({ kind: 'mulRow', s: from.pqs });
+        // ones (no AWQ search ran) change nothing: no edit, so the chunks keep the plain kernels' path
+        if (from.pqs.some((x) => x !== 1)) into.ops.push({ kind: 'mulRow', s: from.pqs });
         const bias = byName.get(`${f.into}.bias`);
         if (bias) {
           const b = decodeToFloat32(await bias.read(), bias.dtype);
@@ -210,7 +211,7 @@ async function scanAmax(e: Work, pool: KernelPool): Promise<number> {
       const n = Math.min(rows, e.N - row0);
       const { slot, src } = await readChunk(e, pool, row0, n);
       try {
-        const r = await pool.run({ kind: 'scan', src, dtype: e.dtype, row0, rows: n, K: e.K, ops: e.ops, wasm: slot.wasm });
+        const r = await pool.run({ kind: 'scan', src, dtype: e.dtype, row0, rows: n, K: e.K, ops: e.ops, wasm: slot.wasm, lut: slot.lut });
         if (r.nonFinite) throw nonFiniteError(e, row0, r.nonFinite.index, r.nonFinite.value);
         return r.amax!;
       } finally {

@@ -36,6 +36,7 @@ const CONST_VALUES: Record<string, string> = {
   $kFF: 'i32x4 0x00ff00ff 0x00ff00ff 0x00ff00ff 0x00ff00ff',
   $k8000: 'i32x4 0x80008000 0x80008000 0x80008000 0x80008000',
   $k8h: 'i32x4 0x00080008 0x00080008 0x00080008 0x00080008',
+  $k7fff32: 'i32x4 0x7fff 0x7fff 0x7fff 0x7fff',
 };
 const CONST_NAMES = Object.keys(CONST_VALUES);
 /** Byte address of the constant table: after the 256-entry e4m3 decode table. */
@@ -188,6 +189,53 @@ const NVFP4_TABLE_FN = (name: string, codes: boolean) => `  (func (export "${nam
       (local.set $b (i32.add (local.get $b) (i32.const 1)))
       (br $l1))))`;
 
+/**
+ * bf16 bits (in the low half of each i32 lane) of the f32 lanes of q, rounded to nearest even as
+ * torch (and f32ToBf16) rounds: add 0x7fff plus the lowest kept bit, keep the high half. Exact for
+ * every finite value and infinities; a NaN stays a NaN (its sign and payload may differ from JS's
+ * 0x7fc0, and a NaN only reaches here on the way to an error).
+ */
+const F32_TO_BF16 = (q: string) =>
+  `(i32x4.shr_u (i32x4.add (i32x4.add (local.tee $q ${q}) (local.get $k7fff32)) (v128.and (i32x4.shr_u (local.get $q) (i32.const 16)) (local.get $kOne))) (i32.const 16))`;
+
+/**
+ * An AWQ edit of bf16 rows in place (weight-ops.ts): each 8 elements at $p + 2k are widened to f32,
+ * edited by `f(x, i)` (i = 0 for elements 0-3, 1 for 4-7; `f` may read $k), rounded back to bf16.
+ */
+const EDIT_ROWS = (name: string, params: string, rowInit: string, f: (x: string, i: number) => string) => `
+  (func (export "${name}") (param $src i32) (param $rows i32) (param $K i32) ${params}
+    (local $r i32) (local $k i32) (local $p i32) (local $v v128) (local $q v128) (local $sv v128) ${CONSTS('$k7fff32', '$kOne').locals}
+    ${CONSTS('$k7fff32', '$kOne').init}
+    (block $done (loop $lr
+      (br_if $done (i32.ge_u (local.get $r) (local.get $rows)))
+      (local.set $p (i32.add (local.get $src) (i32.shl (i32.mul (local.get $r) (local.get $K)) (i32.const 1))))
+      ${rowInit}
+      (local.set $k (i32.const 0))
+      (block $dk (loop $lk
+        (br_if $dk (i32.ge_u (local.get $k) (local.get $K)))
+        (local.set $v (v128.load (i32.add (local.get $p) (i32.shl (local.get $k) (i32.const 1)))))
+        (v128.store (i32.add (local.get $p) (i32.shl (local.get $k) (i32.const 1)))
+          (i16x8.narrow_i32x4_u
+            ${F32_TO_BF16(f(BF16_TO_F32_LO('(local.get $v)'), 0))}
+            ${F32_TO_BF16(f(BF16_TO_F32_HI('(local.get $v)'), 1))}))
+        (local.set $k (i32.add (local.get $k) (i32.const 8)))
+        (br $lk)))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $lr))))`;
+
+/** f32 lanes k..k+3 (i = 0) or k+4..k+7 (i = 1) of the f32 vector at `base`. */
+const COL = (base: string, i: number) => `(v128.load offset=${16 * i} (i32.add (local.get ${base}) (i32.shl (local.get $k) (i32.const 2))))`;
+
+/** The AWQ edits of weight-ops.ts on bf16 rows [0, rows) of width K (K % 8 == 0), in place. */
+const WEIGHT_OPS_WAT = [
+  // w[r, k] <- bf16(w[r, k] / s[k])
+  EDIT_ROWS('ops_div_col', '(param $s i32)', '', (x, i) => `(f32x4.div ${x} ${COL('$s', i)})`),
+  // w[r, k] <- bf16(w[r, k] * s[r]), s = this chunk's rows
+  EDIT_ROWS('ops_mul_row', '(param $s i32)', '(local.set $sv (v128.load32_splat (i32.add (local.get $s) (i32.shl (local.get $r) (i32.const 2)))))', (x) => `(f32x4.mul ${x} (local.get $sv))`),
+  // w[r, k] <- bf16(f32(w[r, k] * old[k]) / new[k])
+  EDIT_ROWS('ops_resmooth', '(param $old i32) (param $new i32)', '', (x, i) => `(f32x4.div (f32x4.mul ${x} ${COL('$old', i)}) ${COL('$new', i)})`),
+].join('\n');
+
 export const KERNELS_WAT = `
 (module
   (import "env" "mem" (memory 1 65536 shared))
@@ -214,6 +262,8 @@ export const KERNELS_WAT = `
 
   ${NVFP4_TABLE_FN('nvfp4_packed', false)}
   ${NVFP4_TABLE_FN('nvfp4_codes', true)}
+
+  ${WEIGHT_OPS_WAT}
 
   ;; INT4 over groups of 128 bf16 (K % 128 == 0): scale = amax/7 (zero -> 1) as f32, q = rne(w/scale) in [-8, 7]
   (func (export "int4") (param $src i32) (param $ngroups i32) (param $codes i32) (param $scales i32)

@@ -46,6 +46,13 @@ export interface Slot {
   wasm: boolean;
 }
 
+/**
+ * Scratch per slot (`Slot.lut`): the 64 KiB FP8 table, NVFP4's tables, and the AWQ edits' vectors,
+ * up to two f32 vectors of 32K (a 405B model's hidden size is 16K, its intermediate 53K, whose one
+ * vector of divCol fits too). Pages never touched cost no memory.
+ */
+export const SCRATCH_BYTES = 256 * 1024;
+
 const align = (n: number) => Math.ceil(n / 64) * 64;
 const pageAlign = (n: number) => Math.ceil(n / PAGE) * PAGE;
 
@@ -53,7 +60,7 @@ const pageAlign = (n: number) => Math.ceil(n / PAGE) * PAGE;
 function layout(bytes: number) {
   const scales = pageAlign(Math.ceil(bytes / 8) + 4096);
   const codes = pageAlign(bytes), packed = codes + pageAlign(bytes), sc = packed + pageAlign(bytes), lut = sc + scales;
-  return { src: 0, codes, packed, scales: sc, lut, size: lut + 65536 };
+  return { src: 0, codes, packed, scales: sc, lut, size: lut + SCRATCH_BYTES };
 }
 
 function slotIn(buffer: ArrayBufferLike, base: number, bytes: number, wasm: boolean): Slot {
@@ -63,7 +70,7 @@ function slotIn(buffer: ArrayBufferLike, base: number, bytes: number, wasm: bool
     codes: new Uint8Array(buffer, base + l.codes, bytes),
     packed: new Uint8Array(buffer, base + l.packed, bytes),
     scales: new Uint8Array(buffer, base + l.scales, l.lut - l.scales),
-    lut: new Uint8Array(buffer, base + l.lut, 65536),
+    lut: new Uint8Array(buffer, base + l.lut, SCRATCH_BYTES),
     wasm,
   };
 }

@@ -22,7 +22,7 @@ export interface ChunkInput {
   src: Uint8Array;
   /** All views (src, codes, scales, lut) lie in the kernels' shared WebAssembly memory: byteOffset is the address. */
   wasm?: boolean;
-  /** 64 KiB of scratch in the same memory (FP8 lookup table). */
+  /** Scratch in the same memory, at least 64 KiB: the FP8 and NVFP4 tables, the AWQ edits' vectors. */
   lut?: Uint8Array;
   dtype: FloatDType;
   row0: number;
@@ -89,11 +89,45 @@ function nonFinite(w: Float32Array): KernelResult['nonFinite'] {
  * same bytes; a NaN/Inf found by a SIMD kernel is located by the JavaScript path.
  */
 export function runKernel(task: KernelTask, k?: WasmKernels): KernelResult {
-  if (k && task.wasm && task.dtype === 'BF16' && task.ops.length === 0) {
+  if (k && task.wasm && task.dtype === 'BF16') {
+    // AWQ edits first, in place: the source then holds the edited bf16 weights, exactly what the
+    // JavaScript path computes before quantizing, so from here on the task has no edits left
+    if (task.ops.length > 0) {
+      if (!editWasm(task, k)) return runJs(task);
+      task = { ...task, ops: [] };
+    }
     const r = runWasm(task, k);
     if (r) return r;
   }
   return runJs(task);
+}
+
+/**
+ * The AWQ edits with the SIMD kernels, their vectors copied into the task's scratch (`lut`, used
+ * by the quantizing kernel only afterwards). False, having changed nothing, when they do not apply
+ * (a row width not a multiple of 8, vectors larger than the scratch).
+ */
+function editWasm(task: KernelTask, k: WasmKernels): boolean {
+  const scratch = task.lut;
+  if (!scratch || task.K % 8 !== 0 || scratch.byteOffset % 16 !== 0) return false;
+  const floats = (op: WeightOp) => (op.kind === 'mulRow' ? task.rows : op.kind === 'divCol' ? task.K : 2 * task.K);
+  if (task.ops.some((op) => 4 * floats(op) > scratch.length)) return false;
+  const f32 = new Float32Array(scratch.buffer, scratch.byteOffset, scratch.length >> 2);
+  const at = scratch.byteOffset, src = task.src.byteOffset;
+  for (const op of task.ops) {
+    if (op.kind === 'divCol') {
+      f32.set(op.s.subarray(0, task.K));
+      k.ops_div_col(src, task.rows, task.K, at);
+    } else if (op.kind === 'mulRow') {
+      f32.set(op.s.subarray(task.row0, task.row0 + task.rows));
+      k.ops_mul_row(src, task.rows, task.K, at);
+    } else {
+      f32.set(op.old.subarray(0, task.K));
+      f32.set(op.new.subarray(0, task.K), task.K);
+      k.ops_resmooth(src, task.rows, task.K, at, at + 4 * task.K);
+    }
+  }
+  return true;
 }
 
 function finiteScales(s: Float32Array): boolean {

@@ -11,6 +11,10 @@ export interface WasmKernels {
   nvfp4_packed(src: number, nblk: number, tables: number, scales: number, packed: number): void;
   /** As nvfp4_packed, with one code per element (16 bytes a block). */
   nvfp4_codes(src: number, nblk: number, tables: number, scales: number, codes: number): void;
+  /** AWQ edits of bf16 rows in place (K % 8 == 0): w[r, k] /= s[k]; w[r, k] *= s[r]; w[r, k] = w[r, k] * old[k] / new[k]; each rounded to bf16. */
+  ops_div_col(src: number, rows: number, K: number, s: number): void;
+  ops_mul_row(src: number, rows: number, K: number, s: number): void;
+  ops_resmooth(src: number, rows: number, K: number, old: number, next: number): void;
   int4(src: number, ngroups: number, codes: number, scales: number): void;
   pack_int4_rows(q: number, rows: number, K: number, dst: number): void;
   fp8_block(src: number, rows: number, K: number, codes: number, scales: number): void;
