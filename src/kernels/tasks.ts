@@ -84,9 +84,10 @@ function nonFinite(w: Float32Array): KernelResult['nonFinite'] {
 }
 
 /**
- * Runs a task with the SIMD kernels when they apply (bf16 source, no AWQ edits, views in the shared
- * memory, the format's shape constraints), else with the plain JavaScript kernels. Both give the
- * same bytes; a NaN/Inf found by a SIMD kernel is located by the JavaScript path.
+ * Runs a task with the SIMD kernels when they apply (bf16 source, views in the shared memory, the
+ * format's shape constraints; AWQ edits run first, in SIMD too, when their vectors fit the scratch),
+ * else with the plain JavaScript kernels. Both give the same bytes; a NaN/Inf found by a SIMD kernel
+ * is located by the JavaScript path.
  */
 export function runKernel(task: KernelTask, k?: WasmKernels): KernelResult {
   if (k && task.wasm && task.dtype === 'BF16') {
