@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { bf16ToF32, f32Bits, roundBf16, f32FromBits } from '../src/codecs/float.js';
-import { quantizeNvfp4, quantizeNvfp4Ref, nvfp4GlobalScale, dequantizeNvfp4, nvfp4TablesForBf16, NVFP4_SCALE_TABLE } from '../src/formats/nvfp4.js';
+import { bf16ToF32, f16ToF32, f32Bits, roundBf16, f32FromBits } from '../src/codecs/float.js';
+import { quantizeNvfp4, quantizeNvfp4Ref, nvfp4GlobalScale, dequantizeNvfp4, nvfp4TablesForBf16, nvfp4TablesForF16, NVFP4_SCALE_TABLE } from '../src/formats/nvfp4.js';
 import { e2m1EncodeRef } from '../src/codecs/e2m1.js';
 import { E4M3_VALUES } from '../src/codecs/e4m3.js';
 import { quantizeFp8, quantizeFp8Ref, fp8WeightScale, fp8LutForBf16, quantizeFp8Bf16Lut, dequantizeFp8 } from '../src/formats/fp8.js';
@@ -131,23 +131,27 @@ describe('fast kernels equal their plain reference', () => {
 });
 
 describe("NVFP4 tables (the SIMD kernel's) against the plain reference", () => {
-  // ordinary, power of two (exact e2m1 ties), huge (quotients underflow to -0: the sign threshold), tiny (subnormal divisors)
-  for (const ws2 of [3.1 / 2688, 2 ** -9, 1e30, 1e-38]) {
-    it(`ws2 = ${ws2}: the scale of a block of every finite max, and every (scale, bf16) code`, () => {
-      const t = nvfp4TablesForBf16(ws2);
-      // blocks [m, 0, ..., 0] for every finite |bf16| m: the reference's block scale = table[m]
-      const rows = 0x7f80;
-      const w = new Float32Array(rows * 16);
-      for (let m = 0; m < rows; m++) w[m * 16] = bf16ToF32(m);
-      expect(Buffer.compare(quantizeNvfp4Ref(w, rows, 16, ws2).scales, t.subarray(0, rows))).toBe(0);
+  // bf16: ordinary, power of two (exact e2m1 ties), huge (quotients underflow to -0: the sign
+  // threshold), tiny (subnormal divisors); f16: its own range (max 65504) and subnormals
+  const cases = [
+    ...[3.1 / 2688, 2 ** -9, 1e30, 1e-38].map((ws2) => ({ dtype: 'bf16', ws2, tables: nvfp4TablesForBf16, value: bf16ToF32, inf: 0x7f80 })),
+    ...[3.1 / 2688, 2 ** -9, 40 / 2688, 1e-7].map((ws2) => ({ dtype: 'f16', ws2, tables: nvfp4TablesForF16, value: f16ToF32, inf: 0x7c00 })),
+  ];
+  for (const { dtype, ws2, tables, value, inf } of cases) {
+    it(`${dtype}, ws2 = ${ws2}: the scale of a block of every finite max, and every (scale, value) code`, () => {
+      const t = tables(ws2);
+      // blocks [m, 0, ..., 0] for every finite magnitude m: the reference's block scale = table[m]
+      const w = new Float32Array(inf * 16);
+      for (let m = 0; m < inf; m++) w[m * 16] = value(m);
+      expect(Buffer.compare(quantizeNvfp4Ref(w, inf, 16, ws2).scales, t.subarray(0, inf))).toBe(0);
       const thr = new Int16Array(t.buffer, t.byteOffset + NVFP4_SCALE_TABLE, 128 * 8);
       let bad = 0;
       for (let c = 1; c <= 0x7e; c++) {
         const div = Math.fround(E4M3_VALUES[c]! * ws2);
-        for (let bits = 0; bits < 0x7f80; bits++) {
+        for (let bits = 0; bits < inf; bits++) {
           let mag = 0;
           for (let k = 0; k < 7; k++) mag += +(bits > thr[c * 8 + k]!);
-          const x = bf16ToF32(bits);
+          const x = value(bits);
           if (mag !== e2m1EncodeRef(Math.fround(x / div))) bad++;
           if ((mag | (bits > thr[c * 8 + 7]! ? 8 : 0)) !== e2m1EncodeRef(Math.fround(-x / div))) bad++;
         }

@@ -150,6 +150,22 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
     zero[17] = 0;
     compare('scan', () => ({ ops: [{ kind: 'divCol', s: zero }] }), (u) => fill(u, 6));
   });
+  it('f16 weights: the scan, FP8 and NVFP4 table kernels at every finite f16 value (FP8 128x128 and INT4 take the JavaScript path)', () => {
+    const everyF16 = (u16: Uint16Array) => {
+      for (let i = 0; i < u16.length; i++) {
+        const b = i & 0xffff;
+        u16[i] = (b & 0x7c00) === 0x7c00 ? 0 : b;
+      }
+    };
+    const f16 = { dtype: 'F16' } as const;
+    compare('scan', () => f16, everyF16);
+    for (const scale of [3.1 / 448, 65504 / 448, 1e-3 / 448]) compare('fp8', (v) => ({ ...f16, scale, codes: v.codes }), everyF16);
+    for (const ws2 of [3.1 / 2688, 2 ** -9, 65504 / 2688]) compare('nvfp4', (v) => ({ ...f16, ws2, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16), packed: v.packed }), everyF16);
+    compare('fp8_block', (v) => ({ ...f16, codes: v.codes, scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, 2 * 3) }), everyF16);
+    compare('int4', (v) => ({ ...f16, codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128), packed: v.packed }), everyF16);
+    // an f16 infinity is found (and located by the JavaScript path)
+    compare('scan', () => f16, (u) => { everyF16(u); u[1234] = 0xfc00; });
+  });
   it('INT4', () => compare('int4', (v) => ({ codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128), packed: v.packed })));
   it('a NaN is located by the JavaScript path', () => {
     const v = views(WASM_RESERVED);

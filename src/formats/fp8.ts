@@ -5,7 +5,7 @@
  * The quotient is rounded to the weight's own dtype before the e4m3 cast; for f32 weights that is a no-op.
  */
 import { e4m3EncodeRef, e4m3Encode, E4M3_VALUES } from '../codecs/e4m3.js';
-import { bf16ToF32, roundToDType, f32ToBf16 } from '../codecs/float.js';
+import { bf16ToF32, roundToDType, f32ToBf16, f16ToF32 } from '../codecs/float.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
 
 export const FP8_MAX = 448;
@@ -39,6 +39,13 @@ export function quantizeFp8(w: Float32Array, scale: number, dtype: FloatDType, o
 export function fp8LutForBf16(scale: number): Uint8Array {
   const lut = new Uint8Array(65536);
   for (let b = 0; b < 65536; b++) lut[b] = e4m3Encode(bf16ToF32(f32ToBf16(Math.fround(bf16ToF32(b) / scale))));
+  return lut;
+}
+
+/** The same table over f16 bit patterns (the quotient rounded to f16, as torch keeps an f16 tensor's dtype). */
+export function fp8LutForF16(scale: number): Uint8Array {
+  const lut = new Uint8Array(65536);
+  for (let b = 0; b < 65536; b++) lut[b] = e4m3Encode(roundToDType(Math.fround(f16ToF32(b) / scale), 'F16'));
   return lut;
 }
 

@@ -9,7 +9,7 @@
  */
 import { e4m3EncodeRef, e4m3Encode, E4M3_VALUES } from '../codecs/e4m3.js';
 import { e2m1EncodeRef, e2m1Encode, E2M1_VALUES } from '../codecs/e2m1.js';
-import { bf16ToF32 } from '../codecs/float.js';
+import { bf16ToF32, f16ToF32 } from '../codecs/float.js';
 
 export const NVFP4_GROUP = 16;
 export const NVFP4_MAXBOUND = 6 * 448; // 2688
@@ -98,25 +98,35 @@ const NEVER = 0x7fff;
  *    -|x| / d stops rounding to -0.0, which e2m1 encodes as +0).
  */
 export function nvfp4TablesForBf16(ws2: number, out: Uint8Array = new Uint8Array(NVFP4_TABLES_BYTES)): Uint8Array {
+  return nvfp4Tables16(ws2, bf16ToF32, 0x7f80, out);
+}
+
+/** nvfp4TablesForBf16 over f16 bit patterns (f16 magnitudes order like their bits too). */
+export function nvfp4TablesForF16(ws2: number, out: Uint8Array = new Uint8Array(NVFP4_TABLES_BYTES)): Uint8Array {
+  return nvfp4Tables16(ws2, f16ToF32, 0x7c00, out);
+}
+
+/** The tables over the bit patterns of a 16-bit sign-magnitude float (`value` decodes one; `inf` is +infinity's bits). */
+function nvfp4Tables16(ws2: number, value: (bits: number) => number, inf: number, out: Uint8Array): Uint8Array {
   const sixWs2 = Math.fround(6 * ws2);
-  for (let i = 0; i < NVFP4_SCALE_TABLE; i++) out[i] = e4m3Encode(blockScaleValue(bf16ToF32(i), sixWs2));
+  for (let i = 0; i < NVFP4_SCALE_TABLE; i++) out[i] = e4m3Encode(blockScaleValue(value(i), sixWs2));
   const thr = new Int16Array(out.buffer, out.byteOffset + NVFP4_SCALE_TABLE, 128 * 8);
   for (let c = 0; c < 128; c++) {
     const div = Math.fround(E4M3_VALUES[c]! * ws2);
-    const mag = (bits: number) => e2m1Encode(Math.fround(bf16ToF32(bits) / div)) & 7;
-    for (let k = 1; k <= 7; k++) thr[c * 8 + k - 1] = firstFinite((bits) => mag(bits) >= k) - 1;
-    thr[c * 8 + 7] = firstFinite((bits) => e2m1Encode(Math.fround(-bf16ToF32(bits) / div)) >= 8) - 1;
+    const mag = (bits: number) => e2m1Encode(Math.fround(value(bits) / div)) & 7;
+    for (let k = 1; k <= 7; k++) thr[c * 8 + k - 1] = firstFinite((bits) => mag(bits) >= k, inf) - 1;
+    thr[c * 8 + 7] = firstFinite((bits) => e2m1Encode(Math.fround(-value(bits) / div)) >= 8, inf) - 1;
   }
   return out;
 }
 
-/** The smallest finite |bf16| bit pattern where a monotone predicate holds, or NEVER + 1. */
-function firstFinite(holds: (bits: number) => boolean): number {
-  let lo = 0, hi = 0x7f80; // the answer is in [lo, hi]; hi = 0x7f80 (infinity) means none
+/** The smallest finite magnitude bit pattern (below `inf`) where a monotone predicate holds, or NEVER + 1. */
+function firstFinite(holds: (bits: number) => boolean, inf: number): number {
+  let lo = 0, hi = inf; // the answer is in [lo, hi]; hi = inf means none
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
     if (holds(mid)) hi = mid;
     else lo = mid + 1;
   }
-  return hi === 0x7f80 ? NEVER + 1 : hi;
+  return hi === inf ? NEVER + 1 : hi;
 }

@@ -5,9 +5,9 @@
  * SharedArrayBuffer slots, so nothing is copied between threads.
  */
 import { decodeToFloat32 } from '../codecs/float.js';
-import { fp8LutForBf16, quantizeFp8, quantizeFp8Bf16Lut } from '../formats/fp8.js';
+import { fp8LutForBf16, fp8LutForF16, quantizeFp8, quantizeFp8Bf16Lut } from '../formats/fp8.js';
 import { fp8BlockScales, quantizeFp8Block } from '../formats/fp8-block.js';
-import { nvfp4TablesForBf16, quantizeNvfp4 } from '../formats/nvfp4.js';
+import { nvfp4TablesForBf16, nvfp4TablesForF16, quantizeNvfp4 } from '../formats/nvfp4.js';
 import { packNibblesK } from '../codecs/e2m1.js';
 import { packInt4Rows } from '../codecs/int4.js';
 import { int4Scales, quantizeInt4 } from '../formats/int4.js';
@@ -15,7 +15,7 @@ import type { FloatDType } from '../safetensors/dtypes.js';
 import { applyWeightOps, type WeightOp } from './weight-ops.js';
 import { firstNonFinite } from '../formats/common.js';
 import type { WasmKernels } from './wasm.js';
-import { f32FromBits } from '../codecs/float.js';
+import { f32FromBits, f16ToF32 } from '../codecs/float.js';
 
 export interface ChunkInput {
   /** Raw little-endian bytes of rows [row0, row0 + rows) in `dtype`. */
@@ -69,8 +69,11 @@ class TableCache {
     return t;
   }
 }
-const fp8Tables = new TableCache(fp8LutForBf16);
-const nvfp4Tables = new TableCache((ws2) => nvfp4TablesForBf16(ws2));
+/** Tables over bf16 or f16 bit patterns (the table kernels read only the 16 bits of each weight). */
+const fp8Tables = { BF16: new TableCache(fp8LutForBf16), F16: new TableCache(fp8LutForF16) };
+const nvfp4Tables = { BF16: new TableCache((ws2) => nvfp4TablesForBf16(ws2)), F16: new TableCache((ws2) => nvfp4TablesForF16(ws2)) };
+/** bits & 0x7fff at or above this: NaN or infinity. */
+const NON_FINITE = { BF16: 0x7f80, F16: 0x7c00 };
 
 function weights(t: ChunkInput): Float32Array {
   const w = decodeToFloat32(t.src, t.dtype);
@@ -84,17 +87,18 @@ function nonFinite(w: Float32Array): KernelResult['nonFinite'] {
 }
 
 /**
- * Runs a task with the SIMD kernels when they apply (bf16 source, views in the shared memory, the
- * format's shape constraints; AWQ edits run first, in SIMD too, when their vectors fit the scratch),
+ * Runs a task with the SIMD kernels when they apply (a bf16 source, or f16 for the scan, FP8 and
+ * NVFP4; views in the shared memory; the format's shape constraints; AWQ edits of bf16 run first, in
+ * SIMD too, when their vectors fit the scratch),
  * else with the plain JavaScript kernels. Both give the same bytes; a NaN/Inf found by a SIMD kernel
  * is located by the JavaScript path.
  */
 export function runKernel(task: KernelTask, k?: WasmKernels): KernelResult {
-  if (k && task.wasm && task.dtype === 'BF16') {
+  if (k && task.wasm && (task.dtype === 'BF16' || task.dtype === 'F16')) {
     // AWQ edits first, in place: the source then holds the edited bf16 weights, exactly what the
     // JavaScript path computes before quantizing, so from here on the task has no edits left
     if (task.ops.length > 0) {
-      if (!editWasm(task, k)) return runJs(task);
+      if (task.dtype !== 'BF16' || !editWasm(task, k)) return runJs(task);
       task = { ...task, ops: [] };
     }
     const r = runWasm(task, k);
@@ -136,34 +140,40 @@ function finiteScales(s: Float32Array): boolean {
   return true;
 }
 
-/** The SIMD path; undefined means "not applicable here, use JavaScript". */
+/**
+ * The SIMD path for a bf16 or f16 task; undefined means "not applicable here, use JavaScript". The
+ * scan and the table kernels (FP8 per-tensor, NVFP4) work on the 16 bits alone, so they take both
+ * dtypes; FP8 128x128 and INT4 compute in f32 from bf16 bits.
+ */
 function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
   const n = task.rows * task.K;
   const src = task.src.byteOffset;
+  const dtype = task.dtype as 'BF16' | 'F16';
   switch (task.kind) {
     case 'scan': {
-      const m = k.amax_bf16(src, n);
-      if (m >= 0x7f80) return undefined; // NaN or Inf: let the JS path say where
-      return { amax: f32FromBits(m << 16) };
+      const m = k.amax_bf16(src, n); // max |bits|
+      if (m >= NON_FINITE[dtype]) return undefined; // NaN or Inf: let the JS path say where
+      return { amax: dtype === 'BF16' ? f32FromBits(m << 16) : f16ToF32(m) };
     }
     case 'fp8': {
       if (!task.lut) return undefined;
-      task.lut.set(fp8Tables.get(task.scale));
+      task.lut.set(fp8Tables[dtype].get(task.scale));
       k.lut16(src, n, task.lut.byteOffset, task.codes.byteOffset);
       return {};
     }
     case 'fp8_block':
-      if (task.K % 128 !== 0) return undefined;
+      if (task.K % 128 !== 0 || dtype !== 'BF16') return undefined;
       k.fp8_block(src, task.rows, task.K, task.codes.byteOffset, task.scales.byteOffset);
       return finiteScales(task.scales) ? {} : undefined;
     case 'nvfp4': {
       if (!task.lut) return undefined;
-      task.lut.set(nvfp4Tables.get(task.ws2));
+      task.lut.set(nvfp4Tables[dtype].get(task.ws2));
       if (task.packed) k.nvfp4_packed(src, n / 16, task.lut.byteOffset, task.scales.byteOffset, task.packed.byteOffset);
       if (task.codes) k.nvfp4_codes(src, n / 16, task.lut.byteOffset, task.scales.byteOffset, task.codes.byteOffset);
       return {};
     }
     case 'int4':
+      if (dtype !== 'BF16') return undefined;
       k.int4(src, n / 128, task.codes.byteOffset, task.scales.byteOffset);
       if (!finiteScales(task.scales)) return undefined;
       if (task.packed) k.pack_int4_rows(task.codes.byteOffset, task.rows, task.K, task.packed.byteOffset);
@@ -188,7 +198,7 @@ function runJs(task: KernelTask): KernelResult {
       const n = task.rows * task.K;
       if (task.dtype === 'BF16' && task.ops.length === 0 && n >= LUT_MIN_ELEMENTS) {
         const bits = new Uint16Array(task.src.buffer, task.src.byteOffset, n);
-        quantizeFp8Bf16Lut(bits, fp8Tables.get(task.scale), task.codes);
+        quantizeFp8Bf16Lut(bits, fp8Tables.BF16.get(task.scale), task.codes);
       } else {
         quantizeFp8(weights(task), task.scale, task.dtype, task.codes);
       }
