@@ -37,6 +37,8 @@ const CONST_VALUES: Record<string, string> = {
   $k8000: 'i32x4 0x80008000 0x80008000 0x80008000 0x80008000',
   $k8h: 'i32x4 0x00080008 0x00080008 0x00080008 0x00080008',
   $k7fff32: 'i32x4 0x7fff 0x7fff 0x7fff 0x7fff',
+  $kF16Scale: 'f32x4 5.192296858534828e33 5.192296858534828e33 5.192296858534828e33 5.192296858534828e33',
+  $kSign: 'i32x4 0x80000000 0x80000000 0x80000000 0x80000000',
 };
 const CONST_NAMES = Object.keys(CONST_VALUES);
 /** Byte address of the constant table: after the 256-entry e4m3 decode table. */
@@ -236,39 +238,35 @@ const WEIGHT_OPS_WAT = [
   EDIT_ROWS('ops_resmooth', '(param $old i32) (param $new i32)', '', (x, i) => `(f32x4.div (f32x4.mul ${x} ${COL('$old', i)}) ${COL('$new', i)})`),
 ].join('\n');
 
-export const KERNELS_WAT = `
-(module
-  (import "env" "mem" (memory 1 65536 shared))
+type Dtype16 = 'BF16' | 'F16';
+/**
+ * 16-bit lanes (low or high 4 of a v128) -> f32x4. bf16: the bits shifted up. f16: |bits| << 13 is
+ * the f32 of the value times 2^-112 (its 5-bit exponent lands in the low bits of f32's 8), so a
+ * multiply by 2^112 gives the value, subnormals included; then the sign bit. Finite values only
+ * (an f16 Inf/NaN becomes a large finite f32 here; the kernels' callers check scales for that).
+ */
+const WIDEN = (half: 'low' | 'high'): Record<Dtype16, (v: string) => string> => ({
+  BF16: (v) => `(i32x4.shl (i32x4.extend_${half}_i16x8_u ${v}) (i32.const 16))`,
+  F16: (v) => `(v128.or
+      (f32x4.mul (i32x4.shl (v128.and (local.tee $h (i32x4.extend_${half}_i16x8_u ${v})) (local.get $k7fff32)) (i32.const 13)) (local.get $kF16Scale))
+      (v128.and (i32x4.shl (local.get $h) (i32.const 16)) (local.get $kSign)))`,
+});
+const WIDEN_LO = WIDEN('low');
+const WIDEN_HI = WIDEN('high');
+/** A non-negative magnitude's bits (i32 expression, bits & 0x7fff) -> its f32 value. */
+const MAG_TO_F32: Record<Dtype16, (m: string) => string> = {
+  BF16: (m) => `(f32.reinterpret_i32 (i32.shl ${m} (i32.const 16)))`,
+  F16: (m) => `(f32.mul (f32.reinterpret_i32 (i32.shl ${m} (i32.const 13))) (f32.const 0x1p112))`,
+};
+/** The constants and the scratch local the f16 widening uses. */
+const C_F16 = { locals: `${CONSTS('$k7fff32', '$kF16Scale', '$kSign').locals} (local $h v128)`, init: CONSTS('$k7fff32', '$kF16Scale', '$kSign').init };
 
-  ;; max over n bf16 values of (bits & 0x7fff); > 0x7f80 means a NaN, 0x7f80 an infinity
-  (func (export "amax_bf16") (param $src i32) (param $n i32) (result i32)
-    (local $acc v128) (local $acc2 v128) (local $i i32) (local $end i32) (local $m i32) (local $v i32)
-    (local.set $end (i32.and (local.get $n) (i32.const -16)))
-    (block $done (loop $l
-      (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
-      (local.set $acc (i16x8.max_u (local.get $acc) ${ABS16('(i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 1)))')}))
-      (local.set $acc2 (i16x8.max_u (local.get $acc2) ${ABS16('(i32.add (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 1))) (i32.const 16))')}))
-      (local.set $i (i32.add (local.get $i) (i32.const 16)))
-      (br $l)))
-    (local.set $acc (i16x8.max_u (local.get $acc) (local.get $acc2)))
-    ${HMAX16('(local.get $acc)')}
-    (block $done2 (loop $t
-      (br_if $done2 (i32.ge_u (local.get $i) (local.get $n)))
-      (local.set $v (i32.and (i32.load16_u (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 1)))) (i32.const 0x7fff)))
-      (if (i32.gt_u (local.get $v) (local.get $m)) (then (local.set $m (local.get $v))))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br $t)))
-    (local.get $m))
-
-  ${NVFP4_TABLE_FN('nvfp4_packed', false)}
-  ${NVFP4_TABLE_FN('nvfp4_codes', true)}
-
-  ${WEIGHT_OPS_WAT}
-
-  ;; INT4 over groups of 128 bf16 (K % 128 == 0): scale = amax/7 (zero -> 1) as f32, q = rne(w/scale) in [-8, 7]
-  (func (export "int4") (param $src i32) (param $ngroups i32) (param $codes i32) (param $scales i32)
-    (local $g i32) (local $p i32) (local $j i32) (local $v v128) (local $mx v128) (local $s f32) (local $sv v128) (local $q i32) ${C_I4.locals}
+/** INT4 over groups of 128 of a bf16 or f16 weight (see the function's own comment). */
+const INT4_FN = (name: string, dtype: Dtype16) => `  ;; INT4 over groups of 128 bf16 (K % 128 == 0): scale = amax/7 (zero -> 1) as f32, q = rne(w/scale) in [-8, 7]
+  (func (export "${name}") (param $src i32) (param $ngroups i32) (param $codes i32) (param $scales i32)
+    (local $g i32) (local $p i32) (local $j i32) (local $v v128) (local $mx v128) (local $s f32) (local $sv v128) (local $q i32) ${C_I4.locals} ${dtype === 'F16' ? C_F16.locals : ''}
     ${C_I4.init}
+    ${dtype === 'F16' ? C_F16.init : ''}
     (block $done (loop $l
       (br_if $done (i32.ge_u (local.get $g) (local.get $ngroups)))
       (local.set $p (i32.add (local.get $src) (i32.shl (local.get $g) (i32.const 8))))
@@ -279,7 +277,7 @@ export const KERNELS_WAT = `
       (local.set $mx (i16x8.max_u (local.get $mx) (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $mx) (local.get $mx))))
       (local.set $mx (i16x8.max_u (local.get $mx) (i8x16.shuffle 4 5 6 7 0 1 2 3 4 5 6 7 0 1 2 3 (local.get $mx) (local.get $mx))))
       (local.set $mx (i16x8.max_u (local.get $mx) (i8x16.shuffle 2 3 0 1 2 3 0 1 2 3 0 1 2 3 0 1 (local.get $mx) (local.get $mx))))
-      (local.set $s (f32.reinterpret_i32 (i32.shl (i16x8.extract_lane_u 0 (local.get $mx)) (i32.const 16))))
+      (local.set $s ${MAG_TO_F32[dtype]('(i16x8.extract_lane_u 0 (local.get $mx))')})
       (local.set $s (if (result f32) (f32.eq (local.get $s) (f32.const 0)) (then (f32.const 1)) (else (f32.div (local.get $s) (f32.const 7)))))
       (f32.store (i32.add (local.get $scales) (i32.shl (local.get $g) (i32.const 2))) (local.get $s))
       (local.set $sv (f32x4.splat (local.get $s)))
@@ -290,44 +288,27 @@ export const KERNELS_WAT = `
         (local.set $mx (v128.load offset=16 (i32.add (local.get $p) (local.get $j))))
         (v128.store (i32.add (i32.add (local.get $codes) (i32.shl (local.get $g) (i32.const 7))) (i32.shr_u (local.get $j) (i32.const 1)))
           ${NARROW_S8(
-            Q4(BF16_TO_F32_LO('(local.get $v)')),
-            Q4(BF16_TO_F32_HI('(local.get $v)')),
-            Q4(BF16_TO_F32_LO('(local.get $mx)')),
-            Q4(BF16_TO_F32_HI('(local.get $mx)')),
+            Q4(WIDEN_LO[dtype]('(local.get $v)')),
+            Q4(WIDEN_HI[dtype]('(local.get $v)')),
+            Q4(WIDEN_LO[dtype]('(local.get $mx)')),
+            Q4(WIDEN_HI[dtype]('(local.get $mx)')),
           )})
         (local.set $j (i32.add (local.get $j) (i32.const 32)))
         (br $l2)))
       (local.set $g (i32.add (local.get $g) (i32.const 1)))
-      (br $l))))
+      (br $l))))`;
 
-  ;; int4 codes [rows, K] (rows even, K % 16 == 0) packed by row pairs: dst[i, k] = q[2i, k] & 15 | q[2i+1, k] << 4
-  (func (export "pack_int4_rows") (param $q i32) (param $rows i32) (param $K i32) (param $dst i32)
-    (local $i i32) (local $k i32) (local $lo i32) (local $o i32)
-    (block $done (loop $l
-      (br_if $done (i32.ge_u (i32.shl (local.get $i) (i32.const 1)) (local.get $rows)))
-      (local.set $lo (i32.add (local.get $q) (i32.mul (i32.shl (local.get $i) (i32.const 1)) (local.get $K))))
-      (local.set $o (i32.add (local.get $dst) (i32.mul (local.get $i) (local.get $K))))
-      (local.set $k (i32.const 0))
-      (block $d2 (loop $l2
-        (br_if $d2 (i32.ge_u (local.get $k) (local.get $K)))
-        (v128.store (i32.add (local.get $o) (local.get $k))
-          (v128.or
-            (v128.and (v128.load (i32.add (local.get $lo) (local.get $k))) (v128.const i8x16 15 15 15 15 15 15 15 15 15 15 15 15 15 15 15 15))
-            (i8x16.shl (v128.load (i32.add (i32.add (local.get $lo) (local.get $K)) (local.get $k))) (i32.const 4))))
-        (local.set $k (i32.add (local.get $k) (i32.const 16)))
-        (br $l2)))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br $l))))
-
-  ;; FP8 128x128 tiles over rows [0, rows) of a bf16 [rows, K] band set (K % 128 == 0):
+/** FP8 128x128 tiles of a bf16 or f16 weight (see the function's own comment). */
+const FP8_BLOCK_FN = (name: string, dtype: Dtype16) => `  ;; FP8 128x128 tiles over rows [0, rows) of a bf16 [rows, K] band set (K % 128 == 0):
   ;; scales[band * BK + tile] = tileAmax/448 (zero -> 1), codes = e4m3(w / scale).
   ;; Both passes walk rows in memory order; the per-tile |bits| maxima live at the start of the
   ;; band's codes (overwritten by the codes in the second pass, after the scales are taken).
-  (func (export "fp8_block") (param $src i32) (param $rows i32) (param $K i32) (param $codes i32) (param $scales i32)
+  (func (export "${name}") (param $src i32) (param $rows i32) (param $K i32) (param $codes i32) (param $scales i32)
     (local $band i32) (local $r0 i32) (local $nr i32) (local $tb i32) (local $BK i32) (local $r i32) (local $j i32)
     (local $p i32) (local $acc v128) (local $m i32) (local $s f32) (local $sv v128) (local $v v128) (local $w v128) (local $a v128) (local $o i32) (local $qq v128)
-    (local $accs i32) (local $row i32) ${C_E4.locals}
+    (local $accs i32) (local $row i32) ${C_E4.locals} ${dtype === 'F16' ? C_F16.locals : ''}
     ${C_E4.init}
+    ${dtype === 'F16' ? C_F16.init : ''}
     (local.set $BK (i32.shr_u (local.get $K) (i32.const 7)))
     (block $done (loop $lb
       (local.set $r0 (i32.shl (local.get $band) (i32.const 7)))
@@ -369,7 +350,7 @@ export const KERNELS_WAT = `
         (br_if $ds (i32.ge_u (local.get $tb) (local.get $BK)))
         (local.set $acc (v128.load (i32.add (local.get $accs) (i32.shl (local.get $tb) (i32.const 4)))))
         ${HMAX16('(local.get $acc)')}
-        (local.set $s (f32.reinterpret_i32 (i32.shl (local.get $m) (i32.const 16))))
+        (local.set $s ${MAG_TO_F32[dtype]('(local.get $m)')})
         (local.set $s (if (result f32) (f32.eq (local.get $s) (f32.const 0)) (then (f32.const 1)) (else (f32.div (local.get $s) (f32.const 448)))))
         (f32.store (i32.add (local.get $scales) (i32.shl (i32.add (i32.mul (local.get $band) (local.get $BK)) (local.get $tb)) (i32.const 2))) (local.get $s))
         (local.set $tb (i32.add (local.get $tb) (i32.const 1)))
@@ -391,10 +372,10 @@ export const KERNELS_WAT = `
             (local.set $w (v128.load offset=16 (i32.add (local.get $p) (local.get $j))))
             (v128.store (i32.add (i32.add (local.get $codes) (local.get $o)) (i32.shr_u (local.get $j) (i32.const 1)))
               ${NARROW_U8(
-                E4M3(`(f32x4.div ${BF16_TO_F32_LO('(local.get $v)')} (local.get $sv))`),
-                E4M3(`(f32x4.div ${BF16_TO_F32_HI('(local.get $v)')} (local.get $sv))`),
-                E4M3(`(f32x4.div ${BF16_TO_F32_LO('(local.get $w)')} (local.get $sv))`),
-                E4M3(`(f32x4.div ${BF16_TO_F32_HI('(local.get $w)')} (local.get $sv))`),
+                E4M3(`(f32x4.div ${WIDEN_LO[dtype]('(local.get $v)')} (local.get $sv))`),
+                E4M3(`(f32x4.div ${WIDEN_HI[dtype]('(local.get $v)')} (local.get $sv))`),
+                E4M3(`(f32x4.div ${WIDEN_LO[dtype]('(local.get $w)')} (local.get $sv))`),
+                E4M3(`(f32x4.div ${WIDEN_HI[dtype]('(local.get $w)')} (local.get $sv))`),
               )})
             (local.set $j (i32.add (local.get $j) (i32.const 32)))
             (br $lk)))
@@ -403,7 +384,61 @@ export const KERNELS_WAT = `
         (local.set $r (i32.add (local.get $r) (i32.const 1)))
         (br $lq)))
       (local.set $band (i32.add (local.get $band) (i32.const 1)))
-      (br $lb))))
+      (br $lb))))`;
+
+export const KERNELS_WAT = `
+(module
+  (import "env" "mem" (memory 1 65536 shared))
+
+  ;; max over n bf16 values of (bits & 0x7fff); > 0x7f80 means a NaN, 0x7f80 an infinity
+  (func (export "amax_bf16") (param $src i32) (param $n i32) (result i32)
+    (local $acc v128) (local $acc2 v128) (local $i i32) (local $end i32) (local $m i32) (local $v i32)
+    (local.set $end (i32.and (local.get $n) (i32.const -16)))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
+      (local.set $acc (i16x8.max_u (local.get $acc) ${ABS16('(i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 1)))')}))
+      (local.set $acc2 (i16x8.max_u (local.get $acc2) ${ABS16('(i32.add (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 1))) (i32.const 16))')}))
+      (local.set $i (i32.add (local.get $i) (i32.const 16)))
+      (br $l)))
+    (local.set $acc (i16x8.max_u (local.get $acc) (local.get $acc2)))
+    ${HMAX16('(local.get $acc)')}
+    (block $done2 (loop $t
+      (br_if $done2 (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $v (i32.and (i32.load16_u (i32.add (local.get $src) (i32.shl (local.get $i) (i32.const 1)))) (i32.const 0x7fff)))
+      (if (i32.gt_u (local.get $v) (local.get $m)) (then (local.set $m (local.get $v))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $t)))
+    (local.get $m))
+
+  ${NVFP4_TABLE_FN('nvfp4_packed', false)}
+  ${NVFP4_TABLE_FN('nvfp4_codes', true)}
+
+  ${WEIGHT_OPS_WAT}
+
+  ${INT4_FN('int4', 'BF16')}
+  ${INT4_FN('int4_f16', 'F16')}
+
+  ;; int4 codes [rows, K] (rows even, K % 16 == 0) packed by row pairs: dst[i, k] = q[2i, k] & 15 | q[2i+1, k] << 4
+  (func (export "pack_int4_rows") (param $q i32) (param $rows i32) (param $K i32) (param $dst i32)
+    (local $i i32) (local $k i32) (local $lo i32) (local $o i32)
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (i32.shl (local.get $i) (i32.const 1)) (local.get $rows)))
+      (local.set $lo (i32.add (local.get $q) (i32.mul (i32.shl (local.get $i) (i32.const 1)) (local.get $K))))
+      (local.set $o (i32.add (local.get $dst) (i32.mul (local.get $i) (local.get $K))))
+      (local.set $k (i32.const 0))
+      (block $d2 (loop $l2
+        (br_if $d2 (i32.ge_u (local.get $k) (local.get $K)))
+        (v128.store (i32.add (local.get $o) (local.get $k))
+          (v128.or
+            (v128.and (v128.load (i32.add (local.get $lo) (local.get $k))) (v128.const i8x16 15 15 15 15 15 15 15 15 15 15 15 15 15 15 15 15))
+            (i8x16.shl (v128.load (i32.add (i32.add (local.get $lo) (local.get $K)) (local.get $k))) (i32.const 4))))
+        (local.set $k (i32.add (local.get $k) (i32.const 16)))
+        (br $l2)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $l))))
+
+  ${FP8_BLOCK_FN('fp8_block', 'BF16')}
+  ${FP8_BLOCK_FN('fp8_block_f16', 'F16')}
 )
 `;
 

@@ -87,9 +87,9 @@ function nonFinite(w: Float32Array): KernelResult['nonFinite'] {
 }
 
 /**
- * Runs a task with the SIMD kernels when they apply (a bf16 source, or f16 for the scan, FP8 and
- * NVFP4; views in the shared memory; the format's shape constraints; AWQ edits of bf16 run first, in
- * SIMD too, when their vectors fit the scratch),
+ * Runs a task with the SIMD kernels when they apply (a bf16 or f16 source; views in the shared
+ * memory; the format's shape constraints; AWQ edits of bf16 run first, in SIMD too, when their
+ * vectors fit the scratch; f16 ones in JavaScript),
  * else with the plain JavaScript kernels. Both give the same bytes; a NaN/Inf found by a SIMD kernel
  * is located by the JavaScript path.
  */
@@ -142,8 +142,8 @@ function finiteScales(s: Float32Array): boolean {
 
 /**
  * The SIMD path for a bf16 or f16 task; undefined means "not applicable here, use JavaScript". The
- * scan and the table kernels (FP8 per-tensor, NVFP4) work on the 16 bits alone, so they take both
- * dtypes; FP8 128x128 and INT4 compute in f32 from bf16 bits.
+ * scan and the table kernels (FP8 per-tensor, NVFP4) work on the 16 bits alone; FP8 128x128 and
+ * INT4 widen to f32 (a kernel per dtype).
  */
 function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
   const n = task.rows * task.K;
@@ -162,8 +162,8 @@ function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
       return {};
     }
     case 'fp8_block':
-      if (task.K % 128 !== 0 || dtype !== 'BF16') return undefined;
-      k.fp8_block(src, task.rows, task.K, task.codes.byteOffset, task.scales.byteOffset);
+      if (task.K % 128 !== 0) return undefined;
+      (dtype === 'BF16' ? k.fp8_block : k.fp8_block_f16)(src, task.rows, task.K, task.codes.byteOffset, task.scales.byteOffset);
       return finiteScales(task.scales) ? {} : undefined;
     case 'nvfp4': {
       if (!task.lut) return undefined;
@@ -173,8 +173,7 @@ function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
       return {};
     }
     case 'int4':
-      if (dtype !== 'BF16') return undefined;
-      k.int4(src, n / 128, task.codes.byteOffset, task.scales.byteOffset);
+      (dtype === 'BF16' ? k.int4 : k.int4_f16)(src, n / 128, task.codes.byteOffset, task.scales.byteOffset);
       if (!finiteScales(task.scales)) return undefined;
       if (task.packed) k.pack_int4_rows(task.codes.byteOffset, task.rows, task.K, task.packed.byteOffset);
       return {};

@@ -16,6 +16,9 @@ export interface WasmKernels {
   ops_mul_row(src: number, rows: number, K: number, s: number): void;
   ops_resmooth(src: number, rows: number, K: number, old: number, next: number): void;
   int4(src: number, ngroups: number, codes: number, scales: number): void;
+  /** int4 and fp8_block over f16 weights. */
+  int4_f16(src: number, ngroups: number, codes: number, scales: number): void;
+  fp8_block_f16(src: number, rows: number, K: number, codes: number, scales: number): void;
   pack_int4_rows(q: number, rows: number, K: number, dst: number): void;
   fp8_block(src: number, rows: number, K: number, codes: number, scales: number): void;
 }
