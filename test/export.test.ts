@@ -3,12 +3,13 @@
  * reference model, with the activation statistics transformers computed (../shared/data/reference).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtemp, readFile, rm, readdir } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, readdir, mkdir, writeFile, rename } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exportCheckpoint, loadStats, openCheckpoint, FORMAT_NAMES, type FormatName, type Stats } from '../src/index.js';
 import { verifyExport } from '../src/verify.js';
-import { decodeToFloat32, f32Bits } from '../src/codecs/float.js';
+import { decodeToFloat32, f32Bits, encodeFromFloat32 } from '../src/codecs/float.js';
+import { planShards, ShardWriter } from '../src/safetensors/writer.js';
 import { unpackNibblesK } from '../src/codecs/e2m1.js';
 import { unpackInt4Rows } from '../src/codecs/int4.js';
 import { E4M3_VALUES } from '../src/codecs/e4m3.js';
@@ -21,16 +22,36 @@ import { dequantizeFp8 } from '../src/formats/fp8.js';
 import { STORIES, REF, synthetic, DENSE_MODELS } from './helpers.js';
 
 let tmp: string;
+/** llama31 with every bf16 tensor converted to f16 (made before the tests): f16 sources take their own kernels. */
+const F16_COPY = join(tmpdir(), `rxq-export-f16-${process.pid}`);
 beforeAll(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'rxq-export-'));
+  await f16Copy(synthetic('llama31'), F16_COPY);
 });
 afterAll(async () => {
   await rm(tmp, { recursive: true, force: true });
+  await rm(F16_COPY, { recursive: true, force: true });
 });
+
+async function f16Copy(from: string, to: string): Promise<void> {
+  await mkdir(to, { recursive: true });
+  const config = JSON.parse(await readFile(join(from, 'config.json'), 'utf8'));
+  await writeFile(join(to, 'config.json'), JSON.stringify({ ...config, torch_dtype: 'float16' }, null, 2));
+  const ck = await openCheckpoint(from);
+  const tensors = [...ck.tensors.values()];
+  const staged = join(to, 'staged');
+  const w = await ShardWriter.create(staged, planShards(tensors.map((t) => ({ name: t.name, dtype: t.dtype === 'BF16' ? 'F16' : t.dtype, shape: t.shape })), 1e12));
+  for (const t of tensors) await w.write(t.name, t.dtype === 'BF16' ? encodeFromFloat32(await t.toFloat32(), 'F16') : await t.read());
+  await w.finish();
+  await ck.close();
+  await rename(join(staged, 'model.safetensors'), join(to, 'model.safetensors'));
+  await rm(staged, { recursive: true, force: true });
+}
 
 const MODELS: { label: string; dir: string; stats: string }[] = [
   ...DENSE_MODELS.map((a) => ({ label: a, dir: synthetic(a), stats: join(synthetic(a), 'reference.safetensors') })),
   { label: 'stories260K', dir: STORIES, stats: join(REF, 'stories260K', 'calib16x256.safetensors') },
+  { label: 'llama31 as f16', dir: F16_COPY, stats: join(synthetic('llama31'), 'reference.safetensors') },
 ];
 
 const GROUPS = [['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'], ['mlp.gate_proj', 'mlp.up_proj']];
