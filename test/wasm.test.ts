@@ -48,6 +48,14 @@ function everyBf16(u16: Uint16Array) {
   }
 }
 
+/** Every finite f16 bit pattern once (Inf/NaN patterns replaced by zeros), in pattern order. */
+function everyF16(u16: Uint16Array) {
+  for (let i = 0; i < u16.length; i++) {
+    const b = i & 0xffff;
+    u16[i] = (b & 0x7c00) === 0x7c00 ? 0 : b;
+  }
+}
+
 function compare(kind: KernelTask['kind'], extra: (v: ReturnType<typeof views>) => Partial<KernelTask>, fillWith: (u16: Uint16Array) => void = (u) => fill(u, 42)) {
   const a = views(WASM_RESERVED), b = views(WASM_RESERVED + 16 * 2 ** 20);
   fillWith(new Uint16Array(a.src.buffer, a.src.byteOffset, N * K));
@@ -123,7 +131,7 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
     compare('fp8', (v) => ({ scale: 3.1 / 448, codes: v.codes }), everyBf16);
     compare('int4', (v) => ({ codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128), packed: v.packed }), everyBf16);
   });
-  it('AWQ edits (divide columns, scale rows, re-smooth) before each format, every finite bf16 value', () => {
+  it('AWQ edits (divide columns, scale rows, re-smooth) before each format, every finite bf16 and f16 value', () => {
     // pre_quant_scale-like bf16 vectors in [lo, hi); each edit shrinks weights here, so none of
     // these bf16 values overflows (an overflow is the error case, tested at the end)
     const vec = (n: number, seed: number, lo: number, hi: number) => Float32Array.from({ length: n }, (_, k) => bf16ToF32(f32ToBf16(lo + (((k * 2654435761 + seed) >>> 0) % 1000) * ((hi - lo) / 1000))));
@@ -137,13 +145,17 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
       [{ kind: 'divCol', s: col(5) }, { kind: 'mulRow', s: row }],
     ];
     const nv = (v: ReturnType<typeof views>) => ({ ws2: 3.1 / 2688, codes: v.codes, scales: v.scales.subarray(0, (N * K) / 16), packed: v.packed });
-    for (const ops of opSets) {
-      compare('scan', () => ({ ops }), everyBf16);
-      compare('fp8', (v) => ({ ops, scale: 2.9 / 448, codes: v.codes }), everyBf16);
-      compare('nvfp4', (v) => ({ ops, ...nv(v) }), everyBf16);
-      compare('int4', (v) => ({ ops, codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128), packed: v.packed }), everyBf16);
-      compare('fp8_block', (v) => ({ ops, codes: v.codes, scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, 2 * 3) }), (u) => fill(u, 5));
+    for (const [dtype, every] of [['BF16', everyBf16], ['F16', everyF16]] as const) {
+      for (const ops of opSets) {
+        compare('scan', () => ({ dtype, ops }), every);
+        compare('fp8', (v) => ({ dtype, ops, scale: 2.9 / 448, codes: v.codes }), every);
+        compare('nvfp4', (v) => ({ dtype, ops, ...nv(v) }), every);
+        compare('int4', (v) => ({ dtype, ops, codes: new Int8Array(v.codes.buffer, v.codes.byteOffset, N * K), scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, (N * K) / 128), packed: v.packed }), every);
+        compare('fp8_block', (v) => ({ dtype, ops, codes: v.codes, scales: new Float32Array(v.scales.buffer, v.scales.byteOffset, 2 * 3) }), dtype === 'BF16' ? (u) => fill(u, 5) : every);
+      }
     }
+    // f16 edits that overflow (x2 past 32768) give the same infinities, found at the same place
+    compare('scan', () => ({ dtype: 'F16', ops: [{ kind: 'mulRow', s: new Float32Array(N).fill(2) }] }), everyF16);
     // the edited source is what the JavaScript path edits: a NaN/Inf made by an edit (a zero scale)
     // is found at the same element, with the same value, by the JavaScript path that locates it
     const zero = col(6);
@@ -151,12 +163,6 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
     compare('scan', () => ({ ops: [{ kind: 'divCol', s: zero }] }), (u) => fill(u, 6));
   });
   it('f16 weights: every kernel at every finite f16 value (tables over f16 bits; f16 widened to f32 for FP8 128x128 and INT4)', () => {
-    const everyF16 = (u16: Uint16Array) => {
-      for (let i = 0; i < u16.length; i++) {
-        const b = i & 0xffff;
-        u16[i] = (b & 0x7c00) === 0x7c00 ? 0 : b;
-      }
-    };
     const f16 = { dtype: 'F16' } as const;
     compare('scan', () => f16, everyF16);
     for (const scale of [3.1 / 448, 65504 / 448, 1e-3 / 448]) compare('fp8', (v) => ({ ...f16, scale, codes: v.codes }), everyF16);

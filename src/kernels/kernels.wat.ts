@@ -39,6 +39,11 @@ const CONST_VALUES: Record<string, string> = {
   $k7fff32: 'i32x4 0x7fff 0x7fff 0x7fff 0x7fff',
   $kF16Scale: 'f32x4 5.192296858534828e33 5.192296858534828e33 5.192296858534828e33 5.192296858534828e33',
   $kSign: 'i32x4 0x80000000 0x80000000 0x80000000 0x80000000',
+  $kB16: 'i32x4 0xc8000fff 0xc8000fff 0xc8000fff 0xc8000fff',
+  $kMinF16: 'f32x4 0.00006103515625 0.00006103515625 0.00006103515625 0.00006103515625',
+  $kHalf: 'f32x4 0.5 0.5 0.5 0.5',
+  $k7c00: 'i32x4 0x7c00 0x7c00 0x7c00 0x7c00',
+  $k8000lo: 'i32x4 0x8000 0x8000 0x8000 0x8000',
 };
 const CONST_NAMES = Object.keys(CONST_VALUES);
 /** Byte address of the constant table: after the 256-entry e4m3 decode table. */
@@ -60,6 +65,29 @@ const CONSTS = (...names: string[]) => ({
   locals: names.map((n) => `(local ${n} v128)`).join(' '),
   init: names.map((n) => `(local.set ${n} (v128.load offset=${CONST_TABLE + 16 * CONST_NAMES.indexOf(n)} (i32.const 0)))`).join('\n    '),
 });
+type Dtype16 = 'BF16' | 'F16';
+/**
+ * 16-bit lanes (low or high 4 of a v128) -> f32x4. bf16: the bits shifted up. f16: |bits| << 13 is
+ * the f32 of the value times 2^-112 (its 5-bit exponent lands in the low bits of f32's 8), so a
+ * multiply by 2^112 gives the value, subnormals included; then the sign bit. Finite values only
+ * (an f16 Inf/NaN becomes a large finite f32 here; the kernels' callers check scales for that).
+ */
+const WIDEN = (half: 'low' | 'high'): Record<Dtype16, (v: string) => string> => ({
+  BF16: (v) => `(i32x4.shl (i32x4.extend_${half}_i16x8_u ${v}) (i32.const 16))`,
+  F16: (v) => `(v128.or
+      (f32x4.mul (i32x4.shl (v128.and (local.tee $h (i32x4.extend_${half}_i16x8_u ${v})) (local.get $k7fff32)) (i32.const 13)) (local.get $kF16Scale))
+      (v128.and (i32x4.shl (local.get $h) (i32.const 16)) (local.get $kSign)))`,
+});
+const WIDEN_LO = WIDEN('low');
+const WIDEN_HI = WIDEN('high');
+/** A non-negative magnitude's bits (i32 expression, bits & 0x7fff) -> its f32 value. */
+const MAG_TO_F32: Record<Dtype16, (m: string) => string> = {
+  BF16: (m) => `(f32.reinterpret_i32 (i32.shl ${m} (i32.const 16)))`,
+  F16: (m) => `(f32.mul (f32.reinterpret_i32 (i32.shl ${m} (i32.const 13))) (f32.const 0x1p112))`,
+};
+/** The constants and the scratch local the f16 widening uses. */
+const C_F16 = { locals: `${CONSTS('$k7fff32', '$kF16Scale', '$kSign').locals} (local $h v128)`, init: CONSTS('$k7fff32', '$kF16Scale', '$kSign').init };
+
 const E4M3_CONSTS = ['$kAbs', '$k80', '$k448', '$kMin8', '$kM8', '$kB8', '$kOne'];
 
 /**
@@ -201,13 +229,32 @@ const F32_TO_BF16 = (q: string) =>
   `(i32x4.shr_u (i32x4.add (i32x4.add (local.tee $q ${q}) (local.get $k7fff32)) (v128.and (i32x4.shr_u (local.get $q) (i32.const 16)) (local.get $kOne))) (i32.const 16))`;
 
 /**
+ * f16 bits (low half of each i32 lane) of the f32 lanes of q, round-to-nearest-even as f32ToF16:
+ * normal range by the integer add of F32_TO_BF16 at bit 13 after rebiasing the exponent by -112;
+ * below 2^-14, |q| + 0.5 (whose ulp is f16's subnormal step 2^-24) rounds in the FPU and its low bits
+ * are the code; the larger of the two is right (as in E4M3); at or past 65520, infinity. Finite q
+ * only (a NaN would come out as infinity). Uses locals $q, $a.
+ */
+const F32_TO_F16 = (q: string) => `
+  (v128.or
+    (i32x4.min_s
+      (i32x4.max_s
+        (i32x4.shr_s (i32x4.add (i32x4.add (local.tee $a (v128.and (local.tee $q ${q}) (local.get $kAbs))) (local.get $kB16)) (v128.and (i32x4.shr_u (local.get $a) (i32.const 13)) (local.get $kOne))) (i32.const 13))
+        (i32x4.sub (f32x4.add (f32x4.pmin (local.get $a) (local.get $kMinF16)) (local.get $kHalf)) (local.get $kHalf)))
+      (local.get $k7c00))
+    (v128.and (i32x4.shr_u (local.get $q) (i32.const 16)) (local.get $k8000lo)))`;
+
+/**
  * An AWQ edit of bf16 rows in place (weight-ops.ts): each 8 elements at $p + 2k are widened to f32,
  * edited by `f(x, i)` (i = 0 for elements 0-3, 1 for 4-7; `f` may read $k), rounded back to bf16.
  */
-const EDIT_ROWS = (name: string, params: string, rowInit: string, f: (x: string, i: number) => string) => `
+const EDIT_ROWS = (name: string, dtype: Dtype16, params: string, rowInit: string, f: (x: string, i: number) => string) => {
+  const c = dtype === 'BF16' ? CONSTS('$k7fff32', '$kOne') : CONSTS('$k7fff32', '$kOne', '$kF16Scale', '$kSign', '$kAbs', '$kB16', '$kMinF16', '$kHalf', '$k7c00', '$k8000lo');
+  const narrow = dtype === 'BF16' ? F32_TO_BF16 : F32_TO_F16;
+  return `
   (func (export "${name}") (param $src i32) (param $rows i32) (param $K i32) ${params}
-    (local $r i32) (local $k i32) (local $p i32) (local $v v128) (local $q v128) (local $sv v128) ${CONSTS('$k7fff32', '$kOne').locals}
-    ${CONSTS('$k7fff32', '$kOne').init}
+    (local $r i32) (local $k i32) (local $p i32) (local $v v128) (local $q v128) (local $a v128) (local $h v128) (local $sv v128) ${c.locals}
+    ${c.init}
     (block $done (loop $lr
       (br_if $done (i32.ge_u (local.get $r) (local.get $rows)))
       (local.set $p (i32.add (local.get $src) (i32.shl (i32.mul (local.get $r) (local.get $K)) (i32.const 1))))
@@ -218,48 +265,31 @@ const EDIT_ROWS = (name: string, params: string, rowInit: string, f: (x: string,
         (local.set $v (v128.load (i32.add (local.get $p) (i32.shl (local.get $k) (i32.const 1)))))
         (v128.store (i32.add (local.get $p) (i32.shl (local.get $k) (i32.const 1)))
           (i16x8.narrow_i32x4_u
-            ${F32_TO_BF16(f(BF16_TO_F32_LO('(local.get $v)'), 0))}
-            ${F32_TO_BF16(f(BF16_TO_F32_HI('(local.get $v)'), 1))}))
+            ${narrow(f(WIDEN_LO[dtype]('(local.get $v)'), 0))}
+            ${narrow(f(WIDEN_HI[dtype]('(local.get $v)'), 1))}))
         (local.set $k (i32.add (local.get $k) (i32.const 8)))
         (br $lk)))
       (local.set $r (i32.add (local.get $r) (i32.const 1)))
       (br $lr))))`;
+};
 
 /** f32 lanes k..k+3 (i = 0) or k+4..k+7 (i = 1) of the f32 vector at `base`. */
 const COL = (base: string, i: number) => `(v128.load offset=${16 * i} (i32.add (local.get ${base}) (i32.shl (local.get $k) (i32.const 2))))`;
 
-/** The AWQ edits of weight-ops.ts on bf16 rows [0, rows) of width K (K % 8 == 0), in place. */
-const WEIGHT_OPS_WAT = [
-  // w[r, k] <- bf16(w[r, k] / s[k])
-  EDIT_ROWS('ops_div_col', '(param $s i32)', '', (x, i) => `(f32x4.div ${x} ${COL('$s', i)})`),
-  // w[r, k] <- bf16(w[r, k] * s[r]), s = this chunk's rows
-  EDIT_ROWS('ops_mul_row', '(param $s i32)', '(local.set $sv (v128.load32_splat (i32.add (local.get $s) (i32.shl (local.get $r) (i32.const 2)))))', (x) => `(f32x4.mul ${x} (local.get $sv))`),
-  // w[r, k] <- bf16(f32(w[r, k] * old[k]) / new[k])
-  EDIT_ROWS('ops_resmooth', '(param $old i32) (param $new i32)', '', (x, i) => `(f32x4.div (f32x4.mul ${x} ${COL('$old', i)}) ${COL('$new', i)})`),
-].join('\n');
-
-type Dtype16 = 'BF16' | 'F16';
-/**
- * 16-bit lanes (low or high 4 of a v128) -> f32x4. bf16: the bits shifted up. f16: |bits| << 13 is
- * the f32 of the value times 2^-112 (its 5-bit exponent lands in the low bits of f32's 8), so a
- * multiply by 2^112 gives the value, subnormals included; then the sign bit. Finite values only
- * (an f16 Inf/NaN becomes a large finite f32 here; the kernels' callers check scales for that).
- */
-const WIDEN = (half: 'low' | 'high'): Record<Dtype16, (v: string) => string> => ({
-  BF16: (v) => `(i32x4.shl (i32x4.extend_${half}_i16x8_u ${v}) (i32.const 16))`,
-  F16: (v) => `(v128.or
-      (f32x4.mul (i32x4.shl (v128.and (local.tee $h (i32x4.extend_${half}_i16x8_u ${v})) (local.get $k7fff32)) (i32.const 13)) (local.get $kF16Scale))
-      (v128.and (i32x4.shl (local.get $h) (i32.const 16)) (local.get $kSign)))`,
-});
-const WIDEN_LO = WIDEN('low');
-const WIDEN_HI = WIDEN('high');
-/** A non-negative magnitude's bits (i32 expression, bits & 0x7fff) -> its f32 value. */
-const MAG_TO_F32: Record<Dtype16, (m: string) => string> = {
-  BF16: (m) => `(f32.reinterpret_i32 (i32.shl ${m} (i32.const 16)))`,
-  F16: (m) => `(f32.mul (f32.reinterpret_i32 (i32.shl ${m} (i32.const 13))) (f32.const 0x1p112))`,
-};
-/** The constants and the scratch local the f16 widening uses. */
-const C_F16 = { locals: `${CONSTS('$k7fff32', '$kF16Scale', '$kSign').locals} (local $h v128)`, init: CONSTS('$k7fff32', '$kF16Scale', '$kSign').init };
+/** The AWQ edits of weight-ops.ts on bf16 or f16 rows [0, rows) of width K (K % 8 == 0), in place. */
+const WEIGHT_OPS_WAT = (['BF16', 'F16'] as const)
+  .map((dtype) => {
+    const sfx = dtype === 'BF16' ? '' : '_f16';
+    return [
+      // w[r, k] <- dtype(w[r, k] / s[k])
+      EDIT_ROWS(`ops_div_col${sfx}`, dtype, '(param $s i32)', '', (x, i) => `(f32x4.div ${x} ${COL('$s', i)})`),
+      // w[r, k] <- dtype(w[r, k] * s[r]), s = this chunk's rows
+      EDIT_ROWS(`ops_mul_row${sfx}`, dtype, '(param $s i32)', '(local.set $sv (v128.load32_splat (i32.add (local.get $s) (i32.shl (local.get $r) (i32.const 2)))))', (x) => `(f32x4.mul ${x} (local.get $sv))`),
+      // w[r, k] <- dtype(f32(w[r, k] * old[k]) / new[k])
+      EDIT_ROWS(`ops_resmooth${sfx}`, dtype, '(param $old i32) (param $new i32)', '', (x, i) => `(f32x4.div (f32x4.mul ${x} ${COL('$old', i)}) ${COL('$new', i)})`),
+    ].join('\n');
+  })
+  .join('\n');
 
 /** INT4 over groups of 128 of a bf16 or f16 weight (see the function's own comment). */
 const INT4_FN = (name: string, dtype: Dtype16) => `  ;; INT4 over groups of 128 bf16 (K % 128 == 0): scale = amax/7 (zero -> 1) as f32, q = rne(w/scale) in [-8, 7]

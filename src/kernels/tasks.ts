@@ -88,17 +88,17 @@ function nonFinite(w: Float32Array): KernelResult['nonFinite'] {
 
 /**
  * Runs a task with the SIMD kernels when they apply (a bf16 or f16 source; views in the shared
- * memory; the format's shape constraints; AWQ edits of bf16 run first, in SIMD too, when their
- * vectors fit the scratch; f16 ones in JavaScript),
+ * memory; the format's shape constraints; AWQ edits run first, in SIMD too, when their vectors fit
+ * the scratch),
  * else with the plain JavaScript kernels. Both give the same bytes; a NaN/Inf found by a SIMD kernel
  * is located by the JavaScript path.
  */
 export function runKernel(task: KernelTask, k?: WasmKernels): KernelResult {
   if (k && task.wasm && (task.dtype === 'BF16' || task.dtype === 'F16')) {
-    // AWQ edits first, in place: the source then holds the edited bf16 weights, exactly what the
+    // AWQ edits first, in place: the source then holds the edited weights, exactly what the
     // JavaScript path computes before quantizing, so from here on the task has no edits left
     if (task.ops.length > 0) {
-      if (task.dtype !== 'BF16' || !editWasm(task, k)) return runJs(task);
+      if (!editWasm(task, k)) return runJs(task);
       task = { ...task, ops: [] };
     }
     const r = runWasm(task, k);
@@ -119,17 +119,18 @@ function editWasm(task: KernelTask, k: WasmKernels): boolean {
   if (task.ops.some((op) => 4 * floats(op) > scratch.length)) return false;
   const f32 = new Float32Array(scratch.buffer, scratch.byteOffset, scratch.length >> 2);
   const at = scratch.byteOffset, src = task.src.byteOffset;
+  const bf16 = task.dtype === 'BF16';
   for (const op of task.ops) {
     if (op.kind === 'divCol') {
       f32.set(op.s.subarray(0, task.K));
-      k.ops_div_col(src, task.rows, task.K, at);
+      (bf16 ? k.ops_div_col : k.ops_div_col_f16)(src, task.rows, task.K, at);
     } else if (op.kind === 'mulRow') {
       f32.set(op.s.subarray(task.row0, task.row0 + task.rows));
-      k.ops_mul_row(src, task.rows, task.K, at);
+      (bf16 ? k.ops_mul_row : k.ops_mul_row_f16)(src, task.rows, task.K, at);
     } else {
       f32.set(op.old.subarray(0, task.K));
       f32.set(op.new.subarray(0, task.K), task.K);
-      k.ops_resmooth(src, task.rows, task.K, at, at + 4 * task.K);
+      (bf16 ? k.ops_resmooth : k.ops_resmooth_f16)(src, task.rows, task.K, at, at + 4 * task.K);
     }
   }
   return true;

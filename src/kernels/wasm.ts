@@ -15,6 +15,10 @@ export interface WasmKernels {
   ops_div_col(src: number, rows: number, K: number, s: number): void;
   ops_mul_row(src: number, rows: number, K: number, s: number): void;
   ops_resmooth(src: number, rows: number, K: number, old: number, next: number): void;
+  /** The same edits of f16 rows (each rounded back to f16). */
+  ops_div_col_f16(src: number, rows: number, K: number, s: number): void;
+  ops_mul_row_f16(src: number, rows: number, K: number, s: number): void;
+  ops_resmooth_f16(src: number, rows: number, K: number, old: number, next: number): void;
   int4(src: number, ngroups: number, codes: number, scales: number): void;
   /** int4 and fp8_block over f16 weights. */
   int4_f16(src: number, ngroups: number, codes: number, scales: number): void;
