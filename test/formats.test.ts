@@ -3,7 +3,7 @@ import { bf16ToF32, f16ToF32, f32Bits, roundBf16, f32FromBits } from '../src/cod
 import { quantizeNvfp4, quantizeNvfp4Ref, nvfp4GlobalScale, dequantizeNvfp4, nvfp4TablesForBf16, nvfp4TablesForF16, NVFP4_SCALE_TABLE } from '../src/formats/nvfp4.js';
 import { e2m1EncodeRef } from '../src/codecs/e2m1.js';
 import { E4M3_VALUES } from '../src/codecs/e4m3.js';
-import { quantizeFp8, quantizeFp8Ref, fp8WeightScale, fp8LutForBf16, quantizeFp8Bf16Lut, dequantizeFp8 } from '../src/formats/fp8.js';
+import { quantizeFp8, quantizeFp8Ref, fp8WeightScale, fp8LutForBf16, fp8LutForF16, quantizeFp8Lut16, dequantizeFp8 } from '../src/formats/fp8.js';
 import { fp8BlockScales, quantizeFp8Block, quantizeFp8BlockRef, dequantizeFp8Block } from '../src/formats/fp8-block.js';
 import { int4Scales, quantizeInt4, quantizeInt4Ref, dequantizeInt4 } from '../src/formats/int4.js';
 import { amaxOf } from '../src/formats/common.js';
@@ -60,7 +60,7 @@ describe('FP8 per-tensor golden vector (spec §7.4)', () => {
     expect(hex(quantizeFp8Ref(w, scale, 'BF16'))).toBe('3a e7 6f 7e fe 78 62 86');
     expect(hex(quantizeFp8(w, scale, 'BF16'))).toBe('3a e7 6f 7e fe 78 62 86');
     const bits = Uint16Array.from(w, (x) => f32Bits(x) >>> 16);
-    expect(hex(quantizeFp8Bf16Lut(bits, fp8LutForBf16(scale)))).toBe('3a e7 6f 7e fe 78 62 86');
+    expect(hex(quantizeFp8Lut16(bits, fp8LutForBf16(scale)))).toBe('3a e7 6f 7e fe 78 62 86');
   });
 });
 
@@ -79,6 +79,11 @@ function weights(n: number, seed: number, dtype: 'BF16' | 'F32'): Float32Array {
 }
 
 describe('fast kernels equal their plain reference', () => {
+  it('FP8 per-tensor table over f16 bits = the reference at every finite f16 value', () => {
+    const bits = Uint16Array.from({ length: 65536 }, (_, b) => b).filter((b) => (b & 0x7c00) !== 0x7c00);
+    const w = Float32Array.from(bits, f16ToF32);
+    for (const s of [1 / 448, 65504 / 448, 3e-5 / 448]) expect(Buffer.compare(quantizeFp8Lut16(bits, fp8LutForF16(s)), quantizeFp8Ref(w, s, 'F16'))).toBe(0);
+  });
   for (const dtype of ['BF16', 'F32'] as const) {
     it(`FP8 per-tensor (${dtype})`, () => {
       const w = weights(256 * 384, 1, dtype);
@@ -87,7 +92,7 @@ describe('fast kernels equal their plain reference', () => {
       expect(Buffer.compare(quantizeFp8(w, s, dtype), ref)).toBe(0);
       if (dtype === 'BF16') {
         const bits = Uint16Array.from(w, (x) => f32Bits(x) >>> 16);
-        expect(Buffer.compare(quantizeFp8Bf16Lut(bits, fp8LutForBf16(s)), ref)).toBe(0);
+        expect(Buffer.compare(quantizeFp8Lut16(bits, fp8LutForBf16(s)), ref)).toBe(0);
       }
       const d = dequantizeFp8(ref, s);
       for (let i = 0; i < w.length; i++) expect(Math.abs(d[i]! - w[i]!)).toBeLessThanOrEqual(Math.abs(w[i]!) / 16 + s * 2 ** -9 + 1e-12);

@@ -5,7 +5,7 @@
  * The quotient is rounded to the weight's own dtype before the e4m3 cast; for f32 weights that is a no-op.
  */
 import { e4m3EncodeRef, e4m3Encode, E4M3_VALUES } from '../codecs/e4m3.js';
-import { bf16ToF32, roundToDType, f32ToBf16, f16ToF32 } from '../codecs/float.js';
+import { bf16ToF32, roundToDType, f16ToF32 } from '../codecs/float.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
 
 export const FP8_MAX = 448;
@@ -37,19 +37,23 @@ export function quantizeFp8(w: Float32Array, scale: number, dtype: FloatDType, o
  * the division and both roundings (node-performance §2: bit-exact for any per-tensor formula).
  */
 export function fp8LutForBf16(scale: number): Uint8Array {
-  const lut = new Uint8Array(65536);
-  for (let b = 0; b < 65536; b++) lut[b] = e4m3Encode(bf16ToF32(f32ToBf16(Math.fround(bf16ToF32(b) / scale))));
-  return lut;
+  return fp8Lut16(scale, 'BF16');
 }
 
 /** The same table over f16 bit patterns (the quotient rounded to f16, as torch keeps an f16 tensor's dtype). */
 export function fp8LutForF16(scale: number): Uint8Array {
+  return fp8Lut16(scale, 'F16');
+}
+
+function fp8Lut16(scale: number, dtype: 'BF16' | 'F16'): Uint8Array {
+  const value = dtype === 'BF16' ? bf16ToF32 : f16ToF32;
   const lut = new Uint8Array(65536);
-  for (let b = 0; b < 65536; b++) lut[b] = e4m3Encode(roundToDType(Math.fround(f16ToF32(b) / scale), 'F16'));
+  for (let b = 0; b < 65536; b++) lut[b] = e4m3Encode(roundToDType(Math.fround(value(b) / scale), dtype));
   return lut;
 }
 
-export function quantizeFp8Bf16Lut(bits: Uint16Array, lut: Uint8Array, out: Uint8Array = new Uint8Array(bits.length)): Uint8Array {
+/** Codes of bf16 or f16 weights (their bit patterns) through a table of fp8LutForBf16 or fp8LutForF16. */
+export function quantizeFp8Lut16(bits: Uint16Array, lut: Uint8Array, out: Uint8Array = new Uint8Array(bits.length)): Uint8Array {
   for (let i = 0; i < bits.length; i++) out[i] = lut[bits[i]!]!;
   return out;
 }

@@ -1,5 +1,5 @@
 /**
- * WebAssembly SIMD kernels over bf16 weights, hand-written (node-performance §2: 4-20x plain JS).
+ * WebAssembly SIMD kernels over bf16 and f16 weights, hand-written (node-performance §2: 4-20x plain JS).
  * Every function reads and writes a shared memory at byte addresses the caller gives; bytes 0..1023
  * hold the e4m3 decode table (256 f32). Each kernel is tested byte-for-byte against the plain
  * JavaScript reference of its format (test/wasm.test.ts).
@@ -8,10 +8,6 @@
  * wasm-to-wasm calls.
  */
 import { NVFP4_SCALE_TABLE } from '../formats/nvfp4.js';
-
-/** bf16 lanes of a v128 at `addr` -> four f32x4 (low 4 of the first 8, high 4, ...). */
-const BF16_TO_F32_LO = (v: string) => `(i32x4.shl (i32x4.extend_low_i16x8_u ${v}) (i32.const 16))`;
-const BF16_TO_F32_HI = (v: string) => `(i32x4.shl (i32x4.extend_high_i16x8_u ${v}) (i32.const 16))`;
 
 /**
  * Vector constants are loaded from a table in memory (CONST_TABLE, written by createSharedMemory)
@@ -85,8 +81,9 @@ const MAG_TO_F32: Record<Dtype16, (m: string) => string> = {
   BF16: (m) => `(f32.reinterpret_i32 (i32.shl ${m} (i32.const 16)))`,
   F16: (m) => `(f32.mul (f32.reinterpret_i32 (i32.shl ${m} (i32.const 13))) (f32.const 0x1p112))`,
 };
-/** The constants and the scratch local the f16 widening uses. */
-const C_F16 = { locals: `${CONSTS('$k7fff32', '$kF16Scale', '$kSign').locals} (local $h v128)`, init: CONSTS('$k7fff32', '$kF16Scale', '$kSign').init };
+/** The constants the f16 widening uses (and its scratch local $h). */
+const F16_WIDEN_CONSTS = ['$k7fff32', '$kF16Scale', '$kSign'];
+const C_F16 = { locals: `${CONSTS(...F16_WIDEN_CONSTS).locals} (local $h v128)`, init: CONSTS(...F16_WIDEN_CONSTS).init };
 
 const E4M3_CONSTS = ['$kAbs', '$k80', '$k448', '$kMin8', '$kM8', '$kB8', '$kOne'];
 
@@ -117,7 +114,7 @@ const NARROW_U8 = (a: string, b: string, c: string, d: string) =>
 const NARROW_S8 = (a: string, b: string, c: string, d: string) =>
   `(i8x16.narrow_i16x8_s (i16x8.narrow_i32x4_s ${a} ${b}) (i16x8.narrow_i32x4_s ${c} ${d}))`;
 
-/** |bf16| bits max of 8 lanes at addr (integer compare is monotonic for finite values). */
+/** |bits| of the 8 bf16 or f16 lanes at addr (integer order is |value| order for finite values). */
 const ABS16 = (addr: string) => `(v128.and (v128.load ${addr}) (v128.const i16x8 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff))`;
 const HMAX16 = (v: string) => `
   (local.set $m (i16x8.extract_lane_u 0 ${v}))
@@ -132,8 +129,8 @@ const C_NVT = CONSTS('$k7fff', '$kFF', '$k8h', '$k8000');
  * nvfp4TablesForBf16): each magnitude is how many of the code's 7 thresholds |x bits| exceeds (a
  * compare gives -1 per lane, so the sum is minus the magnitude); the sign bit is set where x is
  * negative and |x bits| exceeds the 8th, tested in one signed compare of x ^ 0x8000 (as i16 that is
- * |x bits| for negative x and negative for positive x, while the threshold is >= 0). The 16 codes go to $o + 16i, or packed to
- * $pk + 8i (u16 lane = even | odd << 8 -> byte even | odd << 4). Each block ends with its store:
+ * |x bits| for negative x and negative for positive x, while the threshold is >= 0). The 16 codes
+ * go to $o + 16i, or packed to $pk + 8i (u16 lane = even | odd << 8 -> byte even | odd << 4). Each block ends with its store:
  * two blocks with no store between them had TurboFan hoist both blocks' 16 threshold loads and spill.
  */
 const NV_BLOCK = (i: number, c: string, codes: boolean) => `
@@ -157,10 +154,11 @@ const NV_MAX = (i: number) =>
   `(i16x8.max_u (v128.and (v128.load offset=${32 * i} (local.get $p)) (local.get $k7fff)) (v128.and (v128.load offset=${32 * i + 16} (local.get $p)) (local.get $k7fff)))`;
 
 /**
- * NVFP4 over nblk blocks of 16 bf16 by the tables at $tab (nvfp4TablesForBf16 of ws2): the e4m3
- * scale code of a block is the table entry of its max |bits|, its codes come from compares against
- * that code's thresholds (NV_BLOCK). Scales to scales[b]; to $out either the codes packed two per byte (even
- * element low, 8 bytes per block: what a checkpoint stores) or one code per element. Two functions,
+ * NVFP4 over nblk blocks of 16 bf16 or f16 by the tables at $tab (nvfp4TablesForBf16 or
+ * nvfp4TablesForF16 of ws2): the e4m3 scale code of a block is the table entry of its max |bits|,
+ * its codes come from compares against that code's thresholds (NV_BLOCK). Scales to scales[b]; to
+ * $out either the codes packed two per byte (even element low, 8 bytes per block: what a checkpoint
+ * stores) or one code per element. Two functions,
  * not a flag: a branch in the loop body makes TurboFan load every threshold ahead of it and spill
  * them. Four blocks per iteration, then one at a time.
  */
@@ -245,11 +243,11 @@ const F32_TO_F16 = (q: string) => `
     (v128.and (i32x4.shr_u (local.get $q) (i32.const 16)) (local.get $k8000lo)))`;
 
 /**
- * An AWQ edit of bf16 rows in place (weight-ops.ts): each 8 elements at $p + 2k are widened to f32,
- * edited by `f(x, i)` (i = 0 for elements 0-3, 1 for 4-7; `f` may read $k), rounded back to bf16.
+ * An AWQ edit of bf16 or f16 rows in place (weight-ops.ts): each 8 elements at $p + 2k are widened
+ * to f32, edited by `f(x, i)` (i = 0 for elements 0-3, 1 for 4-7; `f` may read $k), rounded back.
  */
 const EDIT_ROWS = (name: string, dtype: Dtype16, params: string, rowInit: string, f: (x: string, i: number) => string) => {
-  const c = dtype === 'BF16' ? CONSTS('$k7fff32', '$kOne') : CONSTS('$k7fff32', '$kOne', '$kF16Scale', '$kSign', '$kAbs', '$kB16', '$kMinF16', '$kHalf', '$k7c00', '$k8000lo');
+  const c = dtype === 'BF16' ? CONSTS('$k7fff32', '$kOne') : CONSTS(...F16_WIDEN_CONSTS, '$kOne', '$kAbs', '$kB16', '$kMinF16', '$kHalf', '$k7c00', '$k8000lo');
   const narrow = dtype === 'BF16' ? F32_TO_BF16 : F32_TO_F16;
   return `
   (func (export "${name}") (param $src i32) (param $rows i32) (param $K i32) ${params}
@@ -292,7 +290,7 @@ const WEIGHT_OPS_WAT = (['BF16', 'F16'] as const)
   .join('\n');
 
 /** INT4 over groups of 128 of a bf16 or f16 weight (see the function's own comment). */
-const INT4_FN = (name: string, dtype: Dtype16) => `  ;; INT4 over groups of 128 bf16 (K % 128 == 0): scale = amax/7 (zero -> 1) as f32, q = rne(w/scale) in [-8, 7]
+const INT4_FN = (name: string, dtype: Dtype16) => `  ;; INT4 over groups of 128 bf16 or f16 (K % 128 == 0): scale = amax/7 (zero -> 1) as f32, q = rne(w/scale) in [-8, 7]
   (func (export "${name}") (param $src i32) (param $ngroups i32) (param $codes i32) (param $scales i32)
     (local $g i32) (local $p i32) (local $j i32) (local $v v128) (local $mx v128) (local $s f32) (local $sv v128) (local $q i32) ${C_I4.locals} ${dtype === 'F16' ? C_F16.locals : ''}
     ${C_I4.init}
@@ -300,10 +298,10 @@ const INT4_FN = (name: string, dtype: Dtype16) => `  ;; INT4 over groups of 128 
     (block $done (loop $l
       (br_if $done (i32.ge_u (local.get $g) (local.get $ngroups)))
       (local.set $p (i32.add (local.get $src) (i32.shl (local.get $g) (i32.const 8))))
-      ;; max |w| of the group on the bf16 bits: a tree over its 16 vectors, not a chain through one
+      ;; max |w| of the group on the 16-bit patterns: a tree over its 16 vectors, not a chain through one
       ;; accumulator
       (local.set $mx ${I4_AMAX_TREE(0, 16)})
-      ;; horizontal max of the 8 u16 lanes, then the bf16 bits as f32
+      ;; horizontal max of the 8 u16 lanes, then its value as f32
       (local.set $mx (i16x8.max_u (local.get $mx) (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $mx) (local.get $mx))))
       (local.set $mx (i16x8.max_u (local.get $mx) (i8x16.shuffle 4 5 6 7 0 1 2 3 4 5 6 7 0 1 2 3 (local.get $mx) (local.get $mx))))
       (local.set $mx (i16x8.max_u (local.get $mx) (i8x16.shuffle 2 3 0 1 2 3 0 1 2 3 0 1 2 3 0 1 (local.get $mx) (local.get $mx))))
@@ -329,7 +327,7 @@ const INT4_FN = (name: string, dtype: Dtype16) => `  ;; INT4 over groups of 128 
       (br $l))))`;
 
 /** FP8 128x128 tiles of a bf16 or f16 weight (see the function's own comment). */
-const FP8_BLOCK_FN = (name: string, dtype: Dtype16) => `  ;; FP8 128x128 tiles over rows [0, rows) of a bf16 [rows, K] band set (K % 128 == 0):
+const FP8_BLOCK_FN = (name: string, dtype: Dtype16) => `  ;; FP8 128x128 tiles over rows [0, rows) of a bf16 or f16 [rows, K] band set (K % 128 == 0):
   ;; scales[band * BK + tile] = tileAmax/448 (zero -> 1), codes = e4m3(w / scale).
   ;; Both passes walk rows in memory order; the per-tile |bits| maxima live at the start of the
   ;; band's codes (overwritten by the codes in the second pass, after the scales are taken).
@@ -420,7 +418,7 @@ export const KERNELS_WAT = `
 (module
   (import "env" "mem" (memory 1 65536 shared))
 
-  ;; max over n bf16 values of (bits & 0x7fff); > 0x7f80 means a NaN, 0x7f80 an infinity
+  ;; max over n bf16 or f16 values of (bits & 0x7fff); at or past 0x7f80 (bf16) or 0x7c00 (f16), a NaN or infinity
   (func (export "amax_bf16") (param $src i32) (param $n i32) (result i32)
     (local $acc v128) (local $acc2 v128) (local $i i32) (local $end i32) (local $m i32) (local $v i32)
     (local.set $end (i32.and (local.get $n) (i32.const -16)))
@@ -472,7 +470,7 @@ export const KERNELS_WAT = `
 )
 `;
 
-/** Max of |bf16 bits| (u16 lanes; integer order is |value| order) over vectors [i, i + n) of the group at $p, as a balanced tree. */
+/** Max of |16-bit patterns| (u16 lanes; integer order is |value| order) over vectors [i, i + n) of the group at $p, as a balanced tree. */
 function I4_AMAX_TREE(i: number, n: number): string {
   if (n === 1) return `(v128.and (v128.load offset=${16 * i} (local.get $p)) (local.get $k7fff))`;
   return `(i16x8.max_u ${I4_AMAX_TREE(i, n / 2)} ${I4_AMAX_TREE(i + n / 2, n / 2)})`;
@@ -495,11 +493,11 @@ export const LUT_ADDRESS_STAND_IN = 0xf7e5d3c1;
 /** Lookups per iteration of LUT16_WAT's main loop, plus the tail's one: how many times the stand-in appears. */
 export const LUT16_LOOKUPS = 65;
 
-/** Table lookup of the bf16 in `bits` (an i32 expression) stored as byte `off` of the codes. */
+/** Table lookup of the 16 bits in `bits` (an i32 expression) stored as byte `off` of the codes. */
 const LOOKUP = (off: number, bits: string) => `(i32.store8 offset=${off} (local.get $d) (i32.load8_u offset=${LUT_ADDRESS_STAND_IN} ${bits}))`;
 
 /**
- * dst[i] = table[bf16 bits of src[i]] with the 64K-entry table (FP8 per-tensor: bit-exact for any
+ * dst[i] = table[16 bits of src[i]] (bf16 or f16) with the 64K-entry table (FP8 per-tensor: bit-exact for any
  * formula) at the address patched over LUT_ADDRESS_STAND_IN. 64 elements per iteration, read four
  * at a time with an i64 load split into two i32 halves (measured 9.7 GB/s per core against 9.2 with
  * a shift of the i64 per element, 8.2 with a 16-bit load each and 6.7 with the table's address in a

@@ -11,7 +11,7 @@
  * Why: with one Piscina task per 16 MiB chunk, a worker sat 0.1-0.4 ms between tasks and the main
  * thread spent ~0.1 ms on each, so two workers reached 1.74-1.89x one worker's throughput on the
  * NVFP4 kernel (bench/RESULTS.md, 2026-11-27). Two threads given 32 chunks per message reached
- * 1.98x; this protocol measured 1.91-1.98x in a prototype, with one worker at the inline speed.
+ * 1.98x; through this protocol the median run is 1.89x, with one worker at the inline speed.
  */
 import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 

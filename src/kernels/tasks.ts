@@ -5,7 +5,7 @@
  * SharedArrayBuffer slots, so nothing is copied between threads.
  */
 import { decodeToFloat32 } from '../codecs/float.js';
-import { fp8LutForBf16, fp8LutForF16, quantizeFp8, quantizeFp8Bf16Lut } from '../formats/fp8.js';
+import { fp8LutForBf16, fp8LutForF16, quantizeFp8, quantizeFp8Lut16 } from '../formats/fp8.js';
 import { fp8BlockScales, quantizeFp8Block } from '../formats/fp8-block.js';
 import { nvfp4TablesForBf16, nvfp4TablesForF16, quantizeNvfp4 } from '../formats/nvfp4.js';
 import { packNibblesK } from '../codecs/e2m1.js';
@@ -51,7 +51,7 @@ export interface KernelResult {
   nonFinite?: { index: number; value: number };
 }
 
-/** Below this many elements, building the 64K-entry bf16 table costs more than it saves. */
+/** Below this many elements, building a 64K-entry table costs more than it saves. */
 const LUT_MIN_ELEMENTS = 1 << 18;
 /**
  * Tables by scale, the last few built (~0.2-0.4 ms each): a tensor's chunks share a scale, and at
@@ -71,7 +71,7 @@ class TableCache {
 }
 /** Tables over bf16 or f16 bit patterns (the table kernels read only the 16 bits of each weight). */
 const fp8Tables = { BF16: new TableCache(fp8LutForBf16), F16: new TableCache(fp8LutForF16) };
-const nvfp4Tables = { BF16: new TableCache((ws2) => nvfp4TablesForBf16(ws2)), F16: new TableCache((ws2) => nvfp4TablesForF16(ws2)) };
+const nvfp4Tables = { BF16: new TableCache(nvfp4TablesForBf16), F16: new TableCache(nvfp4TablesForF16) };
 /** bits & 0x7fff at or above this: NaN or infinity. */
 const NON_FINITE = { BF16: 0x7f80, F16: 0x7c00 };
 
@@ -89,9 +89,8 @@ function nonFinite(w: Float32Array): KernelResult['nonFinite'] {
 /**
  * Runs a task with the SIMD kernels when they apply (a bf16 or f16 source; views in the shared
  * memory; the format's shape constraints; AWQ edits run first, in SIMD too, when their vectors fit
- * the scratch),
- * else with the plain JavaScript kernels. Both give the same bytes; a NaN/Inf found by a SIMD kernel
- * is located by the JavaScript path.
+ * the scratch), else with the plain JavaScript kernels. Both give the same bytes; a NaN/Inf found by
+ * a SIMD kernel is located by the JavaScript path.
  */
 export function runKernel(task: KernelTask, k?: WasmKernels): KernelResult {
   if (k && task.wasm && (task.dtype === 'BF16' || task.dtype === 'F16')) {
@@ -196,9 +195,9 @@ function runJs(task: KernelTask): KernelResult {
     }
     case 'fp8': {
       const n = task.rows * task.K;
-      if (task.dtype === 'BF16' && task.ops.length === 0 && n >= LUT_MIN_ELEMENTS) {
+      if ((task.dtype === 'BF16' || task.dtype === 'F16') && task.ops.length === 0 && n >= LUT_MIN_ELEMENTS) {
         const bits = new Uint16Array(task.src.buffer, task.src.byteOffset, n);
-        quantizeFp8Bf16Lut(bits, fp8Tables.BF16.get(task.scale), task.codes);
+        quantizeFp8Lut16(bits, fp8Tables[task.dtype].get(task.scale), task.codes);
       } else {
         quantizeFp8(weights(task), task.scale, task.dtype, task.codes);
       }

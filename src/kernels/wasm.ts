@@ -4,10 +4,11 @@ import { E4M3_VALUES } from '../codecs/e4m3.js';
 
 export interface WasmKernels {
   memory: WebAssembly.Memory;
+  /** max of (bits & 0x7fff) over n bf16 or f16 values. */
   amax_bf16(src: number, n: number): number;
-  /** dst[i] = lut[bf16 bits of src[i]]; the first call for a table address compiles a kernel for it (~1 ms). */
+  /** dst[i] = lut[16 bits of src[i]] (bf16 or f16); the first call for a table address compiles a kernel for it (~1 ms). */
   lut16(src: number, n: number, lut: number, dst: number): void;
-  /** NVFP4 by the tables of nvfp4TablesForBf16 at `tables`: block scales, and the codes packed two per byte (8 bytes a block). */
+  /** NVFP4 by the tables of nvfp4TablesForBf16 (or ForF16) at `tables`: block scales, and the codes packed two per byte (8 bytes a block). */
   nvfp4_packed(src: number, nblk: number, tables: number, scales: number, packed: number): void;
   /** As nvfp4_packed, with one code per element (16 bytes a block). */
   nvfp4_codes(src: number, nblk: number, tables: number, scales: number, codes: number): void;
