@@ -8,11 +8,12 @@
  *
  * Statistics: each model's transformers reference statistics. The "+pqs" variants add a
  * deterministic non-trivial pre_quant_scale to every linear, so the AWQ folds and edits are covered.
- * Set RXQ_GOLDEN_PRINT=1 to print the table instead of asserting (when bytes change on purpose).
+ * Set RXQ_GOLDEN_PRINT=<file> to write the table there instead of asserting (when bytes change on purpose).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exportCheckpoint, loadStats, type Stats } from '../src/index.js';
@@ -48,6 +49,60 @@ async function hashDir(dir: string): Promise<string> {
 }
 
 const EXPECTED: Record<string, string> = {
+  "llama31/fp8": "12536a2c85eb4ab3",
+  "llama31/fp8_pb_wo": "1567e6b545d9d25e",
+  "llama31/nvfp4": "5f74d4864f5b3570",
+  "llama31/nvfp4_awq": "d8b7b99177d4aae1",
+  "llama31/int4_awq": "3a0165175f445983",
+  "llama31/w4a8_awq": "5bf24ddaba112ecf",
+  "llama31+pqs/nvfp4_awq": "920994b858b163db",
+  "llama31+pqs/int4_awq": "9a23b8483815b257",
+  "llama31+pqs/w4a8_awq": "978d4f79c0fb5c59",
+  "qwen2/fp8": "a1899d283780c78a",
+  "qwen2/fp8_pb_wo": "505b1931a351dccc",
+  "qwen2/nvfp4": "d57c47a6d5d63eef",
+  "qwen2/nvfp4_awq": "247dd7c555f74ad8",
+  "qwen2/int4_awq": "b50a5951ca57be0a",
+  "qwen2/w4a8_awq": "ddb720817876b972",
+  "qwen2+pqs/nvfp4_awq": "5f10099c7f420627",
+  "qwen2+pqs/int4_awq": "7619a7029d29cb80",
+  "qwen2+pqs/w4a8_awq": "c9fe09e3da090047",
+  "qwen3/fp8": "186415c387ab3c7b",
+  "qwen3/fp8_pb_wo": "e49e3b3c4a08457a",
+  "qwen3/nvfp4": "8c8a57abeca84475",
+  "qwen3/nvfp4_awq": "3d2e5c2beadd8b92",
+  "qwen3/int4_awq": "08bd5893417dde97",
+  "qwen3/w4a8_awq": "4accd20eb62872c1",
+  "qwen3+pqs/nvfp4_awq": "0df3f26e33a266a3",
+  "qwen3+pqs/int4_awq": "aa90c020f387c11c",
+  "qwen3+pqs/w4a8_awq": "e2eefcc118838e95",
+  "mistral/fp8": "038c9882a0632c62",
+  "mistral/fp8_pb_wo": "f14335fcb8fa427a",
+  "mistral/nvfp4": "8e4893e86391b810",
+  "mistral/nvfp4_awq": "8766444c04c51112",
+  "mistral/int4_awq": "0312eeee34c80043",
+  "mistral/w4a8_awq": "73d96efa2a1a6e4e",
+  "mistral+pqs/nvfp4_awq": "0640a65ccbd7f671",
+  "mistral+pqs/int4_awq": "32fba269e82b3c98",
+  "mistral+pqs/w4a8_awq": "218a601101497873",
+  "stories260K/fp8": "96c9acb486ddd4e7",
+  "stories260K/fp8_pb_wo": "c83e346348e86361",
+  "stories260K/nvfp4": "b2cb246e3f488a84",
+  "stories260K/nvfp4_awq": "6ce80af47f2dc5d8",
+  "stories260K/int4_awq": "error: no linear layer of <model> can be quantized to int4_awq (e.g. model.layers.0.self_attn.q_proj: in_features 64 is not a multiple of 128)",
+  "stories260K/w4a8_awq": "error: no linear layer of <model> can be quantized to w4a8_awq (e.g. model.layers.0.self_attn.q_proj: in_features 64 is not a multiple of 128)",
+  "stories260K+pqs/nvfp4_awq": "ac18b26091821e5e",
+  "stories260K+pqs/int4_awq": "error: no linear layer of <model> can be quantized to int4_awq (e.g. model.layers.0.self_attn.q_proj: in_features 64 is not a multiple of 128)",
+  "stories260K+pqs/w4a8_awq": "error: no linear layer of <model> can be quantized to w4a8_awq (e.g. model.layers.0.self_attn.q_proj: in_features 64 is not a multiple of 128)",
+  "stories-mini/fp8": "883ac5325af85695",
+  "stories-mini/fp8_pb_wo": "4a6d74c7139d6005",
+  "stories-mini/nvfp4": "d6564d99de13fbee",
+  "stories-mini/nvfp4_awq": "f1571d4968ee3fb2",
+  "stories-mini/int4_awq": "4e89985fcf291ac4",
+  "stories-mini/w4a8_awq": "65207dfd1e8d6eb4",
+  "stories-mini+pqs/nvfp4_awq": "ac4fbdbc90164435",
+  "stories-mini+pqs/int4_awq": "cd6853b9ab20ab6e",
+  "stories-mini+pqs/w4a8_awq": "ae2008dfbc70a4dc",
 };
 
 let tmp: string;
@@ -83,6 +138,6 @@ describe('exports are byte-identical to the recorded pre-refactor bytes', () => 
     });
   }
   afterAll(() => {
-    if (process.env.RXQ_GOLDEN_PRINT) console.log(JSON.stringify(got, null, 2));
+    if (process.env.RXQ_GOLDEN_PRINT) writeFileSync(process.env.RXQ_GOLDEN_PRINT, JSON.stringify(got, null, 2));
   });
 });
