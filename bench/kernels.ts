@@ -8,7 +8,6 @@ import { KernelPool, type Slot } from '../src/kernels/pool.js';
 import { compileKernels, createSharedMemory, instantiate, WASM_RESERVED } from '../src/kernels/wasm.js';
 import { median, GB } from './util.js';
 import { chunkTask } from '../src/kernels/chunk-task.js';
-import type { FormatName } from '../src/export/formats.js';
 
 const CHUNK = 16 * 2 ** 20;
 const K = 8192;
@@ -32,12 +31,10 @@ function fill(u16: Uint16Array, seed: number) {
 type Kind = KernelTask['kind'];
 const KINDS: Kind[] = ['scan', 'fp8', 'fp8_block', 'nvfp4', 'int4'];
 
-const FORMAT_OF: Record<Exclude<Kind, 'scan'>, FormatName> = { fp8: 'fp8', fp8_block: 'fp8_pb_wo', nvfp4: 'nvfp4', int4: 'int4_awq' };
-
 function task(kind: Kind, slot: Slot): KernelTask {
   const base = { src: slot.src.subarray(0, ROWS * K * 2), dtype: 'BF16' as const, row0: 0, rows: ROWS, K, ops: [] };
   if (kind === 'scan') return { ...base, wasm: slot.wasm, kind };
-  return chunkTask(FORMAT_OF[kind], slot, base, kind === 'fp8' ? 0.8 / 448 : 0.8 / 2688).task;
+  return chunkTask(kind, slot, base, kind === 'fp8' ? 0.8 / 448 : 0.8 / 2688).task;
 }
 
 async function timeIt(f: () => unknown, reps = 5, warmups = 1): Promise<number> {

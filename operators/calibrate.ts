@@ -1,5 +1,5 @@
 import { concatMap, defer, type OperatorFunction } from 'rxjs';
-import type { ModelUnit } from '../src/pipeline/units.js';
+import type { ModelUnit } from '../src/export/units.js';
 import { StatsCollector } from '../src/calibration/collector.js';
 import { decoderLayer, type LinearName } from '../src/forward/layer.js';
 import { defaultGemm, type GemmEngine } from '../src/forward/gemm.js';

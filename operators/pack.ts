@@ -1,6 +1,6 @@
 import { map, type OperatorFunction } from 'rxjs';
 import { packLinearScalars, packLinearStream, f32Scalar } from '../src/export/pack-linear.js';
-import type { OutputTensor, PackedUnit, QuantizedUnit, StreamedOutput } from '../src/pipeline/units.js';
+import type { OutputTensor, PackedUnit, QuantizedUnit, StreamedOutput } from '../src/export/units.js';
 
 /**
  * Turns codes into the stored layout and names of the format (spec §6): `weight` (packed),

@@ -3,7 +3,7 @@ import { createPlan, type ExportOptions, type ExportPlan } from '../src/export/p
 import { formatSpec, type FormatName, type FormatSpec } from '../src/export/formats.js';
 import { quantizeLayer } from '../src/export/quantize-layer.js';
 import { KernelPool, defaultWorkers } from '../src/kernels/pool.js';
-import type { ModelUnit, QuantizedUnit } from '../src/pipeline/units.js';
+import type { ModelUnit, QuantizedUnit } from '../src/export/units.js';
 import type { Stats } from '../src/export/stats.js';
 
 export interface QuantizeOptions extends ExportOptions {

@@ -1,7 +1,7 @@
 import { from, Observable } from 'rxjs';
 import { openModel, type SourceModel } from '../src/model.js';
 import { LayerBudget } from '../src/pipeline/budget.js';
-import type { ModelUnit } from '../src/pipeline/units.js';
+import type { ModelUnit } from '../src/export/units.js';
 
 export interface ReadCheckpointOptions {
   /**

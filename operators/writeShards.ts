@@ -4,7 +4,7 @@ import { directReadSpan } from '../src/safetensors/file.js';
 import { parseSize } from '../src/safetensors/size.js';
 import { exportSideFiles } from '../src/export/side-files.js';
 import type { ExportPlan } from '../src/export/plan.js';
-import type { PackedUnit } from '../src/pipeline/units.js';
+import type { PackedUnit } from '../src/export/units.js';
 import { RxquantError } from '../src/errors.js';
 
 export interface WriteShardsOptions {

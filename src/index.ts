@@ -11,7 +11,7 @@ export { summarizeExcludeModules, matchesPattern } from './export/exclude.js';
 export { buildHfQuantConfig, toQuantizationConfig, type HfQuantConfig } from './export/quant-config.js';
 export { exportCheckpoint, type ExportCheckpointOptions } from './export/run.js';
 export { KernelPool } from './kernels/pool.js';
-export type { ModelUnit, QuantizedUnit, QuantizedLinear, PackedUnit, OutputTensor } from './pipeline/units.js';
+export type { ModelUnit, QuantizedUnit, QuantizedLinear, PackedUnit, OutputTensor } from './export/units.js';
 export * from '../operators/index.js';
 export { loadCalibration, loadTokenizer, encodeText, DEFAULT_CALIB_SAMPLES, DEFAULT_CALIB_SEQ_LEN } from './calibration/data.js';
 export { calibrateModel, writeStats } from './calibration/run.js';

@@ -10,10 +10,11 @@ import { createPlan, type ExportOptions } from './export/plan.js';
 import { formatSpec } from './export/formats.js';
 import { freeBytes, planShards } from './safetensors/writer.js';
 import { formatBytes, parseSize } from './safetensors/size.js';
-import { engineSupport, type EngineSupport } from './engines.js';
+import { engineSupport } from './formats/registry.js';
+import type { EngineSupport } from './formats/format.js';
 import { KernelPool, DEFAULT_CHUNK_BYTES, SCRATCH_BYTES } from './kernels/pool.js';
 import { chunkTask } from './kernels/chunk-task.js';
-import type { FormatName } from './export/formats.js';
+import type { FormatSpec } from './export/formats.js';
 
 export interface PlanReport {
   model: string;
@@ -57,7 +58,7 @@ export async function planExport(
       peak += 2 * layerParams * 4 + tokens * cfg.hiddenSize * 4 * 2 + o.calibration.seqLen * (cfg.intermediateSize * 3 + cfg.hiddenSize * 4) * 4;
     }
     const free = await freeBytes(dirname(resolve(o.out)));
-    const { seconds, basis } = await estimateSeconds(model, plan.format.name, workers, inputBytes, shards.totalSize);
+    const { seconds, basis } = await estimateSeconds(model, plan.format, workers, inputBytes, shards.totalSize);
     const decisions = [...plan.decisions.values()];
     return {
       model: modelDir,
@@ -86,17 +87,17 @@ export async function planExport(
  * Times this format's kernel on one real chunk of the model's first linear (and the read of it), then
  * scales to the whole input; the output is assumed written at 1 GB/s (O_DIRECT on this VM measured 1-2.8).
  */
-async function estimateSeconds(model: Awaited<ReturnType<typeof openModel>>, format: string, workers: number, inputBytes: number, outputBytes: number) {
+async function estimateSeconds(model: Awaited<ReturnType<typeof openModel>>, format: FormatSpec, workers: number, inputBytes: number, outputBytes: number) {
   const t = model.checkpoint.tensors.get(`${model.layers[0]!.linears[0]}.weight`)!;
   const K = t.shape[1]!;
   const pool = new KernelPool(0);
   try {
-    const rows = Math.min(t.rows, pool.rowsPerChunk(K, t.rowBytes / K, format === 'fp8_pb_wo' ? 128 : 2));
+    const rows = Math.min(t.rows, pool.rowsPerChunk(K, t.rowBytes / K, Math.max(2, format.rowMultiple)));
     const slot = await pool.acquire(rows * t.rowBytes);
     let start = performance.now();
     await t.readRows(0, rows, slot.src);
     const readS = (performance.now() - start) / 1000;
-    const { task } = chunkTask(format as FormatName, slot, { src: slot.src.subarray(0, rows * t.rowBytes), dtype: t.dtype as 'BF16', row0: 0, rows, K, ops: [] }, format === 'fp8' ? 1 / 448 : 1 / 2688);
+    const { task } = chunkTask(format.kernel, slot, { src: slot.src.subarray(0, rows * t.rowBytes), dtype: t.dtype as 'BF16', row0: 0, rows, K, ops: [] }, format.kernelScale({ weightScale: 1 / 448, weightScale2: 1 / 2688 }));
     await pool.run(task);
     start = performance.now();
     await pool.run(task);
@@ -106,7 +107,7 @@ async function estimateSeconds(model: Awaited<ReturnType<typeof openModel>>, for
     const kernelRate = (bytes / kernelS) * Math.max(1, workers) * 0.9;
     const readRate = Math.max(bytes / Math.max(readS, 1e-6), 1e9);
     const seconds = inputBytes / Math.min(kernelRate, readRate) + outputBytes / 1e9;
-    return { seconds, basis: `${format} kernel ${formatBytes(kernelRate)}/s on ${Math.max(1, workers)} worker(s), read ${formatBytes(readRate)}/s, write 1 GB/s` };
+    return { seconds, basis: `${format.name} kernel ${formatBytes(kernelRate)}/s on ${Math.max(1, workers)} worker(s), read ${formatBytes(readRate)}/s, write 1 GB/s` };
   } finally {
     await pool.close();
   }

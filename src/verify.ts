@@ -10,8 +10,8 @@ import { E4M3_VALUES } from './codecs/e4m3.js';
 import { architectureFor, parseModelConfig } from './models/index.js';
 import { matchesPattern } from './export/exclude.js';
 import { toQuantizationConfig, type HfQuantConfig } from './export/quant-config.js';
-import { FORMATS } from './export/formats.js';
-import { engineSupport, type EngineSupport } from './engines.js';
+import { FORMATS, engineSupport, formatByQuantAlgo } from './formats/registry.js';
+import type { EngineSupport } from './formats/format.js';
 import { CheckpointError } from './errors.js';
 import type { TensorRef } from './safetensors/file.js';
 
@@ -59,7 +59,7 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
     }
   }
   const algo: string | undefined = q?.quant_algo ?? qc?.quant_algo;
-  const fmt = Object.values(FORMATS).find((f) => f.quantAlgo === algo);
+  const fmt = formatByQuantAlgo(algo);
   if (algo !== undefined && !fmt) fail(`quant_algo "${algo}" is not one rxquant knows (${Object.values(FORMATS).map((f) => f.quantAlgo).join(', ')})`);
   if (q && fmt?.groupSize !== undefined && q.group_size !== fmt.groupSize) fail(`hf_quant_config.json: group_size must be ${fmt.groupSize} for ${algo}`);
   if (q && !(q.kv_cache_quant_algo === null || q.kv_cache_quant_algo === 'FP8')) fail(`kv_cache_quant_algo must be null or "FP8", got ${JSON.stringify(q.kv_cache_quant_algo)}`);
@@ -111,40 +111,10 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
         continue;
       }
       if (!fmt) continue;
-      const [a, b] = w.shape as [number, number];
-      switch (fmt.name) {
-        case 'fp8':
-        case 'fp8_pb_wo': {
-          if (w.dtype !== 'F8_E4M3') fail(`${m}.weight must be F8_E4M3, is ${w.dtype}`);
-          if (fmt.name === 'fp8') {
-            values.set(`${m}.weight_scale`, await scalarOk(`${m}.weight_scale`, true));
-          } else {
-            const want = [Math.ceil(a / 128), 1, Math.ceil(b / 128), 1];
-            if (ws.dtype !== 'F32' || !same(ws.shape, want)) fail(`${m}.weight_scale must be F32 [${want.join(', ')}], is ${ws.dtype} [${ws.shape.join(', ')}]`);
-            else await checkFloatScales(ws);
-          }
-          break;
-        }
-        case 'nvfp4':
-        case 'nvfp4_awq': {
-          if (w.dtype !== 'U8') fail(`${m}.weight must be U8 (two e2m1 per byte), is ${w.dtype}`);
-          const K = b * 2;
-          if (K % 16 !== 0) fail(`${m}: in_features ${K} is not a multiple of 16`);
-          if (ws.dtype !== 'F8_E4M3' || !same(ws.shape, [a, K / 16])) fail(`${m}.weight_scale must be F8_E4M3 [${a}, ${K / 16}], is ${ws.dtype} [${ws.shape.join(', ')}]`);
-          else await checkFloatScales(ws);
-          values.set(`${m}.weight_scale_2`, await scalarOk(`${m}.weight_scale_2`, true));
-          break;
-        }
-        case 'int4_awq':
-        case 'w4a8_awq': {
-          const N = a * 2;
-          if (w.dtype !== 'U8') fail(`${m}.weight must be U8 (int4 row pairs), is ${w.dtype}`);
-          if (ws.dtype !== 'F32' || !same(ws.shape, [N, b / 128])) fail(`${m}.weight_scale must be F32 [${N}, ${b / 128}], is ${ws.dtype} [${ws.shape.join(', ')}]`);
-          else await checkFloatScales(ws);
-          if (fmt.name === 'w4a8_awq') values.set(`${m}.weight_scale_2`, await scalarOk(`${m}.weight_scale_2`, true));
-          break;
-        }
-      }
+      const stored = fmt.checkStored(m, w, ws);
+      stored.failures.forEach(fail);
+      if (stored.checkBlockScales) await checkFloatScales(ws);
+      for (const s of fmt.scalars) if (s !== 'input_scale') values.set(`${m}.${s}`, await scalarOk(`${m}.${s}`, true));
       if (fmt.inputScaleDivisor !== undefined) values.set(`${m}.input_scale`, await scalarOk(`${m}.input_scale`, true));
       else if (t.has(`${m}.input_scale`)) fail(`${m}.input_scale present but ${algo} has no activation scale`);
       const pqs = t.get(`${m}.pre_quant_scale`);
@@ -177,7 +147,7 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
               if (fmt.unifyGroups) fail(`${k} differs inside fused group ${members.join(', ')} (TensorRT-LLM asserts equality)`);
             }
           }
-          if (fmt.name === 'fp8') {
+          if (fmt.scalars.includes('weight_scale')) {
             const ws = members.map((m) => values.get(`${m}.weight_scale`));
             if (ws.some((v) => v !== ws[0])) notes.push(`FP8 weight_scale differs across ${members.join(', ')}: engines requantize to the max at load (as with ModelOpt)`);
           }

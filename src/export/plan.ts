@@ -13,7 +13,6 @@ import { matchesPattern } from './exclude.js';
 import type { FormatSpec, KvCacheMode } from './formats.js';
 import type { PyValue } from './pyjson.js';
 import type { Stats } from './stats.js';
-import { fp8BlockScaleShape } from '../formats/fp8-block.js';
 
 export interface LinearDecision {
   module: string;
@@ -53,35 +52,7 @@ export interface ExportPlan {
 export function quantizedTensorSpecs(d: LinearDecision, format: FormatSpec, hasPreQuantScale: boolean): TensorSpec[] {
   const { module: m, N, K } = d;
   const scalar = (name: string): TensorSpec => ({ name: `${m}.${name}`, dtype: 'F32', shape: [] });
-  const out: TensorSpec[] = [];
-  switch (format.name) {
-    case 'fp8':
-      out.push({ name: `${m}.weight`, dtype: 'F8_E4M3', shape: [N, K] }, scalar('weight_scale'), scalar('input_scale'));
-      break;
-    case 'fp8_pb_wo':
-      out.push({ name: `${m}.weight`, dtype: 'F8_E4M3', shape: [N, K] }, { name: `${m}.weight_scale`, dtype: 'F32', shape: fp8BlockScaleShape(N, K) });
-      break;
-    case 'nvfp4':
-    case 'nvfp4_awq':
-      out.push(
-        { name: `${m}.weight`, dtype: 'U8', shape: [N, K / 2] },
-        { name: `${m}.weight_scale`, dtype: 'F8_E4M3', shape: [N, K / 16] },
-        scalar('weight_scale_2'),
-        scalar('input_scale'),
-      );
-      break;
-    case 'int4_awq':
-      out.push({ name: `${m}.weight`, dtype: 'U8', shape: [N / 2, K] }, { name: `${m}.weight_scale`, dtype: 'F32', shape: [N, K / 128] });
-      break;
-    case 'w4a8_awq':
-      out.push(
-        { name: `${m}.weight`, dtype: 'U8', shape: [N / 2, K] },
-        { name: `${m}.weight_scale`, dtype: 'F32', shape: [N, K / 128] },
-        scalar('weight_scale_2'),
-        scalar('input_scale'),
-      );
-      break;
-  }
+  const out: TensorSpec[] = [...format.streamedTensors(m, N, K), ...format.scalars.map(scalar)];
   if (hasPreQuantScale) out.push({ name: `${m}.pre_quant_scale`, dtype: d.dtype as DType, shape: [K] });
   return out;
 }
@@ -95,7 +66,7 @@ export function keepsPreQuantScale(plan: Pick<ExportPlan, 'format' | 'decisions'
   const d = plan.decisions.get(module)!;
   if (!d.quantized) return false;
   if (d.group && d.group.members.length > 1 && d.group.norm) return false;
-  if (plan.format.name === 'nvfp4_awq') {
+  if (plan.format.foldsIntoPreviousLinear) {
     const layout = plan.model.layers[d.layer]!;
     if (layout.linearFolds.some((f) => f.from === module && plan.decisions.get(f.into)?.quantized)) return false;
   }

@@ -11,15 +11,12 @@
  */
 import { QuantizationError } from '../errors.js';
 import { decodeToFloat32, encodeFromFloat32, roundToDType } from '../codecs/float.js';
-import { fp8WeightScale } from '../formats/fp8.js';
-import { nvfp4GlobalScale } from '../formats/nvfp4.js';
-import { FP8_BLOCK } from '../formats/fp8-block.js';
 import type { KernelPool, Slot } from '../kernels/pool.js';
 import { chunkTask } from '../kernels/chunk-task.js';
 import type { WeightOp } from '../kernels/weight-ops.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
 import type { TensorRef } from '../safetensors/file.js';
-import type { ModelUnit, QuantizedChunk, QuantizedLinear, QuantizedUnit } from '../pipeline/units.js';
+import type { ModelUnit, QuantizedChunk, QuantizedLinear, QuantizedUnit } from './units.js';
 import { keepsPreQuantScale, type ExportPlan } from './plan.js';
 import { scalarStat, type Stats } from './stats.js';
 import type { FormatSpec } from './formats.js';
@@ -86,7 +83,7 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
         }
       }
     }
-    if (fmt.name === 'nvfp4_awq') {
+    if (fmt.foldsIntoPreviousLinear) {
       for (const f of layout.linearFolds) {
         const from = work.get(f.from);
         const into = work.get(f.into);
@@ -133,7 +130,7 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
   // Every format scans, even those without a per-tensor scale: a NaN/Inf is then reported before any
   // byte of the layer is written, and the codes pass reads from the page cache. Measured on the
   // 8B-shaped bench, fp8_pb_wo ran ~15% faster this way than in one pass reading with O_DIRECT.
-  const needsAmax = fmt.name === 'fp8' || fmt.name === 'nvfp4' || fmt.name === 'nvfp4_awq' || fmt.name === 'w4a8_awq';
+  const needsAmax = fmt.needsWeightAmax;
   await Promise.all(
     [...work.values()].map(async (e) => {
       const amax = await scanAmax(e, pool);
@@ -159,9 +156,7 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
   result.linears = [...work.values()].map((e): QuantizedLinear => {
     const inputScale = e.inputAmax === undefined ? undefined : e.inputAmax === 0 ? 1 : Math.fround(e.inputAmax / fmt.inputScaleDivisor!);
     const q: QuantizedLinear = { module: e.module, N: e.N, K: e.K, dtype: e.dtype, inputScale, preQuantScale: e.pqs, chunks: () => streamChunks(e, fmt, q, pool) };
-    if (fmt.name === 'fp8') q.weightScale = fp8WeightScale(e.weightAmax!);
-    if (fmt.name === 'nvfp4' || fmt.name === 'nvfp4_awq') q.weightScale2 = nvfp4GlobalScale(e.weightAmax!);
-    if (fmt.name === 'w4a8_awq') q.weightScale2 = e.weightAmax === 0 ? 1 : Math.fround(e.weightAmax! / 448);
+    if (fmt.needsWeightAmax) Object.assign(q, fmt.tensorScales(e.weightAmax!));
     return q;
   });
 
@@ -175,10 +170,6 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
   return result;
 }
 
-/** Rows per chunk for a format: whole 128-row bands for 128x128 tiles, pairs of rows for int4. */
-function rowMultiple(fmt: FormatSpec): number {
-  return fmt.name === 'fp8_pb_wo' ? FP8_BLOCK : fmt.evenRows ? 2 : 1;
-}
 
 function chunkStarts(N: number, rows: number): number[] {
   const s: number[] = [];
@@ -224,7 +215,7 @@ async function scanAmax(e: Work, pool: KernelPool): Promise<number> {
 
 /** Pass 2: codes and scales, a few chunks ahead of the consumer. */
 async function* streamChunks(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool): AsyncGenerator<QuantizedChunk> {
-  const rows = pool.rowsPerChunk(e.K, e.tensor.rowBytes / e.K, rowMultiple(fmt));
+  const rows = pool.rowsPerChunk(e.K, e.tensor.rowBytes / e.K, fmt.rowMultiple);
   const starts = chunkStarts(e.N, rows);
   // chunks in flight: every slot but the one the consumer holds and one for a concurrent scan
   const depth = Math.max(1, pool.slots - 2);
@@ -253,8 +244,8 @@ async function* streamChunks(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
 async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool, row0: number, maxRows: number): Promise<QuantizedChunk> {
   const rows = Math.min(maxRows, e.N - row0);
   const { slot, src } = await readChunk(e, pool, row0, rows);
-  const scale = fmt.name === 'fp8' ? q.weightScale! : fmt.name.startsWith('nvfp4') ? q.weightScale2! : 1;
-  const { task, codes, scales, packed } = chunkTask(fmt.name, slot, { src, dtype: e.dtype, row0, rows, K: e.K, ops: e.ops }, scale);
+  const scale = fmt.kernelScale(q);
+  const { task, codes, scales, packed } = chunkTask(fmt.kernel, slot, { src, dtype: e.dtype, row0, rows, K: e.K, ops: e.ops }, scale);
   let released = false;
   const release = () => {
     if (!released) {

@@ -7,6 +7,7 @@
 import { e4m3EncodeRef, e4m3Encode, E4M3_VALUES } from '../codecs/e4m3.js';
 import { bf16ToF32, roundToDType, f16ToF32 } from '../codecs/float.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
+import { bytesOf, f32Scalar, type QuantFormat } from './format.js';
 
 export const FP8_MAX = 448;
 
@@ -62,3 +63,35 @@ export function dequantizeFp8(q: Uint8Array, scale: number, out = new Float32Arr
   for (let i = 0; i < q.length; i++) out[i] = Math.fround(E4M3_VALUES[q[i]!]! * scale);
   return out;
 }
+
+/** The `fp8` export format (quant_algo "FP8"): e4m3 weights and activations, per-tensor scales. */
+export const fp8: QuantFormat = {
+  name: 'fp8',
+  quantAlgo: 'FP8',
+  awq: false,
+  inputScaleDivisor: FP8_MAX,
+  kMultiple: 1,
+  evenRows: false,
+  unifyGroups: false,
+  foldsIntoPreviousLinear: false,
+  description: 'FP8 E4M3 weights and activations, per-tensor scales',
+  kernel: 'fp8',
+  rowMultiple: 1,
+  needsWeightAmax: true,
+  tensorScales: (amax) => ({ weightScale: fp8WeightScale(amax) }),
+  kernelScale: (s) => s.weightScale!,
+  streamedTensors: (m, N, K) => [{ name: `${m}.weight`, dtype: 'F8_E4M3', shape: [N, K] }],
+  scalars: ['weight_scale', 'input_scale'],
+  packChunk: (m, K, c) => [{ name: `${m}.weight`, offset: c.row0 * K, data: bytesOf(c.codes) }],
+  checkStored: (m, w) => ({ failures: w.dtype === 'F8_E4M3' ? [] : [`${m}.weight must be F8_E4M3, is ${w.dtype}`], checkBlockScales: false }),
+  dequantize: (weight, shape, scale) => {
+    const [N, K] = shape as [number, number];
+    return { w: dequantizeFp8(weight, f32Scalar(scale)), N, K };
+  },
+  activation: 'fp8',
+  engines: [
+    { engine: 'vLLM', loads: true, note: '>= 0.10.1; FP8 GEMMs need SM89+ (Ada/Hopper), emulated on SM80 in recent releases' },
+    { engine: 'SGLang', loads: true, note: '>= 0.4.10; SM89+' },
+    { engine: 'TensorRT-LLM', loads: true, note: '>= 1.2.0; SM89+' },
+  ],
+};

@@ -8,7 +8,8 @@
  * The kernels return one e2m1 code per element; `packNibblesK` makes the stored layout.
  */
 import { e4m3EncodeRef, e4m3Encode, E4M3_VALUES } from '../codecs/e4m3.js';
-import { e2m1EncodeRef, e2m1Encode, E2M1_VALUES } from '../codecs/e2m1.js';
+import { e2m1EncodeRef, e2m1Encode, E2M1_VALUES, packNibblesK, unpackNibblesK } from '../codecs/e2m1.js';
+import { bytesOf, sameShape, type QuantFormat } from './format.js';
 import { bf16ToF32, f16ToF32 } from '../codecs/float.js';
 
 export const NVFP4_GROUP = 16;
@@ -130,3 +131,52 @@ function firstFinite(holds: (bits: number) => boolean, inf: number): number {
   }
   return hi === inf ? NEVER + 1 : hi;
 }
+
+/** The `nvfp4` export format (quant_algo "NVFP4", group 16): e2m1 weights and activations. */
+export const nvfp4: QuantFormat = {
+  name: 'nvfp4',
+  quantAlgo: 'NVFP4',
+  groupSize: NVFP4_GROUP,
+  awq: false,
+  inputScaleDivisor: NVFP4_MAXBOUND,
+  kMultiple: NVFP4_GROUP,
+  evenRows: false,
+  unifyGroups: true,
+  foldsIntoPreviousLinear: false,
+  description: 'NVFP4 (E2M1 weights and activations, E4M3 scales per 16, f32 global scale)',
+  kernel: 'nvfp4',
+  rowMultiple: 1,
+  needsWeightAmax: true,
+  tensorScales: (amax) => ({ weightScale2: nvfp4GlobalScale(amax) }),
+  kernelScale: (s) => s.weightScale2!,
+  streamedTensors: (m, N, K) => [
+    { name: `${m}.weight`, dtype: 'U8', shape: [N, K / 2] },
+    { name: `${m}.weight_scale`, dtype: 'F8_E4M3', shape: [N, K / NVFP4_GROUP] },
+  ],
+  scalars: ['weight_scale_2', 'input_scale'],
+  packChunk: (m, K, c) => [
+    // two e2m1 codes per byte along K, even k in the low nibble
+    { name: `${m}.weight`, offset: (c.row0 * K) / 2, data: c.packed ?? packNibblesK(c.codes as Uint8Array, c.slot.packed.subarray(0, (c.rows * K) / 2)) },
+    { name: `${m}.weight_scale`, offset: (c.row0 * K) / NVFP4_GROUP, data: bytesOf(c.scales!) },
+  ],
+  checkStored: (m, w, ws) => {
+    const failures: string[] = [];
+    if (w.dtype !== 'U8') failures.push(`${m}.weight must be U8 (two e2m1 per byte), is ${w.dtype}`);
+    const [a, b] = w.shape as [number, number];
+    const K = b * 2;
+    if (K % NVFP4_GROUP !== 0) failures.push(`${m}: in_features ${K} is not a multiple of 16`);
+    const scaleOk = ws.dtype === 'F8_E4M3' && sameShape(ws.shape, [a, K / NVFP4_GROUP]);
+    if (!scaleOk) failures.push(`${m}.weight_scale must be F8_E4M3 [${a}, ${K / NVFP4_GROUP}], is ${ws.dtype} [${ws.shape.join(', ')}]`);
+    return { failures, checkBlockScales: scaleOk };
+  },
+  dequantize: (weight, shape, scale, scale2) => {
+    const N = shape[0]!, K = shape[1]! * 2;
+    return { w: dequantizeNvfp4(unpackNibblesK(weight), scale, N, K, scale2!), N, K };
+  },
+  activation: 'nvfp4',
+  engines: [
+    { engine: 'vLLM', loads: true, note: '>= 0.10.1; W4A4 needs Blackwell (SM100+), else the Marlin weight-only fallback' },
+    { engine: 'SGLang', loads: true, note: '>= 0.4.10; Blackwell, or --fp4-gemm-backend marlin on SM80-90' },
+    { engine: 'TensorRT-LLM', loads: true, note: '>= 1.2.0; Blackwell (SM100+)' },
+  ],
+};

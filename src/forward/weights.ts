@@ -11,12 +11,8 @@ import type { LayerLayout } from '../models/base.js';
 import { CheckpointError } from '../errors.js';
 import { decodeToFloat32 } from '../codecs/float.js';
 import { E4M3_VALUES, e4m3Encode } from '../codecs/e4m3.js';
-import { e2m1Encode, E2M1_VALUES, unpackNibblesK } from '../codecs/e2m1.js';
-import { unpackInt4Rows } from '../codecs/int4.js';
-import { dequantizeFp8, } from '../formats/fp8.js';
-import { dequantizeFp8Block } from '../formats/fp8-block.js';
-import { dequantizeNvfp4 } from '../formats/nvfp4.js';
-import { dequantizeInt4 } from '../formats/int4.js';
+import { e2m1Encode, E2M1_VALUES } from '../codecs/e2m1.js';
+import { formatByQuantAlgo } from '../formats/registry.js';
 import { prepareLayerFrom, type LayerWeights, type LinearName, type LinearWeights, type PreparedLayer } from './layer.js';
 import { transposeBf16Into, transposeInto, type GemmEngine } from './gemm.js';
 
@@ -86,48 +82,15 @@ export async function loadLinear(src: WeightSource, module: string): Promise<Lin
     const [N, K] = wt.shape as [number, number];
     return { w: decodeToFloat32(await wt.read(), wt.dtype, wt.name), N, K, b: bias };
   }
-  const algo = src.quantAlgo;
+  const fmt = formatByQuantAlgo(src.quantAlgo);
+  if (!fmt) throw new CheckpointError(src.dir, `cannot run quant_algo ${JSON.stringify(src.quantAlgo)} (module ${module})`);
   const raw = await wt.read();
   const pqs = src.tensors.has(`${module}.pre_quant_scale`) ? await f32(src, `${module}.pre_quant_scale`) : undefined;
   const inputScale = src.tensors.has(`${module}.input_scale`) ? await scalar(src, `${module}.input_scale`) : undefined;
-  switch (algo) {
-    case 'FP8': {
-      const [N, K] = wt.shape as [number, number];
-      const w = dequantizeFp8(raw, await scalar(src, `${module}.weight_scale`));
-      return { w, N, K, b: bias, input: inputScale === undefined ? undefined : fp8ActQuant(inputScale) };
-    }
-    case 'fp8_pb_wo': {
-      const [N, K] = wt.shape as [number, number];
-      return { w: dequantizeFp8Block(raw, N, K, await f32(src, `${module}.weight_scale`)), N, K, b: bias };
-    }
-    case 'NVFP4':
-    case 'NVFP4_AWQ': {
-      const N = wt.shape[0]!, K = wt.shape[1]! * 2;
-      const scales = await src.tensors.get(`${module}.weight_scale`)!.read();
-      const w = dequantizeNvfp4(unpackNibblesK(raw), scales, N, K, await scalar(src, `${module}.weight_scale_2`));
-      return { w, N, K, b: bias, input: withPreQuantScale(pqs, inputScale === undefined ? undefined : nvfp4ActQuant(inputScale)) };
-    }
-    case 'W4A16_AWQ':
-    case 'W4A8_AWQ': {
-      const N = wt.shape[0]! * 2, K = wt.shape[1]!;
-      const q = unpackInt4Rows(raw, N, K);
-      const ws = await f32(src, `${module}.weight_scale`);
-      let w: Float32Array;
-      if (algo === 'W4A8_AWQ') {
-        // TensorRT-LLM runs int4 * (weight_scale / weight_scale_2) as e4m3, times weight_scale_2
-        const ws2 = await scalar(src, `${module}.weight_scale_2`);
-        const ng = K / 128;
-        w = new Float32Array(N * K);
-        for (let i = 0; i < N * K; i++) {
-          const s = Math.fround(ws[Math.floor(i / K) * ng + Math.floor((i % K) / 128)]! / ws2);
-          w[i] = Math.fround(E4M3_VALUES[e4m3Encode(Math.fround(q[i]! * s))]! * ws2);
-        }
-      } else w = dequantizeInt4(q, N, K, ws);
-      return { w, N, K, b: bias, input: withPreQuantScale(pqs, inputScale === undefined ? undefined : fp8ActQuant(inputScale)) };
-    }
-    default:
-      throw new CheckpointError(src.dir, `cannot run quant_algo ${JSON.stringify(algo)} (module ${module})`);
-  }
+  const scale2 = src.tensors.has(`${module}.weight_scale_2`) ? await scalar(src, `${module}.weight_scale_2`) : undefined;
+  const { w, N, K } = fmt.dequantize(raw, wt.shape, await src.tensors.get(`${module}.weight_scale`)!.read(), scale2);
+  const act = inputScale === undefined ? undefined : fmt.activation === 'nvfp4' ? nvfp4ActQuant(inputScale) : fmt.activation === 'fp8' ? fp8ActQuant(inputScale) : undefined;
+  return { w, N, K, b: bias, input: withPreQuantScale(pqs, act) };
 }
 
 export async function loadLayerWeights(src: WeightSource, layout: LayerLayout, cfg: ModelConfig): Promise<LayerWeights> {

@@ -1,5 +1,5 @@
-/** The kernel task of one format over a chunk held in a slot: codes and scales placed in the slot's regions. */
-import type { FormatName } from '../export/formats.js';
+/** The task of one kernel over a chunk held in a slot: codes and scales placed in the slot's regions. */
+import type { KernelKind } from '../formats/format.js';
 import type { Slot } from './pool.js';
 import type { ChunkInput, KernelTask } from './tasks.js';
 import { FP8_BLOCK } from '../formats/fp8-block.js';
@@ -20,29 +20,28 @@ export interface ChunkOutputs {
 }
 
 /**
+ * @param kernel the format record's kernel (`QuantFormat.kernel`)
  * @param base the chunk (source bytes in slot.src, rows, K, dtype, AWQ edits)
  * @param scale per-tensor FP8 weight_scale, or NVFP4 weight_scale_2
  */
-export function chunkTask(format: FormatName, slot: Slot, base: Omit<ChunkInput, 'wasm' | 'lut'>, scale = 1): ChunkOutputs {
+export function chunkTask(kernel: KernelKind, slot: Slot, base: Omit<ChunkInput, 'wasm' | 'lut'>, scale = 1): ChunkOutputs {
   const n = base.rows * base.K;
   const input: ChunkInput = { ...base, wasm: slot.wasm, lut: slot.lut };
   const f32 = (count: number) => new Float32Array(slot.scales.buffer, slot.scales.byteOffset, count);
   const codes = slot.codes.subarray(0, n);
-  switch (format) {
+  switch (kernel) {
     case 'fp8':
       return { task: { ...input, kind: 'fp8', scale, codes }, codes: () => codes };
-    case 'fp8_pb_wo': {
+    case 'fp8_block': {
       const scales = f32(Math.ceil(base.rows / FP8_BLOCK) * Math.ceil(base.K / FP8_BLOCK));
       return { task: { ...input, kind: 'fp8_block', codes, scales }, codes: () => codes, scales };
     }
-    case 'nvfp4':
-    case 'nvfp4_awq': {
+    case 'nvfp4': {
       const scales = slot.scales.subarray(0, n / 16);
       const packed = slot.packed.subarray(0, n / 2);
       return { task: { ...input, kind: 'nvfp4', ws2: scale, scales, packed }, codes: () => unpackNibblesK(packed, codes), scales, packed };
     }
-    case 'int4_awq':
-    case 'w4a8_awq': {
+    case 'int4': {
       const q = new Int8Array(slot.codes.buffer, slot.codes.byteOffset, n);
       const scales = f32(n / 128);
       // row pairs: whole ones only (every chunk but a model's odd last row has an even count)

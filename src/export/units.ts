@@ -2,8 +2,8 @@
 import type { SourceModel } from '../model.js';
 import type { TensorRef } from '../safetensors/file.js';
 import type { DType, FloatDType } from '../safetensors/dtypes.js';
-import type { ExportPlan } from '../export/plan.js';
-import type { Stats } from '../export/stats.js';
+import type { ExportPlan } from './plan.js';
+import type { Stats } from './stats.js';
 import type { Slot } from '../kernels/pool.js';
 
 /** One decoder layer (or "the rest": embeddings, final norm, lm_head) as lazy tensor references. */

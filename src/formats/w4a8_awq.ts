@@ -1,0 +1,41 @@
+/**
+ * The `w4a8_awq` export format (quant_algo "W4A8_AWQ", spec §6.9): int4_awq's weights plus
+ * `weight_scale_2` = amax(W) / 448 (shared across fused siblings) and FP8 activations with
+ * `input_scale` = input amax / 448. TensorRT-LLM computes with int4 × (weight_scale / weight_scale_2)
+ * rounded to e4m3, times weight_scale_2, which is what `dequantize` gives.
+ */
+import { unpackInt4Rows } from '../codecs/int4.js';
+import { E4M3_VALUES, e4m3Encode } from '../codecs/e4m3.js';
+import { f32Array, type QuantFormat } from './format.js';
+import { INT4_GROUP } from './int4.js';
+import { FP8_MAX } from './fp8.js';
+import { int4_awq } from './int4_awq.js';
+
+export const w4a8_awq: QuantFormat = {
+  ...int4_awq,
+  name: 'w4a8_awq',
+  quantAlgo: 'W4A8_AWQ',
+  inputScaleDivisor: FP8_MAX,
+  description: 'INT4 weights (group 128) with AWQ pre-quant scales, FP8 activations',
+  needsWeightAmax: true,
+  tensorScales: (amax) => ({ weightScale2: amax === 0 ? 1 : Math.fround(amax / FP8_MAX) }),
+  scalars: ['weight_scale_2', 'input_scale'],
+  dequantize: (weight, shape, scale, ws2) => {
+    const N = shape[0]! * 2, K = shape[1]!;
+    const q = unpackInt4Rows(weight, N, K);
+    const ws = f32Array(scale);
+    const ng = K / INT4_GROUP;
+    const w = new Float32Array(N * K);
+    for (let i = 0; i < N * K; i++) {
+      const s = Math.fround(ws[Math.floor(i / K) * ng + Math.floor((i % K) / INT4_GROUP)]! / ws2!);
+      w[i] = Math.fround(E4M3_VALUES[e4m3Encode(Math.fround(q[i]! * s))]! * ws2!);
+    }
+    return { w, N, K };
+  },
+  activation: 'fp8',
+  engines: [
+    { engine: 'vLLM', loads: false, note: "the AWQ family is not in vLLM's ModelOpt loader" },
+    { engine: 'SGLang', loads: false, note: 'not supported' },
+    { engine: 'TensorRT-LLM', loads: true, note: 'SM89+ (FP8 activations)' },
+  ],
+};
