@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exportCheckpoint } from '../src/export/run.js';
+import { exportCheckpoint } from '../src/export-checkpoint.js';
 import { FORMAT_NAMES } from '../src/export/formats.js';
 import { loadCalibration } from '../src/calibration/data.js';
 import { perplexity } from '../src/eval.js';

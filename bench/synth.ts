@@ -8,7 +8,7 @@
  */
 import { join } from 'node:path';
 import { planShards, ShardWriter, type TensorSpec } from '../src/safetensors/writer.js';
-import { writeStats } from '../src/calibration/run.js';
+import { writeStats } from '../src/calibrate-checkpoint.js';
 import { exists } from '../src/safetensors/checkpoint.js';
 
 export const LLAMA_8B = { hidden: 4096, intermediate: 14336, heads: 32, kvHeads: 8, headDim: 128, vocab: 128256 };

@@ -9,12 +9,12 @@ export { createPlan, type ExportPlan, type ExportOptions, type LinearDecision } 
 export { loadStats, type Stats } from './export/stats.js';
 export { summarizeExcludeModules, matchesPattern } from './export/exclude.js';
 export { buildHfQuantConfig, toQuantizationConfig, type HfQuantConfig } from './export/quant-config.js';
-export { exportCheckpoint, type ExportCheckpointOptions } from './export/run.js';
+export { exportCheckpoint, type ExportCheckpointOptions } from './export-checkpoint.js';
 export { KernelPool } from './kernels/pool.js';
 export type { ModelUnit, QuantizedUnit, QuantizedLinear, PackedUnit, OutputTensor } from './export/units.js';
 export * from '../operators/index.js';
 export { loadCalibration, loadTokenizer, encodeText, DEFAULT_CALIB_SAMPLES, DEFAULT_CALIB_SEQ_LEN } from './calibration/data.js';
-export { calibrateModel, writeStats } from './calibration/run.js';
+export { calibrateModel, writeStats } from './calibrate-checkpoint.js';
 export { perplexity, type PerplexityResult } from './eval.js';
 export { verifyExport, type VerifyReport } from './verify.js';
 export { inspect } from './inspect.js';

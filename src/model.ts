@@ -5,7 +5,7 @@ import { CheckpointError } from './errors.js';
 import { openCheckpoint, type Checkpoint } from './safetensors/checkpoint.js';
 import { isFloatWeightDType } from './safetensors/dtypes.js';
 import { architectureFor, parseModelConfig, type Architecture, type LayerLayout, type ModelConfig } from './models/index.js';
-import { parsePreservingNumbers, type PyValue } from './export/pyjson.js';
+import { parsePreservingNumbers, type PyValue } from './util/pyjson.js';
 
 export interface SourceModel {
   dir: string;

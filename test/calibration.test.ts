@@ -4,7 +4,7 @@ import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openCheckpoint, loadStats, openModel, type Stats } from '../src/index.js';
-import { calibrateModel, writeStats } from '../src/calibration/run.js';
+import { calibrateModel, writeStats } from '../src/calibrate-checkpoint.js';
 import { loadCalibration, loadTokenizer, encodeText } from '../src/calibration/data.js';
 import { decoderLayer, prepareLayer } from '../src/forward/layer.js';
 import { jsGemm, loadOrt, onnxGemm, type GemmEngine } from '../src/forward/gemm.js';
@@ -12,7 +12,7 @@ import { embed, loadHead, loadLayerWeights, weightSource } from '../src/forward/
 import { ropeTables } from '../src/forward/rope.js';
 import { matmul, matmulRef, rmsnorm } from '../src/forward/ops.js';
 import { perplexity } from '../src/eval.js';
-import { exportCheckpoint } from '../src/export/run.js';
+import { exportCheckpoint } from '../src/export-checkpoint.js';
 import { CalibrationDataError } from '../src/errors.js';
 import { DATA, REF, STORIES, synthetic, DENSE_MODELS } from './helpers.js';
 

@@ -11,7 +11,7 @@ import type { FusedGroup } from '../models/base.js';
 import { buildHfQuantConfig, toQuantizationConfig, type HfQuantConfig } from './quant-config.js';
 import { matchesPattern } from './exclude.js';
 import type { FormatSpec, KvCacheMode } from './formats.js';
-import type { PyValue } from './pyjson.js';
+import type { PyValue } from '../util/pyjson.js';
 import type { Stats } from './stats.js';
 
 export interface LinearDecision {

@@ -4,7 +4,7 @@
  */
 import type { FormatSpec, KvCacheMode } from './formats.js';
 import { summarizeExcludeModules } from './exclude.js';
-import type { PyValue } from './pyjson.js';
+import type { PyValue } from '../util/pyjson.js';
 
 /** The producer block engines test for (`producer.name == "modelopt"`); the version is the format version matched. */
 export const PRODUCER = { name: 'modelopt', version: '0.47.0' };

@@ -15,7 +15,7 @@ import type { KernelPool, Slot } from '../kernels/pool.js';
 import { chunkTask } from '../kernels/chunk-task.js';
 import type { WeightOp } from '../kernels/weight-ops.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
-import type { TensorRef } from '../safetensors/file.js';
+import type { TensorSource } from '../sources/source.js';
 import type { ModelUnit, QuantizedChunk, QuantizedLinear, QuantizedUnit } from './units.js';
 import { keepsPreQuantScale, type ExportPlan } from './plan.js';
 import { scalarStat, type Stats } from './stats.js';
@@ -23,7 +23,7 @@ import type { FormatSpec } from './formats.js';
 
 interface Work {
   module: string;
-  tensor: TensorRef;
+  tensor: TensorSource;
   N: number;
   K: number;
   dtype: FloatDType;
@@ -190,7 +190,7 @@ async function readChunk(e: Work, pool: KernelPool, row0: number, rows: number):
 function nonFiniteError(e: Work, row0: number, index: number, value: number): QuantizationError {
   const row = row0 + Math.floor(index / e.K);
   return new QuantizationError(
-    `${e.tensor.file.path}: tensor "${e.tensor.name}" has ${value} at row ${row}, column ${index % e.K}; refusing to quantize (a NaN/Inf scale breaks every engine)`,
+    `${e.tensor.origin}: tensor "${e.tensor.name}" has ${value} at row ${row}, column ${index % e.K}; refusing to quantize (a NaN/Inf scale breaks every engine)`,
   );
 }
 

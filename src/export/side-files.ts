@@ -2,7 +2,7 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ExportPlan } from './plan.js';
-import { parsePreservingNumbers, pyDumps, type PyValue } from './pyjson.js';
+import { parsePreservingNumbers, pyDumps, type PyValue } from '../util/pyjson.js';
 
 /** Files ModelOpt's copy_custom_model_files never copies (it writes its own versions, or they are weights). */
 const SKIP = new Set([

@@ -1,6 +1,6 @@
 /** The values that flow through the operator chain. */
 import type { SourceModel } from '../model.js';
-import type { TensorRef } from '../safetensors/file.js';
+import type { TensorSource } from '../sources/source.js';
 import type { DType, FloatDType } from '../safetensors/dtypes.js';
 import type { ExportPlan } from './plan.js';
 import type { Stats } from './stats.js';
@@ -12,7 +12,7 @@ export interface ModelUnit {
   kind: 'layer' | 'rest';
   /** Layer index; -1 for the rest. */
   layer: number;
-  tensors: TensorRef[];
+  tensors: TensorSource[];
   /** Activation statistics for this unit's modules, attached by `calibrate`. */
   stats?: Stats;
   /** Frees this unit's slot in the layers-in-flight budget (writeShards calls it once the unit is on disk). */
@@ -76,7 +76,7 @@ export interface QuantizedUnit extends ModelUnit {
 /** A tensor ready for the writer: bytes in memory, or a source tensor copied through unchanged. */
 export type OutputTensor =
   | { name: string; dtype: DType; shape: readonly number[]; data: Uint8Array }
-  | { name: string; dtype: DType; shape: readonly number[]; source: TensorRef };
+  | { name: string; dtype: DType; shape: readonly number[]; source: TensorSource };
 
 /** Byte ranges of several output tensors produced together, chunk by chunk (a linear's weight and weight_scale). */
 export interface StreamedOutput {

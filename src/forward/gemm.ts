@@ -5,8 +5,22 @@
  */
 import { matmul } from './ops.js';
 import { attentionModel, matmulModel } from './onnx.js';
-import type { LinearWeights } from './layer.js';
 import { ReusedBuffers } from './reused.js';
+
+/** One linear's weights as the forward pass takes them: W [N, K] in f32 (or a loader of W^T), bias, input transform. */
+export interface LinearWeights {
+  w: Float32Array;
+  N: number;
+  K: number;
+  /**
+   * Instead of `w` (then empty): writes W^T into columns [off, off + N) of wt [K, nTotal], reading
+   * the source a chunk of rows at a time, so no [N, K] copy ever exists (engines working on W^T).
+   */
+  writeTransposed?: (wt: Float32Array, nTotal: number, off: number) => Promise<void>;
+  b?: Float32Array;
+  /** Applied to the input before the matmul: pre_quant_scale and activation fake-quantization of an export. */
+  input?: (x: Float32Array, T: number) => Float32Array;
+}
 
 export interface PreparedLinear {
   /**

@@ -6,23 +6,12 @@
 import type { ModelConfig } from '../models/config.js';
 import { rmsnorm, silu } from './ops.js';
 import { applyRope } from './rope.js';
-import { jsGemm, transposeInto, type GemmEngine, type PreparedLinear } from './gemm.js';
+import { jsGemm, transposeInto, type GemmEngine, type LinearWeights, type PreparedLinear } from './gemm.js';
+
+export type { LinearWeights };
 import { ReusedBuffers } from './reused.js';
 
 /** A linear as the forward pass uses it: f32 weight [N, K], optional bias, optional input transform. */
-export interface LinearWeights {
-  w: Float32Array;
-  N: number;
-  K: number;
-  /**
-   * Instead of `w` (then empty): writes W^T into columns [off, off + N) of wt [K, nTotal], reading
-   * the source a chunk of rows at a time, so no [N, K] copy ever exists (engines working on W^T).
-   */
-  writeTransposed?: (wt: Float32Array, nTotal: number, off: number) => Promise<void>;
-  b?: Float32Array;
-  /** Applied to the input before the matmul: pre_quant_scale and activation fake-quantization of an export. */
-  input?: (x: Float32Array, T: number) => Float32Array;
-}
 
 export interface LayerWeights {
   q: LinearWeights;

@@ -5,7 +5,7 @@
  * (FP8 per tensor; NVFP4 per 16-element block under the global input_scale).
  */
 import type { Checkpoint } from '../safetensors/checkpoint.js';
-import type { TensorRef } from '../safetensors/file.js';
+import type { TensorSource } from '../sources/source.js';
 import type { ModelConfig } from '../models/config.js';
 import type { LayerLayout } from '../models/base.js';
 import { CheckpointError } from '../errors.js';
@@ -17,7 +17,7 @@ import { prepareLayerFrom, type LayerWeights, type LinearName, type LinearWeight
 import { transposeBf16Into, transposeInto, type GemmEngine } from './gemm.js';
 
 export interface WeightSource {
-  tensors: Map<string, TensorRef>;
+  tensors: Map<string, TensorSource>;
   dir: string;
   /** quant_algo of an export, undefined for a source checkpoint. */
   quantAlgo?: string;

@@ -26,6 +26,11 @@ export class TensorRef {
     return numelOf(this.shape);
   }
 
+  /** The file it is stored in (a tensor source's `origin`). */
+  get origin(): string {
+    return this.file.path;
+  }
+
   /** Bytes of one row (one index of the first dimension). A 0-d tensor has one row. */
   get rowBytes(): number {
     const rows = this.shape.length === 0 ? 1 : this.shape[0]!;

@@ -1,9 +1,9 @@
 /** `rxquant calibrate`: the statistics of a whole model, written as the safetensors file `quantize --stats` reads. */
 import { lastValueFrom, reduce, tap } from 'rxjs';
-import { readCheckpoint } from '../../operators/readCheckpoint.js';
-import { calibrate, type CalibrateOptions } from '../../operators/calibrate.js';
-import type { Stats } from '../export/stats.js';
-import { planShards, ShardWriter } from '../safetensors/writer.js';
+import { readCheckpoint } from '../operators/readCheckpoint.js';
+import { calibrate, type CalibrateOptions } from '../operators/calibrate.js';
+import type { Stats } from './export/stats.js';
+import { planShards, ShardWriter } from './safetensors/writer.js';
 import { dirname, basename, join } from 'node:path';
 import { rename, rm } from 'node:fs/promises';
 

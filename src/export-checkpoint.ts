@@ -1,17 +1,17 @@
 /** The whole export as one call: the operator chain the CLI runs. */
 import { lastValueFrom, tap } from 'rxjs';
-import { readCheckpoint } from '../../operators/readCheckpoint.js';
-import { quantize } from '../../operators/quantize.js';
-import { pack } from '../../operators/pack.js';
-import { writeShards, type WriteEvent } from '../../operators/writeShards.js';
-import { calibrate, type CalibrateProgress } from '../../operators/calibrate.js';
+import { readCheckpoint } from '../operators/readCheckpoint.js';
+import { quantize } from '../operators/quantize.js';
+import { pack } from '../operators/pack.js';
+import { writeShards, type WriteEvent } from '../operators/writeShards.js';
+import { calibrate, type CalibrateProgress } from '../operators/calibrate.js';
 import { identity } from 'rxjs';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { openCheckpoint } from '../safetensors/checkpoint.js';
-import type { GemmEngine } from '../forward/gemm.js';
-import type { FormatName } from './formats.js';
-import type { ExportOptions, ExportPlan } from './plan.js';
+import { openCheckpoint } from './safetensors/checkpoint.js';
+import type { GemmEngine } from './forward/gemm.js';
+import type { FormatName } from './export/formats.js';
+import type { ExportOptions, ExportPlan } from './export/plan.js';
 
 export interface ExportCheckpointOptions extends ExportOptions {
   model: string;
@@ -49,7 +49,7 @@ export interface ExportCheckpointOptions extends ExportOptions {
  */
 export async function exportFingerprint(o: ExportCheckpointOptions): Promise<string> {
   const h = createHash('sha256');
-  const pkg = JSON.parse(await readFile(new URL('../../../package.json', import.meta.url), 'utf8').catch(() => readFile(new URL('../../package.json', import.meta.url), 'utf8')));
+  const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8').catch(() => readFile(new URL('../package.json', import.meta.url), 'utf8')));
   h.update(JSON.stringify({ v: pkg.version, format: o.format, kv: o.kvCache ?? 'fp8_cast', exclude: o.exclude ?? [], shard: String(o.maxShardSize ?? '10GB') }));
   const ck = await openCheckpoint(o.model);
   try {

@@ -1,0 +1,245 @@
+/**
+ * Views: tensor sources computed from other sources, never copying a whole tensor.
+ *
+ *   expertSlice(t, e)          t [E, ...rest]  -> t[e]            [...rest]       (one expert of a 3-D tensor)
+ *   rowRange(t, r0, r1)        t [R, ...rest]  -> t[r0:r1]        [r1-r0, ...rest] (a member of a fused tensor)
+ *   transposed(t)              t [A, B]        -> t^T             [B, A]          (`[E, in, out]` experts read as [out, in])
+ *   fp8BlockDequant(q, s)      q F8_E4M3 [N, K], s F32 [ceil(N/128), ceil(K/128)] -> BF16 [N, K]
+ *
+ * The first two are byte ranges of their base, so O_DIRECT reads pass through to the file. The
+ * other two compute their rows from reads of the base, a bounded block at a time.
+ */
+import { CheckpointError } from '../errors.js';
+import { dtypeSize, type DType } from '../safetensors/dtypes.js';
+import type { TensorRef } from '../safetensors/file.js';
+import { decodeToFloat32, f32ToBf16 } from '../codecs/float.js';
+import { E4M3_VALUES } from '../codecs/e4m3.js';
+import { checkByteRange, checkRowRange, destination, type TensorSource } from './source.js';
+
+// A safetensors tensor is a source as it is.
+const _tensorRefIsASource = (t: TensorRef): TensorSource => t;
+void _tensorRefIsASource;
+
+/** Product of a shape's extents, refusing anything past 2^53 (where doubles stop counting exactly). */
+export function checkedNumel(shape: readonly number[], what: string): number {
+  let n = 1;
+  for (const d of shape) {
+    if (!Number.isSafeInteger(d) || d < 0) throw new RangeError(`${what}: dimension ${d} is not a non-negative integer`);
+    n *= d;
+    if (!Number.isSafeInteger(n)) throw new RangeError(`${what}: shape [${shape.join(', ')}] has more than 2^53 elements`);
+  }
+  return n;
+}
+
+/** Shared bookkeeping of a view: sizes from dtype and shape, whole-tensor and byte-range reads via readRows. */
+abstract class View implements TensorSource {
+  readonly numel: number;
+  readonly byteLength: number;
+  readonly rows: number;
+  readonly rowBytes: number;
+
+  constructor(
+    readonly name: string,
+    readonly dtype: DType,
+    readonly shape: readonly number[],
+    readonly origin: string,
+  ) {
+    this.numel = checkedNumel(shape, name);
+    this.byteLength = this.numel * dtypeSize(dtype);
+    if (!Number.isSafeInteger(this.byteLength)) throw new RangeError(`${name}: more than 2^53 bytes`);
+    this.rows = shape.length === 0 ? 1 : shape[0]!;
+    this.rowBytes = this.rows === 0 ? 0 : this.byteLength / this.rows;
+  }
+
+  abstract readRows(start: number, end: number, into?: Uint8Array): Promise<Uint8Array>;
+
+  read(into?: Uint8Array): Promise<Uint8Array> {
+    return this.readBytes(0, this.byteLength, into);
+  }
+
+  /** Any byte range: the rows that hold it are read, then the range is cut out of them. */
+  async readBytes(start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
+    checkByteRange(this, start, end);
+    const dest = destination(this.name, end - start, into);
+    if (end === start) return dest;
+    const r0 = Math.floor(start / this.rowBytes);
+    const r1 = Math.ceil(end / this.rowBytes);
+    if (r0 * this.rowBytes === start && r1 * this.rowBytes === end) return this.readRows(r0, r1, dest);
+    const rows = await this.readRows(r0, r1);
+    dest.set(rows.subarray(start - r0 * this.rowBytes, end - r0 * this.rowBytes));
+    return dest;
+  }
+
+  async readBytesDirect(start: number, end: number, aligned: Uint8Array): Promise<Uint8Array> {
+    return this.readBytes(start, end, aligned);
+  }
+
+  async toFloat32(): Promise<Float32Array> {
+    return decodeToFloat32(await this.read(), this.dtype, this.name);
+  }
+}
+
+/** A contiguous byte range of a base source, with its own name and shape. */
+class RangeView extends View {
+  constructor(
+    private readonly base: TensorSource,
+    private readonly offset: number,
+    name: string,
+    shape: readonly number[],
+    origin: string,
+  ) {
+    super(name, base.dtype, shape, origin);
+  }
+
+  async readRows(start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
+    checkRowRange(this, start, end);
+    return this.base.readBytes(this.offset + start * this.rowBytes, this.offset + end * this.rowBytes, into);
+  }
+
+  override async readBytes(start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
+    checkByteRange(this, start, end);
+    return this.base.readBytes(this.offset + start, this.offset + end, into);
+  }
+
+  override async readBytesDirect(start: number, end: number, aligned: Uint8Array): Promise<Uint8Array> {
+    checkByteRange(this, start, end);
+    return this.base.readBytesDirect(this.offset + start, this.offset + end, aligned);
+  }
+}
+
+/** `t[e]` of a tensor of at least 2 dimensions, named `name` (e.g. `...experts.3.gate_up_proj`). */
+export function expertSlice(t: TensorSource, e: number, name = `${t.name}[${e}]`): TensorSource {
+  if (t.shape.length < 2) throw new RangeError(`${t.name}: an expert slice needs at least 2 dimensions, shape is [${t.shape.join(', ')}]`);
+  checkRowRange(t, e, e + 1);
+  return new RangeView(t, e * t.rowBytes, name, t.shape.slice(1), `${t.origin} (${t.name}[${e}])`);
+}
+
+/** Rows [r0, r1) of a tensor (e.g. the q rows of a fused qkv weight). */
+export function rowRange(t: TensorSource, r0: number, r1: number, name = `${t.name}[${r0}:${r1}]`): TensorSource {
+  if (t.shape.length < 1) throw new RangeError(`${t.name}: a row range needs at least 1 dimension`);
+  checkRowRange(t, r0, r1);
+  return new RangeView(t, r0 * t.rowBytes, name, [r1 - r0, ...t.shape.slice(1)], `${t.origin} (${t.name}[${r0}:${r1}])`);
+}
+
+/** Bytes of base rows one block of a computed view reads at once. */
+const BLOCK_BYTES = 4 * 2 ** 20;
+
+/** `t^T` of a 2-D tensor: row j of the view is column j of the base. */
+class TransposeView extends View {
+  private readonly A: number;
+  private readonly B: number;
+
+  constructor(
+    private readonly base: TensorSource,
+    name: string,
+  ) {
+    if (base.shape.length !== 2) throw new RangeError(`${base.name}: a transposed view needs 2 dimensions, shape is [${base.shape.join(', ')}]`);
+    super(name, base.dtype, [base.shape[1]!, base.shape[0]!], `${base.origin} (${base.name} transposed)`);
+    this.A = base.shape[0]!;
+    this.B = base.shape[1]!;
+  }
+
+  /**
+   * Rows [start, end) of the view are columns [start, end) of the base: the base is read in blocks
+   * of whole rows (≤ 4 MiB) and each block's columns are scattered into place. Reading a whole
+   * view chunk by chunk thus reads the base once per chunk; an expert slice is small enough for
+   * that to come from the page cache.
+   */
+  async readRows(start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
+    checkRowRange(this, start, end);
+    const el = dtypeSize(this.dtype);
+    const { A, B } = this;
+    const n = end - start;
+    const dest = destination(this.name, n * A * el, into);
+    if (n === 0 || A === 0) return dest;
+    const blockRows = Math.max(1, Math.min(A, Math.floor(BLOCK_BYTES / (B * el))));
+    const block = new Uint8Array(blockRows * B * el);
+    for (let i0 = 0; i0 < A; i0 += blockRows) {
+      const i1 = Math.min(A, i0 + blockRows);
+      const got = await this.base.readRows(i0, i1, block);
+      for (let i = i0; i < i1; i++) {
+        const srcRow = (i - i0) * B * el;
+        for (let j = start; j < end; j++) {
+          const s = srcRow + j * el;
+          const d = ((j - start) * A + i) * el;
+          for (let b = 0; b < el; b++) dest[d + b] = got[s + b]!;
+        }
+      }
+    }
+    return dest;
+  }
+}
+
+export function transposed(t: TensorSource, name = `${t.name}^T`): TensorSource {
+  return new TransposeView(t, name);
+}
+
+/** DeepSeek's FP8 block size: one f32 `weight_scale_inv` per 128x128 tile. */
+export const FP8_SOURCE_BLOCK = 128;
+
+/**
+ * An FP8 e4m3 weight with 128x128 block scales (DeepSeek V3/R1's published layout) read as BF16:
+ *   W[r, c] = bf16_RNE( f32( e4m3(q[r, c]) * scale_inv[r / 128, c / 128] ) )
+ * one IEEE f32 multiply, then round-to-nearest-even to bf16 (the scale is not rounded first), as
+ * DeepSeek's `weight_dequant` writes its BF16 copy (spec families.md §6.2). Edge tiles are ragged:
+ * the scale of a partial tile covers only the rows/columns that exist.
+ */
+class Fp8BlockDequantView extends View {
+  private readonly N: number;
+  private readonly K: number;
+  private readonly BK: number;
+
+  constructor(
+    private readonly q: TensorSource,
+    private readonly scaleInv: TensorSource,
+    name: string,
+  ) {
+    if (q.dtype !== 'F8_E4M3' || q.shape.length !== 2) {
+      throw new CheckpointError(q.origin, `tensor "${q.name}" is ${q.dtype} [${q.shape.join(', ')}]; an FP8-block weight is F8_E4M3 [N, K]`);
+    }
+    const [N, K] = q.shape as [number, number];
+    const want = [Math.ceil(N / FP8_SOURCE_BLOCK), Math.ceil(K / FP8_SOURCE_BLOCK)];
+    if (scaleInv.dtype !== 'F32' || scaleInv.shape.length !== 2 || scaleInv.shape[0] !== want[0] || scaleInv.shape[1] !== want[1]) {
+      throw new CheckpointError(
+        scaleInv.origin,
+        `tensor "${scaleInv.name}" is ${scaleInv.dtype} [${scaleInv.shape.join(', ')}]; the 128x128 block scales of "${q.name}" [${N}, ${K}] must be F32 [${want.join(', ')}]`,
+      );
+    }
+    super(name, 'BF16', [N, K], `${q.origin} (${q.name} with ${scaleInv.name})`);
+    this.N = N;
+    this.K = K;
+    this.BK = want[1]!;
+  }
+
+  async readRows(start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
+    checkRowRange(this, start, end);
+    const { K, BK } = this;
+    const dest = destination(this.name, (end - start) * K * 2, into);
+    if (end === start || K === 0) return dest;
+    const out = new Uint16Array(dest.buffer, dest.byteOffset, dest.byteLength >> 1);
+    if (dest.byteOffset % 2 !== 0) throw new RangeError(`${this.name}: destination must be 2-byte aligned`);
+    const t0 = Math.floor(start / FP8_SOURCE_BLOCK);
+    const t1 = Math.ceil(end / FP8_SOURCE_BLOCK);
+    const scales = decodeToFloat32(await this.scaleInv.readRows(t0, t1), 'F32', this.scaleInv.name);
+    const rowsPerBlock = Math.max(1, Math.floor(BLOCK_BYTES / K));
+    const codes = new Uint8Array(Math.min(rowsPerBlock, end - start) * K);
+    for (let r0 = start; r0 < end; r0 += rowsPerBlock) {
+      const r1 = Math.min(end, r0 + rowsPerBlock);
+      const q = await this.q.readRows(r0, r1, codes);
+      for (let r = r0; r < r1; r++) {
+        const srow = (Math.floor(r / FP8_SOURCE_BLOCK) - t0) * BK;
+        const qo = (r - r0) * K;
+        const oo = (r - start) * K;
+        for (let c = 0; c < K; c++) {
+          const s = scales[srow + Math.floor(c / FP8_SOURCE_BLOCK)]!;
+          out[oo + c] = f32ToBf16(Math.fround(E4M3_VALUES[q[qo + c]!]! * s));
+        }
+      }
+    }
+    return dest;
+  }
+}
+
+export function fp8BlockDequant(q: TensorSource, scaleInv: TensorSource, name = q.name): TensorSource {
+  return new Fp8BlockDequantView(q, scaleInv, name);
+}
