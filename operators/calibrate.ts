@@ -1,17 +1,14 @@
 import { concatMap, defer, type OperatorFunction } from 'rxjs';
 import type { ModelUnit } from '../src/export/units.js';
 import { StatsCollector } from '../src/calibration/collector.js';
-import { decoderLayer, type LinearName } from '../src/forward/layer.js';
 import { defaultGemm, type GemmEngine } from '../src/forward/gemm.js';
 import { cpus } from 'node:os';
 import { hiddenStore, type HiddenStore } from '../src/calibration/hidden-store.js';
 import { finalize } from 'rxjs';
-import { embed, loadFinalNorm, loadPreparedLayer, weightSource } from '../src/forward/weights.js';
+import { embed, loadFinalNorm, weightSource } from '../src/forward/weights.js';
 import { ropeTables } from '../src/forward/rope.js';
 import { rmsnorm } from '../src/forward/ops.js';
 import { CalibrationDataError } from '../src/errors.js';
-
-const LINEAR_NAMES: LinearName[] = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
 
 export interface CalibrateProgress {
   layer: number;
@@ -61,19 +58,19 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
           gemm ??= await defaultGemm(cpus().length);
           if (!hidden) {
             hidden = await hiddenStore(samples.map((s) => s.length), cfg.hiddenSize, options.memoryBudgetBytes, options.spillDir);
-            for (let i = 0; i < samples.length; i++) await hidden.set(i, await embed(src, samples[i]!, cfg.hiddenSize));
+            for (let i = 0; i < samples.length; i++) await hidden.set(i, await embed(src, samples[i]!, cfg.hiddenSize, model.arch.names));
           }
           const collector = new StatsCollector();
           if (unit.kind === 'layer') {
             if (unit.layer !== next) throw new Error(`calibrate needs layers in order: got layer ${unit.layer}, expected ${next}`);
             next++;
             const layout = model.layers[unit.layer]!;
-            const layer = await loadPreparedLayer(src, layout, cfg, gemm);
+            const layer = await model.arch.forward.load(src, layout, cfg, gemm);
             const maxT = Math.max(...samples.map((s) => s.length));
             const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, maxT);
             for (let i = 0; i < samples.length; i++) {
-              const h = await decoderLayer(await hidden.get(i), samples[i]!.length, layer, cfg, cos, sin, {
-                linearInput: (name, x, T, K) => collector.observe(layout.linears[LINEAR_NAMES.indexOf(name)]!, x, T, K),
+              const h = await model.arch.forward.run(await hidden.get(i), samples[i]!.length, layer, cfg, cos, sin, {
+                linearInput: (name, x, T, K) => collector.observe(layout.linears[layout.roles.indexOf(name)]!, x, T, K),
                 keysValues: (k, v) => collector.observeKV(layout.attention, k, v),
               });
               await hidden.set(i, h);
@@ -81,7 +78,7 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
             await layer.release();
           } else {
             // lm_head sees the final norm's output; it stays unquantized, but its statistics are reported too
-            const norm = await loadFinalNorm(src);
+            const norm = await loadFinalNorm(src, model.arch.names);
             for (let i = 0; i < samples.length; i++) {
               const T = samples[i]!.length;
               collector.observe('lm_head', rmsnorm(await hidden.get(i), T, cfg.hiddenSize, norm, cfg.rmsNormEps), T, cfg.hiddenSize);

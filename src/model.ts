@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { CheckpointError } from './errors.js';
 import { openCheckpoint, type Checkpoint } from './safetensors/checkpoint.js';
 import { isFloatWeightDType } from './safetensors/dtypes.js';
-import { architectureFor, parseModelConfig, type Architecture, type LayerLayout, type ModelConfig } from './models/index.js';
+import { architectureFor, type Architecture, type LayerLayout, type ModelConfig } from './models/index.js';
 import { parsePreservingNumbers, type PyValue } from './util/pyjson.js';
 
 export interface SourceModel {
@@ -43,7 +43,7 @@ export async function openModel(dir: string): Promise<SourceModel> {
   const { raw, plain } = await readConfigJson(dir);
   const cfgPath = join(dir, 'config.json');
   const arch = architectureFor(plain.model_type, cfgPath);
-  const config = parseModelConfig(plain, cfgPath);
+  const config = arch.parseConfig(plain, cfgPath);
   const checkpoint = await openCheckpoint(dir);
   try {
     const layers: LayerLayout[] = [];

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { openCheckpoint } from './safetensors/checkpoint.js';
 import { decodeToFloat32 } from './codecs/float.js';
 import { E4M3_VALUES } from './codecs/e4m3.js';
-import { architectureFor, parseModelConfig } from './models/index.js';
+import { architectureFor } from './models/index.js';
 import { matchesPattern } from './export/exclude.js';
 import { toQuantizationConfig, type HfQuantConfig } from './export/quant-config.js';
 import { FORMATS, engineSupport, formatByQuantAlgo } from './formats/registry.js';
@@ -131,7 +131,7 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
       notes.push(`model_type ${JSON.stringify(config.model_type)}: fused-group and exclusion checks skipped`);
     }
     if (arch) {
-      const cfg = parseModelConfig(config, join(dir, 'config.json'));
+      const cfg = arch.parseConfig(config, join(dir, 'config.json'));
       const linears = [...arch.alwaysExcluded];
       for (let i = 0; i < cfg.numLayers; i++) {
         const layout = arch.layer(i, cfg);

@@ -9,6 +9,7 @@ import { loadCalibration, loadTokenizer, encodeText } from '../src/calibration/d
 import { decoderLayer, prepareLayer } from '../src/forward/layer.js';
 import { jsGemm, loadOrt, onnxGemm, type GemmEngine } from '../src/forward/gemm.js';
 import { embed, loadHead, loadLayerWeights, weightSource } from '../src/forward/weights.js';
+import { denseLayerNames } from '../src/models/dense.js';
 import { ropeTables } from '../src/forward/rope.js';
 import { matmul, matmulRef, rmsnorm } from '../src/forward/ops.js';
 import { perplexity } from '../src/eval.js';
@@ -79,17 +80,17 @@ for (const c of CASES) {
       const src = weightSource(model.checkpoint);
       const T = ids[0]!.length;
       const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
-      const hs = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize)));
+      const hs = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
       const cat = (arr: Float32Array[]) => Float32Array.from(arr.flatMap((a) => Array.from(a)));
       expect(relErr(cat(hs), ref.get('hidden_states.0')!)).toBeLessThan(1e-6);
       let h = hs;
       for (let l = 0; l < cfg.numLayers; l++) {
-        const layer = await prepareLayer(await loadLayerWeights(src, model.layers[l]!, cfg), gemm);
+        const layer = await prepareLayer(await loadLayerWeights(src, denseLayerNames(model.layers[l]!)), gemm);
         h = await Promise.all(h.map((x) => decoderLayer(x, T, layer, cfg, cos, sin)));
         await layer.release();
         if (l < cfg.numLayers - 1) expect(relErr(cat(h), ref.get(`hidden_states.${l + 1}`)!), `layer ${l}`).toBeLessThan(1e-4);
       }
-      const { norm, head } = await loadHead(src, cfg);
+      const { norm, head } = await loadHead(src, cfg, model.arch.names);
       const normed = h.map((x) => rmsnorm(x, T, cfg.hiddenSize, norm, cfg.rmsNormEps));
       expect(relErr(cat(normed), ref.get(`hidden_states.${cfg.numLayers}`)!)).toBeLessThan(1e-4);
       if (ref.has('logits')) {
@@ -124,9 +125,9 @@ describe('stories260K against its reference JSON', () => {
     const src = weightSource(model.checkpoint);
     const ids: number[] = REFERENCE.prompt_logits.prompt_ids;
     const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, ids.length);
-    let h = await embed(src, ids, cfg.hiddenSize);
-    for (const layout of model.layers) h = await decoderLayer(h, ids.length, await prepareLayer(await loadLayerWeights(src, layout, cfg)), cfg, cos, sin);
-    const { norm, head } = await loadHead(src, cfg);
+    let h = await embed(src, ids, cfg.hiddenSize, model.arch.names);
+    for (const layout of model.layers) h = await decoderLayer(h, ids.length, await prepareLayer(await loadLayerWeights(src, denseLayerNames(layout))), cfg, cos, sin);
+    const { norm, head } = await loadHead(src, cfg, model.arch.names);
     const logits = matmul(rmsnorm(h, ids.length, cfg.hiddenSize, norm, cfg.rmsNormEps), ids.length, head.K, head.w, head.N);
     const want: number[][] = REFERENCE.prompt_logits.logits;
     let worst = 0;

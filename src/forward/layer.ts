@@ -3,7 +3,7 @@
  * in eager f32 mode. Hooks see every linear's input (calibration statistics) and the post-RoPE keys
  * and values (KV-cache scales).
  */
-import type { ModelConfig } from '../models/config.js';
+import type { ModelConfig } from './config.js';
 import { rmsnorm, silu } from './ops.js';
 import { applyRope } from './rope.js';
 import { jsGemm, transposeInto, type GemmEngine, type LinearWeights, type PreparedLinear } from './gemm.js';

@@ -1,5 +1,5 @@
 /** Rotary position embeddings as transformers computes them (default, linear and llama3 scaling). */
-import type { RopeConfig } from '../models/config.js';
+import type { RopeConfig } from './config.js';
 
 /** inv_freq[i] = 1 / theta^(2i/d), adjusted by the rope type; f32 like torch. */
 export function inverseFrequencies(rope: RopeConfig, headDim: number): Float32Array {

@@ -6,8 +6,7 @@
  */
 import type { Checkpoint } from '../safetensors/checkpoint.js';
 import type { TensorSource } from '../sources/source.js';
-import type { ModelConfig } from '../models/config.js';
-import type { LayerLayout } from '../models/base.js';
+import type { ModelConfig } from './config.js';
 import { CheckpointError } from '../errors.js';
 import { decodeToFloat32 } from '../codecs/float.js';
 import { E4M3_VALUES, e4m3Encode } from '../codecs/e4m3.js';
@@ -93,20 +92,34 @@ export async function loadLinear(src: WeightSource, module: string): Promise<Lin
   return { w, N, K, b: bias, input: withPreQuantScale(pqs, act) };
 }
 
-export async function loadLayerWeights(src: WeightSource, layout: LayerLayout, cfg: ModelConfig): Promise<LayerWeights> {
-  const [q, k, v, o, gate, up, down] = await Promise.all(layout.linears.map((m) => loadLinear(src, m)));
-  void cfg;
-  return { q: q!, k: k!, v: v!, o: o!, gate: gate!, up: up!, down: down!, ...(await loadNorms(src, layout)) };
+/**
+ * Where a dense decoder layer's weights are, by checkpoint name (the model family decides):
+ * the seven linears' module names and the norms' weight tensors (q/k norms where the family has them).
+ */
+export interface DenseLayerNames {
+  linears: Record<LinearName, string>;
+  inputNorm: string;
+  postNorm: string;
+  /** Loaded when the checkpoint has them (Qwen3). */
+  qNorm?: string;
+  kNorm?: string;
+}
+
+const LINEAR_NAMES: LinearName[] = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
+
+export async function loadLayerWeights(src: WeightSource, names: DenseLayerNames): Promise<LayerWeights> {
+  const [q, k, v, o, gate, up, down] = await Promise.all(LINEAR_NAMES.map((n) => loadLinear(src, names.linears[n])));
+  return { q: q!, k: k!, v: v!, o: o!, gate: gate!, up: up!, down: down!, ...(await loadNorms(src, names)) };
 }
 
 /** A layer's norms in f32 (q_norm and k_norm where the architecture has them, Qwen3). */
-async function loadNorms(src: WeightSource, layout: LayerLayout): Promise<Pick<LayerWeights, 'inputNorm' | 'postNorm' | 'qNorm' | 'kNorm'>> {
-  const optional = async (name: string) => (src.tensors.has(name) ? f32(src, name) : undefined);
+async function loadNorms(src: WeightSource, names: DenseLayerNames): Promise<Pick<LayerWeights, 'inputNorm' | 'postNorm' | 'qNorm' | 'kNorm'>> {
+  const optional = async (name: string | undefined) => (name !== undefined && src.tensors.has(name) ? f32(src, name) : undefined);
   return {
-    inputNorm: await f32(src, `${layout.prefix}.input_layernorm.weight`),
-    postNorm: await f32(src, `${layout.prefix}.post_attention_layernorm.weight`),
-    qNorm: await optional(`${layout.attention}.q_norm.weight`),
-    kNorm: await optional(`${layout.attention}.k_norm.weight`),
+    inputNorm: await f32(src, names.inputNorm),
+    postNorm: await f32(src, names.postNorm),
+    qNorm: await optional(names.qNorm),
+    kNorm: await optional(names.kNorm),
   };
 }
 
@@ -141,23 +154,33 @@ export async function loadLinearLazily(src: WeightSource, module: string): Promi
  * A layer prepared for the forward pass, its linears loaded one GEMM group at a time (see
  * prepareLayerFrom): with onnxruntime, a layer costs its weights once in f32, not three times.
  */
-export async function loadPreparedLayer(src: WeightSource, layout: LayerLayout, cfg: ModelConfig, gemm: GemmEngine): Promise<PreparedLayer> {
-  const names: LinearName[] = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
-  const norms = await loadNorms(src, layout);
+export async function loadPreparedLayer(src: WeightSource, names: DenseLayerNames, cfg: ModelConfig, gemm: GemmEngine): Promise<PreparedLayer> {
+  const norms = await loadNorms(src, names);
   // [N, K] from the config, for sizing fused matrices before loading (a mismatch falls back to one GEMM each)
   const H = cfg.hiddenSize, I = cfg.intermediateSize, q = cfg.numHeads * cfg.headDim, kv = cfg.numKvHeads * cfg.headDim;
   const dims: Record<LinearName, [number, number]> = { q: [q, H], k: [kv, H], v: [kv, H], o: [H, q], gate: [I, H], up: [I, H], down: [H, I] };
   const load = (n: LinearName) => {
-    const m = layout.linears[names.indexOf(n)]!;
+    const m = names.linears[n];
     return gemm.prepareTransposed ? loadLinearLazily(src, m) : loadLinear(src, m);
   };
   return prepareLayerFrom(load, (n) => dims[n], norms, gemm);
 }
 
+/** Where the tensors outside the decoder layers are, by checkpoint name (the model family decides). */
+export interface OuterNames {
+  /** The embedding module ("model.embed_tokens"); its `.weight` is [vocab, H]. */
+  embed: string;
+  /** The final norm's weight tensor ("model.norm.weight"). */
+  finalNorm: string;
+  /** The output head module ("lm_head"); the embedding when the checkpoint has none (tied). */
+  lmHead: string;
+}
+
 /** Embedding rows for token ids [T] -> [T, H]; reads only the rows needed. */
-export async function embed(src: WeightSource, ids: ArrayLike<number>, H: number): Promise<Float32Array> {
-  const t = src.tensors.get('model.embed_tokens.weight');
-  if (!t) throw new CheckpointError(src.dir, 'tensor "model.embed_tokens.weight" is missing');
+export async function embed(src: WeightSource, ids: ArrayLike<number>, H: number, names: OuterNames): Promise<Float32Array> {
+  const name = `${names.embed}.weight`;
+  const t = src.tensors.get(name);
+  if (!t) throw new CheckpointError(src.dir, `tensor "${name}" is missing`);
   const vocab = t.shape[0]!;
   const out = new Float32Array(ids.length * H);
   const cache = new Map<number, Float32Array>();
@@ -175,14 +198,14 @@ export async function embed(src: WeightSource, ids: ArrayLike<number>, H: number
 }
 
 /** The final norm alone (calibration needs no logits: lm_head at 8B is 2.1 GB in f32). */
-export function loadFinalNorm(src: WeightSource): Promise<Float32Array> {
-  return f32(src, 'model.norm.weight');
+export function loadFinalNorm(src: WeightSource, names: OuterNames): Promise<Float32Array> {
+  return f32(src, names.finalNorm);
 }
 
 /** Final norm and the output head (the embedding matrix when tied). */
-export async function loadHead(src: WeightSource, cfg: ModelConfig): Promise<{ norm: Float32Array; head: LinearWeights }> {
-  const norm = await loadFinalNorm(src);
-  const head = src.tensors.has('lm_head.weight') ? await loadLinear(src, 'lm_head') : await loadLinear(src, 'model.embed_tokens');
+export async function loadHead(src: WeightSource, cfg: ModelConfig, names: OuterNames): Promise<{ norm: Float32Array; head: LinearWeights }> {
+  const norm = await loadFinalNorm(src, names);
+  const head = await loadLinear(src, src.tensors.has(`${names.lmHead}.weight`) ? names.lmHead : names.embed);
   if (head.K !== cfg.hiddenSize) throw new CheckpointError(src.dir, `lm_head has ${head.K} inputs, expected hidden_size ${cfg.hiddenSize}`);
   return { norm, head };
 }

@@ -1,33 +1,7 @@
 import { CheckpointError } from '../errors.js';
+import type { ModelConfig, RopeConfig } from '../forward/config.js';
 
-/** RoPE settings, read from `rope_parameters` (transformers >= 5) or `rope_theta` + `rope_scaling`. */
-export interface RopeConfig {
-  theta: number;
-  type: 'default' | 'llama3' | 'linear';
-  factor?: number;
-  lowFreqFactor?: number;
-  highFreqFactor?: number;
-  originalMaxPositionEmbeddings?: number;
-}
-
-/** The fields of config.json that rxquant uses, validated. */
-export interface ModelConfig {
-  modelType: string;
-  hiddenSize: number;
-  intermediateSize: number;
-  numLayers: number;
-  numHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  vocabSize: number;
-  rmsNormEps: number;
-  rope: RopeConfig;
-  tieWordEmbeddings: boolean;
-  attentionBias: boolean;
-  /** torch dtype named by the config ("bfloat16", "float32", ...), if any. */
-  torchDtype: string | undefined;
-  bosTokenId: number | undefined;
-}
+export type { ModelConfig, RopeConfig };
 
 export function parseModelConfig(raw: Record<string, unknown>, path: string): ModelConfig {
   const int = (key: string, fallback?: number): number => {

@@ -1,5 +1,5 @@
 import { UnsupportedModelError } from '../errors.js';
-import type { Architecture } from './base.js';
+import type { ModelFamily } from './base.js';
 import { llama } from './llama.js';
 import { qwen2 } from './qwen2.js';
 import { qwen3 } from './qwen3.js';
@@ -7,14 +7,18 @@ import { mistral } from './mistral.js';
 
 export * from './base.js';
 export * from './config.js';
+export { denseFamily, denseLayerNames, type DenseFamilyOptions } from './dense.js';
 
-export const ARCHITECTURES: Record<string, Architecture> = { llama, qwen2, qwen3, mistral };
+/** Every family rxquant reads, by config.json's model_type. A new family: one file, and its line here. */
+export const FAMILIES: Record<string, ModelFamily> = { llama, qwen2, qwen3, mistral };
+/** The older name of FAMILIES. */
+export const ARCHITECTURES = FAMILIES;
 
-export function architectureFor(modelType: unknown, where: string): Architecture {
-  const arch = typeof modelType === 'string' ? ARCHITECTURES[modelType] : undefined;
+export function architectureFor(modelType: unknown, where: string): ModelFamily {
+  const arch = typeof modelType === 'string' && Object.hasOwn(FAMILIES, modelType) ? FAMILIES[modelType] : undefined;
   if (!arch) {
     throw new UnsupportedModelError(
-      `${where}: model_type ${JSON.stringify(modelType)} is not supported; supported: ${Object.keys(ARCHITECTURES).join(', ')}`,
+      `${where}: model_type ${JSON.stringify(modelType)} is not supported; supported: ${Object.keys(FAMILIES).join(', ')}`,
     );
   }
   return arch;
