@@ -1,4 +1,5 @@
 import { concatMap, concatWith, defer, catchError, finalize, type Observable, type OperatorFunction } from 'rxjs';
+import { refuseDestructiveOutput, hubCacheRepoOf, type GuardedInput } from '../src/util/output-guard.js';
 import { planShards, ShardWriter, type ShardPlan } from '../src/safetensors/writer.js';
 import { directReadSpan } from '../src/safetensors/file.js';
 import { parseSize } from '../src/safetensors/size.js';
@@ -95,6 +96,11 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
       const writeUnit = async (unit: PackedUnit): Promise<WriteEvent> => {
         if (!writer) {
           plan = unit.plan;
+          // never into, over or around the source (its folder, or its Hub cache folder)
+          const inputs: GuardedInput[] = [{ what: 'the source model', path: unit.model.dir, noWritesInside: true }];
+          const hub = hubCacheRepoOf(unit.model.dir);
+          if (hub) inputs.push({ what: "the source's Hugging Face cache folder", path: hub, noWritesInside: true });
+          await refuseDestructiveOutput(outDir, inputs);
           shards = planShards(plan.outputs, maxShardSize);
           const w = await ShardWriter.create(outDir, shards, { overwrite: options.overwrite, fingerprint: options.fingerprint, restart: options.restart, directIO: options.directIO });
           if (stopped) {

@@ -6,7 +6,7 @@
 import { dirname, resolve } from 'node:path';
 import { cpus } from 'node:os';
 import { openModel } from './model.js';
-import { createPlan, type ExportOptions } from './export/plan.js';
+import { createPlan, quantizedShapes, type ExportOptions } from './export/plan.js';
 import { formatSpec } from './export/formats.js';
 import { freeBytes, planShards } from './safetensors/writer.js';
 import { formatBytes, parseSize } from './safetensors/size.js';
@@ -75,7 +75,7 @@ export async function planExport(
       diskFreeBytes: free,
       estimatedSeconds: seconds,
       estimateBasis: basis,
-      engines: engineSupport(spec.quantAlgo),
+      engines: engineSupport(spec.quantAlgo, quantizedShapes(plan.decisions)),
       warnings: plan.warnings,
     };
   } finally {
@@ -129,5 +129,6 @@ export function formatPlan(r: PlanReport): string {
   L.push(`estimated time: ${r.estimatedSeconds < 90 ? `${r.estimatedSeconds.toFixed(0)} s` : `${(r.estimatedSeconds / 60).toFixed(1)} min`} (${r.estimateBasis}; calibration not included)`);
   L.push('engines:');
   for (const e of r.engines) L.push(`  ${e.loads ? 'loads in' : 'does not load in'} ${e.engine}: ${e.note}`);
+  for (const w of r.warnings) if (!w.includes(' kept in ')) L.push(`warning: ${w}`);
   return L.join('\n');
 }

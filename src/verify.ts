@@ -11,7 +11,7 @@ import { architectureFor } from './models/index.js';
 import { matchesPattern } from './export/exclude.js';
 import { toQuantizationConfig, type HfQuantConfig } from './export/quant-config.js';
 import { FORMATS, engineSupport, formatByQuantAlgo } from './formats/registry.js';
-import type { EngineSupport } from './formats/format.js';
+import type { EngineSupport, LinearShape } from './formats/format.js';
 import { CheckpointError } from './errors.js';
 import type { TensorRef } from './safetensors/file.js';
 
@@ -78,6 +78,7 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
   // tensors
   const ck = await openCheckpoint(dir);
   let quantizedModules = 0;
+  let linearShapes: LinearShape[] = [];
   try {
     const t = ck.tensors;
     for (const name of t.keys()) {
@@ -102,6 +103,7 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
       if (bad >= 0) fail(`${ref.name}[${bad}] = ${v[bad]}: scales must be finite and positive`);
     };
     const values = new Map<string, number | undefined>();
+    const shapes = new Map<string, [number, number]>();
     for (const m of [...quantized].sort()) {
       if (excluded(m)) fail(`${m} is quantized but matched by an exclude_modules pattern`);
       const w = t.get(`${m}.weight`);
@@ -111,6 +113,7 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
         continue;
       }
       if (!fmt) continue;
+      if (w.shape.length === 2) shapes.set(m, fmt.logicalShape(w.shape));
       const stored = fmt.checkStored(m, w, ws);
       stored.failures.forEach(fail);
       if (stored.checkBlockScales) await checkFloatScales(ws);
@@ -130,6 +133,7 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
     } catch {
       notes.push(`model_type ${JSON.stringify(config.model_type)}: fused-group and exclusion checks skipped`);
     }
+    const fusedMembers = new Set<string>();
     if (arch) {
       const cfg = arch.parseConfig(config, join(dir, 'config.json'));
       const linears = [...arch.alwaysExcluded];
@@ -137,6 +141,7 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
         const layout = arch.layer(i, cfg);
         linears.push(...layout.linears);
         for (const g of layout.groups) {
+          if (g.members.length > 1) g.members.forEach((m) => fusedMembers.add(m));
           const members = g.members.filter((m) => quantized.has(m));
           if (members.length > 0 && members.length < g.members.length) fail(`fused group ${g.members.join(', ')} is partly quantized`);
           if (members.length < 2 || !fmt) continue;
@@ -171,8 +176,9 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
       if (kScales.length === 0) notes.push('kv_cache_quant_algo FP8 without k_scale/v_scale tensors (fp8_cast): engines use scale 1.0');
       else if (layers !== undefined && (kScales.length !== layers || vScales.length !== layers)) fail(`KV scales on ${kScales.length}/${vScales.length} of ${layers} attention layers: all or none`);
     }
+    linearShapes = [...shapes].map(([module, [N, K]]) => ({ module, N, K, fused: fusedMembers.has(module) }));
   } finally {
     await ck.close();
   }
-  return { dir, quantAlgo: algo, failures: [...new Set(failures)], notes, engines: algo ? engineSupport(algo) : [], quantizedModules };
+  return { dir, quantAlgo: algo, failures: [...new Set(failures)], notes, engines: algo ? engineSupport(algo, linearShapes) : [], quantizedModules };
 }

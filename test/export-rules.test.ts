@@ -69,6 +69,54 @@ describe('KV cache', () => {
   });
 });
 
+describe('AWQ input_scale with a given pre_quant_scale (ModelOpt apply_pre_quant_scale_and_smooth)', () => {
+  // ModelOpt: amax = bf16(max_k f32(bf16(channel_amax_k) * pqs_k)) with pqs in f32, then fused
+  // siblings share the max, input_scale = amax / 448 (W4A8) or / 2688 (NVFP4)
+  it('bf16 llama31, power-of-two and other scales: input_scale follows that rule for nvfp4_awq and w4a8_awq', async () => {
+    const dir = synthetic('llama31');
+    const base: Stats = await loadStats(join(dir, 'reference.safetensors'));
+    const stats: Stats = new Map(base);
+    const amax = new Map<string, number>();
+    let seed = 0;
+    for (const [k, v] of base) {
+      if (!k.endsWith('.input_absmean')) continue;
+      const m = k.slice(0, -'.input_absmean'.length);
+      seed++;
+      // per-channel amax: not bf16 values (so the cast matters); scales: powers of two on odd linears, others on even
+      const ch = Float32Array.from(v, (x, i) => Math.fround(x * 3.3 + 0.01 * ((i * 13 + seed) % 7)));
+      const pqs = Float32Array.from(v, (_, i) => (seed % 2 ? 2 ** (((i + seed) % 5) - 2) : Math.fround(0.55 + ((i * 7 + seed) % 11) / 9.7)));
+      stats.set(`${m}.input_channel_amax`, ch);
+      stats.set(`${m}.pre_quant_scale`, pqs);
+      let mx = 0;
+      for (let i = 0; i < ch.length; i++) mx = Math.max(mx, Math.fround(roundBf16(ch[i]!) * pqs[i]!));
+      amax.set(m, roundBf16(mx));
+    }
+    for (const [format, div] of [['nvfp4_awq', 2688], ['w4a8_awq', 448]] as const) {
+      const out = join(tmp, `awq-in-${format}`);
+      await exportCheckpoint({ model: dir, format, out, stats, workers: 0 });
+      const ck = await openCheckpoint(out);
+      try {
+        let checked = 0;
+        for (let l = 0; l < 2; l++) {
+          const p = `model.layers.${l}`;
+          const groups = [['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'], ['self_attn.o_proj'], ['mlp.gate_proj', 'mlp.up_proj'], ['mlp.down_proj']];
+          for (const g of groups) {
+            const want = Math.fround(Math.max(...g.map((m) => amax.get(`${p}.${m}`)!)) / div);
+            for (const m of g) {
+              const t = ck.tensors.get(`${p}.${m}.input_scale`)!;
+              expect(decodeToFloat32(await t.read(), 'F32')[0], `${format} ${p}.${m}`).toBe(want);
+              checked++;
+            }
+          }
+        }
+        expect(checked).toBe(14);
+      } finally {
+        await ck.close();
+      }
+    }
+  });
+});
+
 describe('AWQ pre_quant_scale folding (spec §8.2-8.3)', () => {
   it('int4_awq: q/k/v scales averaged and folded into input_layernorm, o_proj keeps its own', async () => {
     const dir = synthetic('llama31');

@@ -44,6 +44,9 @@ describe('resume after a crash', () => {
     expect(killed.signal).toBe('SIGKILL');
     expect((await readdir(tmp)).includes('out')).toBe(false);
     expect((await readdir(tmp)).includes('.out.rxquant-partial')).toBe(true);
+    // the killed run's lock is left behind, naming a process that no longer exists: it must not block the resume
+    const lock = JSON.parse(await readFile(join(tmp, '.out.rxquant-partial.lock'), 'utf8'));
+    expect(() => process.kill(lock.pid, 0)).toThrow();
 
     // a different format is refused, the partial export is kept
     const other = await cli(args(out, 'fp8'));
@@ -53,6 +56,7 @@ describe('resume after a crash', () => {
     const resumed = await cli(args(out));
     expect(resumed.code, resumed.stderr).toBe(0);
     expect(resumed.stdout).toMatch(/resuming an interrupted export: [1-3] unit\(s\) already on disk are kept/);
+    expect((await readdir(tmp)).includes('.out.rxquant-partial.lock')).toBe(false); // released when done
     const a = await files(ref), b = await files(out);
     expect([...b.keys()]).toEqual([...a.keys()]);
     for (const [f, bytes] of a) expect(Buffer.compare(bytes, b.get(f)!), f).toBe(0);

@@ -178,12 +178,17 @@ describe('planned shard writer', () => {
     expect(tempDirFor(out)).toContain('.incomplete.rxquant-partial');
   });
 
-  it('refuses a non-empty destination unless overwrite', async () => {
+  it('refuses a non-empty destination unless overwrite, and overwrites only an earlier export', async () => {
     const out = join(tmp, 'occupied');
     await mkdir(out, { recursive: true });
     await writeFile(join(out, 'keep.txt'), 'x');
     const plan = planShards([{ name: 'a', dtype: 'U8', shape: [1] }], 1e9);
     await expect(ShardWriter.create(out, plan)).rejects.toThrow(OutputError);
+    await expect(ShardWriter.create(out, plan, { overwrite: true })).rejects.toThrow(/replaces only an earlier rxquant export or an empty folder/);
+    expect(await readdir(out)).toEqual(['keep.txt']);
+    // an earlier export: both quantization configs, plain files
+    await writeFile(join(out, 'config.json'), JSON.stringify({ quantization_config: { quant_method: 'modelopt' } }));
+    await writeFile(join(out, 'hf_quant_config.json'), '{}');
     const w = await ShardWriter.create(out, plan, { overwrite: true });
     await w.write('a', new Uint8Array([7]));
     await w.finish();

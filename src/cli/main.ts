@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 /** The `rxquant` command line. Every user error ends in one `error: ...` line and a non-zero exit. */
+import { refuseDestructiveOutput, hubCacheRepoOf, type GuardedInput } from '../util/output-guard.js';
 import { Command, Option, CommanderError } from 'commander';
 import { resolve, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -59,6 +60,17 @@ function withExportOptions(cmd: Command): Command {
     .option('--calib-seq-len <n>', 'tokens per calibration sample', intOption('--calib-seq-len'), DEFAULT_CALIB_SEQ_LEN);
 }
 
+/** The source model's folder and, for a Hub download, its cache folder: nothing may be written into either. */
+function sourceInputs(modelDir: string): GuardedInput[] {
+  const inputs: GuardedInput[] = [{ what: 'the source model', path: modelDir, noWritesInside: true }];
+  const hub = hubCacheRepoOf(modelDir);
+  if (hub) inputs.push({ what: "the source's Hugging Face cache folder", path: hub, noWritesInside: true });
+  return inputs;
+}
+
+/** `verify --engine` names and the engines they mean. */
+const ENGINE_OPTION = { vllm: 'vLLM', sglang: 'SGLang', trtllm: 'TensorRT-LLM' } as const;
+
 export function buildProgram(): Command {
   const program = new Command();
   program
@@ -99,6 +111,12 @@ export function buildProgram(): Command {
       const rep = new Reporter(outputMode(o.json));
       const format = formatSpec(o.format);
       const modelDir = resolve(await resolveModel(model ?? DEFAULT_MODEL, { revision: o.revision, onFile: (f, n) => rep.info(`fetching ${f} (${formatBytes(n)})`) }));
+      // never write into, over or around an input, whatever --overwrite says
+      const guarded: GuardedInput[] = sourceInputs(modelDir);
+      if (o.stats) guarded.push({ what: 'the --stats file', path: resolve(o.stats) }, { what: "the --stats file's folder", path: dirname(resolve(o.stats)) });
+      if (o.calib) guarded.push({ what: "the --calib file's folder", path: dirname(resolve(o.calib)) });
+      if (o.eval) guarded.push({ what: "the --eval text's folder", path: dirname(resolve(o.eval)) });
+      await refuseDestructiveOutput(o.out, guarded);
       // validate config.json and every shard header before anything else is read or computed
       await (await openModel(modelDir)).close();
       const stats = o.stats ? await loadStats(resolve(o.stats)) : undefined;
@@ -222,8 +240,9 @@ export function buildProgram(): Command {
     .action(async (modelDir: string, o: Record<string, any>) => {
       const rep = new Reporter(outputMode(o.json));
       const dir = resolve(await resolveModel(modelDir, { revision: o.revision }));
-      await (await openModel(dir)).close();
       const calibPath = resolve(o.calib ?? DEFAULT_CALIB_TEXT);
+      await refuseDestructiveOutput(o.out, [...sourceInputs(dir), { what: 'the --calib file', path: calibPath }], '-o');
+      await (await openModel(dir)).close();
       const samples = await loadCalibration(calibPath, dir, { samples: o.calibSamples, seqLen: o.calibSeqLen });
       const tokens = samples.reduce((a, s) => a + s.length, 0);
       const started = Date.now();
@@ -251,18 +270,26 @@ export function buildProgram(): Command {
     .command('verify')
     .description('check an export against what vLLM, SGLang and TensorRT-LLM require when they load it')
     .argument('<export-dir>')
+    .addOption(new Option('--engine <engine>', "check one engine's loading conditions only; exit 1 when it will not load the export").choices(Object.keys(ENGINE_OPTION)))
     .option('--json', 'print the report as JSON')
-    .action(async (dir: string, o: { json?: boolean }) => {
+    .action(async (dir: string, o: { json?: boolean; engine?: keyof typeof ENGINE_OPTION }) => {
       const r = await verifyExport(resolve(dir));
-      if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+      const engines = o.engine ? r.engines.filter((e) => e.engine === ENGINE_OPTION[o.engine!]) : r.engines;
+      if (o.json) process.stdout.write(JSON.stringify({ ...r, engines }, null, 2) + '\n');
       else {
         process.stdout.write(`${r.dir}: quant_algo ${r.quantAlgo ?? '(none)'}, ${r.quantizedModules} quantized linears\n`);
         for (const n of r.notes) process.stdout.write(`note: ${n}\n`);
-        for (const e of r.engines) process.stdout.write(`${e.loads ? 'loads' : 'does not load'} in ${e.engine}: ${e.note}\n`);
+        for (const e of engines) {
+          process.stdout.write(`${e.loads ? 'loads' : 'does not load'} in ${e.engine}: ${e.note}\n`);
+          const more = (e.blockers ?? []).slice(1);
+          for (const b of more.slice(0, 5)) process.stdout.write(`  also: ${b}\n`);
+          if (more.length > 5) process.stdout.write(`  ... and ${more.length - 5} more (--json lists them all)\n`);
+        }
         for (const f of r.failures) process.stdout.write(`FAIL: ${f}\n`);
         process.stdout.write(r.failures.length === 0 ? 'OK: all checks passed\n' : `${r.failures.length} check(s) failed\n`);
       }
-      if (r.failures.length > 0) process.exitCode = 1;
+      // the checklist applies to every engine; with --engine, that engine must also load it
+      if (r.failures.length > 0 || (o.engine && engines.some((e) => !e.loads))) process.exitCode = 1;
     });
 
   return program;

@@ -11,6 +11,7 @@ import type { FusedGroup } from '../models/base.js';
 import { buildHfQuantConfig, toQuantizationConfig, type HfQuantConfig } from './quant-config.js';
 import { matchesPattern } from './exclude.js';
 import type { FormatSpec, KvCacheMode } from './formats.js';
+import type { LinearShape } from '../formats/format.js';
 import type { PyValue } from '../util/pyjson.js';
 import type { Stats } from './stats.js';
 
@@ -110,6 +111,12 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
   for (const d of skipped) {
     if (d.reason !== 'excluded by --exclude') warnings.push(`${d.module} kept in ${d.dtype}: ${d.reason}`);
   }
+  // engines whose loaders refuse these shapes: said before any work (engines.md §6 point 12)
+  const byEngine = new Map<string, string[]>();
+  for (const b of format.loadBlockers(quantizedShapes(decisions))) byEngine.set(b.engine, [...(byEngine.get(b.engine) ?? []), b.reason]);
+  for (const [engine, reasons] of byEngine) {
+    warnings.push(`${engine} will not load this export: ${reasons[0]}${reasons.length > 1 ? ` (and ${reasons.length - 1} more)` : ''}`);
+  }
   if (!options.deferStatsCheck) checkStats(model, format, kvCache, quantized, options.stats);
 
   const unquantized = [...model.arch.alwaysExcluded, ...skipped.map((d) => d.module)];
@@ -126,6 +133,11 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
   };
   plan.outputs = planOutputs(plan);
   return plan;
+}
+
+/** The quantized linears as engine loaders see them: [N, K] and fused-group membership. */
+export function quantizedShapes(decisions: Map<string, LinearDecision>): LinearShape[] {
+  return [...decisions.values()].filter((d) => d.quantized).map((d) => ({ module: d.module, N: d.N, K: d.K, fused: (d.group?.members.length ?? 0) > 1 }));
 }
 
 function checkStats(model: SourceModel, format: FormatSpec, kv: KvCacheMode, quantized: string[], stats: Stats | undefined): void {

@@ -77,9 +77,12 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
         e.ops.push({ kind: 'divCol', s: e.pqs }); // W' = W / pqs, as the AWQ search leaves it
         const ch = stats.get(`${e.module}.input_channel_amax`);
         if (ch && e.inputAmax !== undefined) {
+          // amax of x * pre_quant_scale, as ModelOpt's apply_pre_quant_scale_and_smooth computes it:
+          // the per-channel amax cast to the weight dtype, times the f32 scale (f32 products), the
+          // max, cast back to the weight dtype: dtype(max_k f32(dtype(amax_k) * pqs_k)).
           let m = 0;
-          for (let k = 0; k < e.K; k++) m = Math.max(m, Math.fround(ch[k]! * e.pqs[k]!));
-          e.inputAmax = m; // amax of x * pre_quant_scale
+          for (let k = 0; k < e.K; k++) m = Math.max(m, Math.fround(roundToDType(ch[k]!, e.dtype) * given[k]!));
+          e.inputAmax = roundToDType(m, e.dtype);
         }
       }
     }

@@ -9,11 +9,30 @@
  */
 import type { DType } from '../safetensors/dtypes.js';
 
+export type EngineName = 'vLLM' | 'SGLang' | 'TensorRT-LLM';
+
 /** Which engines load a format (spec engines.md §1, §5, §6.13-14), for `plan` and `verify`. */
 export interface EngineSupport {
-  engine: 'vLLM' | 'SGLang' | 'TensorRT-LLM';
+  engine: EngineName;
   loads: boolean;
   note: string;
+  /** What in this particular export stops the engine from loading it (shapes its loader refuses). */
+  blockers?: string[];
+}
+
+/** A quantized linear as an engine's loader sees it: logical [N, K] and whether it is part of a fused group. */
+export interface LinearShape {
+  module: string;
+  N: number;
+  K: number;
+  /** Member of a fused group (q/k/v, gate/up) that engines load as one merged linear. */
+  fused: boolean;
+}
+
+/** A condition of one engine's loader that an export's shapes break. */
+export interface EngineBlocker {
+  engine: EngineName;
+  reason: string;
 }
 
 /** A tensor the export writes: name, dtype and shape (the writer lays shards out from these). */
@@ -115,9 +134,17 @@ export interface QuantFormat {
   /** How engines quantize this format's activations with `input_scale`, if at all. */
   activation: 'fp8' | 'nvfp4' | undefined;
 
-  /** Which engines load it. */
+  /** The logical [N, K] of a linear from its stored `weight` shape. */
+  logicalShape(stored: readonly number[]): [number, number];
+  /** Which engines load the format at all. */
   engines: EngineSupport[];
+  /** Shape conditions of the engines' loaders that these quantized linears break (none: they load). */
+  loadBlockers(linears: readonly LinearShape[]): EngineBlocker[];
 }
+
+/** The common case: [N, K] stored as is. */
+export const unpackedShape = (s: readonly number[]): [number, number] => [s[0]!, s[1]!];
+export const noBlockers = (): EngineBlocker[] => [];
 
 export function f32Scalar(bytes: Uint8Array): number {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getFloat32(0, true);

@@ -7,7 +7,7 @@
 import { e4m3EncodeRef, e4m3Encode, E4M3_VALUES } from '../codecs/e4m3.js';
 import { bf16ToF32, roundToDType, f16ToF32 } from '../codecs/float.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
-import { bytesOf, f32Scalar, type QuantFormat } from './format.js';
+import { bytesOf, f32Scalar, noBlockers, unpackedShape, type QuantFormat } from './format.js';
 
 export const FP8_MAX = 448;
 
@@ -89,6 +89,8 @@ export const fp8: QuantFormat = {
     return { w: dequantizeFp8(weight, f32Scalar(scale)), N, K };
   },
   activation: 'fp8',
+  logicalShape: unpackedShape,
+  loadBlockers: noBlockers,
   engines: [
     { engine: 'vLLM', loads: true, note: '>= 0.10.1; FP8 GEMMs need SM89+ (Ada/Hopper), emulated on SM80 in recent releases' },
     { engine: 'SGLang', loads: true, note: '>= 0.4.10; SM89+' },

@@ -3,7 +3,7 @@
  * per 128x128 tile, stored as `weight_scale` [ceil(N/128), 1, ceil(K/128), 1]; activations stay 16-bit.
  * The math is in fp8-block.ts.
  */
-import { bytesOf, f32Array, sameShape, type QuantFormat } from './format.js';
+import { bytesOf, f32Array, sameShape, unpackedShape, type EngineBlocker, type QuantFormat } from './format.js';
 import { FP8_BLOCK, fp8BlockScaleShape, dequantizeFp8Block } from './fp8-block.js';
 
 export const fp8_pb_wo: QuantFormat = {
@@ -44,6 +44,24 @@ export const fp8_pb_wo: QuantFormat = {
     return { w: dequantizeFp8Block(weight, N, K, f32Array(scale)), N, K };
   },
   activation: undefined,
+  logicalShape: unpackedShape,
+  /**
+   * vLLM's ModelOptFp8PbWoLinearMethod.create_weights raises unless in_features and out_features
+   * (per tensor-parallel partition) are multiples of its fixed 128x128 block; its merged QKV and
+   * gate/up loaders fail on a member whose out_features is not (`start + length exceeds dimension
+   * size`), spec engines.md §2.3 and §6 point 12. TensorRT-LLM pads its blocks.
+   */
+  loadBlockers: (linears) => {
+    const out: EngineBlocker[] = [];
+    for (const l of linears) {
+      if (l.K % FP8_BLOCK !== 0) out.push({ engine: 'vLLM', reason: `${l.module}: in_features ${l.K} is not a multiple of 128 (vLLM's block-FP8 linear requires it)` });
+      else if (l.N % FP8_BLOCK !== 0) {
+        const what = l.fused ? "merged QKV / gate-up loader fails on a member" : 'block-FP8 linear requires out_features a multiple of 128';
+        out.push({ engine: 'vLLM', reason: `${l.module}: out_features ${l.N} is not a multiple of 128 (vLLM's ${what})` });
+      }
+    }
+    return out;
+  },
   engines: [
     { engine: 'vLLM', loads: true, note: 'vLLM with PR #30957 (2025-12) or later; 128x128 block FP8' },
     { engine: 'SGLang', loads: false, note: 'not supported (SGLang takes only FP8 / NVFP4)' },

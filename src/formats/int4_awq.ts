@@ -4,7 +4,7 @@
  * low nibble); an AWQ `pre_quant_scale` per input channel; activations stay 16-bit. Math in int4.ts.
  */
 import { packInt4Rows, unpackInt4Rows } from '../codecs/int4.js';
-import { bytesOf, f32Array, sameShape, type QuantFormat } from './format.js';
+import { bytesOf, f32Array, noBlockers, sameShape, type QuantFormat } from './format.js';
 import { INT4_GROUP, dequantizeInt4 } from './int4.js';
 
 export const int4_awq: QuantFormat = {
@@ -45,6 +45,8 @@ export const int4_awq: QuantFormat = {
     return { w: dequantizeInt4(unpackInt4Rows(weight, N, K), N, K, f32Array(scale)), N, K };
   },
   activation: undefined,
+  logicalShape: (s) => [s[0]! * 2, s[1]!],
+  loadBlockers: noBlockers,
   engines: [
     { engine: 'vLLM', loads: false, note: "the AWQ family is not in vLLM's ModelOpt loader" },
     { engine: 'SGLang', loads: true, note: 'experimental' },

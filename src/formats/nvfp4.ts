@@ -9,7 +9,7 @@
  */
 import { e4m3EncodeRef, e4m3Encode, E4M3_VALUES } from '../codecs/e4m3.js';
 import { e2m1EncodeRef, e2m1Encode, E2M1_VALUES, packNibblesK, unpackNibblesK } from '../codecs/e2m1.js';
-import { bytesOf, sameShape, type QuantFormat } from './format.js';
+import { bytesOf, noBlockers, sameShape, type QuantFormat } from './format.js';
 import { bf16ToF32, f16ToF32 } from '../codecs/float.js';
 
 export const NVFP4_GROUP = 16;
@@ -174,6 +174,8 @@ export const nvfp4: QuantFormat = {
     return { w: dequantizeNvfp4(unpackNibblesK(weight), scale, N, K, scale2!), N, K };
   },
   activation: 'nvfp4',
+  logicalShape: (s) => [s[0]!, s[1]! * 2],
+  loadBlockers: noBlockers,
   engines: [
     { engine: 'vLLM', loads: true, note: '>= 0.10.1; W4A4 needs Blackwell (SM100+), else the Marlin weight-only fallback' },
     { engine: 'SGLang', loads: true, note: '>= 0.4.10; Blackwell, or --fp4-gemm-backend marlin on SM80-90' },

@@ -1,6 +1,6 @@
 /** Every export format rxquant writes, by `--format` name (each record is one file of this folder). */
 import { UsageError } from '../errors.js';
-import type { EngineSupport, QuantFormat } from './format.js';
+import type { EngineSupport, LinearShape, QuantFormat } from './format.js';
 import { fp8 } from './fp8.js';
 import { fp8_pb_wo } from './fp8_pb_wo.js';
 import { nvfp4 } from './nvfp4.js';
@@ -34,9 +34,18 @@ export function formatByQuantAlgo(quantAlgo: string | undefined): FormatSpec | u
   return Object.values(FORMATS).find((f) => f.quantAlgo === quantAlgo);
 }
 
-/** Which engines load a quant_algo; an unknown one loads nowhere. */
-export function engineSupport(quantAlgo: string): EngineSupport[] {
+/**
+ * Which engines load a quant_algo; an unknown one loads nowhere. Given the export's quantized
+ * linears, an engine whose loader refuses their shapes is marked as not loading, with the reasons.
+ */
+export function engineSupport(quantAlgo: string, linears?: readonly LinearShape[]): EngineSupport[] {
   const f = formatByQuantAlgo(quantAlgo);
-  if (f) return f.engines.map((e) => ({ ...e }));
+  if (f) {
+    const blockers = linears ? f.loadBlockers(linears) : [];
+    return f.engines.map((e) => {
+      const mine = blockers.filter((b) => b.engine === e.engine).map((b) => b.reason);
+      return mine.length === 0 ? { ...e } : { ...e, loads: false, note: `${e.note}; but not this export: ${mine[0]}${mine.length > 1 ? ` (and ${mine.length - 1} more)` : ''}`, blockers: mine };
+    });
+  }
   return (['vLLM', 'SGLang', 'TensorRT-LLM'] as const).map((engine) => ({ engine, loads: false, note: `unknown quant_algo ${quantAlgo}` }));
 }

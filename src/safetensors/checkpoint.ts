@@ -58,7 +58,7 @@ async function openSharded(dir: string, indexPath: string): Promise<Checkpoint> 
   const weightMap = new Map<string, string>();
   const shardNames = new Set<string>();
   for (const [name, shard] of Object.entries(wm as Record<string, unknown>)) {
-    if (typeof shard !== 'string' || shard.includes('/') || shard.includes('\\') || shard === '..') {
+    if (typeof shard !== 'string' || shard.includes('/') || shard.includes('\\') || shard === '..' || shard === '.' || shard === '') {
       throw new CheckpointError(indexPath, `weight_map entry "${name}" names an invalid shard ${JSON.stringify(shard)}`);
     }
     weightMap.set(name, shard);

@@ -33,6 +33,21 @@ export function isFloatWeightDType(d: DType): d is FloatDType {
   return d === 'F32' || d === 'BF16' || d === 'F16';
 }
 
+/**
+ * Product of a shape's extents times an element size, refusing (RangeError) any dimension that is not
+ * a non-negative safe integer and any product past 2^53, where doubles stop counting exactly (the
+ * safetensors crate's checked_mul). Zero-sized dimensions give 0.
+ */
+export function checkedProduct(shape: readonly number[], elementSize = 1): number {
+  let n = elementSize;
+  for (const d of shape) {
+    if (!Number.isSafeInteger(d) || d < 0) throw new RangeError(`dimension ${d} is not a non-negative integer`);
+    n *= d;
+    if (!Number.isSafeInteger(n)) throw new RangeError(`[${shape.join(', ')}] x ${elementSize} bytes is past 2^53`);
+  }
+  return n;
+}
+
 export function numelOf(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) n *= d;

@@ -125,7 +125,9 @@ export class SafetensorsFile {
       throw new SafetensorsFormatError(path, `cannot open: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
     try {
-      const size = (await handle.stat()).size;
+      const st = await handle.stat();
+      if (!st.isFile()) throw new SafetensorsFormatError(path, 'not a file');
+      const size = st.size;
       const prefix = new Uint8Array(8);
       if (size >= 8) await readFully(handle, prefix, 0, path);
       const headerLength = parseHeaderLength(prefix, size, path);

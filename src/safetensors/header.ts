@@ -1,5 +1,5 @@
 import { SafetensorsFormatError } from '../errors.js';
-import { dtypeSize, isDType, numelOf, type DType } from './dtypes.js';
+import { checkedProduct, dtypeSize, isDType, type DType } from './dtypes.js';
 
 /** One tensor entry of a safetensors header, validated. Offsets are relative to the data section. */
 export interface TensorInfo {
@@ -130,7 +130,12 @@ function parseEntry(name: string, value: unknown, file: string): TensorInfo {
   const [begin, end] = off as [number, number];
   if (end < begin) throw new SafetensorsFormatError(file, `data_offsets [${begin}, ${end}] end before they begin`, name);
   const shape = v.shape as number[];
-  const expectedBytes = numelOf(shape) * dtypeSize(v.dtype);
+  let expectedBytes: number;
+  try {
+    expectedBytes = checkedProduct(shape, dtypeSize(v.dtype));
+  } catch {
+    throw new SafetensorsFormatError(file, `${v.dtype} ${JSON.stringify(shape)} needs more than 2^53 bytes`, name);
+  }
   if (end - begin !== expectedBytes) {
     throw new SafetensorsFormatError(
       file,

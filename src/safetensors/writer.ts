@@ -5,6 +5,7 @@ import { dtypeSize, numelOf, type DType } from './dtypes.js';
 import { INDEX_FILE, SINGLE_FILE } from './checkpoint.js';
 import { formatBytes } from './size.js';
 import { AlignedFile, StagingPool } from './aligned-file.js';
+import { OutputLock } from './lock.js';
 
 /** What the writer needs to know about an output tensor before any of its data exists. */
 export interface TensorSpec {
@@ -140,6 +141,7 @@ export class ShardWriter {
   private written = new Map<string, [number, number][]>();
   private finished = false;
   private journal: Journal | undefined;
+  private lock: OutputLock | undefined;
 
   private constructor(
     readonly outDir: string,
@@ -152,6 +154,23 @@ export class ShardWriter {
     await checkDestination(abs, options.overwrite ?? false);
     await checkFreeSpace(dirname(abs), plan.totalSize + plan.shards.reduce((a, s) => a + s.header.length, 0) + 16 * 2 ** 20);
     const tmp = tempDirFor(abs);
+    try {
+      await mkdir(dirname(abs), { recursive: true });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      // EEXIST from a recursive mkdir: the path exists as something other than a folder
+      throw new OutputError(`${dirname(abs)}: cannot create the output folder (${code === 'EEXIST' ? 'ENOTDIR' : code ?? (e as Error).message})`);
+    }
+    const lock = await OutputLock.acquire(`${tmp}.lock`, abs);
+    try {
+      return await ShardWriter.createLocked(abs, tmp, plan, options, lock);
+    } catch (e) {
+      await lock.release();
+      throw e;
+    }
+  }
+
+  private static async createLocked(abs: string, tmp: string, plan: ShardPlan, options: ShardWriterOptions, lock: OutputLock): Promise<ShardWriter> {
     const journal = options.fingerprint ? await readJournal(tmp) : undefined;
     const resuming = journal !== undefined && journal.fingerprint === options.fingerprint;
     if (journal && !resuming && !options.restart) {
@@ -168,6 +187,7 @@ export class ShardWriter {
       }
     }
     const w = new ShardWriter(abs, tmp, plan);
+    w.lock = lock;
     w.journal = options.fingerprint ? (resuming ? journal! : { fingerprint: options.fingerprint, done: {} }) : undefined;
     try {
       for (const shard of plan.shards) {
@@ -183,7 +203,7 @@ export class ShardWriter {
         await w.saveJournal();
       }
     } catch (e) {
-      await w.abort();
+      await w.abort(false);
       throw e instanceof RxquantError ? e : new OutputError(`${tmp}: ${(e as Error).message}`);
     }
     return w;
@@ -289,13 +309,15 @@ export class ShardWriter {
     await rm(join(this.tempDir, JOURNAL), { force: true });
     await moveIntoPlace(this.tempDir, this.outDir);
     this.finished = true;
+    await this.lock?.release();
   }
 
   /** Closes everything and removes the temporary folder; the destination is left as it was. */
-  async abort(): Promise<void> {
+  async abort(releaseLock = true): Promise<void> {
     for (const h of this.handles.values()) await h.release();
     this.handles.clear();
     await rm(this.tempDir, { recursive: true, force: true });
+    if (releaseLock) await this.lock?.release();
   }
 }
 
@@ -326,6 +348,27 @@ async function checkDestination(abs: string, overwrite: boolean): Promise<void> 
   const entries = await readdir(abs);
   if (entries.length > 0 && !overwrite) {
     throw new OutputError(`${abs}: output folder exists and is not empty (pass --overwrite to replace it)`);
+  }
+  if (entries.length > 0 && !(await isEarlierExport(abs, entries))) {
+    throw new OutputError(
+      `${abs}: --overwrite replaces only an earlier rxquant export or an empty folder, and this folder holds something else (e.g. "${entries.sort()[0]}"); remove it yourself or choose another output folder`,
+    );
+  }
+}
+
+/**
+ * An earlier export: plain files only, with the two quantization configs an export writes
+ * (hf_quant_config.json, and config.json's quantization_config from ModelOpt). A model folder, a
+ * home folder or a project folder is none of these.
+ */
+async function isEarlierExport(dir: string, entries: string[]): Promise<boolean> {
+  if (!entries.includes('hf_quant_config.json') || !entries.includes('config.json')) return false;
+  for (const e of entries) if (!(await stat(join(dir, e))).isFile()) return false;
+  try {
+    const cfg = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'));
+    return cfg?.quantization_config?.quant_method === 'modelopt';
+  } catch {
+    return false;
   }
 }
 

@@ -10,7 +10,7 @@
  * other two compute their rows from reads of the base, a bounded block at a time.
  */
 import { CheckpointError } from '../errors.js';
-import { dtypeSize, type DType } from '../safetensors/dtypes.js';
+import { checkedProduct, dtypeSize, type DType } from '../safetensors/dtypes.js';
 import type { TensorRef } from '../safetensors/file.js';
 import { decodeToFloat32, f32ToBf16 } from '../codecs/float.js';
 import { E4M3_VALUES } from '../codecs/e4m3.js';
@@ -22,13 +22,11 @@ void _tensorRefIsASource;
 
 /** Product of a shape's extents, refusing anything past 2^53 (where doubles stop counting exactly). */
 export function checkedNumel(shape: readonly number[], what: string): number {
-  let n = 1;
-  for (const d of shape) {
-    if (!Number.isSafeInteger(d) || d < 0) throw new RangeError(`${what}: dimension ${d} is not a non-negative integer`);
-    n *= d;
-    if (!Number.isSafeInteger(n)) throw new RangeError(`${what}: shape [${shape.join(', ')}] has more than 2^53 elements`);
+  try {
+    return checkedProduct(shape);
+  } catch (e) {
+    throw new RangeError(`${what}: shape [${shape.join(', ')}]: ${(e as Error).message}`);
   }
-  return n;
 }
 
 /** Shared bookkeeping of a view: sizes from dtype and shape, whole-tensor and byte-range reads via readRows. */
