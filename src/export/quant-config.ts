@@ -2,6 +2,7 @@
  * hf_quant_config.json (spec §3) and config.json's quantization_config (spec §4), key for key in
  * ModelOpt's order.
  */
+import { formatByQuantAlgo } from '../formats/registry.js';
 import type { FormatSpec, KvCacheMode } from './formats.js';
 import { summarizeExcludeModules } from './exclude.js';
 import type { PyValue } from '../util/pyjson.js';
@@ -42,12 +43,8 @@ const FP8_SCHEME = () => ({ dynamic: false, num_bits: 8, type: 'float' });
 export function toQuantizationConfig(hf: HfQuantConfig): Record<string, PyValue> {
   const q = hf.quantization;
   const out: Record<string, PyValue> = {};
-  if (q.quant_algo === 'FP8') {
-    out.config_groups = { group_0: { input_activations: FP8_SCHEME(), weights: FP8_SCHEME(), targets: ['Linear'] } };
-  } else if (q.quant_algo === 'NVFP4') {
-    const fp4 = () => ({ dynamic: false, num_bits: 4, type: 'float', group_size: q.group_size ?? 16 });
-    out.config_groups = { group_0: { input_activations: fp4(), weights: fp4(), targets: ['Linear'] } };
-  }
+  const groups = formatByQuantAlgo(q.quant_algo)?.configGroups?.(q.group_size ?? undefined);
+  if (groups) out.config_groups = groups;
   out.ignore = [...q.exclude_modules];
   out.quant_algo = q.quant_algo;
   if (q.kv_cache_quant_algo !== null) {

@@ -8,6 +8,7 @@
  * quantization math of this folder.
  */
 import type { DType } from '../safetensors/dtypes.js';
+import type { PyValue } from '../util/pyjson.js';
 
 export type EngineName = 'vLLM' | 'SGLang' | 'TensorRT-LLM';
 
@@ -134,6 +135,11 @@ export interface QuantFormat {
   /** How engines quantize this format's activations with `input_scale`, if at all. */
   activation: 'fp8' | 'nvfp4' | undefined;
 
+  /**
+   * config.json's `quantization_config.config_groups` for this format, as ModelOpt's
+   * `convert_hf_quant_config_format` writes it (only FP8 and NVFP4 get one); none: omitted.
+   */
+  configGroups?: (groupSize: number | undefined) => Record<string, PyValue>;
   /** The logical [N, K] of a linear from its stored `weight` shape. */
   logicalShape(stored: readonly number[]): [number, number];
   /** Which engines load the format at all. */

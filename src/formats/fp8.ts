@@ -89,6 +89,10 @@ export const fp8: QuantFormat = {
     return { w: dequantizeFp8(weight, f32Scalar(scale)), N, K };
   },
   activation: 'fp8',
+  configGroups: () => {
+    const fp8 = () => ({ dynamic: false, num_bits: 8, type: 'float' });
+    return { group_0: { input_activations: fp8(), weights: fp8(), targets: ['Linear'] } };
+  },
   logicalShape: unpackedShape,
   loadBlockers: noBlockers,
   engines: [

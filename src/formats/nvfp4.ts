@@ -174,6 +174,10 @@ export const nvfp4: QuantFormat = {
     return { w: dequantizeNvfp4(unpackNibblesK(weight), scale, N, K, scale2!), N, K };
   },
   activation: 'nvfp4',
+  configGroups: (groupSize) => {
+    const fp4 = () => ({ dynamic: false, num_bits: 4, type: 'float', group_size: groupSize ?? NVFP4_GROUP });
+    return { group_0: { input_activations: fp4(), weights: fp4(), targets: ['Linear'] } };
+  },
   logicalShape: (s) => [s[0]!, s[1]! * 2],
   loadBlockers: noBlockers,
   engines: [
