@@ -31,8 +31,12 @@ export interface LayerWeights {
 export type LinearName = 'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down';
 
 export interface LayerHooks {
-  /** Input of a linear, [T, K]; q/k/v share one input (and gate/up), reported once per linear. */
-  linearInput?(name: LinearName, x: Float32Array, T: number, K: number): void;
+  /**
+   * Input of a linear, [T, K], by its role in the layer ("q", "gate", "router", "e3.down", ...);
+   * q/k/v share one input (and gate/up), reported once per linear. T may be 0 (an expert no token
+   * was routed to).
+   */
+  linearInput?(role: string, x: Float32Array, T: number, K: number): void;
   /** Keys after RoPE [T, kvHeads*d] and values [T, kvHeads*d]. */
   keysValues?(k: Float32Array, v: Float32Array, T: number): void;
 }
@@ -215,45 +219,88 @@ export async function decoderLayer(
     scratchOf.set(layer.engine, reuse);
   }
   return reuse.use(`${T},${cfg.hiddenSize},${cfg.intermediateSize}`, async (scratch) => {
-    const lw = layer.norms;
-    const H = cfg.hiddenSize, d = cfg.headDim, nH = cfg.numHeads, nKV = cfg.numKvHeads;
-    // --- attention block
-    // [T, H]; the MLP's normed input reuses the buffer once q, k and v are computed
-    const x = rmsnorm(h, T, H, lw.inputNorm, cfg.rmsNormEps, scratch.x);
-    for (const n of ['q', 'k', 'v'] as const) hooks.linearInput?.(n, x, T, H);
-    const [q, k, v] = (await layer.qkv.run(x, T)) as [Float32Array, Float32Array, Float32Array]; // [T, nH*d], [T, nKV*d] x2
-    if (lw.qNorm) rmsnorm(q, T * nH, d, lw.qNorm, cfg.rmsNormEps, q);
-    if (lw.kNorm) rmsnorm(k, T * nKV, d, lw.kNorm, cfg.rmsNormEps, k);
-    applyRope(q, T, nH, d, cos, sin);
-    applyRope(k, T, nKV, d, cos, sin);
-    hooks.keysValues?.(k, v, T);
-    // [T, nH*d]; the engine's attention when it has one (it has no padding mask)
-    const att = layer.engine.attention && !valid ? await (await layer.engine.attention(T, nH, nKV, d))(q, k, v) : attention(q, k, v, T, nH, nKV, d, valid);
-    hooks.linearInput?.('o', att, T, nH * d);
-    const [o] = (await layer.o.run(att, T)) as [Float32Array]; // [T, H]
-    const h1 = h; // h + attention, in place
-    for (let i = 0; i < h1.length; i++) h1[i] = h1[i]! + o[i]!;
-    // --- MLP block (SwiGLU)
-    const x2 = rmsnorm(h1, T, H, lw.postNorm, cfg.rmsNormEps, x);
-    hooks.linearInput?.('gate', x2, T, H);
-    hooks.linearInput?.('up', x2, T, H);
-    const I = cfg.intermediateSize;
-    const act = scratch.act; // silu(gate) * up, [T, I]
-    if (layer.gateUp.runFused) {
-      const gu = await layer.gateUp.runFused(x2, T); // [T, 2I]: gate | up, read in place
-      for (let t = 0; t < T; t++) {
-        const o = 2 * t * I;
-        for (let i = 0; i < I; i++) act[t * I + i] = Math.fround(silu(gu[o + i]!)) * gu[o + I + i]!;
-      }
-    } else {
-      const [g, u] = (await layer.gateUp.run(x2, T)) as [Float32Array, Float32Array]; // [T, I] x2
-      for (let i = 0; i < act.length; i++) act[i] = Math.fround(silu(g[i]!)) * u[i]!;
-    }
-    hooks.linearInput?.('down', act, T, I);
-    const [dn] = (await layer.down.run(act, T)) as [Float32Array]; // [T, H]
+    const H = cfg.hiddenSize;
+    const h1 = await attentionBlock(h, T, layer, cfg, cos, sin, hooks, valid, scratch.x);
+    // the MLP's normed input reuses the attention's buffer
+    const x2 = rmsnorm(h1, T, H, layer.norms.postNorm, cfg.rmsNormEps, scratch.x);
+    const dn = await swiGluMlp(x2, T, H, cfg.intermediateSize, layer.gateUp, layer.down, hooks, '', scratch.act);
     for (let i = 0; i < h1.length; i++) h1[i] = h1[i]! + dn[i]!;
     return h1;
   });
+}
+
+/** The attention part of a layer (what every family shares), as PreparedLayer and its MoE variant hold it. */
+export interface PreparedAttention {
+  norms: Pick<LayerWeights, 'inputNorm' | 'qNorm' | 'kNorm'>;
+  engine: GemmEngine;
+  qkv: PreparedGroup;
+  o: PreparedGroup;
+}
+
+/**
+ * h [T, H] -> h + attention(input_layernorm(h)), written over h: q/k/v (one GEMM group), optional
+ * per-head q/k RMSNorm (Qwen3), RoPE, causal GQA, o_proj. `x`: a [T, H] scratch for the normed input.
+ */
+export async function attentionBlock(
+  h: Float32Array,
+  T: number,
+  layer: PreparedAttention,
+  cfg: ModelConfig,
+  cos: Float32Array,
+  sin: Float32Array,
+  hooks: LayerHooks = {},
+  valid?: Uint8Array,
+  x: Float32Array = new Float32Array(T * cfg.hiddenSize),
+): Promise<Float32Array> {
+  const lw = layer.norms;
+  const H = cfg.hiddenSize, d = cfg.headDim, nH = cfg.numHeads, nKV = cfg.numKvHeads;
+  rmsnorm(h, T, H, lw.inputNorm, cfg.rmsNormEps, x); // [T, H]
+  for (const n of ['q', 'k', 'v'] as const) hooks.linearInput?.(n, x, T, H);
+  const [q, k, v] = (await layer.qkv.run(x, T)) as [Float32Array, Float32Array, Float32Array]; // [T, nH*d], [T, nKV*d] x2
+  if (lw.qNorm) rmsnorm(q, T * nH, d, lw.qNorm, cfg.rmsNormEps, q);
+  if (lw.kNorm) rmsnorm(k, T * nKV, d, lw.kNorm, cfg.rmsNormEps, k);
+  applyRope(q, T, nH, d, cos, sin);
+  applyRope(k, T, nKV, d, cos, sin);
+  hooks.keysValues?.(k, v, T);
+  // [T, nH*d]; the engine's attention when it has one (it has no padding mask)
+  const att = layer.engine.attention && !valid ? await (await layer.engine.attention(T, nH, nKV, d))(q, k, v) : attention(q, k, v, T, nH, nKV, d, valid);
+  hooks.linearInput?.('o', att, T, nH * d);
+  const [o] = (await layer.o.run(att, T)) as [Float32Array]; // [T, H]
+  for (let i = 0; i < h.length; i++) h[i] = h[i]! + o[i]!;
+  return h;
+}
+
+/**
+ * SwiGLU MLP: x [T, H] (at least) -> down(silu(gate(x)) * up(x)) [T, H] (the engine's output buffer: copy or
+ * consume it before the next run). Hooks see `${prefix}gate`, `${prefix}up`, `${prefix}down`.
+ * `act`: a [T, I] scratch for the activation.
+ */
+export async function swiGluMlp(
+  x: Float32Array,
+  T: number,
+  H: number,
+  I: number,
+  gateUp: PreparedGroup,
+  down: PreparedGroup,
+  hooks: LayerHooks = {},
+  prefix = '',
+  act: Float32Array = new Float32Array(T * I),
+): Promise<Float32Array> {
+  hooks.linearInput?.(`${prefix}gate`, x, T, H);
+  hooks.linearInput?.(`${prefix}up`, x, T, H);
+  if (gateUp.runFused) {
+    const gu = await gateUp.runFused(x, T); // [T, 2I]: gate | up, read in place
+    for (let t = 0; t < T; t++) {
+      const o = 2 * t * I;
+      for (let i = 0; i < I; i++) act[t * I + i] = Math.fround(silu(gu[o + i]!)) * gu[o + I + i]!;
+    }
+  } else {
+    const [g, u] = (await gateUp.run(x, T)) as [Float32Array, Float32Array]; // [T, I] x2
+    for (let i = 0; i < T * I; i++) act[i] = Math.fround(silu(g[i]!)) * u[i]!;
+  }
+  hooks.linearInput?.(`${prefix}down`, act, T, I);
+  const [dn] = (await down.run(act, T)) as [Float32Array]; // [T, H]
+  return dn;
 }
 
 /**
