@@ -70,7 +70,7 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
             const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, maxT);
             for (let i = 0; i < samples.length; i++) {
               const h = await model.arch.forward.run(await hidden.get(i), samples[i]!.length, layer, cfg, cos, sin, {
-                linearInput: (name, x, T, K) => collector.observe(layout.linears[layout.roles.indexOf(name)]!, x, T, K),
+                linearInput: (name, x, T, K) => collector.observe(layout.observed?.[name] ?? layout.linears[layout.roles.indexOf(name)]!, x, T, K),
                 keysValues: (k, v) => collector.observeKV(layout.attention, k, v),
               });
               await hidden.set(i, h);

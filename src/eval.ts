@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { openCheckpoint } from './safetensors/checkpoint.js';
 import { readConfigJson } from './model.js';
 import { architectureFor } from './models/index.js';
-import type { PreparedLayer } from './forward/layer.js';
+import type { LoadedLayer } from './models/index.js';
 import { defaultGemm, type GemmEngine, type PreparedLinear } from './forward/gemm.js';
 import { cpus } from 'node:os';
 import { embed, loadHead, weightSource } from './forward/weights.js';
@@ -58,7 +58,7 @@ export async function perplexity(modelDir: string, textPath: string, opts: Perpl
   try {
     const src = weightSource(ck, quantAlgo);
     const gemm = opts.gemm ?? (await defaultGemm(cpus().length));
-    const layers: PreparedLayer[] = [];
+    const layers: LoadedLayer[] = [];
     for (let i = 0; i < cfg.numLayers; i++) layers.push(await arch.forward.load(src, arch.layer(i, cfg), cfg, gemm));
     const { norm, head: headWeights } = await loadHead(src, cfg, arch.names);
     const head = await gemm.prepare(headWeights);

@@ -139,7 +139,20 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
       const linears = [...arch.alwaysExcluded];
       for (let i = 0; i < cfg.numLayers; i++) {
         const layout = arch.layer(i, cfg);
-        linears.push(...layout.linears);
+        linears.push(...layout.linears, ...(layout.excluded ?? []));
+        for (const r of layout.excluded ?? []) if (quantized.has(r)) fail(`${r} is quantized, but routers stay unquantized (engines load them as plain linears)`);
+        // MoE: one input_scale per projection type across a layer's experts; gate and up of an expert share their weight scale
+        const sameAcross = (groups: string[][] | undefined, keys: string[], what: string) => {
+          for (const g of groups ?? []) {
+            for (const k of keys) {
+              const vals = g.filter((m) => quantized.has(m)).map((m) => [m, values.get(`${m}.${k}`)] as const).filter(([, v]) => v !== undefined);
+              const odd = vals.find(([, v]) => v !== vals[0]![1]);
+              if (odd) fail(`${odd[0]}.${k} = ${odd[1]} differs from ${vals[0]![0]}.${k} = ${vals[0]![1]} (${what})`);
+            }
+          }
+        };
+        sameAcross(layout.sharedInputScale, ['input_scale'], 'engines keep one input_scale per projection type for all experts of a layer');
+        sameAcross(layout.sharedWeightScale, ['weight_scale', 'weight_scale_2'], "an expert's gate and up share their weight scale (TensorRT-LLM and vLLM load them as one)");
         for (const g of layout.groups) {
           if (g.members.length > 1) g.members.forEach((m) => fusedMembers.add(m));
           const members = g.members.filter((m) => quantized.has(m));

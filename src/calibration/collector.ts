@@ -45,7 +45,8 @@ export class StatsCollector {
     const s: Stats = new Map();
     for (const [m, a] of this.linears) {
       s.set(`${m}.input_amax`, Float32Array.of(a.amax));
-      s.set(`${m}.input_absmean`, Float32Array.from(a.absSum, (x) => x / a.tokens));
+      // an expert no token was routed to: amax 0 (the export then takes its siblings' maximum)
+      s.set(`${m}.input_absmean`, Float32Array.from(a.absSum, (x) => (a.tokens === 0 ? 0 : x / a.tokens)));
       s.set(`${m}.input_channel_amax`, a.chAmax);
     }
     for (const [attn, e] of this.kv) {

@@ -75,6 +75,9 @@ export function keepsPreQuantScale(plan: Pick<ExportPlan, 'format' | 'decisions'
 }
 
 export function createPlan(model: SourceModel, format: FormatSpec, options: ExportOptions = {}): ExportPlan {
+  if (format.awq && model.arch.awqUnsupported) {
+    throw new QuantizationError(`format ${format.name} is not available for ${model.arch.family} yet: ${model.arch.awqUnsupported}; use fp8, fp8_pb_wo or nvfp4`);
+  }
   const kvCache = options.kvCache ?? 'fp8_cast';
   const warnings: string[] = [];
   const decisions = new Map<string, LinearDecision>();
@@ -89,15 +92,21 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
       else if (format.evenRows && N % 2 !== 0) reason = `out_features ${N} is odd (int4 packs pairs of rows)`;
       decisions.set(m, { module: m, layer: layout.index, N, K, dtype: t.dtype as FloatDType, quantized: reason === undefined, reason, group });
     }
-    // fused groups are quantized all or none (engines §6.11: one GEMM, one format)
-    for (const g of layout.groups) {
-      const bad = g.members.map((m) => decisions.get(m)!).find((d) => !d.quantized);
-      if (!bad) continue;
-      for (const m of g.members) {
-        const d = decisions.get(m)!;
-        if (d.quantized) {
-          d.quantized = false;
-          d.reason = `fused with ${bad.module}, which stays unquantized`;
+    // fused groups, and the experts of an MoE layer, are quantized all or none (engines §6.11:
+    // one GEMM, one format); repeated until stable, as the two kinds of group overlap
+    const allOrNone = [...layout.groups.map((g) => g.members), ...(layout.sharedWeightScale ?? []), ...(layout.sharedInputScale ?? [])];
+    for (let changed = true; changed; ) {
+      changed = false;
+      for (const members of allOrNone) {
+        const bad = members.map((m) => decisions.get(m)!).find((d) => !d.quantized);
+        if (!bad) continue;
+        for (const m of members) {
+          const d = decisions.get(m)!;
+          if (d.quantized) {
+            d.quantized = false;
+            d.reason = `${layout.groups.some((g) => g.members.includes(m) && g.members.includes(bad.module)) ? 'fused with' : 'shares its scales with'} ${bad.module}, which stays unquantized`;
+            changed = true;
+          }
         }
       }
     }
@@ -119,7 +128,7 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
   }
   if (!options.deferStatsCheck) checkStats(model, format, kvCache, quantized, options.stats);
 
-  const unquantized = [...model.arch.alwaysExcluded, ...skipped.map((d) => d.module)];
+  const unquantized = [...model.arch.alwaysExcluded, ...model.layers.flatMap((l) => l.excluded ?? []), ...skipped.map((d) => d.module)];
   const hfQuantConfig = buildHfQuantConfig(format, kvCache, unquantized, quantized);
   const plan: ExportPlan = {
     format,

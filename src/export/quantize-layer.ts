@@ -154,6 +154,19 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
       }
     }
   }
+  // MoE (spec families.md §1.3): gate and up of one expert share the weight amax in every format;
+  // each projection type shares one input amax across the experts of the layer (an expert that saw
+  // no token, amax 0, takes its siblings' maximum)
+  const unify = (groups: string[][] | undefined, key: 'weightAmax' | 'inputAmax') => {
+    for (const g of groups ?? []) {
+      const members = g.map((m) => work.get(m)).filter((e): e is Work => e !== undefined && e[key] !== undefined);
+      if (members.length < 2) continue;
+      const max = Math.max(...members.map((e) => e[key]!));
+      for (const e of members) e[key] = max;
+    }
+  };
+  if (needsAmax) unify(layout.sharedWeightScale, 'weightAmax');
+  if (fmt.inputScaleDivisor !== undefined) unify(layout.sharedInputScale, 'inputAmax');
 
   // -- 3. scales now, codes streamed on demand
   result.linears = [...work.values()].map((e): QuantizedLinear => {

@@ -29,5 +29,20 @@ export interface ModelConfig {
   /** torch dtype named by the config ("bfloat16", "float32", ...), if any. */
   torchDtype: string | undefined;
   bosTokenId: number | undefined;
+  /** Mixture-of-experts routing, for the MoE families. */
+  moe?: MoeConfig;
+}
+
+/** Routing settings of an MoE family's config.json. */
+export interface MoeConfig {
+  numExperts: number;
+  /** Experts per token. */
+  topK: number;
+  /** Divide the top-k probabilities by their sum (Mixtral always; Qwen3-MoE `norm_topk_prob`). */
+  normTopKProb: boolean;
+  /** Each expert's intermediate size. */
+  expertIntermediateSize: number;
+  /** Per layer: true where the MLP is the sparse MoE block (false: a dense MLP). */
+  sparseLayers: boolean[];
 }
 

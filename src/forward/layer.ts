@@ -59,7 +59,7 @@ const buffer = (gemm: GemmEngine, n: number) => gemm.takeBuffer?.(n) ?? new Floa
  * `dims`: each member's [N, K] as the config gives it, so that an engine working on W^T can size the
  * fused matrix first and transpose the members into it one at a time.
  */
-async function prepareGroupFrom(loads: (() => Promise<LinearWeights>)[], dims: [number, number][], gemm: GemmEngine): Promise<PreparedGroup> {
+export async function prepareGroupFrom(loads: (() => Promise<LinearWeights>)[], dims: [number, number][], gemm: GemmEngine): Promise<PreparedGroup> {
   const K = dims[0]![1];
   if (gemm.prepareTransposed && loads.length > 1 && dims.every((d) => d[1] === K)) {
     const N = dims.reduce((a, d) => a + d[0], 0);

@@ -8,7 +8,7 @@
  */
 import type { ModelConfig } from '../forward/config.js';
 import type { GemmEngine } from '../forward/gemm.js';
-import type { LayerHooks, PreparedLayer } from '../forward/layer.js';
+import type { LayerHooks } from '../forward/layer.js';
 import type { OuterNames, WeightSource } from '../forward/weights.js';
 
 export interface FusedGroup {
@@ -31,13 +31,35 @@ export interface LayerLayout {
   attention: string;
   /** Pre-quant-scale folds into the previous linear that NVFP4_AWQ does for this family (spec §8.3). */
   linearFolds: { from: string; into: string }[];
+  /**
+   * Linears whose weight amax is shared in every format, FP8 included (gate and up of one routed
+   * expert: ModelOpt's sync_moe_gate_up_amax, spec families.md §1.3).
+   */
+  sharedWeightScale?: string[][];
+  /**
+   * Linears whose input amax is shared in every format, and which are quantized all or none (each
+   * projection type across the experts of a layer: one input_scale per layer, spec families.md §1.3).
+   */
+  sharedInputScale?: string[][];
+  /** Linear-like modules of the layer that are never quantized and always listed in exclude_modules (routers). */
+  excluded?: string[];
+  /** Roles the forward block reports for modules outside `linears` (role -> module, e.g. "router"). */
+  observed?: Record<string, string>;
+}
+
+/** A layer's weights as its family's forward block holds them (opaque outside the family). */
+export interface LoadedLayer {
+  release(): Promise<void>;
 }
 
 /** A layer's forward pass: its weights loaded for a GEMM engine, and the computation h [T, H] -> h' [T, H]. */
 export interface LayerForward {
-  load(src: WeightSource, layout: LayerLayout, cfg: ModelConfig, gemm: GemmEngine): Promise<PreparedLayer>;
-  /** Writes h' over h and returns it; hooks see each linear's input (calibration statistics). */
-  run(h: Float32Array, T: number, layer: PreparedLayer, cfg: ModelConfig, cos: Float32Array, sin: Float32Array, hooks?: LayerHooks, valid?: Uint8Array): Promise<Float32Array>;
+  load(src: WeightSource, layout: LayerLayout, cfg: ModelConfig, gemm: GemmEngine): Promise<LoadedLayer>;
+  /**
+   * Writes h' over h and returns it; hooks see each linear's input by role (`layout.roles`, or
+   * `layout.observed` for modules that are not quantized, such as routers) and the post-RoPE K/V.
+   */
+  run(h: Float32Array, T: number, layer: LoadedLayer, cfg: ModelConfig, cos: Float32Array, sin: Float32Array, hooks?: LayerHooks, valid?: Uint8Array): Promise<Float32Array>;
 }
 
 export interface ModelFamily {
@@ -52,6 +74,8 @@ export interface ModelFamily {
   layer(i: number, cfg: ModelConfig): LayerLayout;
   /** Linear-like modules outside the decoder layers that always stay unquantized (lm_head, embeddings). */
   alwaysExcluded: string[];
+  /** Why the AWQ formats are refused for this family, if they are. */
+  awqUnsupported?: string;
   /** Expected [out, in] shape of a linear's weight, for validation. */
   linearShape(module: string, cfg: ModelConfig): [number, number] | undefined;
   forward: LayerForward;

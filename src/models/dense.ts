@@ -7,7 +7,7 @@
  * A dense family is this factory called with its own model_type, name and fold rule (see llama.ts).
  */
 import type { ModelConfig } from '../forward/config.js';
-import { decoderLayer, type LinearName } from '../forward/layer.js';
+import { decoderLayer, type LinearName, type PreparedLayer } from '../forward/layer.js';
 import { loadPreparedLayer, type DenseLayerNames } from '../forward/weights.js';
 import { parseModelConfig } from './config.js';
 import type { LayerLayout, ModelFamily } from './base.js';
@@ -96,7 +96,7 @@ export function denseFamily(o: DenseFamilyOptions): ModelFamily {
 
     forward: {
       load: (src, layout, cfg, gemm) => loadPreparedLayer(src, denseLayerNames(layout), cfg, gemm),
-      run: decoderLayer,
+      run: (h, T, layer, cfg, cos, sin, hooks, valid) => decoderLayer(h, T, layer as PreparedLayer, cfg, cos, sin, hooks, valid),
     },
   };
 }

@@ -4,13 +4,16 @@ import { llama } from './llama.js';
 import { qwen2 } from './qwen2.js';
 import { qwen3 } from './qwen3.js';
 import { mistral } from './mistral.js';
+import { mixtral } from './mixtral.js';
+import { qwen3_moe } from './qwen3_moe.js';
 
 export * from './base.js';
 export * from './config.js';
 export { denseFamily, denseLayerNames, type DenseFamilyOptions } from './dense.js';
+export { moeFamily, type MoeFamilyOptions } from './moe.js';
 
 /** Every family rxquant reads, by config.json's model_type. A new family: one file, and its line here. */
-export const FAMILIES: Record<string, ModelFamily> = { llama, qwen2, qwen3, mistral };
+export const FAMILIES: Record<string, ModelFamily> = { llama, qwen2, qwen3, mistral, mixtral, qwen3_moe };
 /** The older name of FAMILIES. */
 export const ARCHITECTURES = FAMILIES;
 

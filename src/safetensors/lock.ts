@@ -1,11 +1,13 @@
 /**
  * A lock on an output location, so two runs never write the same export at once. The lock is a
- * small file beside the hidden partial folder (`.NAME.rxquant-partial.lock`), created exclusively
- * (O_EXCL) and holding the owner's pid, host and start time. A second run finds it and stops with
+ * small file beside the hidden partial folder (`.NAME.rxquant-partial.lock`) holding the owner's
+ * pid, host and start time. It appears whole: written to a file of this process's own, then
+ * hard-linked to the lock's name, which fails if the name exists (an O_EXCL create followed by a
+ * write would let a second run read an empty lock and take it for a dead one's). A second run finds it and stops with
  * a message naming the owner. A lock whose owner is gone (a run killed with SIGKILL, a power loss:
  * same host, no such pid) is stale and taken over, so the interrupted export can resume.
  */
-import { open, readFile, rm } from 'node:fs/promises';
+import { link, readFile, rm, writeFile } from 'node:fs/promises';
 import { rmSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { OutputError } from '../errors.js';
@@ -34,7 +36,7 @@ async function readOwner(path: string): Promise<LockOwner | undefined> {
     const o = JSON.parse(await readFile(path, 'utf8')) as LockOwner;
     return Number.isSafeInteger(o.pid) && typeof o.host === 'string' ? o : undefined;
   } catch {
-    return undefined; // unreadable or half-written (its writer died): stale
+    return undefined; // unreadable: not a lock rxquant wrote whole, so nobody holds it
   }
 }
 
@@ -44,12 +46,13 @@ export class OutputLock {
   /** Takes the lock at `path` for the output `out`, or throws an OutputError naming the run that holds it. */
   static async acquire(path: string, out: string): Promise<OutputLock> {
     for (let attempt = 0; attempt < 2; attempt++) {
+      const mine = `${path}.${process.pid}.tmp`;
       try {
-        const h = await open(path, 'wx');
+        await writeFile(mine, JSON.stringify({ pid: process.pid, host: hostname(), started: new Date().toISOString() } satisfies LockOwner));
         try {
-          await h.writeFile(JSON.stringify({ pid: process.pid, host: hostname(), started: new Date().toISOString() } satisfies LockOwner));
+          await link(mine, path);
         } finally {
-          await h.close();
+          await rm(mine, { force: true });
         }
         held.add(path);
         if (!exitHook) {

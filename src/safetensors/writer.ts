@@ -171,6 +171,8 @@ export class ShardWriter {
   }
 
   private static async createLocked(abs: string, tmp: string, plan: ShardPlan, options: ShardWriterOptions, lock: OutputLock): Promise<ShardWriter> {
+    // again under the lock: a run that held it until a moment ago may have just put its export there
+    await checkDestination(abs, options.overwrite ?? false);
     const journal = options.fingerprint ? await readJournal(tmp) : undefined;
     const resuming = journal !== undefined && journal.fingerprint === options.fingerprint;
     if (journal && !resuming && !options.restart) {

@@ -1,0 +1,230 @@
+/**
+ * Mixture-of-experts families (Mixtral, Qwen3-MoE) against transformers' reference outputs
+ * (../shared/data/reference/synthetic/{mixtral,qwen3_moe}): hidden states, logits and every
+ * statistic transformers recorded; exports checked byte for byte against the spec's formulas
+ * (families.md §1.3, §1.5, §1.6) applied to the source and the statistics; verify on broken copies.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { chmod, cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openCheckpoint, loadStats, openModel, exportCheckpoint, verifyExport, type Stats } from '../src/index.js';
+import { calibrateModel } from '../src/calibrate-checkpoint.js';
+import { jsGemm, loadOrt, onnxGemm, type GemmEngine } from '../src/forward/gemm.js';
+import { embed, loadHead, weightSource } from '../src/forward/weights.js';
+import { ropeTables } from '../src/forward/rope.js';
+import { rmsnorm } from '../src/forward/ops.js';
+import { quantizeFp8Ref } from '../src/formats/fp8.js';
+import { quantizeNvfp4Ref } from '../src/formats/nvfp4.js';
+import { packNibblesK } from '../src/codecs/e2m1.js';
+import { planShards, ShardWriter } from '../src/safetensors/writer.js';
+import { synthetic } from './helpers.js';
+
+const FAMILIES = {
+  mixtral: { block: 'block_sparse_moe', leaves: ['w1', 'w3', 'w2'], experts: 4 },
+  qwen3_moe: { block: 'mlp', leaves: ['gate_proj', 'up_proj', 'down_proj'], experts: 8 },
+} as const;
+
+let tmp: string;
+beforeAll(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'rxq-moe-'));
+});
+afterAll(async () => {
+  await rm(tmp, { recursive: true, force: true });
+});
+
+async function inputIds(refPath: string): Promise<number[][]> {
+  const ck = await openCheckpoint(refPath);
+  const t = ck.tensors.get('input_ids')!;
+  const ids = new BigInt64Array((await t.read()).slice().buffer);
+  const [B, T] = t.shape as [number, number];
+  await ck.close();
+  return Array.from({ length: B }, (_, b) => Array.from(ids.subarray(b * T, (b + 1) * T), Number));
+}
+
+function relErr(a: Float32Array, b: Float32Array): number {
+  let d = 0, m = 0;
+  for (let i = 0; i < b.length; i++) {
+    d = Math.max(d, Math.abs(a[i]! - b[i]!));
+    m = Math.max(m, Math.abs(b[i]!));
+  }
+  return d / m;
+}
+const cat = (arr: Float32Array[]) => Float32Array.from(arr.flatMap((a) => Array.from(a)));
+
+for (const [family, f] of Object.entries(FAMILIES)) {
+  const dir = synthetic(family);
+  const refPath = join(dir, 'reference.safetensors');
+
+  describe(`${family}: forward pass vs transformers`, () => {
+    for (const engine of ['js', 'onnx'] as const) {
+      it(`hidden states after every layer and logits within 1e-4 relative, ${engine} GEMM`, async () => {
+        const ref = await loadStats(refPath);
+        const ids = await inputIds(refPath);
+        const ort = await loadOrt();
+        const gemm: GemmEngine = engine === 'js' ? jsGemm : onnxGemm(ort!, 1);
+        const model = await openModel(dir);
+        const cfg = model.config;
+        const src = weightSource(model.checkpoint);
+        const T = ids[0]!.length;
+        const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
+        let h = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
+        expect(relErr(cat(h), ref.get('hidden_states.0')!)).toBeLessThan(1e-6);
+        for (let l = 0; l < cfg.numLayers; l++) {
+          const layer = await model.arch.forward.load(src, model.layers[l]!, cfg, gemm);
+          for (let i = 0; i < h.length; i++) h[i] = await model.arch.forward.run(h[i]!, T, layer, cfg, cos, sin);
+          await layer.release();
+          if (l < cfg.numLayers - 1) expect(relErr(cat(h), ref.get(`hidden_states.${l + 1}`)!), `layer ${l}`).toBeLessThan(1e-4);
+        }
+        const { norm, head } = await loadHead(src, cfg, model.arch.names);
+        const normed = h.map((x) => rmsnorm(x, T, cfg.hiddenSize, norm, cfg.rmsNormEps));
+        expect(relErr(cat(normed), ref.get(`hidden_states.${cfg.numLayers}`)!)).toBeLessThan(1e-4);
+        const prepared = await gemm.prepare(head);
+        const logits = cat(await Promise.all(normed.map(async (x) => (await prepared.run(x, T)).slice())));
+        expect(relErr(logits, ref.get('logits')!)).toBeLessThan(1e-4);
+        await prepared.release();
+        await model.close();
+      });
+    }
+  });
+
+  describe(`${family}: calibration and export`, () => {
+    let stats: Stats;
+    beforeAll(async () => {
+      stats = await calibrateModel(dir, await inputIds(refPath));
+    });
+
+    it('every statistic transformers recorded within 1e-4; one statistic per expert linear, named after the hub module', async () => {
+      const ref = await loadStats(refPath);
+      let checked = 0;
+      for (const [k, v] of ref) {
+        if (!/\.(input_amax|input_absmean)$/.test(k)) continue;
+        expect(stats.get(k), k).toBeDefined();
+        expect(relErr(stats.get(k)!, v), k).toBeLessThan(1e-4);
+        checked++;
+      }
+      expect(checked).toBeGreaterThanOrEqual(2 * 4 * 2 + 2);
+      for (let l = 0; l < 2; l++) {
+        for (let e = 0; e < f.experts; e++) {
+          for (const leaf of f.leaves) {
+            const a = stats.get(`model.layers.${l}.${f.block}.experts.${e}.${leaf}.input_amax`);
+            expect(a, `${l} ${e} ${leaf}`).toBeDefined();
+            expect(a!.length).toBe(1);
+            expect(a![0]).toBeGreaterThanOrEqual(0);
+          }
+        }
+        // the router sees the post-attention normed input, as every expert's gate and up (max over the routed tokens)
+        const router = stats.get(`model.layers.${l}.${f.block}.gate.input_amax`)![0]!;
+        const gateMax = Math.max(...Array.from({ length: f.experts }, (_, e) => stats.get(`model.layers.${l}.${f.block}.experts.${e}.${f.leaves[0]}.input_amax`)![0]!));
+        expect(gateMax).toBeLessThanOrEqual(router);
+        expect(gateMax).toBeGreaterThan(0);
+      }
+    });
+
+    for (const format of ['fp8', 'nvfp4'] as const) {
+      it(`${format}: exclude_modules as the spec computes, scales shared as ModelOpt shares them, bytes from the spec's formulas, verify passes`, async () => {
+        const out = join(tmp, `${family}-${format}`);
+        await exportCheckpoint({ model: dir, format, out, stats, workers: 0 });
+        const hq = JSON.parse(await readFile(join(out, 'hf_quant_config.json'), 'utf8'));
+        expect(hq.quantization.exclude_modules).toEqual(['lm_head', 'model.embed_tokens', `model.layers.0.${f.block}.gate`, `model.layers.1.${f.block}.gate`]);
+        const r = await verifyExport(out);
+        expect(r.failures).toEqual([]);
+        const src = await openCheckpoint(dir);
+        const ex = await openCheckpoint(out);
+        const scalar = async (n: string) => (await ex.tensors.get(n)!.toFloat32())[0]!;
+        const amaxOf = (w: Float32Array) => w.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+        for (let l = 0; l < 2; l++) {
+          const b = `model.layers.${l}.${f.block}.experts`;
+          // one input_scale per projection type per layer: the max over experts of their statistics
+          const inMax = (leaves: readonly string[]) => Math.max(...Array.from({ length: f.experts }, (_, e) => leaves.map((lf) => stats.get(`${b}.${e}.${lf}.input_amax`)![0]!)).flat());
+          const div = format === 'fp8' ? 448 : 2688;
+          const gateUpIn = Math.fround(inMax([f.leaves[0], f.leaves[1]]) / div);
+          const downIn = Math.fround(inMax([f.leaves[2]]) / div);
+          for (let e = 0; e < f.experts; e++) {
+            const [g, u, d] = f.leaves.map((lf) => `${b}.${e}.${lf}`) as [string, string, string];
+            expect(await scalar(`${g}.input_scale`)).toBe(gateUpIn);
+            expect(await scalar(`${u}.input_scale`)).toBe(gateUpIn);
+            expect(await scalar(`${d}.input_scale`)).toBe(downIn);
+            const wg = await src.tensors.get(`${g}.weight`)!.toFloat32();
+            const wu = await src.tensors.get(`${u}.weight`)!.toFloat32();
+            const shared = Math.max(amaxOf(wg), amaxOf(wu)); // gate and up of one expert: one weight scale
+            for (const [m, w] of [[g, wg], [u, wu], [d, await src.tensors.get(`${d}.weight`)!.toFloat32()]] as const) {
+              const amax = m === d ? amaxOf(w) : shared;
+              const [N, K] = src.tensors.get(`${m}.weight`)!.shape as [number, number];
+              if (format === 'fp8') {
+                const ws = Math.fround(amax / 448);
+                expect(await scalar(`${m}.weight_scale`), m).toBe(ws);
+                expect(Buffer.compare(await ex.tensors.get(`${m}.weight`)!.read(), quantizeFp8Ref(w, ws, 'BF16')), m).toBe(0);
+              } else {
+                const ws2 = Math.fround(amax / 2688);
+                expect(await scalar(`${m}.weight_scale_2`), m).toBe(ws2);
+                const q = quantizeNvfp4Ref(w, N, K, ws2);
+                expect(Buffer.compare(await ex.tensors.get(`${m}.weight`)!.read(), packNibblesK(q.codes)), m).toBe(0);
+                expect(Buffer.compare(await ex.tensors.get(`${m}.weight_scale`)!.read(), q.scales), m).toBe(0);
+              }
+            }
+          }
+          // the router is copied unchanged
+          const router = `model.layers.${l}.${f.block}.gate.weight`;
+          expect(Buffer.compare(await ex.tensors.get(router)!.read(), await src.tensors.get(router)!.read())).toBe(0);
+          expect(ex.tensors.has(`model.layers.${l}.${f.block}.gate.weight_scale`)).toBe(false);
+        }
+        await src.close();
+        await ex.close();
+      });
+    }
+
+    it('verify fails broken copies: an expert input_scale unlike its siblings, a quantized router, a missing exclude entry', async () => {
+      const good = join(tmp, `${family}-nvfp4`);
+      const copy = async (name: string) => {
+        const d = join(tmp, `${family}-${name}`);
+        await cp(good, d, { recursive: true });
+        for (const x of await readdir(d)) await chmod(join(d, x), 0o644);
+        return d;
+      };
+      /** Rewrites the export's single shard with `edit` applied to its tensors. */
+      const rewrite = async (d: string, edit: (tensors: Map<string, { dtype: string; shape: readonly number[]; bytes: Uint8Array }>) => void) => {
+        const ck = await openCheckpoint(d);
+        const m = new Map<string, { dtype: string; shape: readonly number[]; bytes: Uint8Array }>();
+        for (const t of ck.tensors.values()) m.set(t.name, { dtype: t.dtype, shape: t.shape, bytes: await t.read() });
+        await ck.close();
+        edit(m);
+        const staged = `${d}-staged`;
+        const w = await ShardWriter.create(staged, planShards([...m].map(([name, t]) => ({ name, dtype: t.dtype as 'F32', shape: [...t.shape] })), 1e12));
+        for (const [name, t] of m) await w.write(name, t.bytes);
+        await w.finish();
+        await cp(join(staged, 'model.safetensors'), join(d, 'model.safetensors'));
+      };
+      const b = `model.layers.1.${f.block}`;
+
+      const odd = await copy('odd-input');
+      await rewrite(odd, (m) => {
+        m.get(`${b}.experts.1.${f.leaves[2]}.input_scale`)!.bytes = new Uint8Array(Float32Array.of(0.123).buffer);
+      });
+      expect((await verifyExport(odd)).failures.join('\n')).toMatch(new RegExp(`experts\\.1\\.${f.leaves[2]}\\.input_scale = .* differs from .*one input_scale per projection type`));
+
+      const router = await copy('quantized-router');
+      await rewrite(router, (m) => {
+        m.set(`${b}.gate.weight_scale`, { dtype: 'F32', shape: [], bytes: new Uint8Array(4) });
+      });
+      expect((await verifyExport(router)).failures.join('\n')).toMatch(new RegExp(`${b.replace(/\./g, '\\.')}\\.gate is quantized, but routers stay unquantized`));
+
+      const noExclude = await copy('no-exclude');
+      for (const file of ['hf_quant_config.json', 'config.json']) {
+        const p = join(noExclude, file);
+        const j = JSON.parse(await readFile(p, 'utf8'));
+        const q = file === 'config.json' ? j.quantization_config : j.quantization;
+        const key = file === 'config.json' ? 'ignore' : 'exclude_modules';
+        q[key] = q[key].filter((x: string) => x !== `${b}.gate`);
+        await writeFile(p, JSON.stringify(j));
+      }
+      expect((await verifyExport(noExclude)).failures.join('\n')).toMatch(new RegExp(`${b.replace(/\./g, '\\.')}\\.gate is stored unquantized but not listed in exclude_modules`));
+    });
+
+    it('AWQ formats are refused with the reason, before any work', async () => {
+      await expect(exportCheckpoint({ model: dir, format: 'int4_awq', out: join(tmp, `${family}-awq`), stats, workers: 0 })).rejects.toThrow(
+        /format int4_awq is not available for (Mixtral|Qwen3-MoE) yet: ModelOpt averages pre_quant_scale across the experts/,
+      );
+    });
+  });
+}
