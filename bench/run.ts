@@ -1,6 +1,6 @@
 /**
  * `npm run bench [section...]`: measurements side by side in one run, appended to bench/RESULTS.md
- * with the date and machine. Sections: read, kernels, export, calibration, calibration-memory, large, perplexity (default: all but large (a 26 GB
+ * with the date and machine. Sections: read, kernels, export, calibration, calibration-memory, moe, large, perplexity (default: all but large (a 26 GB
  * checkpoint) and perplexity (~20 minutes)).
  */
 import { appendFile, mkdir } from 'node:fs/promises';
@@ -12,6 +12,7 @@ import { benchPerplexity } from './perplexity.js';
 import { benchKernels } from './kernels.js';
 import { benchExport } from './export.js';
 import { benchCalibrationMemory } from './calibration-memory.js';
+import { benchMoe } from './moe.js';
 import { machine } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -23,6 +24,8 @@ const SECTIONS: Record<string, () => Promise<string[]>> = {
   export: () => benchExport(DATA, 5, undefined, 5),
   calibration: () => benchCalibration(),
   'calibration-memory': () => benchCalibrationMemory(DATA),
+  // Qwen3-30B-A3B-shaped MoE: calibration memory against the number of experts, NVFP4 export vs the floor
+  moe: () => benchMoe(DATA),
   // a checkpoint larger than this machine's 24 GiB of RAM (~26 GB): run it by name
   large: () => benchExport(DATA, 57, ['fp8_pb_wo'], 1),
   // long (about 20 minutes): run it by name

@@ -35,7 +35,7 @@ function specs(layers: number): TensorSpec[] {
 }
 
 /** 16 MiB of bf16 values ~ N(0, 0.02) with rare outliers, from a seeded generator; reused cyclically. */
-function pattern(seed: number): Uint8Array {
+export function pattern(seed: number): Uint8Array {
   const n = 8 * 2 ** 20;
   const u16 = new Uint16Array(n);
   const f = new Float32Array(1);

@@ -65,17 +65,22 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
             if (unit.layer !== next) throw new Error(`calibrate needs layers in order: got layer ${unit.layer}, expected ${next}`);
             next++;
             const layout = model.layers[unit.layer]!;
-            const layer = await model.arch.forward.load(src, layout, cfg, gemm);
             const maxT = Math.max(...samples.map((s) => s.length));
             const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, maxT);
-            for (let i = 0; i < samples.length; i++) {
-              const h = await model.arch.forward.run(await hidden.get(i), samples[i]!.length, layer, cfg, cos, sin, {
-                linearInput: (name, x, T, K) => collector.observe(layout.observed?.[name] ?? layout.linears[layout.roles.indexOf(name)]!, x, T, K),
-                keysValues: (k, v) => collector.observeKV(layout.attention, k, v),
-              });
-              await hidden.set(i, h);
+            const hooks = {
+              linearInput: (name: string, x: Float32Array, T: number, K: number) => collector.observe(layout.observed?.[name] ?? layout.linears[layout.roles.indexOf(name)]!, x, T, K),
+              keysValues: (k: Float32Array, v: Float32Array) => collector.observeKV(layout.attention, k, v),
+            };
+            const forward = model.arch.forward;
+            if (forward.overSamples) {
+              // weights a part at a time (attention, then groups of experts)
+              const h = hidden;
+              await forward.overSamples(src, layout, cfg, gemm, { count: samples.length, tokens: (i) => samples[i]!.length, get: (i) => h.get(i), set: (i, x) => h.set(i, x) }, cos, sin, hooks);
+            } else {
+              const layer = await forward.load(src, layout, cfg, gemm);
+              for (let i = 0; i < samples.length; i++) await hidden.set(i, await forward.run(await hidden.get(i), samples[i]!.length, layer, cfg, cos, sin, hooks));
+              await layer.release();
             }
-            await layer.release();
           } else {
             // lm_head sees the final norm's output; it stays unquantized, but its statistics are reported too
             const norm = await loadFinalNorm(src, model.arch.names);

@@ -15,6 +15,8 @@ import { embed, loadHead, weightSource } from '../src/forward/weights.js';
 import { ropeTables } from '../src/forward/rope.js';
 import { rmsnorm } from '../src/forward/ops.js';
 import { quantizeFp8Ref } from '../src/formats/fp8.js';
+import { moeLayerOverSamples, type MoeLayerNames } from '../src/forward/moe.js';
+import { StatsCollector } from '../src/calibration/collector.js';
 import { quantizeNvfp4Ref } from '../src/formats/nvfp4.js';
 import { packNibblesK } from '../src/codecs/e2m1.js';
 import { planShards, ShardWriter } from '../src/safetensors/writer.js';
@@ -86,6 +88,50 @@ for (const [family, f] of Object.entries(FAMILIES)) {
         await model.close();
       });
     }
+  });
+
+
+  describe(`${family}: a layer over all samples, experts a group at a time`, () => {
+    it('gives the same hidden states and statistics, bit for bit, as the whole layer on each sample', async () => {
+      const ids = await inputIds(refPath);
+      const model = await openModel(dir);
+      const cfg = model.config;
+      const src = weightSource(model.checkpoint);
+      const T = ids[0]!.length;
+      const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
+      const layout = model.layers[0]!;
+      const hooksOf = (c: StatsCollector) => ({
+        linearInput: (name: string, x: Float32Array, n: number, K: number) => c.observe(layout.observed?.[name] ?? layout.linears[layout.roles.indexOf(name)]!, x, n, K),
+        keysValues: (k: Float32Array, v: Float32Array) => c.observeKV(layout.attention, k, v),
+      });
+      // whole layer, sample by sample
+      const a = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
+      const ca = new StatsCollector();
+      const whole = await model.arch.forward.load(src, layout, cfg, jsGemm);
+      for (let i = 0; i < a.length; i++) a[i] = await model.arch.forward.run(a[i]!, T, whole, cfg, cos, sin, hooksOf(ca));
+      await whole.release();
+      // over all samples, one expert per group (the smallest budget)
+      const b = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
+      const cb = new StatsCollector();
+      const states = { count: b.length, tokens: () => T, get: async (i: number) => b[i]!, set: async (i: number, h: Float32Array) => void (b[i] = h) };
+      const I = cfg.moe!.expertIntermediateSize;
+      const names = (() => {
+        const role = (r: string) => layout.linears[layout.roles.indexOf(r)]!;
+        const experts = Array.from({ length: cfg.moe!.numExperts }, (_, e) => ({ gate: role(`e${e}.gate`), up: role(`e${e}.up`), down: role(`e${e}.down`) }));
+        return {
+          q: role('q'), k: role('k'), v: role('v'), o: role('o'),
+          inputNorm: `${layout.prefix}.input_layernorm.weight`, postNorm: `${layout.prefix}.post_attention_layernorm.weight`,
+          qNorm: `${layout.attention}.q_norm.weight`, kNorm: `${layout.attention}.k_norm.weight`,
+          mlp: { kind: 'moe', router: layout.observed!.router!, experts },
+        } satisfies MoeLayerNames;
+      })();
+      await moeLayerOverSamples(src, names, cfg, cfg.moe!, jsGemm, states, cos, sin, hooksOf(cb), 3 * I * cfg.hiddenSize * 4);
+      for (let i = 0; i < a.length; i++) expect(Buffer.compare(Buffer.from(a[i]!.buffer), Buffer.from(b[i]!.buffer)), `sample ${i}`).toBe(0);
+      const sa = ca.result(), sb = cb.result();
+      expect([...sb.keys()].sort()).toEqual([...sa.keys()].sort());
+      for (const [k, v] of sa) expect(Buffer.compare(Buffer.from(v.buffer), Buffer.from(sb.get(k)!.buffer)), k).toBe(0);
+      await model.close();
+    });
   });
 
   describe(`${family}: calibration and export`, () => {

@@ -48,21 +48,58 @@ async function f32(src: WeightSource, name: string): Promise<Float32Array> {
   return decodeToFloat32(await t.read(), t.dtype, name);
 }
 
-/** Loads a layer's weights prepared for the GEMM engine (experts one GEMM group each). */
-export async function loadPreparedMoeLayer(src: WeightSource, names: MoeLayerNames, cfg: ModelConfig, moe: MoeConfig, gemm: GemmEngine): Promise<PreparedMoeLayer> {
-  const optional = async (name: string | undefined) => (name !== undefined && src.tensors.has(name) ? f32(src, name) : undefined);
+/** Prepares the linears `ms` as one GEMM group (dims: each one's [N, K]), loading them only as the engine needs them. */
+function groupLoader(src: WeightSource, gemm: GemmEngine) {
   const load = (m: string) => () => (gemm.prepareTransposed ? loadLinearLazily(src, m) : loadLinear(src, m));
-  const H = cfg.hiddenSize, q = cfg.numHeads * cfg.headDim, kv = cfg.numKvHeads * cfg.headDim;
-  const group = (ms: string[], dims: [number, number][]) => prepareGroupFrom(ms.map(load), dims, gemm);
+  return (ms: string[], dims: [number, number][]) => prepareGroupFrom(ms.map(load), dims, gemm);
+}
+
+/** Releases what was prepared if a later step fails. */
+async function preparedAll<T>(steps: (track: (g: Promise<PreparedGroup>) => Promise<PreparedGroup>) => Promise<T>): Promise<{ value: T; release: () => Promise<void> }> {
   const prepared: PreparedGroup[] = [];
-  const track = async (g: Promise<PreparedGroup>) => {
-    const r = await g;
-    prepared.push(r);
-    return r;
+  const release = async () => {
+    await Promise.all(prepared.splice(0).map((g) => g.release()));
   };
   try {
-    const qkv = await track(group([names.q, names.k, names.v], [[q, H], [kv, H], [kv, H]]));
-    const o = await track(group([names.o], [[H, q]]));
+    const value = await steps(async (g) => {
+      const r = await g;
+      prepared.push(r);
+      return r;
+    });
+    return { value, release };
+  } catch (e) {
+    await release();
+    throw e;
+  }
+}
+
+/** The attention part of a layer, prepared. */
+async function loadAttention(src: WeightSource, names: MoeLayerNames, cfg: ModelConfig, gemm: GemmEngine, track: (g: Promise<PreparedGroup>) => Promise<PreparedGroup>): Promise<PreparedAttention> {
+  const optional = async (name: string | undefined) => (name !== undefined && src.tensors.has(name) ? f32(src, name) : undefined);
+  const group = groupLoader(src, gemm);
+  const H = cfg.hiddenSize, q = cfg.numHeads * cfg.headDim, kv = cfg.numKvHeads * cfg.headDim;
+  return {
+    norms: { inputNorm: await f32(src, names.inputNorm), qNorm: await optional(names.qNorm), kNorm: await optional(names.kNorm) },
+    engine: gemm,
+    qkv: await track(group([names.q, names.k, names.v], [[q, H], [kv, H], [kv, H]])),
+    o: await track(group([names.o], [[H, q]])),
+  };
+}
+
+/** Experts [e0, e1) of a sparse layer, prepared (each its gate|up and its down as GEMM groups). */
+async function loadExperts(src: WeightSource, experts: { gate: string; up: string; down: string }[], H: number, I: number, gemm: GemmEngine, track: (g: Promise<PreparedGroup>) => Promise<PreparedGroup>) {
+  const group = groupLoader(src, gemm);
+  const out: { gateUp: PreparedGroup; down: PreparedGroup }[] = [];
+  for (const e of experts) out.push({ gateUp: await track(group([e.gate, e.up], [[I, H], [I, H]])), down: await track(group([e.down], [[H, I]])) });
+  return out;
+}
+
+/** Loads a layer's weights prepared for the GEMM engine (experts one GEMM group each). */
+export async function loadPreparedMoeLayer(src: WeightSource, names: MoeLayerNames, cfg: ModelConfig, moe: MoeConfig, gemm: GemmEngine): Promise<PreparedMoeLayer> {
+  const H = cfg.hiddenSize;
+  const group = groupLoader(src, gemm);
+  const { value, release } = await preparedAll(async (track) => {
+    const attn = await loadAttention(src, names, cfg, gemm, track);
     let mlp: PreparedMoeLayer['mlp'];
     if (names.mlp.kind === 'dense') {
       const I = cfg.intermediateSize;
@@ -70,26 +107,120 @@ export async function loadPreparedMoeLayer(src: WeightSource, names: MoeLayerNam
     } else {
       const I = moe.expertIntermediateSize;
       const router = await track(group([names.mlp.router], [[moe.numExperts, H]]));
-      const experts: { gateUp: PreparedGroup; down: PreparedGroup }[] = [];
-      for (const e of names.mlp.experts) {
-        experts.push({ gateUp: await track(group([e.gate, e.up], [[I, H], [I, H]])), down: await track(group([e.down], [[H, I]])) });
-      }
-      mlp = { kind: 'moe', I, router, experts };
+      mlp = { kind: 'moe', I, router, experts: await loadExperts(src, names.mlp.experts, H, I, gemm, track) };
     }
-    return {
-      norms: { inputNorm: await f32(src, names.inputNorm), qNorm: await optional(names.qNorm), kNorm: await optional(names.kNorm) },
+    return { ...attn, postNorm: await f32(src, names.postNorm), mlp };
+  });
+  return { ...value, release };
+}
+
+/** The calibration samples' hidden states between layers (see HiddenStore). */
+export interface SampleStates {
+  count: number;
+  tokens(i: number): number;
+  get(i: number): Promise<Float32Array>;
+  set(i: number, h: Float32Array): Promise<void>;
+}
+
+/** Default weight budget of one group of experts prepared at once (f32). */
+export const EXPERT_GROUP_BYTES = 256 * 2 ** 20;
+
+/**
+ * One sparse layer over every calibration sample, its weights held a part at a time: attention and
+ * router first (each sample's post-attention normed input and routing kept), then the experts in
+ * groups of at most `groupBytes` of f32 weights, each group over every sample's routed tokens,
+ * then the residual. Memory: the samples' normed inputs and MLP outputs (twice the hidden states)
+ * plus one group of experts, whatever the number of experts. Same arithmetic, in the same order,
+ * as moeDecoderLayer on each sample, so the results are the same bits.
+ */
+export async function moeLayerOverSamples(
+  src: WeightSource,
+  names: MoeLayerNames,
+  cfg: ModelConfig,
+  moe: MoeConfig,
+  gemm: GemmEngine,
+  states: SampleStates,
+  cos: Float32Array,
+  sin: Float32Array,
+  hooks: LayerHooks = {},
+  groupBytes = EXPERT_GROUP_BYTES,
+): Promise<void> {
+  if (names.mlp.kind !== 'moe') throw new Error('moeLayerOverSamples: a dense layer');
+  const H = cfg.hiddenSize, I = moe.expertIntermediateSize;
+  const experts = names.mlp.experts;
+  // 1. attention and routing, sample by sample
+  const xs: Float32Array[] = [];
+  const routes: { tokens: number[]; weights: number[] }[][] = [];
+  {
+    const mlpNames = names.mlp;
+    const { value, release } = await preparedAll(async (track) => ({
+      attn: await loadAttention(src, names, cfg, gemm, track),
+      router: await track(groupLoader(src, gemm)([mlpNames.router], [[moe.numExperts, H]])),
       postNorm: await f32(src, names.postNorm),
-      engine: gemm,
-      qkv,
-      o,
-      mlp,
-      release: async () => {
-        await Promise.all(prepared.map((g) => g.release()));
-      },
-    };
-  } catch (e) {
-    await Promise.all(prepared.map((g) => g.release()));
-    throw e;
+    }));
+    try {
+      for (let i = 0; i < states.count; i++) {
+        const T = states.tokens(i);
+        const h = await attentionBlock(await states.get(i), T, value.attn, cfg, cos, sin, hooks);
+        await states.set(i, h);
+        const x = rmsnorm(h, T, H, value.postNorm, cfg.rmsNormEps);
+        hooks.linearInput?.('router', x, T, H);
+        const [logits] = (await value.router.run(x, T)) as [Float32Array];
+        routes.push(route(logits, T, moe));
+        xs.push(x);
+      }
+    } finally {
+      await release();
+    }
+  }
+  // 2. experts, a group at a time, each over every sample
+  const ys = xs.map((x) => new Float32Array(x.length));
+  const perGroup = Math.max(1, Math.floor(groupBytes / (3 * I * H * 4)));
+  for (let e0 = 0; e0 < experts.length; e0 += perGroup) {
+    const ids = experts.slice(e0, e0 + perGroup);
+    const { value: prepared, release } = await preparedAll((track) => loadExperts(src, ids, H, I, gemm, track));
+    try {
+      for (let i = 0; i < states.count; i++) {
+        for (let j = 0; j < prepared.length; j++) {
+          await expertInto(ys[i]!, xs[i]!, H, I, routes[i]![e0 + j]!, prepared[j]!, e0 + j, hooks);
+        }
+      }
+    } finally {
+      await release();
+    }
+  }
+  // 3. residual
+  for (let i = 0; i < states.count; i++) {
+    const h = await states.get(i);
+    const y = ys[i]!;
+    for (let k = 0; k < h.length; k++) h[k] = h[k]! + y[k]!;
+    await states.set(i, h);
+  }
+}
+
+/** y[t] += w * expert(x[t]) over the tokens routed to expert e (hooks see its inputs; an empty input when none). */
+async function expertInto(
+  y: Float32Array,
+  x: Float32Array,
+  H: number,
+  I: number,
+  r: { tokens: number[]; weights: number[] },
+  ex: { gateUp: PreparedGroup; down: PreparedGroup },
+  e: number,
+  hooks: LayerHooks,
+): Promise<void> {
+  const Te = r.tokens.length;
+  const xe = new Float32Array(Te * H); // the rows of x routed here
+  for (let j = 0; j < Te; j++) xe.set(x.subarray(r.tokens[j]! * H, r.tokens[j]! * H + H), j * H);
+  if (Te === 0) {
+    for (const role of ['gate', 'up']) hooks.linearInput?.(`e${e}.${role}`, xe, 0, H);
+    hooks.linearInput?.(`e${e}.down`, new Float32Array(0), 0, I);
+    return;
+  }
+  const dn = await swiGluMlp(xe, Te, H, I, ex.gateUp, ex.down, hooks, `e${e}.`);
+  for (let j = 0; j < Te; j++) {
+    const w = r.weights[j]!, o = r.tokens[j]! * H, q = j * H;
+    for (let k = 0; k < H; k++) y[o + k] = Math.fround(y[o + k]! + Math.fround(dn[q + k]! * w));
   }
 }
 
@@ -140,22 +271,7 @@ export async function moeMlp(
   const [logits] = (await mlp.router.run(x, T)) as [Float32Array]; // [T, E]
   const routes = route(logits, T, moe);
   const y = new Float32Array(T * H);
-  for (let e = 0; e < mlp.experts.length; e++) {
-    const { tokens, weights } = routes[e]!;
-    const Te = tokens.length;
-    const xe = new Float32Array(Te * H); // the rows of x routed here
-    for (let j = 0; j < Te; j++) xe.set(x.subarray(tokens[j]! * H, tokens[j]! * H + H), j * H);
-    if (Te === 0) {
-      for (const r of ['gate', 'up']) hooks.linearInput?.(`e${e}.${r}`, xe, 0, H);
-      hooks.linearInput?.(`e${e}.down`, new Float32Array(0), 0, mlp.I);
-      continue;
-    }
-    const dn = await swiGluMlp(xe, Te, H, mlp.I, mlp.experts[e]!.gateUp, mlp.experts[e]!.down, hooks, `e${e}.`);
-    for (let j = 0; j < Te; j++) {
-      const w = weights[j]!, o = tokens[j]! * H, r = j * H;
-      for (let i = 0; i < H; i++) y[o + i] = Math.fround(y[o + i]! + Math.fround(dn[r + i]! * w));
-    }
-  }
+  for (let e = 0; e < mlp.experts.length; e++) await expertInto(y, x, H, mlp.I, routes[e]!, mlp.experts[e]!, e, hooks);
   return y;
 }
 

@@ -10,6 +10,7 @@ import type { ModelConfig } from '../forward/config.js';
 import type { GemmEngine } from '../forward/gemm.js';
 import type { LayerHooks } from '../forward/layer.js';
 import type { OuterNames, WeightSource } from '../forward/weights.js';
+import type { SampleStates } from '../forward/moe.js';
 
 export interface FusedGroup {
   /** Full module names of the linears that read the same input (q/k/v, gate/up). */
@@ -60,6 +61,12 @@ export interface LayerForward {
    * `layout.observed` for modules that are not quantized, such as routers) and the post-RoPE K/V.
    */
   run(h: Float32Array, T: number, layer: LoadedLayer, cfg: ModelConfig, cos: Float32Array, sin: Float32Array, hooks?: LayerHooks, valid?: Uint8Array): Promise<Float32Array>;
+  /**
+   * The layer over every calibration sample with its weights loaded a part at a time (attention,
+   * then groups of experts), for layers too large to hold whole; the same results as load + run on
+   * each sample. Families without it are run that way.
+   */
+  overSamples?(src: WeightSource, layout: LayerLayout, cfg: ModelConfig, gemm: GemmEngine, states: SampleStates, cos: Float32Array, sin: Float32Array, hooks: LayerHooks): Promise<void>;
 }
 
 export interface ModelFamily {

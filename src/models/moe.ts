@@ -12,7 +12,7 @@
  * layer. The names written are the hub names (§1.2: never the fused in-memory layout).
  */
 import type { ModelConfig, MoeConfig } from '../forward/config.js';
-import { loadPreparedMoeLayer, moeDecoderLayer, type MoeLayerNames, type PreparedMoeLayer } from '../forward/moe.js';
+import { loadPreparedMoeLayer, moeDecoderLayer, moeLayerOverSamples, type MoeLayerNames, type PreparedMoeLayer } from '../forward/moe.js';
 import { CheckpointError } from '../errors.js';
 import { parseModelConfig } from './config.js';
 import type { FusedGroup, LayerLayout, ModelFamily } from './base.js';
@@ -135,6 +135,16 @@ export function moeFamily(o: MoeFamilyOptions): ModelFamily {
     forward: {
       load: (src, layout, cfg, gemm) => loadPreparedMoeLayer(src, names(layout), cfg, moeOf(cfg), gemm),
       run: (h, T, l, cfg, cos, sin, hooks, valid) => moeDecoderLayer(h, T, l as PreparedMoeLayer, cfg, moeOf(cfg), cos, sin, hooks, valid),
+      async overSamples(src, layout, cfg, gemm, states, cos, sin, hooks) {
+        const n = names(layout);
+        if (n.mlp.kind === 'moe') return moeLayerOverSamples(src, n, cfg, moeOf(cfg), gemm, states, cos, sin, hooks);
+        const l = await loadPreparedMoeLayer(src, n, cfg, moeOf(cfg), gemm);
+        try {
+          for (let i = 0; i < states.count; i++) await states.set(i, await moeDecoderLayer(await states.get(i), states.tokens(i), l, cfg, moeOf(cfg), cos, sin, hooks));
+        } finally {
+          await l.release();
+        }
+      },
     },
   };
 }
