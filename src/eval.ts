@@ -2,11 +2,13 @@
  * Perplexity, with the protocol of ../shared/data/stories260K/reference/stories260K-reference.json:
  * the whole text tokenized without BOS, cut into chunks of (window - 1) ids, each fed as [BOS] + chunk,
  * every chunk id scored (the first one predicted from BOS); mean natural-log NLL over all scored ids.
+ * A `.json` of token-id arrays (what `calibrate --calib` also reads) is used as given, without BOS:
+ * perplexity = exp(mean next-token NLL over positions 1..T-1 of every array).
  * On an export, the model runs as the engines run it: dequantized weights, pre_quant_scale, and
  * activations quantized with input_scale.
  */
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { extname, join } from 'node:path';
 import { openCheckpoint } from './safetensors/checkpoint.js';
 import { readConfigJson } from './model.js';
 import { architectureFor } from './models/index.js';
@@ -16,7 +18,7 @@ import { cpus } from 'node:os';
 import { embed, loadHead, weightSource } from './forward/weights.js';
 import { ropeTables } from './forward/rope.js';
 import { rmsnorm } from './forward/ops.js';
-import { encodePrefix, encodeText, loadTokenizer } from './calibration/data.js';
+import { encodePrefix, encodeText, loadTokenizer, readTokenIdArrays } from './calibration/data.js';
 import { CalibrationDataError, CheckpointError } from './errors.js';
 
 export interface PerplexityOptions {
@@ -38,21 +40,36 @@ export interface PerplexityResult {
 }
 
 export async function perplexity(modelDir: string, textPath: string, opts: PerplexityOptions = {}): Promise<PerplexityResult> {
-  const window = opts.window ?? 512;
-  let text: string;
-  try {
-    text = await readFile(textPath, 'utf8');
-  } catch {
-    throw new CalibrationDataError(`${textPath}: text not found`);
-  }
-  if (text.length === 0) throw new CalibrationDataError(`${textPath}: text is empty`);
   const { plain } = await readConfigJson(modelDir);
   const arch = architectureFor(plain.model_type, join(modelDir, 'config.json'));
   const cfg = arch.parseConfig(plain, join(modelDir, 'config.json'));
-  const bos = cfg.bosTokenId;
-  if (bos === undefined) throw new CheckpointError(join(modelDir, 'config.json'), 'bos_token_id is needed for the perplexity protocol');
-  const tok = await loadTokenizer(modelDir);
-  const ids = opts.maxWindows !== undefined ? encodePrefix(tok, text, opts.maxWindows * (window - 1)) : encodeText(tok, text);
+  // the windows: [input ids, the ids their positions predict]
+  let windows: { input: number[]; targets: number[] }[];
+  if (extname(textPath).toLowerCase() === '.json') {
+    // token-id arrays used as given (no BOS): positions 0..T-2 predict ids 1..T-1 of each array
+    const arrays = (await readTokenIdArrays(textPath)).slice(0, opts.maxWindows ?? Infinity);
+    if (arrays.length === 0) throw new CalibrationDataError(`${textPath}: no token ids`);
+    windows = arrays.map((a) => ({ input: a, targets: a.slice(1) }));
+  } else {
+    const window = opts.window ?? 512;
+    let text: string;
+    try {
+      text = await readFile(textPath, 'utf8');
+    } catch {
+      throw new CalibrationDataError(`${textPath}: text not found`);
+    }
+    if (text.length === 0) throw new CalibrationDataError(`${textPath}: text is empty`);
+    const bos = cfg.bosTokenId;
+    if (bos === undefined) throw new CheckpointError(join(modelDir, 'config.json'), 'bos_token_id is needed for the perplexity protocol');
+    const tok = await loadTokenizer(modelDir);
+    const ids = opts.maxWindows !== undefined ? encodePrefix(tok, text, opts.maxWindows * (window - 1)) : encodeText(tok, text);
+    const chunk = window - 1;
+    const total = Math.min(Math.ceil(ids.length / chunk), opts.maxWindows ?? Infinity);
+    windows = Array.from({ length: total }, (_, w) => {
+      const part = ids.slice(w * chunk, (w + 1) * chunk);
+      return { input: [bos, ...part], targets: part };
+    });
+  }
   const quantAlgo = (plain.quantization_config as { quant_algo?: string } | undefined)?.quant_algo;
   const ck = await openCheckpoint(modelDir);
   try {
@@ -63,14 +80,12 @@ export async function perplexity(modelDir: string, textPath: string, opts: Perpl
     const { norm, head: headWeights } = await loadHead(src, cfg, arch.names);
     const head = await gemm.prepare(headWeights);
     const V = headWeights.N;
-    const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, window);
-    const chunk = window - 1;
-    const total = Math.min(Math.ceil(ids.length / chunk), opts.maxWindows ?? Infinity);
+    const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, Math.max(...windows.map((w) => w.input.length)));
+    const total = windows.length;
     let nll = 0;
     let scored = 0;
     for (let w = 0; w < total; w++) {
-      const part = ids.slice(w * chunk, (w + 1) * chunk);
-      const input = [bos, ...part];
+      const { input, targets: part } = windows[w]!;
       const T = input.length;
       let h = await embed(src, input, cfg.hiddenSize, arch.names);
       for (const layer of layers) h = await arch.forward.run(h, T, layer, cfg, cos, sin);

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openCheckpoint, loadStats, openModel, exportCheckpoint, verifyExport, type Stats } from '../src/index.js';
 import { calibrateModel } from '../src/calibrate-checkpoint.js';
+import { perplexity } from '../src/eval.js';
 import { jsGemm, loadOrt, onnxGemm, type GemmEngine } from '../src/forward/gemm.js';
 import { embed, loadHead, weightSource } from '../src/forward/weights.js';
 import { ropeTables } from '../src/forward/rope.js';
@@ -265,6 +266,30 @@ for (const [family, f] of Object.entries(FAMILIES)) {
         await writeFile(p, JSON.stringify(j));
       }
       expect((await verifyExport(noExclude)).failures.join('\n')).toMatch(new RegExp(`${b.replace(/\./g, '\\.')}\\.gate is stored unquantized but not listed in exclude_modules`));
+    });
+
+
+    it('eval on a .json of token ids: exp(mean next-token NLL over positions 1..T-1) of transformers\' logits', async () => {
+      const ids = await inputIds(refPath);
+      const logits = (await loadStats(refPath)).get('logits')!;
+      const V = logits.length / (ids.length * ids[0]!.length);
+      let nll = 0, n = 0;
+      ids.forEach((s, b) => {
+        for (let t = 0; t + 1 < s.length; t++) {
+          const o = (b * s.length + t) * V;
+          let m = -Infinity;
+          for (let v = 0; v < V; v++) m = Math.max(m, logits[o + v]!);
+          let z = 0;
+          for (let v = 0; v < V; v++) z += Math.exp(logits[o + v]! - m);
+          nll += Math.log(z) + m - logits[o + s[t + 1]!]!;
+          n++;
+        }
+      });
+      const file = join(tmp, `${family}-ids.json`);
+      await writeFile(file, JSON.stringify(ids));
+      const r = await perplexity(dir, file);
+      expect(r.tokens).toBe(n);
+      expect(Math.abs(r.meanNll - nll / n) / (nll / n)).toBeLessThan(1e-4);
     });
 
     it('AWQ formats are refused with the reason, before any work', async () => {

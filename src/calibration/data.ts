@@ -38,6 +38,20 @@ export async function loadTokenizer(modelDir: string): Promise<Tokenizer> {
   return new Tokenizer(json, config);
 }
 
+/** A `.json` file holding an array of token-id arrays (empty arrays dropped), validated. */
+export async function readTokenIdArrays(path: string): Promise<number[][]> {
+  let data: unknown;
+  try {
+    data = JSON.parse(await readFile(path, 'utf8'));
+  } catch (e) {
+    throw new CalibrationDataError(`${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'not found' : `not valid JSON (${(e as Error).message})`}`);
+  }
+  if (!Array.isArray(data) || !data.every((s) => Array.isArray(s) && s.every((x) => Number.isInteger(x) && x >= 0))) {
+    throw new CalibrationDataError(`${path}: expected an array of token-id arrays`);
+  }
+  return (data as number[][]).filter((s) => s.length > 0);
+}
+
 /** Token ids of a text without special tokens. */
 export function encodeText(tok: Tokenizer, text: string, specialTokens = false): number[] {
   return tok.encode(text, { add_special_tokens: specialTokens }).ids;
@@ -54,16 +68,7 @@ export async function loadCalibration(path: string, modelDir: string, opts: Cali
   const ext = extname(path).toLowerCase();
   let samples: number[][];
   if (ext === '.json') {
-    let data: unknown;
-    try {
-      data = JSON.parse(await readFile(path, 'utf8'));
-    } catch (e) {
-      throw new CalibrationDataError(`${path}: not valid JSON (${(e as Error).message})`);
-    }
-    if (!Array.isArray(data) || !data.every((s) => Array.isArray(s) && s.every((x) => Number.isInteger(x) && x >= 0))) {
-      throw new CalibrationDataError(`${path}: expected an array of token-id arrays`);
-    }
-    samples = (data as number[][]).filter((s) => s.length > 0);
+    samples = await readTokenIdArrays(path);
   } else if (ext === '.txt' || ext === '') {
     const ids = encodePrefix(await loadTokenizer(modelDir), await readFile(path, 'utf8'), opts.samples * opts.seqLen);
     samples = [];

@@ -257,7 +257,7 @@ export function buildProgram(): Command {
     .command('eval')
     .description('perplexity of a model or an export on a text (exports run as engines run them: dequantized weights, quantized activations)')
     .argument('<model-or-export-dir>')
-    .requiredOption('--text <file>', 'text file')
+    .requiredOption('--text <file>', 'text file, or a .json of token-id arrays used as given (no BOS)')
     .option('--max-windows <n>', 'score only the first N windows of 512 tokens', intOption('--max-windows'))
     .option('--json', 'print the result as JSON')
     .action(async (dir: string, o: { text: string; maxWindows?: number; json?: boolean }) => {
