@@ -19,7 +19,7 @@ export function pack(): OperatorFunction<QuantizedUnit, PackedUnit> {
 
 export function packUnit(unit: QuantizedUnit): { outputs: OutputTensor[]; streams: StreamedOutput[] } {
   const outputs: OutputTensor[] = [];
-  const quantizedWeights = new Set(unit.linears.map((l) => `${l.module}.weight`));
+  const quantizedWeights = new Set(unit.linears.map((l) => (l.fused ? l.module : `${l.module}.weight`)));
   for (const t of unit.tensors) {
     if (quantizedWeights.has(t.name)) continue;
     const data = unit.replaced.get(t.name);

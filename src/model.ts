@@ -58,6 +58,11 @@ export async function openModel(dir: string): Promise<SourceModel> {
           throw new CheckpointError(dir, `tensor "${m}.weight" has shape [${t.shape.join(', ')}], expected [${want?.join(', ')}] from config.json`);
         }
       }
+      for (const m of layout.fusedExperts ?? []) {
+        const t = checkpoint.tensors.get(m);
+        if (!t) throw new CheckpointError(dir, `tensor "${m}" is missing (config.json says layer ${i} has experts)`);
+        if (!isFloatWeightDType(t.dtype) || t.shape.length !== 3) throw new CheckpointError(dir, `tensor "${m}" is ${t.dtype} [${t.shape.join(', ')}]; expected BF16, F16 or F32 [experts, in, out]`);
+      }
       layers.push(layout);
     }
     const extra = [...checkpoint.tensors.keys()].find((n) => {

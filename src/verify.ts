@@ -11,7 +11,7 @@ import { architectureFor } from './models/index.js';
 import { matchesPattern } from './export/exclude.js';
 import { toQuantizationConfig, type HfQuantConfig } from './export/quant-config.js';
 import { FORMATS, engineSupport, formatByQuantAlgo } from './formats/registry.js';
-import type { EngineSupport, LinearShape } from './formats/format.js';
+import { fusedPartName, type EngineSupport, type LinearShape } from './formats/format.js';
 import { CheckpointError } from './errors.js';
 import type { TensorRef } from './safetensors/file.js';
 
@@ -141,6 +141,30 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
         const layout = arch.layer(i, cfg);
         linears.push(...layout.linears, ...(layout.excluded ?? []));
         for (const r of layout.excluded ?? []) if (quantized.has(r)) fail(`${r} is quantized, but routers stay unquantized (engines load them as plain linears)`);
+        // fused 3-D expert parameters (Llama 4): named without .weight, one scale set each (families.md §4.3)
+        for (const m of layout.fusedExperts ?? []) {
+          const w = t.get(m);
+          if (!w) {
+            fail(`${m} is missing`);
+            continue;
+          }
+          if (w.dtype !== 'F8_E4M3' && w.dtype !== 'U8') {
+            if (algo !== undefined && !excluded(m)) fail(`${m} is stored unquantized but not listed in exclude_modules (engines would load it as packed)`);
+            continue;
+          }
+          if (!fmt?.fused || w.shape.length !== 3) {
+            fail(`${m}: a quantized fused expert parameter, which ${algo} does not define`);
+            continue;
+          }
+          const [E, a, B] = w.shape as [number, number, number];
+          const A = fmt.fused.layout === 'bands' ? a * 2 : a;
+          for (const want of fmt.fused.streamedTensors(m, E, A, B)) {
+            const got = t.get(want.name);
+            if (!got || got.dtype !== want.dtype || !same(got.shape, want.shape)) fail(`${want.name} must be ${want.dtype} [${want.shape.join(', ')}], is ${got ? `${got.dtype} [${got.shape.join(', ')}]` : 'missing'}`);
+            else if (want.name !== m) await checkFloatScales(got);
+          }
+          for (const s of fmt.scalars) await scalarOk(fusedPartName(m, s), true);
+        }
         // MoE: one input_scale per projection type across a layer's experts; gate and up of an expert share their weight scale
         const sameAcross = (groups: string[][] | undefined, keys: string[], what: string) => {
           for (const g of groups ?? []) {

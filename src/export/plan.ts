@@ -11,7 +11,7 @@ import type { FusedGroup } from '../models/base.js';
 import { buildHfQuantConfig, toQuantizationConfig, type HfQuantConfig } from './quant-config.js';
 import { matchesPattern } from './exclude.js';
 import type { FormatSpec, KvCacheMode } from './formats.js';
-import type { LinearShape } from '../formats/format.js';
+import { fusedPartName, type LinearShape } from '../formats/format.js';
 import type { PyValue } from '../util/pyjson.js';
 import type { Stats } from './stats.js';
 
@@ -26,6 +26,8 @@ export interface LinearDecision {
   /** Why it stays unquantized. */
   reason?: string;
   group?: FusedGroup;
+  /** A fused 3-D expert parameter [E, A, B] (A = in features), quantized whole (Llama 4); N = E*A, K = B. */
+  fused?: { E: number; A: number; B: number };
 }
 
 export interface ExportOptions {
@@ -53,6 +55,10 @@ export interface ExportPlan {
 export function quantizedTensorSpecs(d: LinearDecision, format: FormatSpec, hasPreQuantScale: boolean): TensorSpec[] {
   const { module: m, N, K } = d;
   const scalar = (name: string): TensorSpec => ({ name: `${m}.${name}`, dtype: 'F32', shape: [] });
+  if (d.fused) {
+    const { E, A, B } = d.fused;
+    return [...format.fused!.streamedTensors(m, E, A, B), ...format.scalars.map((s): TensorSpec => ({ name: fusedPartName(m, s), dtype: 'F32', shape: [] }))];
+  }
   const out: TensorSpec[] = [...format.streamedTensors(m, N, K), ...format.scalars.map(scalar)];
   if (hasPreQuantScale) out.push({ name: `${m}.pre_quant_scale`, dtype: d.dtype as DType, shape: [K] });
   return out;
@@ -91,6 +97,17 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
       else if (K % format.kMultiple !== 0) reason = `in_features ${K} is not a multiple of ${format.kMultiple}`;
       else if (format.evenRows && N % 2 !== 0) reason = `out_features ${N} is odd (int4 packs pairs of rows)`;
       decisions.set(m, { module: m, layer: layout.index, N, K, dtype: t.dtype as FloatDType, quantized: reason === undefined, reason, group });
+    }
+    for (const m of layout.fusedExperts ?? []) {
+      if (!format.fused) {
+        throw new QuantizationError(`format ${format.name} does not define ${model.arch.family}'s fused expert tensors (ModelOpt exports them in fp8 and nvfp4); use one of those`);
+      }
+      const t = model.checkpoint.tensors.get(m)!;
+      const [E, A, B] = t.shape as [number, number, number];
+      let reason: string | undefined;
+      if (options.exclude?.some((p) => matchesPattern(m, p))) reason = 'excluded by --exclude';
+      else if (A % format.kMultiple !== 0) reason = `in_features ${A} is not a multiple of ${format.kMultiple}`;
+      decisions.set(m, { module: m, layer: layout.index, N: E * A, K: B, dtype: t.dtype as FloatDType, quantized: reason === undefined, reason, fused: { E, A, B } });
     }
     // fused groups, and the experts of an MoE layer, are quantized all or none (engines §6.11:
     // one GEMM, one format); repeated until stable, as the two kinds of group overlap
@@ -172,7 +189,7 @@ function planOutputs(plan: ExportPlan): TensorSpec[] {
   const head: TensorSpec[] = [];
   const tail: TensorSpec[] = [];
   const quantizedWeights = new Map<string, LinearDecision>();
-  for (const d of decisions.values()) if (d.quantized) quantizedWeights.set(`${d.module}.weight`, d);
+  for (const d of decisions.values()) if (d.quantized) quantizedWeights.set(d.fused ? d.module : `${d.module}.weight`, d);
   for (const t of model.checkpoint.tensors.values()) {
     const lm = /^model\.layers\.(\d+)\./.exec(t.name);
     const bucket = lm ? byLayer[Number(lm[1])]! : t.name.startsWith('model.embed_tokens.') ? head : tail;

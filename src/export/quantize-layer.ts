@@ -16,6 +16,8 @@ import { chunkTask } from '../kernels/chunk-task.js';
 import type { WeightOp } from '../kernels/weight-ops.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
 import type { TensorSource } from '../sources/source.js';
+import { expertSlice, reshaped, rowRange, transposed } from '../sources/views.js';
+import type { BandOf } from '../formats/format.js';
 import type { ModelUnit, QuantizedChunk, QuantizedLinear, QuantizedUnit } from './units.js';
 import { keepsPreQuantScale, type ExportPlan } from './plan.js';
 import { scalarStat, type Stats } from './stats.js';
@@ -32,6 +34,17 @@ interface Work {
   pqs?: Float32Array;
   inputAmax?: number;
   weightAmax?: number;
+  /** A fused 3-D expert parameter [E, A, B]: `tensor` is its [E*A, B] rows; `source` the 3-D tensor. */
+  fused?: { E: number; A: number; B: number; source: TensorSource };
+}
+
+/** A chunk to quantize: rows [row0, row0 + rows) of `source`, each K wide (for fused experts, a transposed band). */
+interface ChunkSpec {
+  source: TensorSource;
+  row0: number;
+  rows: number;
+  K: number;
+  band?: BandOf;
 }
 
 export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: Stats, pool: KernelPool): Promise<QuantizedUnit> {
@@ -53,6 +66,19 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
     const d = plan.decisions.get(m)!;
     if (!d.quantized) continue;
     const entry: Work = { module: m, tensor: tensor(`${m}.weight`), N: d.N, K: d.K, dtype: d.dtype, ops: [] };
+    if (fmt.inputScaleDivisor !== undefined) {
+      const a = scalarStat(stats, `${m}.input_amax`);
+      if (a === undefined) throw new QuantizationError(`format ${fmt.name} needs "${m}.input_amax" in the activation statistics`);
+      entry.inputAmax = a;
+    }
+    work.set(m, entry);
+  }
+  for (const m of layout.fusedExperts ?? []) {
+    const d = plan.decisions.get(m)!;
+    if (!d.quantized) continue;
+    const source = tensor(m);
+    const { E, A, B } = d.fused!;
+    const entry: Work = { module: m, tensor: reshaped(source, [E * A, B]), N: E * A, K: B, dtype: d.dtype, ops: [], fused: { E, A, B, source } };
     if (fmt.inputScaleDivisor !== undefined) {
       const a = scalarStat(stats, `${m}.input_amax`);
       if (a === undefined) throw new QuantizationError(`format ${fmt.name} needs "${m}.input_amax" in the activation statistics`);
@@ -172,6 +198,7 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
   result.linears = [...work.values()].map((e): QuantizedLinear => {
     const inputScale = e.inputAmax === undefined ? undefined : e.inputAmax === 0 ? 1 : Math.fround(e.inputAmax / fmt.inputScaleDivisor!);
     const q: QuantizedLinear = { module: e.module, N: e.N, K: e.K, dtype: e.dtype, inputScale, preQuantScale: e.pqs, chunks: () => streamChunks(e, fmt, q, pool) };
+    if (e.fused) q.fused = { E: e.fused.E, A: e.fused.A, B: e.fused.B };
     if (fmt.needsWeightAmax) Object.assign(q, fmt.tensorScales(e.weightAmax!));
     return q;
   });
@@ -229,17 +256,39 @@ async function scanAmax(e: Work, pool: KernelPool): Promise<number> {
   return Math.max(0, ...results);
 }
 
+/**
+ * The chunks of pass 2: row ranges of the weight; for a fused expert parameter in a block format,
+ * each expert's input rows in bands of a multiple of the block, read transposed ([B, band]: the
+ * block runs along the input axis) from the stored [A, B] rows, which are contiguous.
+ */
+function chunkSpecs(e: Work, fmt: FormatSpec, pool: KernelPool): ChunkSpec[] {
+  const el = e.tensor.rowBytes / e.K;
+  if (e.fused && fmt.fused?.layout === 'bands') {
+    const { E, A, B, source } = e.fused;
+    const band = Math.min(A, pool.rowsPerChunk(B, el, 16));
+    const specs: ChunkSpec[] = [];
+    for (let expert = 0; expert < E; expert++) {
+      for (let a0 = 0; a0 < A; a0 += band) {
+        const a1 = Math.min(A, a0 + band);
+        specs.push({ source: transposed(rowRange(expertSlice(source, expert), a0, a1)), row0: 0, rows: B, K: a1 - a0, band: { expert, a0, a1 } });
+      }
+    }
+    return specs;
+  }
+  const rows = pool.rowsPerChunk(e.K, el, fmt.rowMultiple);
+  return chunkStarts(e.N, rows).map((row0) => ({ source: e.tensor, row0, rows: Math.min(rows, e.N - row0), K: e.K }));
+}
+
 /** Pass 2: codes and scales, a few chunks ahead of the consumer. */
 async function* streamChunks(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool): AsyncGenerator<QuantizedChunk> {
-  const rows = pool.rowsPerChunk(e.K, e.tensor.rowBytes / e.K, fmt.rowMultiple);
-  const starts = chunkStarts(e.N, rows);
+  const starts = chunkSpecs(e, fmt, pool);
   // chunks in flight: every slot but the one the consumer holds and one for a concurrent scan
   const depth = Math.max(1, pool.slots - 2);
   const inflight: Promise<QuantizedChunk>[] = [];
   let next = 0;
   const launch = () => {
     if (next < starts.length) {
-      const p = quantizeChunk(e, fmt, q, pool, starts[next++]!, rows);
+      const p = quantizeChunk(e, fmt, q, pool, starts[next++]!);
       p.catch(() => undefined); // surfaced when awaited below
       inflight.push(p);
     }
@@ -257,11 +306,18 @@ async function* streamChunks(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
   }
 }
 
-async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool, row0: number, maxRows: number): Promise<QuantizedChunk> {
-  const rows = Math.min(maxRows, e.N - row0);
-  const { slot, src } = await readChunk(e, pool, row0, rows);
+async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool, spec: ChunkSpec): Promise<QuantizedChunk> {
+  const { row0, rows, K } = spec;
+  const slot = await pool.acquire(rows * K * (e.tensor.rowBytes / e.K));
+  let src: Uint8Array;
+  try {
+    src = await spec.source.readRows(row0, row0 + rows, slot.src);
+  } catch (err) {
+    pool.release(slot);
+    throw err;
+  }
   const scale = fmt.kernelScale(q);
-  const { task, codes, scales, packed } = chunkTask(fmt.kernel, slot, { src, dtype: e.dtype, row0, rows, K: e.K, ops: e.ops }, scale);
+  const { task, codes, scales, packed } = chunkTask(fmt.kernel, slot, { src, dtype: e.dtype, row0, rows, K, ops: e.ops }, scale);
   let released = false;
   const release = () => {
     if (!released) {
@@ -271,7 +327,10 @@ async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
   };
   try {
     const r = await pool.run(task);
-    if (r.nonFinite) throw nonFiniteError(e, row0, r.nonFinite.index, r.nonFinite.value);
+    if (r.nonFinite) {
+      if (spec.band) throw new QuantizationError(`${e.tensor.origin}: tensor "${e.module}" has ${r.nonFinite.value} in expert ${spec.band.expert}; refusing to quantize`);
+      throw nonFiniteError(e, row0, r.nonFinite.index, r.nonFinite.value);
+    }
   } catch (err) {
     release();
     throw err;
@@ -291,5 +350,6 @@ async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
     packed,
     slot,
     release,
+    band: spec.band,
   };
 }

@@ -5,6 +5,7 @@ import type { DType, FloatDType } from '../safetensors/dtypes.js';
 import type { ExportPlan } from './plan.js';
 import type { Stats } from './stats.js';
 import type { Slot } from '../kernels/pool.js';
+import type { BandOf } from '../formats/format.js';
 
 /** One decoder layer (or "the rest": embeddings, final norm, lm_head) as lazy tensor references. */
 export interface ModelUnit {
@@ -41,14 +42,18 @@ export interface QuantizedChunk {
   slot: Slot;
   /** Returns the slot to the pool (writeShards calls it once the chunk is on disk). */
   release(): void;
+  /** A fused expert parameter's chunk: expert and input rows it covers (its codes are [B, a1 - a0], transposed). */
+  band?: BandOf;
 }
 
 /** Scales of one quantized linear, with its codes streamed in row chunks (no whole tensor is held). */
 export interface QuantizedLinear {
   module: string;
-  /** out_features, in_features */
+  /** out_features, in_features (a fused expert parameter: its [E*A, B] rows) */
   N: number;
   K: number;
+  /** A fused 3-D expert parameter [E, A, B] (Llama 4), named without `.weight`. */
+  fused?: { E: number; A: number; B: number };
   /** The source weight's dtype (pre_quant_scale is stored in it). */
   dtype: FloatDType;
   /** fp8: the per-tensor weight_scale. */

@@ -56,6 +56,33 @@ export interface CodesChunk {
   slot: { packed: Uint8Array };
 }
 
+/** Where a chunk of a fused expert parameter comes from: expert `expert`, input rows [a0, a1) (see FusedExperts). */
+export interface BandOf {
+  expert: number;
+  a0: number;
+  a1: number;
+}
+
+/**
+ * How a format stores a fused 3-D expert parameter m [E, A, B] (A = in features, Llama 4's
+ * `experts.gate_up_proj` / `down_proj`, spec families.md §4.3): the tensor is named `m` itself and its
+ * scales `m_weight_scale`, `m_weight_scale_2`, `m_input_scale`; one per-tensor scale set for the
+ * whole parameter.
+ */
+export interface FusedExperts {
+  /**
+   * 'rows': elementwise formats quantize the parameter as [E*A, B] rows in its stored order;
+   * 'bands': block formats quantize along A, so each chunk is expert e's input rows [a0, a1)
+   * transposed to [B, a1 - a0] (a multiple of the block), and packChunk transposes back.
+   */
+  layout: 'rows' | 'bands';
+  streamedTensors(m: string, E: number, A: number, B: number): TensorShape[];
+  packChunk(m: string, E: number, A: number, B: number, c: CodesChunk & { band?: BandOf }): ChunkWrite[];
+}
+
+/** A tensor name of a fused expert parameter: the weight is `m`, its other parts `m_part`. */
+export const fusedPartName = (m: string, part: string): string => (part === 'weight' ? m : `${m}_${part}`);
+
 /** A byte range of one output tensor. */
 export interface ChunkWrite {
   name: string;
@@ -140,6 +167,8 @@ export interface QuantFormat {
    * `convert_hf_quant_config_format` writes it (only FP8 and NVFP4 get one); none: omitted.
    */
   configGroups?: (groupSize: number | undefined) => Record<string, PyValue>;
+  /** Fused 3-D expert parameters (Llama 4), where the format defines them (FP8 and NVFP4). */
+  fused?: FusedExperts;
   /** The logical [N, K] of a linear from its stored `weight` shape. */
   logicalShape(stored: readonly number[]): [number, number];
   /** Which engines load the format at all. */

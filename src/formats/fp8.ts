@@ -89,6 +89,12 @@ export const fp8: QuantFormat = {
     return { w: dequantizeFp8(weight, f32Scalar(scale)), N, K };
   },
   activation: 'fp8',
+  fused: {
+    // no transpose: weight / scale elementwise on the [E, A, B] parameter (to_quantized_weight's 3-D branch)
+    layout: 'rows',
+    streamedTensors: (m, E, A, B) => [{ name: m, dtype: 'F8_E4M3', shape: [E, A, B] }],
+    packChunk: (m, _E, _A, B, c) => [{ name: m, offset: c.row0 * B, data: bytesOf(c.codes) }],
+  },
   configGroups: () => {
     const fp8 = () => ({ dynamic: false, num_bits: 8, type: 'float' });
     return { group_0: { input_activations: fp8(), weights: fp8(), targets: ['Linear'] } };

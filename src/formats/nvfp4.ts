@@ -174,6 +174,32 @@ export const nvfp4: QuantFormat = {
     return { w: dequantizeNvfp4(unpackNibblesK(weight), scale, N, K, scale2!), N, K };
   },
   activation: 'nvfp4',
+  fused: {
+    // quantized along A per expert and stored transposed back (maybe_transpose_expert_weight_dimensions):
+    // weight U8 [E, A/2, B], byte [e, j, n] = code(W[e, 2j, n]) | code(W[e, 2j+1, n]) << 4;
+    // weight_scale F8 [E, A/16, B], block [e, b, n] covers W[e, 16b..16b+15, n]
+    layout: 'bands',
+    streamedTensors: (m, E, A, B) => [
+      { name: m, dtype: 'U8', shape: [E, A / 2, B] },
+      { name: `${m}_weight_scale`, dtype: 'F8_E4M3', shape: [E, A / NVFP4_GROUP, B] },
+    ],
+    packChunk: (m, _E, A, B, c) => {
+      const { expert, a0, a1 } = c.band!;
+      const band = a1 - a0;
+      // the kernel's output is [B, band/2] packed codes and [B, band/16] scales: transpose both to [., B]
+      const packed = c.packed ?? packNibblesK(c.codes as Uint8Array, c.slot.packed.subarray(0, (B * band) / 2));
+      const scales = c.scales as Uint8Array;
+      const pw = band / 2, sw = band / NVFP4_GROUP;
+      const w = new Uint8Array(pw * B);
+      for (let n = 0; n < B; n++) for (let j = 0; j < pw; j++) w[j * B + n] = packed[n * pw + j]!;
+      const s = new Uint8Array(sw * B);
+      for (let n = 0; n < B; n++) for (let j = 0; j < sw; j++) s[j * B + n] = scales[n * sw + j]!;
+      return [
+        { name: m, offset: ((expert * A) / 2 + a0 / 2) * B, data: w },
+        { name: `${m}_weight_scale`, offset: ((expert * A) / NVFP4_GROUP + a0 / NVFP4_GROUP) * B, data: s },
+      ];
+    },
+  },
   configGroups: (groupSize) => {
     const fp4 = () => ({ dynamic: false, num_bits: 4, type: 'float', group_size: groupSize ?? NVFP4_GROUP });
     return { group_0: { input_activations: fp4(), weights: fp4(), targets: ['Linear'] } };

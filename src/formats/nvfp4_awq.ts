@@ -14,6 +14,7 @@ export const nvfp4_awq: QuantFormat = {
   awq: true,
   foldsIntoPreviousLinear: true,
   configGroups: undefined, // ModelOpt's flat config has config_groups for FP8 and NVFP4 only
+  fused: undefined,
   description: 'NVFP4 with AWQ pre-quant scales',
   engines: [
     { engine: 'vLLM', loads: false, note: "the AWQ family is not in vLLM's ModelOpt loader" },

@@ -31,6 +31,8 @@ export interface ModelConfig {
   bosTokenId: number | undefined;
   /** Mixture-of-experts routing, for the MoE families. */
   moe?: MoeConfig;
+  /** Llama 4's attention and MoE settings. */
+  llama4?: Llama4Config;
 }
 
 /** Routing settings of an MoE family's config.json. */
@@ -44,5 +46,25 @@ export interface MoeConfig {
   expertIntermediateSize: number;
   /** Per layer: true where the MLP is the sparse MoE block (false: a dense MLP). */
   sparseLayers: boolean[];
+}
+
+
+/** Llama 4's settings beyond the shared decoder ones. */
+export interface Llama4Config {
+  /** Per layer: RoPE (and qk norm, chunked attention) or NoPE. */
+  rope: boolean[];
+  /** Per layer: the chunk of chunked attention, or none (full causal attention). */
+  chunk: (number | undefined)[];
+  qkNorm: boolean;
+  /** NoPE layers' query scaling, when attn_temperature_tuning. */
+  temperature?: { floorScale: number; attnScale: number };
+  /** Per layer: the MoE block (else the dense MLP). */
+  moe: boolean[];
+  numExperts: number;
+  topK: number;
+  /** Each expert's and the shared expert's intermediate size. */
+  expertIntermediateSize: number;
+  /** The dense layers' MLP size (intermediate_size_mlp). */
+  denseIntermediateSize: number;
 }
 

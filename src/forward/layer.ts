@@ -308,9 +308,10 @@ export async function swiGluMlp(
  * over the keys a query may see (j <= i, not padding). transformers' eager path adds f32-min to the
  * other scores, so they get weight exactly 0; a query that may see no key at all (padding at the
  * start of a sequence) gets a uniform average over all T values, as the all-masked row does there.
+ * `chunk` (Llama 4's chunked attention): query i sees only keys j <= i with floor(j/chunk) = floor(i/chunk).
  * q [T, nH*d], k/v [T, nKV*d] -> [T, nH*d]
  */
-export function attention(q: Float32Array, k: Float32Array, v: Float32Array, T: number, nH: number, nKV: number, d: number, valid?: Uint8Array): Float32Array {
+export function attention(q: Float32Array, k: Float32Array, v: Float32Array, T: number, nH: number, nKV: number, d: number, valid?: Uint8Array, chunk?: number): Float32Array {
   const out = new Float32Array(T * nH * d);
   const scale = 1 / Math.sqrt(d);
   const group = nH / nKV;
@@ -329,7 +330,9 @@ export function attention(q: Float32Array, k: Float32Array, v: Float32Array, T: 
       for (let i = 0; i < T; i++) {
         const qo = i * d;
         let m = -Infinity;
-        for (let j = 0; j <= i; j++) {
+        const j0 = chunk ? i - (i % chunk) : 0; // the first key this query may see
+        for (let j = 0; j < j0; j++) p[j] = -Infinity;
+        for (let j = j0; j <= i; j++) {
           if (valid && !valid[j]) {
             p[j] = -Infinity;
             continue;

@@ -46,6 +46,11 @@ export interface LayerLayout {
   excluded?: string[];
   /** Roles the forward block reports for modules outside `linears` (role -> module, e.g. "router"). */
   observed?: Record<string, string>;
+  /**
+   * Fused 3-D expert parameters quantized whole, without `.weight` (Llama 4's
+   * `feed_forward.experts.gate_up_proj` [E, in, out] and `down_proj`): one scale set per tensor.
+   */
+  fusedExperts?: string[];
 }
 
 /** A layer's weights as its family's forward block holds them (opaque outside the family). */

@@ -119,6 +119,12 @@ export function rowRange(t: TensorSource, r0: number, r1: number, name = `${t.na
   return new RangeView(t, r0 * t.rowBytes, name, [r1 - r0, ...t.shape.slice(1)], `${t.origin} (${t.name}[${r0}:${r1}])`);
 }
 
+/** The same bytes under another shape of the same element count (e.g. [E, A, B] read as [E*A, B] rows). */
+export function reshaped(t: TensorSource, shape: readonly number[], name = t.name): TensorSource {
+  if (checkedNumel(shape, name) !== t.numel) throw new RangeError(`${t.name}: cannot view [${t.shape.join(', ')}] as [${shape.join(', ')}]`);
+  return new RangeView(t, 0, name, shape, t.origin);
+}
+
 /** Bytes of base rows one block of a computed view reads at once. */
 const BLOCK_BYTES = 4 * 2 ** 20;
 

@@ -1,0 +1,256 @@
+/**
+ * A Llama 4 text decoder layer (Scout, Maverick; transformers' Llama4TextDecoderLayer), eager f32:
+ *
+ *   x  = input_layernorm(h)                                          [T, H]
+ *   q, k, v = q_proj(x), k_proj(x), v_proj(x)
+ *   RoPE layers: q, k rotated as complex pairs (x[2i], x[2i+1]) by position * inv_freq[i], then
+ *                (use_qk_norm) each head L2-normalized: x / sqrt(mean(x^2) + eps), no weight;
+ *                the attention is chunked: query i sees keys j <= i of its own chunk of attention_chunk_size
+ *   NoPE layers: no rotation; (attn_temperature_tuning) q *= 1 + attn_scale * log1p(floor((pos + 1) / floor_scale))
+ *   h  = h + o_proj(attention(q, k, v))
+ *   x  = post_attention_layernorm(h)
+ *   MoE layers:  logits = router(x) [T, E]; score[t, e] = sigmoid(logits[t, e]) for the top-k experts of t, else 0;
+ *                every expert e runs on every token, scaled: x_e = x * score[:, e]
+ *                  gate|up = x_e @ gate_up_proj[e]  ([E, H, 2I], input-major: [H, 2I] per expert)
+ *                  y_e = (up * silu(gate)) @ down_proj[e]            ([E, I, H])
+ *                y = shared_expert(x) + sum over e of y_e
+ *   dense layers: y = feed_forward(x), a SwiGLU MLP of intermediate_size_mlp
+ *   h  = h + y
+ */
+import type { Llama4Config, ModelConfig } from './config.js';
+import type { GemmEngine, LinearWeights } from './gemm.js';
+import { rmsnorm, silu } from './ops.js';
+import { attention, prepareGroupFrom, swiGluMlp, type LayerHooks, type PreparedGroup } from './layer.js';
+import { fp8ActQuant, loadLinear, loadLinearLazily, nvfp4ActQuant, type WeightSource } from './weights.js';
+import { formatByQuantAlgo } from '../formats/registry.js';
+import { dequantizeNvfp4 } from '../formats/nvfp4.js';
+import { CheckpointError } from '../errors.js';
+import { decodeToFloat32 } from '../codecs/float.js';
+import { expertSlice, transposed } from '../sources/views.js';
+
+export type { Llama4Config };
+
+export interface Llama4LayerNames {
+  q: string;
+  k: string;
+  v: string;
+  o: string;
+  inputNorm: string;
+  postNorm: string;
+  mlp:
+    | { kind: 'dense'; gate: string; up: string; down: string }
+    | { kind: 'moe'; router: string; gateUp: string; down: string; shared: { gate: string; up: string; down: string } };
+}
+
+export interface PreparedLlama4Layer {
+  index: number;
+  engine: GemmEngine;
+  inputNorm: Float32Array;
+  postNorm: Float32Array;
+  qkv: PreparedGroup;
+  o: PreparedGroup;
+  mlp:
+    | { kind: 'dense'; gateUp: PreparedGroup; down: PreparedGroup }
+    | { kind: 'moe'; router: PreparedGroup; experts: { gateUp: PreparedGroup; down: PreparedGroup }[]; shared: { gateUp: PreparedGroup; down: PreparedGroup } };
+  release(): Promise<void>;
+}
+
+async function f32(src: WeightSource, name: string): Promise<Float32Array> {
+  const t = src.tensors.get(name);
+  if (!t) throw new CheckpointError(src.dir, `tensor "${name}" is missing`);
+  return decodeToFloat32(await t.read(), t.dtype, name);
+}
+
+/**
+ * Expert e of a fused [E, in, out] parameter as a linear's [out, in] weight (a transposed view,
+ * decoded). In an export (FP8: e4m3 [E, A, B] and one scale; NVFP4: nibbles [E, A/2, B] packed
+ * along A, block scales [E, A/16, B] and weight_scale_2) it is dequantized as engines compute, and
+ * its input quantized with `<name>_input_scale`.
+ */
+async function expertLinear(src: WeightSource, name: string, e: number): Promise<LinearWeights> {
+  const t = src.tensors.get(name);
+  if (!t) throw new CheckpointError(src.dir, `tensor "${name}" is missing`);
+  const scale = src.tensors.get(`${name}_weight_scale`);
+  if (!scale) {
+    const w = transposed(expertSlice(t, e));
+    return { w: await w.toFloat32(), N: w.shape[0]!, K: w.shape[1]! };
+  }
+  const fmt = formatByQuantAlgo(src.quantAlgo);
+  if (!fmt?.fused) throw new CheckpointError(src.dir, `cannot run ${name} stored as quant_algo ${JSON.stringify(src.quantAlgo)}`);
+  const scalar = async (n: string) => (src.tensors.has(n) ? (await f32(src, n))[0]! : undefined);
+  const [, Ap, B] = t.shape as [number, number, number];
+  const q = await expertSlice(t, e).read(); // [A, B] or [A/2, B]
+  let w: Float32Array, A: number;
+  if (fmt.fused.layout === 'rows') {
+    A = Ap;
+    const rows = fmt.dequantize(q, [A, B], await scale.read(), await scalar(`${name}_weight_scale_2`)).w; // [A, B]
+    w = new Float32Array(A * B);
+    for (let a = 0; a < A; a++) for (let b = 0; b < B; b++) w[b * A + a] = rows[a * B + b]!;
+  } else {
+    A = Ap * 2;
+    const s = await expertSlice(scale, e).read(); // [A/16, B]
+    const codes = new Uint8Array(B * A), scales = new Uint8Array(B * (A / 16));
+    for (let b = 0; b < B; b++) {
+      for (let a = 0; a < A; a++) codes[b * A + a] = (q[(a >> 1) * B + b]! >> ((a & 1) * 4)) & 15;
+      for (let g = 0; g < A / 16; g++) scales[b * (A / 16) + g] = s[g * B + b]!;
+    }
+    w = dequantizeNvfp4(codes, scales, B, A, (await scalar(`${name}_weight_scale_2`))!);
+  }
+  const inputScale = await scalar(`${name}_input_scale`);
+  const input = inputScale === undefined ? undefined : fmt.activation === 'nvfp4' ? nvfp4ActQuant(inputScale) : fmt.activation === 'fp8' ? fp8ActQuant(inputScale) : undefined;
+  return { w, N: B, K: A, input };
+}
+
+export async function loadPreparedLlama4Layer(src: WeightSource, index: number, names: Llama4LayerNames, cfg: ModelConfig, l4: Llama4Config, gemm: GemmEngine): Promise<PreparedLlama4Layer> {
+  const prepared: PreparedGroup[] = [];
+  const track = async (g: Promise<PreparedGroup>) => {
+    const r = await g;
+    prepared.push(r);
+    return r;
+  };
+  const load = (m: string) => () => (gemm.prepareTransposed ? loadLinearLazily(src, m) : loadLinear(src, m));
+  const group = (ms: string[], dims: [number, number][]) => track(prepareGroupFrom(ms.map(load), dims, gemm));
+  const H = cfg.hiddenSize, q = cfg.numHeads * cfg.headDim, kv = cfg.numKvHeads * cfg.headDim;
+  try {
+    const qkv = await group([names.q, names.k, names.v], [[q, H], [kv, H], [kv, H]]);
+    const o = await group([names.o], [[H, q]]);
+    let mlp: PreparedLlama4Layer['mlp'];
+    if (names.mlp.kind === 'dense') {
+      const I = l4.denseIntermediateSize;
+      mlp = { kind: 'dense', gateUp: await group([names.mlp.gate, names.mlp.up], [[I, H], [I, H]]), down: await group([names.mlp.down], [[H, I]]) };
+    } else {
+      const I = l4.expertIntermediateSize;
+      const n = names.mlp;
+      const experts: { gateUp: PreparedGroup; down: PreparedGroup }[] = [];
+      for (let e = 0; e < l4.numExperts; e++) {
+        experts.push({
+          gateUp: await track(prepareGroupFrom([() => expertLinear(src, n.gateUp, e)], [[2 * I, H]], gemm)),
+          down: await track(prepareGroupFrom([() => expertLinear(src, n.down, e)], [[H, I]], gemm)),
+        });
+      }
+      mlp = {
+        kind: 'moe',
+        router: await group([n.router], [[l4.numExperts, H]]),
+        experts,
+        shared: { gateUp: await group([n.shared.gate, n.shared.up], [[I, H], [I, H]]), down: await group([n.shared.down], [[H, I]]) },
+      };
+    }
+    return {
+      index,
+      engine: gemm,
+      inputNorm: await f32(src, names.inputNorm),
+      postNorm: await f32(src, names.postNorm),
+      qkv,
+      o,
+      mlp,
+      release: async () => {
+        await Promise.all(prepared.splice(0).map((g) => g.release()));
+      },
+    };
+  } catch (e) {
+    await Promise.all(prepared.splice(0).map((g) => g.release()));
+    throw e;
+  }
+}
+
+/** In place, each head of x [T, heads*d]: pairs (x[2i], x[2i+1]) times (cos + i sin) of position t, frequency i. */
+export function applyRopeInterleaved(x: Float32Array, T: number, heads: number, d: number, cos: Float32Array, sin: Float32Array): void {
+  // cos/sin as ropeTables gives them: [T, d], the first d/2 entries of a row are frequencies 0..d/2-1
+  for (let t = 0; t < T; t++)
+    for (let h = 0; h < heads; h++) {
+      const o = (t * heads + h) * d;
+      for (let i = 0; i < d / 2; i++) {
+        const a = x[o + 2 * i]!, b = x[o + 2 * i + 1]!;
+        const c = cos[t * d + i]!, s = sin[t * d + i]!;
+        x[o + 2 * i] = Math.fround(a * c - b * s);
+        x[o + 2 * i + 1] = Math.fround(a * s + b * c);
+      }
+    }
+}
+
+/** In place: each row of width d divided by its root mean square (Llama4TextL2Norm: no weight). */
+function l2Norm(x: Float32Array, rows: number, d: number, eps: number): void {
+  for (let r = 0; r < rows; r++) {
+    let ss = 0;
+    for (let i = 0; i < d; i++) ss += x[r * d + i]! * x[r * d + i]!;
+    const inv = Math.fround(1 / Math.sqrt(Math.fround(Math.fround(ss / d) + eps)));
+    for (let i = 0; i < d; i++) x[r * d + i] = Math.fround(x[r * d + i]! * inv);
+  }
+}
+
+const sigmoid = (x: number) => Math.fround(1 / (1 + Math.exp(-x)));
+
+/** h [T, H] -> h' [T, H], written over h (see the file comment). */
+export async function llama4DecoderLayer(
+  h: Float32Array,
+  T: number,
+  layer: PreparedLlama4Layer,
+  cfg: ModelConfig,
+  l4: Llama4Config,
+  cos: Float32Array,
+  sin: Float32Array,
+  hooks: LayerHooks = {},
+): Promise<Float32Array> {
+  const H = cfg.hiddenSize, d = cfg.headDim, nH = cfg.numHeads, nKV = cfg.numKvHeads;
+  const i = layer.index;
+  // --- attention
+  const x = rmsnorm(h, T, H, layer.inputNorm, cfg.rmsNormEps);
+  for (const n of ['q', 'k', 'v'] as const) hooks.linearInput?.(n, x, T, H);
+  const [q, k, v] = (await layer.qkv.run(x, T)) as [Float32Array, Float32Array, Float32Array];
+  if (l4.rope[i]) {
+    applyRopeInterleaved(q, T, nH, d, cos, sin);
+    applyRopeInterleaved(k, T, nKV, d, cos, sin);
+    if (l4.qkNorm) {
+      l2Norm(q, T * nH, d, cfg.rmsNormEps);
+      l2Norm(k, T * nKV, d, cfg.rmsNormEps);
+    }
+  } else if (l4.temperature) {
+    const { floorScale, attnScale } = l4.temperature;
+    for (let t = 0; t < T; t++) {
+      const s = Math.fround(Math.fround(Math.log1p(Math.floor((t + 1) / floorScale)) * attnScale) + 1);
+      for (let j = t * nH * d; j < (t + 1) * nH * d; j++) q[j] = Math.fround(q[j]! * s);
+    }
+  }
+  hooks.keysValues?.(k, v, T);
+  const chunk = l4.chunk[i];
+  const att = chunk === undefined && layer.engine.attention ? await (await layer.engine.attention(T, nH, nKV, d))(q, k, v) : attention(q, k, v, T, nH, nKV, d, undefined, chunk);
+  hooks.linearInput?.('o', att, T, nH * d);
+  const [o] = (await layer.o.run(att, T)) as [Float32Array];
+  for (let j = 0; j < h.length; j++) h[j] = h[j]! + o[j]!;
+  // --- feed forward
+  const x2 = rmsnorm(h, T, H, layer.postNorm, cfg.rmsNormEps);
+  let y: Float32Array;
+  if (layer.mlp.kind === 'dense') {
+    y = await swiGluMlp(x2, T, H, l4.denseIntermediateSize, layer.mlp.gateUp, layer.mlp.down, hooks);
+  } else {
+    const E = l4.numExperts, I = l4.expertIntermediateSize;
+    hooks.linearInput?.('router', x2, T, H);
+    const [logits] = (await layer.mlp.router.run(x2, T)) as [Float32Array]; // [T, E]
+    const score = new Float32Array(T * E); // sigmoid of the top-k logits, 0 elsewhere (sigmoid(-inf))
+    const order = Array.from({ length: E }, (_, e) => e);
+    for (let t = 0; t < T; t++) {
+      order.sort((a, b) => logits[t * E + b]! - logits[t * E + a]! || a - b);
+      for (const e of order.slice(0, l4.topK)) score[t * E + e] = sigmoid(logits[t * E + e]!);
+    }
+    const sum = new Float32Array(T * H);
+    const xe = new Float32Array(T * H);
+    const act = new Float32Array(T * I);
+    for (let e = 0; e < E; e++) {
+      for (let t = 0; t < T; t++) {
+        const s = score[t * E + e]!;
+        for (let j = 0; j < H; j++) xe[t * H + j] = Math.fround(x2[t * H + j]! * s);
+      }
+      hooks.linearInput?.('experts.gate_up', xe, T, H);
+      const [gu] = (await layer.mlp.experts[e]!.gateUp.run(xe, T)) as [Float32Array]; // [T, 2I]: gate | up
+      for (let t = 0; t < T; t++) for (let j = 0; j < I; j++) act[t * I + j] = Math.fround(gu[t * 2 * I + I + j]! * Math.fround(silu(gu[t * 2 * I + j]!)));
+      hooks.linearInput?.('experts.down', act, T, I);
+      const [ye] = (await layer.mlp.experts[e]!.down.run(act, T)) as [Float32Array];
+      for (let j = 0; j < sum.length; j++) sum[j] = Math.fround(sum[j]! + ye[j]!);
+    }
+    const shared = await swiGluMlp(x2, T, H, I, layer.mlp.shared.gateUp, layer.mlp.shared.down, hooks, 'shared.');
+    y = new Float32Array(T * H);
+    for (let j = 0; j < y.length; j++) y[j] = Math.fround(shared[j]! + sum[j]!);
+  }
+  for (let j = 0; j < h.length; j++) h[j] = h[j]! + y[j]!;
+  return h;
+}

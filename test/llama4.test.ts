@@ -1,0 +1,188 @@
+/**
+ * Llama 4 text (`llama4_text`) against transformers' reference outputs: hidden states, logits and
+ * every statistic recorded (RoPE and chunked attention, L2 qk norm, sigmoid router, every expert on
+ * every token scaled by its score, shared expert); exports of the fused 3-D experts byte for byte
+ * against the spec's formulas (families.md §4.2-4.3) applied to the source and the statistics.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { chmod, cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openCheckpoint, loadStats, openModel, exportCheckpoint, verifyExport, type Stats } from '../src/index.js';
+import { calibrateModel } from '../src/calibrate-checkpoint.js';
+import { perplexity } from '../src/eval.js';
+import { jsGemm, loadOrt, onnxGemm, type GemmEngine } from '../src/forward/gemm.js';
+import { embed, loadHead, weightSource } from '../src/forward/weights.js';
+import { ropeTables } from '../src/forward/rope.js';
+import { rmsnorm } from '../src/forward/ops.js';
+import { quantizeFp8Ref } from '../src/formats/fp8.js';
+import { quantizeNvfp4Ref } from '../src/formats/nvfp4.js';
+import { synthetic } from './helpers.js';
+
+const dir = synthetic('llama4_text');
+const refPath = join(dir, 'reference.safetensors');
+let tmp: string;
+let ids: number[][];
+beforeAll(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'rxq-llama4-'));
+  const ck = await openCheckpoint(refPath);
+  const t = ck.tensors.get('input_ids')!;
+  const all = new BigInt64Array((await t.read()).slice().buffer);
+  const [B, T] = t.shape as [number, number];
+  await ck.close();
+  ids = Array.from({ length: B }, (_, b) => Array.from(all.subarray(b * T, (b + 1) * T), Number));
+});
+afterAll(async () => {
+  await rm(tmp, { recursive: true, force: true });
+});
+
+function relErr(a: Float32Array, b: Float32Array): number {
+  let d = 0, m = 0;
+  for (let i = 0; i < b.length; i++) {
+    d = Math.max(d, Math.abs(a[i]! - b[i]!));
+    m = Math.max(m, Math.abs(b[i]!));
+  }
+  return d / m;
+}
+const cat = (arr: Float32Array[]) => Float32Array.from(arr.flatMap((a) => Array.from(a)));
+const amaxOf = (w: Float32Array) => w.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+
+describe('llama4_text: forward pass vs transformers', () => {
+  for (const engine of ['js', 'onnx'] as const) {
+    it(`hidden states, final norm and logits within 1e-4 relative (40 tokens: past one 32-token attention chunk), ${engine} GEMM`, async () => {
+      const ref = await loadStats(refPath);
+      const gemm: GemmEngine = engine === 'js' ? jsGemm : onnxGemm((await loadOrt())!, 1);
+      const model = await openModel(dir);
+      const cfg = model.config;
+      const src = weightSource(model.checkpoint);
+      const T = ids[0]!.length;
+      expect(T).toBeGreaterThan(cfg.llama4!.chunk[0]!);
+      const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
+      const h = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
+      for (let l = 0; l < cfg.numLayers; l++) {
+        const layer = await model.arch.forward.load(src, model.layers[l]!, cfg, gemm);
+        for (let i = 0; i < h.length; i++) h[i] = await model.arch.forward.run(h[i]!, T, layer, cfg, cos, sin);
+        await layer.release();
+        if (l < cfg.numLayers - 1) expect(relErr(cat(h), ref.get(`hidden_states.${l + 1}`)!), `layer ${l}`).toBeLessThan(1e-4);
+      }
+      const { norm, head } = await loadHead(src, cfg, model.arch.names);
+      const normed = h.map((x) => rmsnorm(x, T, cfg.hiddenSize, norm, cfg.rmsNormEps));
+      expect(relErr(cat(normed), ref.get(`hidden_states.${cfg.numLayers}`)!)).toBeLessThan(1e-4);
+      const prepared = await gemm.prepare(head);
+      const logits = cat(await Promise.all(normed.map(async (x) => (await prepared.run(x, T)).slice())));
+      expect(relErr(logits, ref.get('logits')!)).toBeLessThan(1e-4);
+      await prepared.release();
+      await model.close();
+    });
+  }
+});
+
+describe('llama4_text: calibration and export', () => {
+  let stats: Stats;
+  beforeAll(async () => {
+    stats = await calibrateModel(dir, ids);
+  });
+
+  it('every statistic transformers recorded within 1e-4 (router and shared expert included); one per fused expert parameter', async () => {
+    const ref = await loadStats(refPath);
+    let checked = 0;
+    for (const [k, v] of ref) {
+      if (!/\.(input_amax|input_absmean)$/.test(k)) continue;
+      expect(stats.get(k), k).toBeDefined();
+      expect(relErr(stats.get(k)!, v), k).toBeLessThan(1e-4);
+      checked++;
+    }
+    expect(checked).toBeGreaterThanOrEqual(2 * 8 * 2 + 2);
+    for (let l = 0; l < 2; l++) {
+      const f = `model.layers.${l}.feed_forward`;
+      // the experts see the router's input scaled by sigmoid scores (<= 1)
+      const gu = stats.get(`${f}.experts.gate_up_proj.input_amax`)![0]!;
+      expect(gu).toBeGreaterThan(0);
+      expect(gu).toBeLessThanOrEqual(stats.get(`${f}.router.input_amax`)![0]!);
+      expect(stats.get(`${f}.experts.down_proj.input_amax`)![0]!).toBeGreaterThan(0);
+    }
+  });
+
+  for (const format of ['fp8', 'nvfp4'] as const) {
+    it(`${format}: fused experts kept 3-D with one scale set each, bytes from the spec's formulas; verify passes`, async () => {
+      const out = join(tmp, `l4-${format}`);
+      await exportCheckpoint({ model: dir, format, out, stats, workers: 0 });
+      const hq = JSON.parse(await readFile(join(out, 'hf_quant_config.json'), 'utf8'));
+      expect(hq.quantization.exclude_modules).toEqual(['lm_head', 'model.embed_tokens', 'model.layers.0.feed_forward.router', 'model.layers.1.feed_forward.router']);
+      expect((await verifyExport(out)).failures).toEqual([]);
+      const src = await openCheckpoint(dir);
+      const ex = await openCheckpoint(out);
+      const scalar = async (n: string) => (await ex.tensors.get(n)!.toFloat32())[0]!;
+      for (let l = 0; l < 2; l++) {
+        for (const p of ['gate_up_proj', 'down_proj']) {
+          const m = `model.layers.${l}.feed_forward.experts.${p}`;
+          const t = src.tensors.get(m)!;
+          const [E, A, B] = t.shape as [number, number, number];
+          const w = await t.toFloat32();
+          const amax = amaxOf(w); // one weight scale over all experts (and both halves of gate_up)
+          expect(await scalar(`${m}_input_scale`)).toBe(Math.fround(stats.get(`${m}.input_amax`)![0]! / (format === 'fp8' ? 448 : 2688)));
+          if (format === 'fp8') {
+            const ws = Math.fround(amax / 448);
+            expect(await scalar(`${m}_weight_scale`)).toBe(ws);
+            expect(ex.tensors.get(m)!.shape).toEqual([E, A, B]);
+            expect(Buffer.compare(await ex.tensors.get(m)!.read(), quantizeFp8Ref(w, ws, 'BF16')), m).toBe(0);
+          } else {
+            const ws2 = Math.fround(amax / 2688);
+            expect(await scalar(`${m}_weight_scale_2`)).toBe(ws2);
+            const packed = await ex.tensors.get(m)!.read();
+            const scales = await ex.tensors.get(`${m}_weight_scale`)!.read();
+            for (let e = 0; e < E; e++) {
+              // transposed to [B, A], quantized along A, then transposed back (maybe_transpose_expert_weight_dimensions)
+              const wt = new Float32Array(B * A);
+              for (let a = 0; a < A; a++) for (let b = 0; b < B; b++) wt[b * A + a] = w[(e * A + a) * B + b]!;
+              const q = quantizeNvfp4Ref(wt, B, A, ws2);
+              for (let j = 0; j < A / 2; j++)
+                for (let b = 0; b < B; b++) {
+                  const want = q.codes[b * A + 2 * j]! | (q.codes[b * A + 2 * j + 1]! << 4);
+                  if (packed[(e * (A / 2) + j) * B + b] !== want) throw new Error(`${m} byte [${e}, ${j}, ${b}]`);
+                }
+              for (let g = 0; g < A / 16; g++)
+                for (let b = 0; b < B; b++) {
+                  if (scales[(e * (A / 16) + g) * B + b] !== q.scales[b * (A / 16) + g]) throw new Error(`${m} scale [${e}, ${g}, ${b}]`);
+                }
+            }
+          }
+        }
+        // the router is copied unchanged
+        const r = `model.layers.${l}.feed_forward.router.weight`;
+        expect(Buffer.compare(await ex.tensors.get(r)!.read(), await src.tensors.get(r)!.read())).toBe(0);
+      }
+      await src.close();
+      await ex.close();
+    });
+  }
+
+  it('an export runs as engines run it: perplexity on the token ids close to the source', async () => {
+    const file = join(tmp, 'ids.json');
+    await writeFile(file, JSON.stringify(ids));
+    const source = (await perplexity(dir, file)).perplexity;
+    const fp8 = (await perplexity(join(tmp, 'l4-fp8'), file)).perplexity;
+    const nvfp4 = (await perplexity(join(tmp, 'l4-nvfp4'), file)).perplexity;
+    expect(Math.abs(fp8 / source - 1)).toBeLessThan(0.02);
+    expect(Math.abs(nvfp4 / source - 1)).toBeLessThan(0.2);
+    expect(nvfp4).not.toBe(fp8);
+  });
+
+  it('verify fails a fused expert without its input_scale; AWQ and fp8_pb_wo are refused with the reason', async () => {
+    const good = join(tmp, 'l4-nvfp4');
+    const d = join(tmp, 'l4-broken');
+    await cp(good, d, { recursive: true });
+    for (const f of await readdir(d)) await chmod(join(d, f), 0o644);
+    const ck = await openCheckpoint(d);
+    const { planShards, ShardWriter } = await import('../src/safetensors/writer.js');
+    const keep = [...ck.tensors.values()].filter((t) => t.name !== 'model.layers.1.feed_forward.experts.down_proj_input_scale');
+    const w = await ShardWriter.create(`${d}-staged`, planShards(keep.map((t) => ({ name: t.name, dtype: t.dtype, shape: [...t.shape] })), 1e12));
+    for (const t of keep) await w.write(t.name, await t.read());
+    await w.finish();
+    await ck.close();
+    await cp(join(`${d}-staged`, 'model.safetensors'), join(d, 'model.safetensors'));
+    expect((await verifyExport(d)).failures).toContain('model.layers.1.feed_forward.experts.down_proj_input_scale is missing');
+    await expect(exportCheckpoint({ model: dir, format: 'nvfp4_awq', out: join(tmp, 'x'), stats, workers: 0 })).rejects.toThrow(/not available for Llama 4 yet/);
+    await expect(exportCheckpoint({ model: dir, format: 'fp8_pb_wo', out: join(tmp, 'y'), stats, workers: 0 })).rejects.toThrow(/does not define Llama 4's fused expert tensors/);
+  });
+});
