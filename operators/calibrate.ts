@@ -86,7 +86,7 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
             const norm = await loadFinalNorm(src, model.arch.names);
             for (let i = 0; i < samples.length; i++) {
               const T = samples[i]!.length;
-              collector.observe('lm_head', rmsnorm(await hidden.get(i), T, cfg.hiddenSize, norm, cfg.rmsNormEps), T, cfg.hiddenSize);
+              collector.observe(model.arch.names.lmHead, rmsnorm(await hidden.get(i), T, cfg.hiddenSize, norm, cfg.rmsNormEps), T, cfg.hiddenSize);
             }
             await hidden.close(); // the rest comes last: no layer needs the hidden states any more
             hidden = undefined;

@@ -197,8 +197,8 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
       }
       for (const m of linears) {
         if (quantized.has(m)) continue;
-        if (!t.has(`${m}.weight`) && m === 'lm_head') continue; // tied
-        if (t.has(`${m}.weight`) || m === 'model.embed_tokens') {
+        if (!t.has(`${m}.weight`) && m === arch.names.lmHead) continue; // tied
+        if (t.has(`${m}.weight`) || m === arch.names.embed) {
           if (algo !== undefined && !excluded(m)) fail(`${m} is stored unquantized but not listed in exclude_modules (engines would load it as packed)`);
           for (const s of ['weight_scale_2', 'input_scale', 'pre_quant_scale']) if (t.has(`${m}.${s}`)) fail(`${m}.${s} present on an unquantized module`);
         }

@@ -184,7 +184,7 @@ describe('bad weights and shapes', () => {
 
   it('unsupported architectures get a clear error listing the supported ones', async () => {
     await expect(exportCheckpoint({ model: synthetic('deepseek_v3'), format: 'fp8_pb_wo', out: join(tmp, 'ds'), workers: 0 })).rejects.toThrow(
-      /model_type "deepseek_v3" is not supported; supported: llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, llama4_text/,
+      /model_type "deepseek_v3" is not supported; supported: llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, llama4_text, llama4/,
     );
   });
 });

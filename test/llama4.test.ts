@@ -186,3 +186,53 @@ describe('llama4_text: calibration and export', () => {
     await expect(exportCheckpoint({ model: dir, format: 'fp8_pb_wo', out: join(tmp, 'y'), stats, workers: 0 })).rejects.toThrow(/does not define Llama 4's fused expert tensors/);
   });
 });
+
+describe('llama4 (the multimodal checkpoint, made here from llama4_text)', () => {
+  it('exports the text part as llama4_text exports it, copies the vision tower and projector unchanged and excludes them', async () => {
+    // the text weights under language_model., the config under text_config, a small vision tower beside them
+    const mm = join(tmp, 'llama4-mm');
+    const src = await openCheckpoint(dir);
+    const { planShards, ShardWriter } = await import('../src/safetensors/writer.js');
+    const vision: [string, number[]][] = [['vision_model.patch_embedding.linear.weight', [64, 588]], ['vision_model.model.layers.0.mlp.fc1.weight', [256, 64]], ['multi_modal_projector.linear_1.weight', [128, 64]]];
+    const specs = [
+      ...[...src.tensors.values()].map((t) => ({ name: `language_model.${t.name}`, dtype: t.dtype, shape: [...t.shape] })),
+      ...vision.map(([name, shape]) => ({ name, dtype: 'BF16' as const, shape })),
+    ];
+    const w = await ShardWriter.create(mm, planShards(specs, 1e12));
+    for (const t of src.tensors.values()) await w.write(`language_model.${t.name}`, await t.read());
+    for (const [name, shape] of vision) await w.write(name, Uint8Array.from({ length: shape[0]! * shape[1]! * 2 }, (_, i) => (i * 37 + name.length) & 0x3f));
+    const textConfig = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'));
+    await w.writeSideFile('config.json', JSON.stringify({ architectures: ['Llama4ForConditionalGeneration'], model_type: 'llama4', text_config: textConfig, vision_config: { hidden_size: 64 }, image_token_index: 200092 }, null, 2));
+    await w.finish();
+    await src.close();
+
+    const mmStats = await calibrateModel(mm, ids);
+    const textStats = await calibrateModel(dir, ids);
+    for (const [k, v] of textStats) expect(Buffer.compare(Buffer.from(v.buffer), Buffer.from(mmStats.get(`language_model.${k}`)!.buffer)), k).toBe(0);
+    const a = join(tmp, 'mm-nvfp4'), b = join(tmp, 'text-nvfp4');
+    await exportCheckpoint({ model: mm, format: 'nvfp4', out: a, stats: mmStats, workers: 0 });
+    await exportCheckpoint({ model: dir, format: 'nvfp4', out: b, stats: textStats, workers: 0 });
+    const ea = await openCheckpoint(a), eb = await openCheckpoint(b), s0 = await openCheckpoint(mm);
+    for (const t of eb.tensors.values()) {
+      const u = ea.tensors.get(`language_model.${t.name}`);
+      expect(u, t.name).toBeDefined();
+      expect(Buffer.compare(await u!.read(), await t.read()), t.name).toBe(0);
+    }
+    for (const [name] of vision) expect(Buffer.compare(await ea.tensors.get(name)!.read(), await s0.tensors.get(name)!.read()), name).toBe(0);
+    expect(ea.tensors.size).toBe(eb.tensors.size + vision.length);
+    await ea.close();
+    await eb.close();
+    await s0.close();
+    const hq = JSON.parse(await readFile(join(a, 'hf_quant_config.json'), 'utf8'));
+    expect(hq.quantization.exclude_modules).toEqual([
+      'language_model.lm_head', 'language_model.model.embed_tokens', 'language_model.model.layers.0.feed_forward.router', 'language_model.model.layers.1.feed_forward.router',
+      'multi_modal_projector*', 'vision_model*',
+    ]);
+    const cfg = JSON.parse(await readFile(join(a, 'config.json'), 'utf8'));
+    expect(cfg.model_type).toBe('llama4');
+    expect(cfg.vision_config).toEqual({ hidden_size: 64 });
+    expect(cfg.text_config.model_type).toBe('llama4_text');
+    expect(cfg.quantization_config.quant_algo).toBe('NVFP4');
+    expect((await verifyExport(a)).failures).toEqual([]);
+  });
+});

@@ -145,7 +145,8 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
   }
   if (!options.deferStatsCheck) checkStats(model, format, kvCache, quantized, options.stats);
 
-  const unquantized = [...model.arch.alwaysExcluded, ...model.layers.flatMap((l) => l.excluded ?? []), ...skipped.map((d) => d.module)];
+  const untouched = [...model.checkpoint.tensors.keys()].filter((n) => model.arch.untouchedPrefixes?.some((p) => n.startsWith(p))).map((n) => n.replace(/\.(weight|bias)$/, ''));
+  const unquantized = [...model.arch.alwaysExcluded, ...model.layers.flatMap((l) => l.excluded ?? []), ...untouched, ...skipped.map((d) => d.module)];
   const hfQuantConfig = buildHfQuantConfig(format, kvCache, unquantized, quantized);
   const plan: ExportPlan = {
     format,
@@ -190,9 +191,12 @@ function planOutputs(plan: ExportPlan): TensorSpec[] {
   const tail: TensorSpec[] = [];
   const quantizedWeights = new Map<string, LinearDecision>();
   for (const d of decisions.values()) if (d.quantized) quantizedWeights.set(d.fused ? d.module : `${d.module}.weight`, d);
+  const layerOf = new Map(model.layers.map((l) => [`${l.prefix}.`, l.index]));
+  const layerPrefix = /^(.*\.layers\.\d+\.)/;
   for (const t of model.checkpoint.tensors.values()) {
-    const lm = /^model\.layers\.(\d+)\./.exec(t.name);
-    const bucket = lm ? byLayer[Number(lm[1])]! : t.name.startsWith('model.embed_tokens.') ? head : tail;
+    const lm = layerPrefix.exec(t.name);
+    const li = lm ? layerOf.get(lm[1]!) : undefined;
+    const bucket = li !== undefined ? byLayer[li]! : t.name.startsWith(`${model.arch.names.embed}.`) ? head : tail;
     const d = quantizedWeights.get(t.name);
     if (d) bucket.push(...quantizedTensorSpecs(d, format, keepsPreQuantScale(plan, d.module)));
     else bucket.push({ name: t.name, dtype: t.dtype, shape: t.shape });

@@ -86,6 +86,11 @@ export interface ModelFamily {
   layer(i: number, cfg: ModelConfig): LayerLayout;
   /** Linear-like modules outside the decoder layers that always stay unquantized (lm_head, embeddings). */
   alwaysExcluded: string[];
+  /**
+   * Tensors under these prefixes (a vision tower) are copied unchanged and their modules listed in
+   * exclude_modules (which summarizes them as `vision_model*`).
+   */
+  untouchedPrefixes?: string[];
   /** Why the AWQ formats are refused for this family, if they are. */
   awqUnsupported?: string;
   /** Expected [out, in] shape of a linear's weight, for validation. */

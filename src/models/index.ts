@@ -6,7 +6,7 @@ import { qwen3 } from './qwen3.js';
 import { mistral } from './mistral.js';
 import { mixtral } from './mixtral.js';
 import { qwen3_moe } from './qwen3_moe.js';
-import { llama4_text } from './llama4.js';
+import { llama4, llama4_text } from './llama4.js';
 
 export * from './base.js';
 export * from './config.js';
@@ -14,7 +14,7 @@ export { denseFamily, denseLayerNames, type DenseFamilyOptions } from './dense.j
 export { moeFamily, type MoeFamilyOptions } from './moe.js';
 
 /** Every family rxquant reads, by config.json's model_type. A new family: one file, and its line here. */
-export const FAMILIES: Record<string, ModelFamily> = { llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, llama4_text };
+export const FAMILIES: Record<string, ModelFamily> = { llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, llama4_text, llama4 };
 /** The older name of FAMILIES. */
 export const ARCHITECTURES = FAMILIES;
 

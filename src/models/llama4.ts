@@ -54,8 +54,8 @@ const l4Of = (cfg: ModelConfig): Llama4Config => {
   return cfg.llama4;
 };
 
-function layout(i: number, cfg: ModelConfig): LayerLayout {
-  const p = `model.layers.${i}`;
+const layoutWith = (prefix: string) => (i: number, cfg: ModelConfig): LayerLayout => {
+  const p = `${prefix}model.layers.${i}`;
   const a = `${p}.self_attn`;
   const f = `${p}.feed_forward`;
   const [q, k, v, o] = ['q', 'k', 'v', 'o'].map((r) => `${a}.${r}_proj`) as [string, string, string, string];
@@ -75,7 +75,7 @@ function layout(i: number, cfg: ModelConfig): LayerLayout {
     observed: { router: `${f}.router`, 'experts.gate_up': `${f}.experts.gate_up_proj`, 'experts.down': `${f}.experts.down_proj` },
     fusedExperts: [`${f}.experts.gate_up_proj`, `${f}.experts.down_proj`],
   };
-}
+};
 
 function names(l: LayerLayout): Llama4LayerNames {
   const role = (r: string) => l.linears[l.roles.indexOf(r)]!;
@@ -87,17 +87,30 @@ function names(l: LayerLayout): Llama4LayerNames {
   };
 }
 
-export const llama4_text: ModelFamily = {
-  modelType: 'llama4_text',
+/**
+ * A Llama 4 family: `prefix` '' for the text-only checkpoint (Llama4ForCausalLM), 'language_model.'
+ * for the multimodal one (Llama4ForConditionalGeneration: the text config under `text_config`, the
+ * vision tower and projector copied unchanged and excluded as ModelOpt excludes them).
+ */
+function llama4Family(modelType: string, prefix: string, nested: string | undefined, untouchedPrefixes: string[]): ModelFamily {
+  return {
+  modelType,
   family: 'Llama 4',
-  parseConfig: (raw, path) => {
+  parseConfig: (top, path) => {
+    let raw = top;
+    if (nested) {
+      const t = top[nested];
+      if (t === null || typeof t !== 'object' || Array.isArray(t)) throw new CheckpointError(path, `"${nested}" is missing or not an object`);
+      raw = t as Record<string, unknown>;
+    }
     const base = parseModelConfig(raw, path);
     return { ...base, llama4: parseLlama4(raw, base, path) };
   },
-  names: { embed: 'model.embed_tokens', finalNorm: 'model.norm.weight', lmHead: 'lm_head' },
-  alwaysExcluded: ['lm_head', 'model.embed_tokens'],
+  names: { embed: `${prefix}model.embed_tokens`, finalNorm: `${prefix}model.norm.weight`, lmHead: `${prefix}lm_head` },
+  alwaysExcluded: [`${prefix}lm_head`, `${prefix}model.embed_tokens`],
+  untouchedPrefixes,
   awqUnsupported: "ModelOpt's AWQ for Llama 4's fused experts is not reproduced yet",
-  layer: layout,
+  layer: layoutWith(prefix),
   linearShape(module: string, cfg: ModelConfig): [number, number] | undefined {
     const h = cfg.hiddenSize, l4 = l4Of(cfg);
     const leaf = module.slice(module.lastIndexOf('.') + 1);
@@ -114,3 +127,7 @@ export const llama4_text: ModelFamily = {
     run: (h, T, l, cfg, cos, sin, hooks) => llama4DecoderLayer(h, T, l as PreparedLlama4Layer, cfg, l4Of(cfg), cos, sin, hooks),
   },
 };
+}
+
+export const llama4_text = llama4Family('llama4_text', '', undefined, []);
+export const llama4 = llama4Family('llama4', 'language_model.', 'text_config', ['vision_model.', 'multi_modal_projector.']);
