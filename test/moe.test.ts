@@ -292,10 +292,36 @@ for (const [family, f] of Object.entries(FAMILIES)) {
       expect(Math.abs(r.meanNll - nll / n) / (nll / n)).toBeLessThan(1e-4);
     });
 
-    it('AWQ formats are refused with the reason, before any work', async () => {
-      await expect(exportCheckpoint({ model: dir, format: 'int4_awq', out: join(tmp, `${family}-awq`), stats, workers: 0 })).rejects.toThrow(
-        /format int4_awq is not available for (Mixtral|Qwen3-MoE) yet: ModelOpt averages pre_quant_scale across the experts/,
-      );
+    it('AWQ (int4_awq) with given scales: each projection averaged across experts, then gate and up of each expert; kept per expert, never folded', async () => {
+      const { roundBf16 } = await import('../src/codecs/float.js');
+      const given: Stats = new Map(stats);
+      const pq = (seed: number, K: number) => Float32Array.from({ length: K }, (_, k) => 0.5 + ((k * 7 + seed * 5) % 13) / 8);
+      let seed = 0;
+      const src = await openCheckpoint(dir);
+      for (const l of [0, 1]) for (let e = 0; e < f.experts; e++) for (const leaf of f.leaves) {
+        const m = `model.layers.${l}.${f.block}.experts.${e}.${leaf}`;
+        given.set(`${m}.pre_quant_scale`, pq(++seed, src.tensors.get(`${m}.weight`)!.shape[1]!));
+      }
+      await src.close();
+      const out = join(tmp, `${family}-int4awq`);
+      await exportCheckpoint({ model: dir, format: 'int4_awq', out, stats: given, workers: 0 });
+      expect((await verifyExport(out)).failures).toEqual([]);
+      const ex = await openCheckpoint(out);
+      const mean = (arrs: Float32Array[]) => Float32Array.from(arrs[0]!, (_, k) => roundBf16(Math.fround(arrs.reduce((s, a) => Math.fround(s + a[k]!), 0) / arrs.length)));
+      for (const l of [0, 1]) {
+        const b = `model.layers.${l}.${f.block}.experts`;
+        const per = (leaf: string) => Array.from({ length: f.experts }, (_, e) => given.get(`${b}.${e}.${leaf}.pre_quant_scale`)!.map(roundBf16));
+        const g = mean(per(f.leaves[0]!)), u = mean(per(f.leaves[1]!)), d = mean(per(f.leaves[2]!));
+        const gu = mean([g, u]);
+        for (let e = 0; e < f.experts; e++) {
+          for (const [leaf, want] of [[f.leaves[0], gu], [f.leaves[1], gu], [f.leaves[2], d]] as const) {
+            const t = ex.tensors.get(`${b}.${e}.${leaf}.pre_quant_scale`);
+            expect(t, `${b}.${e}.${leaf}`).toBeDefined();
+            expect(Array.from(await t!.toFloat32())).toEqual(Array.from(want));
+          }
+        }
+      }
+      await ex.close();
     });
   });
 }

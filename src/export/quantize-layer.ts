@@ -128,9 +128,9 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
         from.pqs = undefined;
       }
     }
-    for (const g of layout.groups) {
-      const members = g.members.map((m) => work.get(m)).filter((e): e is Work => e !== undefined);
-      if (members.length !== g.members.length || members.length < 2 || !g.norm) continue;
+    // linears that read one input get the mean of their scales (each re-smoothed to it); folded into
+    // the norm before them where there is one, else kept by each (experts: spec §8.4)
+    const resmooth = async (members: Work[], norm: string | undefined) => {
       const K = members[0]!.K;
       const mean = new Float32Array(K);
       for (let k = 0; k < K; k++) {
@@ -140,13 +140,25 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
       }
       for (const e of members) {
         if (e.pqs!.some((x, k) => x !== mean[k])) e.ops.push({ kind: 'resmooth', old: e.pqs!, new: mean });
-        e.pqs = undefined;
+        e.pqs = norm ? undefined : mean;
       }
-      const nt = tensor(`${g.norm}.weight`);
+      if (!norm) return;
+      const nt = tensor(`${norm}.weight`);
       const nw = decodeToFloat32(await nt.read(), nt.dtype, nt.name);
       const ndt = nt.dtype as FloatDType;
       for (let k = 0; k < nw.length; k++) nw[k] = roundToDType(Math.fround(nw[k]! * mean[k]!), ndt);
       replaced.set(nt.name, encodeFromFloat32(nw, ndt));
+    };
+    // MoE first: each projection averaged across the experts of the layer (ModelOpt's get_experts_list
+    // with preprocess_linear_fusion(resmooth_only=True)), then each expert's gate and up as a fused pair
+    for (const list of layout.expertLists ?? []) {
+      const members = list.map((m) => work.get(m)).filter((e): e is Work => e !== undefined && e.pqs !== undefined);
+      if (members.length === list.length && members.length >= 2) await resmooth(members, undefined);
+    }
+    for (const g of layout.groups) {
+      const members = g.members.map((m) => work.get(m)).filter((e): e is Work => e !== undefined);
+      if (members.length !== g.members.length || members.length < 2) continue;
+      await resmooth(members, g.norm);
     }
     for (const e of work.values()) {
       if (e.pqs && !keepsPreQuantScale(plan, e.module)) {

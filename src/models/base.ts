@@ -42,6 +42,8 @@ export interface LayerLayout {
    * projection type across the experts of a layer: one input_scale per layer, spec families.md §1.3).
    */
   sharedInputScale?: string[][];
+  /** Each projection across the experts of the layer (all gates, all ups, all downs): AWQ averages their pre_quant_scale (spec §8.4). */
+  expertLists?: string[][];
   /** Linear-like modules of the layer that are never quantized and always listed in exclude_modules (routers). */
   excluded?: string[];
   /** Roles the forward block reports for modules outside `linears` (role -> module, e.g. "router"). */

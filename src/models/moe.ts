@@ -62,6 +62,7 @@ export function moeFamily(o: MoeFamilyOptions): ModelFamily {
     }
     const b = `${p}.${o.block}`;
     const gates: string[] = [], downs: string[] = [];
+    const lists: string[][] = [[], [], []];
     const sharedWeightScale: string[][] = [];
     for (let e = 0; e < moe.numExperts; e++) {
       const x = `${b}.experts.${e}`;
@@ -73,6 +74,9 @@ export function moeFamily(o: MoeFamilyOptions): ModelFamily {
       sharedWeightScale.push([g, u]);
       gates.push(g, u);
       downs.push(d);
+      lists[0]!.push(g);
+      lists[1]!.push(u);
+      lists[2]!.push(d);
     }
     const router = `${b}.gate`;
     return {
@@ -85,6 +89,7 @@ export function moeFamily(o: MoeFamilyOptions): ModelFamily {
       linearFolds: [],
       sharedWeightScale,
       sharedInputScale: [gates, downs],
+      expertLists: lists,
       excluded: [router],
       observed: { router },
     };
@@ -118,7 +123,6 @@ export function moeFamily(o: MoeFamilyOptions): ModelFamily {
     },
     names: { embed: 'model.embed_tokens', finalNorm: 'model.norm.weight', lmHead: 'lm_head' },
     alwaysExcluded: ['lm_head', 'model.embed_tokens'],
-    awqUnsupported: 'ModelOpt averages pre_quant_scale across the experts of a layer (spec families.md §8.4), which rxquant does not do yet',
     layer,
     linearShape(module: string, cfg: ModelConfig): [number, number] | undefined {
       const h = cfg.hiddenSize;
