@@ -17,6 +17,8 @@ import { ropeTables } from '../src/forward/rope.js';
 import { rmsnorm } from '../src/forward/ops.js';
 import { quantizeFp8Ref } from '../src/formats/fp8.js';
 import { quantizeNvfp4Ref } from '../src/formats/nvfp4.js';
+import { StatsCollector } from '../src/calibration/collector.js';
+import { llama4LayerOverSamples, type Llama4LayerNames } from '../src/forward/llama4.js';
 import { synthetic } from './helpers.js';
 
 const dir = synthetic('llama4_text');
@@ -75,6 +77,45 @@ describe('llama4_text: forward pass vs transformers', () => {
       await model.close();
     });
   }
+});
+
+
+describe('llama4_text: a MoE layer over all samples, experts a group at a time', () => {
+  it('gives the same hidden states bit for bit, and the same statistics, as the whole layer on each sample', async () => {
+    const model = await openModel(dir);
+    const cfg = model.config;
+    const src = weightSource(model.checkpoint);
+    const T = ids[0]!.length;
+    const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
+    const layout = model.layers[1]!;
+    const hooksOf = (c: StatsCollector) => ({
+      linearInput: (name: string, x: Float32Array, n: number, K: number) => c.observe(layout.observed?.[name] ?? layout.linears[layout.roles.indexOf(name)]!, x, n, K),
+      keysValues: (k: Float32Array, v: Float32Array) => c.observeKV(layout.attention, k, v),
+    });
+    const a = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
+    const ca = new StatsCollector();
+    const whole = await model.arch.forward.load(src, layout, cfg, jsGemm);
+    for (let i = 0; i < a.length; i++) a[i] = await model.arch.forward.run(a[i]!, T, whole, cfg, cos, sin, hooksOf(ca));
+    await whole.release();
+    const b = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
+    const cb = new StatsCollector();
+    const states = { count: b.length, tokens: () => T, get: async (i: number) => b[i]!, set: async (i: number, h: Float32Array) => void (b[i] = h) };
+    const role = (r: string) => layout.linears[layout.roles.indexOf(r)]!;
+    const names: Llama4LayerNames = {
+      q: role('q'), k: role('k'), v: role('v'), o: role('o'),
+      inputNorm: `${layout.prefix}.input_layernorm.weight`, postNorm: `${layout.prefix}.post_attention_layernorm.weight`,
+      mlp: { kind: 'moe', router: layout.observed!.router!, gateUp: layout.fusedExperts![0]!, down: layout.fusedExperts![1]!, shared: { gate: role('shared.gate'), up: role('shared.up'), down: role('shared.down') } },
+    };
+    const l4 = cfg.llama4!;
+    // one expert per group: the smallest budget
+    await llama4LayerOverSamples(src, 1, names, cfg, l4, jsGemm, states, cos, sin, hooksOf(cb), 3 * l4.expertIntermediateSize * cfg.hiddenSize * 4);
+    for (let i = 0; i < a.length; i++) expect(Buffer.compare(Buffer.from(a[i]!.buffer), Buffer.from(b[i]!.buffer)), `sample ${i}`).toBe(0);
+    const sa = ca.result(), sb = cb.result();
+    expect([...sb.keys()].sort()).toEqual([...sa.keys()].sort());
+    // amax exactly; absmean sums the same values in another order (f64)
+    for (const [k, v] of sa) expect(k.endsWith('input_absmean') ? relErr(sb.get(k)!, v) < 1e-12 : Buffer.compare(Buffer.from(v.buffer), Buffer.from(sb.get(k)!.buffer)) === 0, k).toBe(true);
+    await model.close();
+  });
 });
 
 describe('llama4_text: calibration and export', () => {

@@ -180,20 +180,19 @@ function l2Norm(x: Float32Array, rows: number, d: number, eps: number): void {
 
 const sigmoid = (x: number) => Math.fround(1 / (1 + Math.exp(-x)));
 
-/** h [T, H] -> h' [T, H], written over h (see the file comment). */
-export async function llama4DecoderLayer(
+/** The attention half of a layer over h [T, H], written over h (see the file comment). */
+async function llama4Attention(
   h: Float32Array,
   T: number,
-  layer: PreparedLlama4Layer,
+  layer: Pick<PreparedLlama4Layer, 'index' | 'engine' | 'inputNorm' | 'qkv' | 'o'>,
   cfg: ModelConfig,
   l4: Llama4Config,
   cos: Float32Array,
   sin: Float32Array,
-  hooks: LayerHooks = {},
-): Promise<Float32Array> {
+  hooks: LayerHooks,
+): Promise<void> {
   const H = cfg.hiddenSize, d = cfg.headDim, nH = cfg.numHeads, nKV = cfg.numKvHeads;
   const i = layer.index;
-  // --- attention
   const x = rmsnorm(h, T, H, layer.inputNorm, cfg.rmsNormEps);
   for (const n of ['q', 'k', 'v'] as const) hooks.linearInput?.(n, x, T, H);
   const [q, k, v] = (await layer.qkv.run(x, T)) as [Float32Array, Float32Array, Float32Array];
@@ -217,7 +216,48 @@ export async function llama4DecoderLayer(
   hooks.linearInput?.('o', att, T, nH * d);
   const [o] = (await layer.o.run(att, T)) as [Float32Array];
   for (let j = 0; j < h.length; j++) h[j] = h[j]! + o[j]!;
-  // --- feed forward
+}
+
+/** Router scores [T, E]: sigmoid of each token's top-k logits (ties to the lower expert), 0 elsewhere (sigmoid(-inf)). */
+function routerScores(logits: Float32Array, T: number, E: number, topK: number): Float32Array {
+  const score = new Float32Array(T * E);
+  const order = Array.from({ length: E }, (_, e) => e);
+  for (let t = 0; t < T; t++) {
+    order.sort((a, b) => logits[t * E + b]! - logits[t * E + a]! || a - b);
+    for (const e of order.slice(0, topK)) score[t * E + e] = sigmoid(logits[t * E + e]!);
+  }
+  return score;
+}
+
+/** sum += expert e on every token of x [T, H] scaled by its score (hooks see the scaled input and the activation). */
+async function expertInto(sum: Float32Array, x: Float32Array, score: Float32Array, T: number, H: number, I: number, E: number, e: number, ex: { gateUp: PreparedGroup; down: PreparedGroup }, hooks: LayerHooks): Promise<void> {
+  const xe = new Float32Array(T * H);
+  for (let t = 0; t < T; t++) {
+    const s = score[t * E + e]!;
+    for (let j = 0; j < H; j++) xe[t * H + j] = Math.fround(x[t * H + j]! * s);
+  }
+  hooks.linearInput?.('experts.gate_up', xe, T, H);
+  const [gu] = (await ex.gateUp.run(xe, T)) as [Float32Array]; // [T, 2I]: gate | up
+  const act = new Float32Array(T * I);
+  for (let t = 0; t < T; t++) for (let j = 0; j < I; j++) act[t * I + j] = Math.fround(gu[t * 2 * I + I + j]! * Math.fround(silu(gu[t * 2 * I + j]!)));
+  hooks.linearInput?.('experts.down', act, T, I);
+  const [ye] = (await ex.down.run(act, T)) as [Float32Array];
+  for (let j = 0; j < sum.length; j++) sum[j] = Math.fround(sum[j]! + ye[j]!);
+}
+
+/** h [T, H] -> h' [T, H], written over h (see the file comment). */
+export async function llama4DecoderLayer(
+  h: Float32Array,
+  T: number,
+  layer: PreparedLlama4Layer,
+  cfg: ModelConfig,
+  l4: Llama4Config,
+  cos: Float32Array,
+  sin: Float32Array,
+  hooks: LayerHooks = {},
+): Promise<Float32Array> {
+  const H = cfg.hiddenSize;
+  await llama4Attention(h, T, layer, cfg, l4, cos, sin, hooks);
   const x2 = rmsnorm(h, T, H, layer.postNorm, cfg.rmsNormEps);
   let y: Float32Array;
   if (layer.mlp.kind === 'dense') {
@@ -226,31 +266,98 @@ export async function llama4DecoderLayer(
     const E = l4.numExperts, I = l4.expertIntermediateSize;
     hooks.linearInput?.('router', x2, T, H);
     const [logits] = (await layer.mlp.router.run(x2, T)) as [Float32Array]; // [T, E]
-    const score = new Float32Array(T * E); // sigmoid of the top-k logits, 0 elsewhere (sigmoid(-inf))
-    const order = Array.from({ length: E }, (_, e) => e);
-    for (let t = 0; t < T; t++) {
-      order.sort((a, b) => logits[t * E + b]! - logits[t * E + a]! || a - b);
-      for (const e of order.slice(0, l4.topK)) score[t * E + e] = sigmoid(logits[t * E + e]!);
-    }
+    const score = routerScores(logits, T, E, l4.topK);
     const sum = new Float32Array(T * H);
-    const xe = new Float32Array(T * H);
-    const act = new Float32Array(T * I);
-    for (let e = 0; e < E; e++) {
-      for (let t = 0; t < T; t++) {
-        const s = score[t * E + e]!;
-        for (let j = 0; j < H; j++) xe[t * H + j] = Math.fround(x2[t * H + j]! * s);
-      }
-      hooks.linearInput?.('experts.gate_up', xe, T, H);
-      const [gu] = (await layer.mlp.experts[e]!.gateUp.run(xe, T)) as [Float32Array]; // [T, 2I]: gate | up
-      for (let t = 0; t < T; t++) for (let j = 0; j < I; j++) act[t * I + j] = Math.fround(gu[t * 2 * I + I + j]! * Math.fround(silu(gu[t * 2 * I + j]!)));
-      hooks.linearInput?.('experts.down', act, T, I);
-      const [ye] = (await layer.mlp.experts[e]!.down.run(act, T)) as [Float32Array];
-      for (let j = 0; j < sum.length; j++) sum[j] = Math.fround(sum[j]! + ye[j]!);
-    }
+    for (let e = 0; e < E; e++) await expertInto(sum, x2, score, T, H, I, E, e, layer.mlp.experts[e]!, hooks);
     const shared = await swiGluMlp(x2, T, H, I, layer.mlp.shared.gateUp, layer.mlp.shared.down, hooks, 'shared.');
     y = new Float32Array(T * H);
     for (let j = 0; j < y.length; j++) y[j] = Math.fround(shared[j]! + sum[j]!);
   }
   for (let j = 0; j < h.length; j++) h[j] = h[j]! + y[j]!;
   return h;
+}
+
+/** Default weight budget of one group of experts prepared at once (f32). */
+const EXPERT_GROUP_BYTES = 256 * 2 ** 20;
+
+/**
+ * One MoE layer over every calibration sample, its weights a part at a time: attention, router and
+ * shared expert first (each sample's normed input, scores and shared output kept), then the experts
+ * in groups of at most `groupBytes` of f32 weights, each over every sample, then the residual. The
+ * same arithmetic in the same order as llama4DecoderLayer on each sample.
+ */
+export async function llama4LayerOverSamples(
+  src: WeightSource,
+  index: number,
+  names: Llama4LayerNames,
+  cfg: ModelConfig,
+  l4: Llama4Config,
+  gemm: GemmEngine,
+  states: { count: number; tokens(i: number): number; get(i: number): Promise<Float32Array>; set(i: number, h: Float32Array): Promise<void> },
+  cos: Float32Array,
+  sin: Float32Array,
+  hooks: LayerHooks = {},
+  groupBytes = EXPERT_GROUP_BYTES,
+): Promise<void> {
+  if (names.mlp.kind !== 'moe') throw new Error('llama4LayerOverSamples: a dense layer');
+  const n = names.mlp;
+  const H = cfg.hiddenSize, E = l4.numExperts, I = l4.expertIntermediateSize;
+  const q = cfg.numHeads * cfg.headDim, kv = cfg.numKvHeads * cfg.headDim;
+  const prepared: PreparedGroup[] = [];
+  const release = async () => {
+    await Promise.all(prepared.splice(0).map((g) => g.release()));
+  };
+  const track = async (g: Promise<PreparedGroup>) => {
+    const r = await g;
+    prepared.push(r);
+    return r;
+  };
+  const load = (m: string) => () => (gemm.prepareTransposed ? loadLinearLazily(src, m) : loadLinear(src, m));
+  const group = (ms: string[], dims: [number, number][]) => track(prepareGroupFrom(ms.map(load), dims, gemm));
+  const xs: Float32Array[] = [], scores: Float32Array[] = [], shareds: Float32Array[] = [];
+  try {
+    // 1. attention, router, shared expert
+    const attn = { index, engine: gemm, inputNorm: await f32(src, names.inputNorm), qkv: await group([names.q, names.k, names.v], [[q, H], [kv, H], [kv, H]]), o: await group([names.o], [[H, q]]) };
+    const postNorm = await f32(src, names.postNorm);
+    const router = await group([n.router], [[E, H]]);
+    const shared = { gateUp: await group([n.shared.gate, n.shared.up], [[I, H], [I, H]]), down: await group([n.shared.down], [[H, I]]) };
+    for (let i = 0; i < states.count; i++) {
+      const T = states.tokens(i);
+      const h = await states.get(i);
+      await llama4Attention(h, T, attn, cfg, l4, cos, sin, hooks);
+      await states.set(i, h);
+      const x2 = rmsnorm(h, T, H, postNorm, cfg.rmsNormEps);
+      hooks.linearInput?.('router', x2, T, H);
+      const [logits] = (await router.run(x2, T)) as [Float32Array];
+      scores.push(routerScores(logits, T, E, l4.topK));
+      xs.push(x2);
+      shareds.push((await swiGluMlp(x2, T, H, I, shared.gateUp, shared.down, hooks, 'shared.')).slice());
+    }
+    await release();
+    // 2. experts, a group at a time, each over every sample
+    const sums = xs.map((x) => new Float32Array(x.length));
+    const perGroup = Math.max(1, Math.floor(groupBytes / (3 * I * H * 4)));
+    for (let e0 = 0; e0 < E; e0 += perGroup) {
+      const experts: { gateUp: PreparedGroup; down: PreparedGroup }[] = [];
+      for (let e = e0; e < Math.min(E, e0 + perGroup); e++) {
+        experts.push({
+          gateUp: await track(prepareGroupFrom([() => expertLinear(src, n.gateUp, e)], [[2 * I, H]], gemm)),
+          down: await track(prepareGroupFrom([() => expertLinear(src, n.down, e)], [[H, I]], gemm)),
+        });
+      }
+      for (let i = 0; i < states.count; i++) {
+        for (let j = 0; j < experts.length; j++) await expertInto(sums[i]!, xs[i]!, scores[i]!, states.tokens(i), H, I, E, e0 + j, experts[j]!, hooks);
+      }
+      await release();
+    }
+    // 3. residual
+    for (let i = 0; i < states.count; i++) {
+      const h = await states.get(i);
+      const s = sums[i]!, sh = shareds[i]!;
+      for (let j = 0; j < h.length; j++) h[j] = h[j]! + Math.fround(sh[j]! + s[j]!);
+      await states.set(i, h);
+    }
+  } finally {
+    await release();
+  }
 }

@@ -13,7 +13,7 @@
  * the fused parameters get one input statistic each (`...experts.gate_up_proj.input_amax`).
  */
 import type { Llama4Config, ModelConfig } from '../forward/config.js';
-import { llama4DecoderLayer, loadPreparedLlama4Layer, type Llama4LayerNames, type PreparedLlama4Layer } from '../forward/llama4.js';
+import { llama4DecoderLayer, llama4LayerOverSamples, loadPreparedLlama4Layer, type Llama4LayerNames, type PreparedLlama4Layer } from '../forward/llama4.js';
 import { CheckpointError } from '../errors.js';
 import { parseModelConfig } from './config.js';
 import type { LayerLayout, ModelFamily } from './base.js';
@@ -125,6 +125,16 @@ function llama4Family(modelType: string, prefix: string, nested: string | undefi
   forward: {
     load: (src, l, cfg, gemm) => loadPreparedLlama4Layer(src, l.index, names(l), cfg, l4Of(cfg), gemm),
     run: (h, T, l, cfg, cos, sin, hooks) => llama4DecoderLayer(h, T, l as PreparedLlama4Layer, cfg, l4Of(cfg), cos, sin, hooks),
+    async overSamples(src, l, cfg, gemm, states, cos, sin, hooks) {
+      const n = names(l);
+      if (n.mlp.kind === 'moe') return llama4LayerOverSamples(src, l.index, n, cfg, l4Of(cfg), gemm, states, cos, sin, hooks);
+      const layer = await loadPreparedLlama4Layer(src, l.index, n, cfg, l4Of(cfg), gemm);
+      try {
+        for (let i = 0; i < states.count; i++) await states.set(i, await llama4DecoderLayer(await states.get(i), states.tokens(i), layer, cfg, l4Of(cfg), cos, sin, hooks));
+      } finally {
+        await layer.release();
+      }
+    },
   },
 };
 }
