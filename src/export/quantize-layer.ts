@@ -207,9 +207,14 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
   if (fmt.inputScaleDivisor !== undefined) unify(layout.sharedInputScale, 'inputAmax');
 
   // -- 3. scales now, codes streamed on demand
+  const shared = { primed: 0 };
+  let previous: Stream | undefined;
   result.linears = [...work.values()].map((e): QuantizedLinear => {
     const inputScale = e.inputAmax === undefined ? undefined : e.inputAmax === 0 ? 1 : Math.fround(e.inputAmax / fmt.inputScaleDivisor!);
-    const q: QuantizedLinear = { module: e.module, N: e.N, K: e.K, dtype: e.dtype, inputScale, preQuantScale: e.pqs, chunks: () => streamChunks(e, fmt, q, pool) };
+    const q: QuantizedLinear = { module: e.module, N: e.N, K: e.K, dtype: e.dtype, inputScale, preQuantScale: e.pqs, chunks: () => streamChunks(st, fmt, pool) };
+    const st: Stream = { e, q, specs: undefined, launched: 0, primed: [], started: false, shared };
+    if (previous) previous.next = st;
+    previous = st;
     if (e.fused) q.fused = { E: e.fused.E, A: e.fused.A, B: e.fused.B };
     if (fmt.needsWeightAmax) Object.assign(q, fmt.tensorScales(e.weightAmax!));
     return q;
@@ -291,18 +296,57 @@ function chunkSpecs(e: Work, fmt: FormatSpec, pool: KernelPool): ChunkSpec[] {
   return chunkStarts(e.N, rows).map((row0) => ({ source: e.tensor, row0, rows: Math.min(rows, e.N - row0), K: e.K }));
 }
 
-/** Pass 2: codes and scales, a few chunks ahead of the consumer. */
-async function* streamChunks(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool): AsyncGenerator<QuantizedChunk> {
-  const starts = chunkSpecs(e, fmt, pool);
-  // chunks in flight: every slot but the one the consumer holds and one for a concurrent scan
+/**
+ * The pass-2 state of one linear. A unit's linears are linked in the order a writer consumes them,
+ * so that once a linear has launched all its chunks, the next linears' first chunks start in the
+ * spare slots (`primed`): a layer of many small tensors (hundreds of experts of one chunk each)
+ * then keeps the workers busy across tensor boundaries instead of waiting at each one.
+ */
+interface Stream {
+  e: Work;
+  q: QuantizedLinear;
+  specs: ChunkSpec[] | undefined;
+  launched: number;
+  /** Chunks started ahead by the linear before it, not yet claimed. */
+  primed: Promise<QuantizedChunk>[];
+  started: boolean;
+  next?: Stream;
+  /** Shared by a unit's streams: chunks primed and not yet claimed, across all of them. */
+  shared: { primed: number };
+}
+
+function specsOf(st: Stream, fmt: FormatSpec, pool: KernelPool): ChunkSpec[] {
+  return (st.specs ??= chunkSpecs(st.e, fmt, pool));
+}
+
+function start(st: Stream, fmt: FormatSpec, pool: KernelPool): Promise<QuantizedChunk> {
+  const p = quantizeChunk(st.e, fmt, st.q, pool, specsOf(st, fmt, pool)[st.launched++]!);
+  p.catch(() => undefined); // surfaced when awaited
+  return p;
+}
+
+/** Pass 2: codes and scales, a few chunks ahead of the consumer (and into the next linears, see Stream). */
+async function* streamChunks(st: Stream, fmt: FormatSpec, pool: KernelPool): AsyncGenerator<QuantizedChunk> {
+  if (st.started) throw new QuantizationError(`${st.e.module}: chunks() iterated twice`);
+  st.started = true;
+  const specs = specsOf(st, fmt, pool);
+  // chunks in flight, primed ones included: every slot but the one the consumer holds and one for a concurrent scan
   const depth = Math.max(1, pool.slots - 2);
-  const inflight: Promise<QuantizedChunk>[] = [];
-  let next = 0;
+  const inflight = st.primed.splice(0);
+  st.shared.primed -= inflight.length;
   const launch = () => {
-    if (next < starts.length) {
-      const p = quantizeChunk(e, fmt, q, pool, starts[next++]!);
-      p.catch(() => undefined); // surfaced when awaited below
-      inflight.push(p);
+    // at least one of its own, whatever is primed elsewhere (a consumer that takes linears out of order still progresses)
+    if (st.launched < specs.length && (inflight.length === 0 || inflight.length + st.shared.primed < depth)) inflight.push(start(st, fmt, pool));
+  };
+  const primeAhead = () => {
+    for (let nx = st.next; nx && inflight.length + st.shared.primed < depth; nx = nx.next) {
+      if (nx.started) break;
+      const ns = specsOf(nx, fmt, pool);
+      while (nx.launched < ns.length && inflight.length + st.shared.primed < depth) {
+        nx.primed.push(start(nx, fmt, pool));
+        st.shared.primed++;
+      }
+      if (nx.launched < ns.length) break;
     }
   };
   for (let i = 0; i < depth; i++) launch();
@@ -310,6 +354,7 @@ async function* streamChunks(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
     while (inflight.length > 0) {
       const c = await inflight.shift()!;
       launch();
+      if (st.launched === specs.length) primeAhead();
       yield c;
     }
   } finally {
