@@ -125,8 +125,10 @@ const CASES: Case[] = [
     const d = await model(); const c = JSON.parse(await readFile(join(d, 'config.json'), 'utf8')); c.num_hidden_layers = 3;
     await writeFile(join(d, 'config.json'), JSON.stringify(c)); return { args: ['quantize', d, '-f', 'fp8_pb_wo'], input: d };
   } },
-  { name: 'unsupported architecture', message: /model_type "deepseek_v3" is not supported; supported: llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, llama4_text, llama4/, async setup() {
-    const d = await model(synthetic('deepseek_v3')); return { args: ['quantize', d, '-f', 'fp8'], input: d };
+  { name: 'unsupported architecture', message: /model_type "gpt_neox" is not supported; supported: llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, llama4_text, llama4, deepseek_v3/, async setup() {
+    const d = await model(synthetic('llama31'));
+    const c = JSON.parse(await readFile(join(d, 'config.json'), 'utf8'));
+    await writeFile(join(d, 'config.json'), JSON.stringify({ ...c, model_type: 'gpt_neox' })); return { args: ['quantize', d, '-f', 'fp8'], input: d };
   } },
   { name: 'NaN weight', message: /tensor "model\.layers\.0\.self_attn\.k_proj\.weight" has NaN at row 0, column 1/, async setup() {
     const d = await model(); await poison(d, 'model.layers.0.self_attn.k_proj.weight', 0x7fc0); return { args: ['quantize', d, '-f', 'fp8_pb_wo'], input: d };

@@ -183,8 +183,11 @@ describe('bad weights and shapes', () => {
   });
 
   it('unsupported architectures get a clear error listing the supported ones', async () => {
-    await expect(exportCheckpoint({ model: synthetic('deepseek_v3'), format: 'fp8_pb_wo', out: join(tmp, 'ds'), workers: 0 })).rejects.toThrow(
-      /model_type "deepseek_v3" is not supported; supported: llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, llama4_text, llama4/,
+    const d = await copyModel(synthetic('llama31'), 'gpt-neox');
+    const cfg = JSON.parse(await readFile(join(d, 'config.json'), 'utf8'));
+    await writeFile(join(d, 'config.json'), JSON.stringify({ ...cfg, model_type: 'gpt_neox' }));
+    await expect(exportCheckpoint({ model: d, format: 'fp8_pb_wo', out: join(tmp, 'neox'), workers: 0 })).rejects.toThrow(
+      /model_type "gpt_neox" is not supported; supported: llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, llama4_text, llama4, deepseek_v3/,
     );
   });
 });

@@ -50,7 +50,7 @@ describe('model families', () => {
   });
 
   it('an unknown model_type is refused with the list of families', () => {
-    expect(() => architectureFor('gpt2', 'config.json')).toThrow(/model_type "gpt2" is not supported; supported: llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, llama4_text, llama4/);
+    expect(() => architectureFor('gpt2', 'config.json')).toThrow(/model_type "gpt2" is not supported; supported: llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, llama4_text, llama4, deepseek_v3/);
     expect(() => architectureFor('constructor', 'config.json')).toThrow(/not supported/);
   });
 });

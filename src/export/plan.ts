@@ -80,7 +80,13 @@ export function keepsPreQuantScale(plan: Pick<ExportPlan, 'format' | 'decisions'
   return true;
 }
 
+/** The reason of a linear the family's recipe keeps unquantized (no warning: it is the recipe). */
+const KEPT_BY_RECIPE = "kept in 16 bits by the family's recipe";
+
 export function createPlan(model: SourceModel, format: FormatSpec, options: ExportOptions = {}): ExportPlan {
+  if (model.arch.formats && !model.arch.formats.includes(format.name)) {
+    throw new QuantizationError(`format ${format.name} is not available for ${model.arch.family}: its recipe defines ${model.arch.formats.join(', ')}`);
+  }
   if (format.awq && model.arch.awqUnsupported) {
     throw new QuantizationError(`format ${format.name} is not available for ${model.arch.family} yet: ${model.arch.awqUnsupported}; use fp8, fp8_pb_wo or nvfp4`);
   }
@@ -94,6 +100,7 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
       const group = layout.groups.find((g) => g.members.includes(m));
       let reason: string | undefined;
       if (options.exclude?.some((p) => matchesPattern(m, p))) reason = 'excluded by --exclude';
+      else if (layout.keep?.includes(m)) reason = KEPT_BY_RECIPE;
       else if (K % format.kMultiple !== 0) reason = `in_features ${K} is not a multiple of ${format.kMultiple}`;
       else if (format.evenRows && N % 2 !== 0) reason = `out_features ${N} is odd (int4 packs pairs of rows)`;
       decisions.set(m, { module: m, layer: layout.index, N, K, dtype: t.dtype as FloatDType, quantized: reason === undefined, reason, group });
@@ -135,7 +142,7 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
     throw new QuantizationError(`no linear layer of ${model.dir} can be quantized to ${format.name}${why}`);
   }
   for (const d of skipped) {
-    if (d.reason !== 'excluded by --exclude') warnings.push(`${d.module} kept in ${d.dtype}: ${d.reason}`);
+    if (d.reason !== 'excluded by --exclude' && d.reason !== KEPT_BY_RECIPE) warnings.push(`${d.module} kept in ${d.dtype}: ${d.reason}`);
   }
   // engines whose loaders refuse these shapes: said before any work (engines.md §6 point 12)
   const byEngine = new Map<string, string[]>();

@@ -33,6 +33,8 @@ export interface ModelConfig {
   moe?: MoeConfig;
   /** Llama 4's attention and MoE settings. */
   llama4?: Llama4Config;
+  /** DeepSeek V3's MLA and MoE settings. */
+  deepseek?: DeepseekConfig;
 }
 
 /** Routing settings of an MoE family's config.json. */
@@ -68,3 +70,28 @@ export interface Llama4Config {
   denseIntermediateSize: number;
 }
 
+
+/** DeepSeek V3 / R1's MLA and MoE settings. */
+export interface DeepseekConfig {
+  /** q_lora_rank, or null: a plain q_proj. */
+  qLoraRank: number | null;
+  kvLoraRank: number;
+  qkNopeHeadDim: number;
+  qkRopeHeadDim: number;
+  vHeadDim: number;
+  ropeInterleave: boolean;
+  /** Softmax scale: (nope + rope)^-0.5 (times mscale^2 under YaRN with mscale_all_dim). */
+  attentionScale: number;
+  /** Layers before this one have a dense MLP. */
+  firstKDenseReplace: number;
+  nRoutedExperts: number;
+  nSharedExperts: number;
+  moeIntermediateSize: number;
+  topK: number;
+  nGroup: number;
+  topkGroup: number;
+  normTopKProb: boolean;
+  routedScalingFactor: number;
+  /** Multi-token-prediction layers stored after the decoder layers (model.layers.{num_hidden_layers + i}). */
+  numNextnPredictLayers: number;
+}

@@ -199,7 +199,7 @@ export async function moeLayerOverSamples(
 }
 
 /** y[t] += w * expert(x[t]) over the tokens routed to expert e (hooks see its inputs; an empty input when none). */
-async function expertInto(
+export async function expertInto(
   y: Float32Array,
   x: Float32Array,
   H: number,

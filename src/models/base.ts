@@ -42,6 +42,8 @@ export interface LayerLayout {
    * projection type across the experts of a layer: one input_scale per layer, spec families.md §1.3).
    */
   sharedInputScale?: string[][];
+  /** Linears the family's recipe keeps in their 16-bit dtype (listed in exclude_modules), e.g. DeepSeek's MLA projections. */
+  keep?: string[];
   /** Each projection across the experts of the layer (all gates, all ups, all downs): AWQ averages their pre_quant_scale (spec §8.4). */
   expertLists?: string[][];
   /** Linear-like modules of the layer that are never quantized and always listed in exclude_modules (routers). */
@@ -93,6 +95,8 @@ export interface ModelFamily {
    * exclude_modules (which summarizes them as `vision_model*`).
    */
   untouchedPrefixes?: string[];
+  /** The export formats the family's recipe defines (default: all). */
+  formats?: string[];
   /** Why the AWQ formats are refused for this family, if they are. */
   awqUnsupported?: string;
   /** Expected [out, in] shape of a linear's weight, for validation. */

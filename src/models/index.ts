@@ -7,6 +7,7 @@ import { mistral } from './mistral.js';
 import { mixtral } from './mixtral.js';
 import { qwen3_moe } from './qwen3_moe.js';
 import { llama4, llama4_text } from './llama4.js';
+import { deepseek_v3 } from './deepseek.js';
 
 export * from './base.js';
 export * from './config.js';
@@ -14,7 +15,7 @@ export { denseFamily, denseLayerNames, type DenseFamilyOptions } from './dense.j
 export { moeFamily, type MoeFamilyOptions } from './moe.js';
 
 /** Every family rxquant reads, by config.json's model_type. A new family: one file, and its line here. */
-export const FAMILIES: Record<string, ModelFamily> = { llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, llama4_text, llama4 };
+export const FAMILIES: Record<string, ModelFamily> = { llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, llama4_text, llama4, deepseek_v3 };
 /** The older name of FAMILIES. */
 export const ARCHITECTURES = FAMILIES;
 

@@ -1,0 +1,274 @@
+/**
+ * A DeepSeek V3 / R1 decoder layer (transformers' DeepseekV3DecoderLayer), eager f32:
+ *
+ *   x   = input_layernorm(h)                                            [T, H]
+ *   MLA: q    = q_b_proj(q_a_layernorm(q_a_proj(x)))  (or q_proj(x))    [T, nH * (nope + rope)]
+ *        ckv  = kv_a_proj_with_mqa(x)                                   [T, kvRank + rope]
+ *        kv   = kv_b_proj(kv_a_layernorm(ckv[:, :kvRank]))              [T, nH * (nope + v)]
+ *        per head: query = [q_nope, rope(q_rope)], key = [k_nope, rope(ckv[:, kvRank:])] (one
+ *        rope key shared by all heads), value = kv[.., nope:]; RoPE over the rope part only, its
+ *        pairs de-interleaved first when rope_interleave; scale (nope + rope)^-0.5 (times mscale^2
+ *        under YaRN with mscale_all_dim)
+ *   h   = h + o_proj(attention)                                         [T, nH * v] -> [T, H]
+ *   x2  = post_attention_layernorm(h)
+ *   dense layers (i < first_k_dense_replace): y = SwiGLU MLP(x2)
+ *   MoE layers: scores = sigmoid(x2 @ gate^T) (f32); choice = scores + e_score_correction_bias;
+ *               groups ranked by the sum of their 2 best choices, the best topk_group kept (others'
+ *               choices set to 0); top-k experts by choice; weights = their scores, divided by their
+ *               sum (+1e-20) when norm_topk_prob, times routed_scaling_factor;
+ *               y = sum over experts (in index order, on their tokens) of weight * expert(x2)
+ *                   + shared_experts(x2)
+ *   h   = h + y
+ */
+import type { DeepseekConfig, ModelConfig } from './config.js';
+import type { GemmEngine } from './gemm.js';
+import { rmsnorm } from './ops.js';
+import { applyRope } from './rope.js';
+import { prepareGroupFrom, swiGluMlp, type LayerHooks, type PreparedGroup } from './layer.js';
+import { expertInto } from './moe.js';
+import { loadLinear, loadLinearLazily, type WeightSource } from './weights.js';
+import { CheckpointError } from '../errors.js';
+import { decodeToFloat32 } from '../codecs/float.js';
+
+export type { DeepseekConfig };
+
+export interface DeepseekLayerNames {
+  /** q_proj when q_lora_rank is null. */
+  q?: string;
+  qA?: string;
+  qANorm?: string;
+  qB?: string;
+  kvA: string;
+  kvANorm: string;
+  kvB: string;
+  o: string;
+  inputNorm: string;
+  postNorm: string;
+  mlp:
+    | { kind: 'dense'; gate: string; up: string; down: string }
+    | { kind: 'moe'; router: string; bias: string; experts: { gate: string; up: string; down: string }[]; shared: { gate: string; up: string; down: string } };
+}
+
+export interface PreparedDeepseekLayer {
+  engine: GemmEngine;
+  inputNorm: Float32Array;
+  postNorm: Float32Array;
+  q?: PreparedGroup;
+  qA?: PreparedGroup;
+  qANorm?: Float32Array;
+  qB?: PreparedGroup;
+  kvA: PreparedGroup;
+  kvANorm: Float32Array;
+  kvB: PreparedGroup;
+  o: PreparedGroup;
+  mlp:
+    | { kind: 'dense'; gateUp: PreparedGroup; down: PreparedGroup }
+    | { kind: 'moe'; router: Float32Array; bias: Float32Array; experts: { gateUp: PreparedGroup; down: PreparedGroup }[]; shared: { gateUp: PreparedGroup; down: PreparedGroup } };
+  release(): Promise<void>;
+}
+
+async function f32(src: WeightSource, name: string): Promise<Float32Array> {
+  const t = src.tensors.get(name);
+  if (!t) throw new CheckpointError(src.dir, `tensor "${name}" is missing`);
+  return decodeToFloat32(await t.read(), t.dtype, name);
+}
+
+export async function loadPreparedDeepseekLayer(src: WeightSource, names: DeepseekLayerNames, cfg: ModelConfig, ds: DeepseekConfig, gemm: GemmEngine): Promise<PreparedDeepseekLayer> {
+  const prepared: PreparedGroup[] = [];
+  const load = (m: string) => () => (gemm.prepareTransposed ? loadLinearLazily(src, m) : loadLinear(src, m));
+  const group = async (ms: string[], dims: [number, number][]) => {
+    const g = await prepareGroupFrom(ms.map(load), dims, gemm);
+    prepared.push(g);
+    return g;
+  };
+  const H = cfg.hiddenSize, nH = cfg.numHeads;
+  const qk = ds.qkNopeHeadDim + ds.qkRopeHeadDim;
+  try {
+    const layer: Omit<PreparedDeepseekLayer, 'release'> = {
+      engine: gemm,
+      inputNorm: await f32(src, names.inputNorm),
+      postNorm: await f32(src, names.postNorm),
+      kvA: await group([names.kvA], [[ds.kvLoraRank + ds.qkRopeHeadDim, H]]),
+      kvANorm: await f32(src, names.kvANorm),
+      kvB: await group([names.kvB], [[nH * (ds.qkNopeHeadDim + ds.vHeadDim), ds.kvLoraRank]]),
+      o: await group([names.o], [[H, nH * ds.vHeadDim]]),
+      mlp: undefined as never,
+    };
+    if (names.q) layer.q = await group([names.q], [[nH * qk, H]]);
+    else {
+      layer.qA = await group([names.qA!], [[ds.qLoraRank!, H]]);
+      layer.qANorm = await f32(src, names.qANorm!);
+      layer.qB = await group([names.qB!], [[nH * qk, ds.qLoraRank!]]);
+    }
+    const m = names.mlp;
+    if (m.kind === 'dense') {
+      const I = cfg.intermediateSize;
+      layer.mlp = { kind: 'dense', gateUp: await group([m.gate, m.up], [[I, H], [I, H]]), down: await group([m.down], [[H, I]]) };
+    } else {
+      const I = ds.moeIntermediateSize, S = I * ds.nSharedExperts;
+      const experts: { gateUp: PreparedGroup; down: PreparedGroup }[] = [];
+      for (const e of m.experts) experts.push({ gateUp: await group([e.gate, e.up], [[I, H], [I, H]]), down: await group([e.down], [[H, I]]) });
+      layer.mlp = {
+        kind: 'moe',
+        router: await f32(src, `${m.router}.weight`),
+        bias: await f32(src, m.bias),
+        experts,
+        shared: { gateUp: await group([m.shared.gate, m.shared.up], [[S, H], [S, H]]), down: await group([m.shared.down], [[H, S]]) },
+      };
+    }
+    return {
+      ...layer,
+      release: async () => {
+        await Promise.all(prepared.splice(0).map((g) => g.release()));
+      },
+    };
+  } catch (e) {
+    await Promise.all(prepared.splice(0).map((g) => g.release()));
+    throw e;
+  }
+}
+
+/** The rope part [T, heads, r] of rows of width `stride` at `offset`: de-interleave the pairs if asked, then rotate_half RoPE. */
+function ropePart(x: Float32Array, T: number, heads: number, stride: number, offset: number, r: number, interleave: boolean, cos: Float32Array, sin: Float32Array): void {
+  const part = new Float32Array(T * heads * r);
+  for (let t = 0; t < T; t++)
+    for (let h = 0; h < heads; h++) {
+      const src = (t * heads + h) * stride + offset, dst = (t * heads + h) * r;
+      // rope_interleave: (x0, x1, x2, x3, ...) -> (x0, x2, ..., x1, x3, ...)
+      for (let i = 0; i < r; i++) part[dst + i] = interleave ? x[src + (i < r / 2 ? 2 * i : 2 * (i - r / 2) + 1)]! : x[src + i]!;
+    }
+  applyRope(part, T, heads, r, cos, sin);
+  for (let t = 0; t < T; t++) for (let h = 0; h < heads; h++) x.set(part.subarray((t * heads + h) * r, (t * heads + h + 1) * r), (t * heads + h) * stride + offset);
+}
+
+/**
+ * Causal attention with key width dk and value width dv per head (no GQA: MLA has a key per head):
+ * q, k [T, nH, dk], v [T, nH, dv] -> [T, nH * dv]; softmax in f64 as a plain reference.
+ */
+function mlaAttention(q: Float32Array, k: Float32Array, v: Float32Array, T: number, nH: number, dk: number, dv: number, scale: number): Float32Array {
+  const out = new Float32Array(T * nH * dv);
+  const p = new Float64Array(T);
+  for (let h = 0; h < nH; h++)
+    for (let i = 0; i < T; i++) {
+      const qo = (i * nH + h) * dk;
+      let m = -Infinity;
+      for (let j = 0; j <= i; j++) {
+        const ko = (j * nH + h) * dk;
+        let s = 0;
+        for (let e = 0; e < dk; e++) s += q[qo + e]! * k[ko + e]!;
+        p[j] = Math.fround(s * scale);
+        if (p[j]! > m) m = p[j]!;
+      }
+      let sum = 0;
+      for (let j = 0; j <= i; j++) sum += (p[j] = Math.exp(p[j]! - m));
+      const oo = (i * nH + h) * dv;
+      for (let e = 0; e < dv; e++) {
+        let acc = 0;
+        for (let j = 0; j <= i; j++) acc += p[j]! * v[(j * nH + h) * dv + e]!;
+        out[oo + e] = acc / sum;
+      }
+    }
+  return out;
+}
+
+/** Top-k experts per token with DeepSeek's group-limited, bias-corrected choice (see the file comment). */
+export function deepseekRoute(x: Float32Array, T: number, H: number, router: Float32Array, bias: Float32Array, ds: DeepseekConfig): { tokens: number[]; weights: number[] }[] {
+  const E = ds.nRoutedExperts, G = ds.nGroup, per = E / G;
+  const routes = Array.from({ length: E }, () => ({ tokens: [] as number[], weights: [] as number[] }));
+  const scores = new Float32Array(E), choice = new Float32Array(E);
+  const idx = Array.from({ length: E }, (_, e) => e);
+  const gIdx = Array.from({ length: G }, (_, g) => g);
+  const gScore = new Float32Array(G);
+  for (let t = 0; t < T; t++) {
+    for (let e = 0; e < E; e++) {
+      let s = 0;
+      for (let j = 0; j < H; j++) s += x[t * H + j]! * router[e * H + j]!;
+      scores[e] = Math.fround(1 / (1 + Math.exp(-Math.fround(s))));
+      choice[e] = Math.fround(scores[e]! + bias[e]!);
+    }
+    for (let g = 0; g < G; g++) {
+      const v = Array.from(choice.subarray(g * per, (g + 1) * per)).sort((a, b) => b - a);
+      gScore[g] = Math.fround(v[0]! + (v[1] ?? 0));
+    }
+    gIdx.sort((a, b) => gScore[b]! - gScore[a]! || a - b);
+    const keep = new Set(gIdx.slice(0, ds.topkGroup));
+    for (let e = 0; e < E; e++) if (!keep.has(Math.floor(e / per))) choice[e] = 0;
+    idx.sort((a, b) => choice[b]! - choice[a]! || a - b);
+    const top = idx.slice(0, ds.topK);
+    let denom = 0;
+    for (const e of top) denom = Math.fround(denom + scores[e]!);
+    denom = Math.fround(denom + 1e-20);
+    for (const e of [...top].sort((a, b) => a - b)) {
+      const w = ds.normTopKProb ? Math.fround(scores[e]! / denom) : scores[e]!;
+      routes[e]!.tokens.push(t);
+      routes[e]!.weights.push(Math.fround(w * ds.routedScalingFactor));
+    }
+  }
+  return routes;
+}
+
+/** h [T, H] -> h' [T, H], written over h (see the file comment). */
+export async function deepseekDecoderLayer(
+  h: Float32Array,
+  T: number,
+  layer: PreparedDeepseekLayer,
+  cfg: ModelConfig,
+  ds: DeepseekConfig,
+  cos: Float32Array,
+  sin: Float32Array,
+  hooks: LayerHooks = {},
+): Promise<Float32Array> {
+  const H = cfg.hiddenSize, nH = cfg.numHeads;
+  const nope = ds.qkNopeHeadDim, r = ds.qkRopeHeadDim, dv = ds.vHeadDim, dk = nope + r, kvR = ds.kvLoraRank;
+  // --- MLA
+  const x = rmsnorm(h, T, H, layer.inputNorm, cfg.rmsNormEps);
+  let q: Float32Array;
+  if (layer.q) {
+    hooks.linearInput?.('q', x, T, H);
+    q = ((await layer.q.run(x, T)) as [Float32Array])[0].slice();
+  } else {
+    hooks.linearInput?.('q_a', x, T, H);
+    const qa = ((await layer.qA!.run(x, T)) as [Float32Array])[0];
+    const qn = rmsnorm(qa, T, ds.qLoraRank!, layer.qANorm!, cfg.rmsNormEps);
+    hooks.linearInput?.('q_b', qn, T, ds.qLoraRank!);
+    q = ((await layer.qB!.run(qn, T)) as [Float32Array])[0].slice(); // [T, nH, dk]
+  }
+  hooks.linearInput?.('kv_a', x, T, H);
+  const ckv = ((await layer.kvA.run(x, T)) as [Float32Array])[0].slice(); // [T, kvR + r]
+  const kvIn = new Float32Array(T * kvR);
+  for (let t = 0; t < T; t++) kvIn.set(ckv.subarray(t * (kvR + r), t * (kvR + r) + kvR), t * kvR);
+  const kvn = rmsnorm(kvIn, T, kvR, layer.kvANorm, cfg.rmsNormEps);
+  hooks.linearInput?.('kv_b', kvn, T, kvR);
+  const kv = ((await layer.kvB.run(kvn, T)) as [Float32Array])[0]; // [T, nH, nope + dv]
+  ropePart(q, T, nH, dk, nope, r, ds.ropeInterleave, cos, sin);
+  ropePart(ckv, T, 1, kvR + r, kvR, r, ds.ropeInterleave, cos, sin);
+  const k = new Float32Array(T * nH * dk), v = new Float32Array(T * nH * dv);
+  for (let t = 0; t < T; t++)
+    for (let hh = 0; hh < nH; hh++) {
+      const o = (t * nH + hh) * (nope + dv);
+      k.set(kv.subarray(o, o + nope), (t * nH + hh) * dk);
+      k.set(ckv.subarray(t * (kvR + r) + kvR, (t + 1) * (kvR + r)), (t * nH + hh) * dk + nope);
+      v.set(kv.subarray(o + nope, o + nope + dv), (t * nH + hh) * dv);
+    }
+  hooks.keysValues?.(k, v, T);
+  const att = mlaAttention(q, k, v, T, nH, dk, dv, ds.attentionScale);
+  hooks.linearInput?.('o', att, T, nH * dv);
+  const [o] = (await layer.o.run(att, T)) as [Float32Array];
+  for (let j = 0; j < h.length; j++) h[j] = h[j]! + o[j]!;
+  // --- MLP
+  const x2 = rmsnorm(h, T, H, layer.postNorm, cfg.rmsNormEps);
+  let y: Float32Array;
+  if (layer.mlp.kind === 'dense') {
+    y = (await swiGluMlp(x2, T, H, cfg.intermediateSize, layer.mlp.gateUp, layer.mlp.down, hooks)).slice();
+  } else {
+    const I = ds.moeIntermediateSize;
+    hooks.linearInput?.('router', x2, T, H);
+    const routes = deepseekRoute(x2, T, H, layer.mlp.router, layer.mlp.bias, ds);
+    y = new Float32Array(T * H);
+    for (let e = 0; e < layer.mlp.experts.length; e++) await expertInto(y, x2, H, I, routes[e]!, layer.mlp.experts[e]!, e, hooks);
+    const shared = await swiGluMlp(x2, T, H, I * ds.nSharedExperts, layer.mlp.shared.gateUp, layer.mlp.shared.down, hooks, 'shared.');
+    for (let j = 0; j < y.length; j++) y[j] = Math.fround(y[j]! + shared[j]!);
+  }
+  for (let j = 0; j < h.length; j++) h[j] = h[j]! + y[j]!;
+  return h;
+}

@@ -1,0 +1,148 @@
+/**
+ * DeepSeek V3 (`deepseek_v3`) against transformers' reference outputs (MLA with q/kv LoRA, interleaved
+ * RoPE, a dense first layer, group-limited sigmoid routing with e_score_correction_bias, a shared
+ * expert): hidden states, logits and every recorded statistic; the NVFP4 export of ModelOpt's
+ * DeepSeek recipe (families.md §6.4) byte for byte against the spec's formulas.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openCheckpoint, loadStats, openModel, exportCheckpoint, verifyExport, type Stats } from '../src/index.js';
+import { calibrateModel } from '../src/calibrate-checkpoint.js';
+import { jsGemm, loadOrt, onnxGemm, type GemmEngine } from '../src/forward/gemm.js';
+import { embed, loadHead, weightSource } from '../src/forward/weights.js';
+import { ropeTables } from '../src/forward/rope.js';
+import { rmsnorm } from '../src/forward/ops.js';
+import { quantizeNvfp4Ref } from '../src/formats/nvfp4.js';
+import { packNibblesK } from '../src/codecs/e2m1.js';
+import { synthetic } from './helpers.js';
+
+const dir = synthetic('deepseek_v3');
+const refPath = join(dir, 'reference.safetensors');
+let tmp: string;
+let ids: number[][];
+beforeAll(async () => {
+  tmp = await mkdtemp(join(tmpdir(), 'rxq-deepseek-'));
+  const ck = await openCheckpoint(refPath);
+  const t = ck.tensors.get('input_ids')!;
+  const all = new BigInt64Array((await t.read()).slice().buffer);
+  const [B, T] = t.shape as [number, number];
+  await ck.close();
+  ids = Array.from({ length: B }, (_, b) => Array.from(all.subarray(b * T, (b + 1) * T), Number));
+});
+afterAll(async () => {
+  await rm(tmp, { recursive: true, force: true });
+});
+
+function relErr(a: Float32Array, b: Float32Array): number {
+  let d = 0, m = 0;
+  for (let i = 0; i < b.length; i++) {
+    d = Math.max(d, Math.abs(a[i]! - b[i]!));
+    m = Math.max(m, Math.abs(b[i]!));
+  }
+  return d / m;
+}
+const cat = (arr: Float32Array[]) => Float32Array.from(arr.flatMap((a) => Array.from(a)));
+const amaxOf = (w: Float32Array) => w.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+
+describe('deepseek_v3: forward pass vs transformers', () => {
+  for (const engine of ['js', 'onnx'] as const) {
+    it(`hidden states, final norm and logits within 1e-4 relative, ${engine} GEMM`, async () => {
+      const ref = await loadStats(refPath);
+      const gemm: GemmEngine = engine === 'js' ? jsGemm : onnxGemm((await loadOrt())!, 1);
+      const model = await openModel(dir);
+      const cfg = model.config;
+      const src = weightSource(model.checkpoint);
+      const T = ids[0]!.length;
+      const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
+      const h = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
+      for (let l = 0; l < cfg.numLayers; l++) {
+        const layer = await model.arch.forward.load(src, model.layers[l]!, cfg, gemm);
+        for (let i = 0; i < h.length; i++) h[i] = await model.arch.forward.run(h[i]!, T, layer, cfg, cos, sin);
+        await layer.release();
+        if (l < cfg.numLayers - 1) expect(relErr(cat(h), ref.get(`hidden_states.${l + 1}`)!), `layer ${l}`).toBeLessThan(1e-4);
+      }
+      const { norm, head } = await loadHead(src, cfg, model.arch.names);
+      const normed = h.map((x) => rmsnorm(x, T, cfg.hiddenSize, norm, cfg.rmsNormEps));
+      expect(relErr(cat(normed), ref.get(`hidden_states.${cfg.numLayers}`)!)).toBeLessThan(1e-4);
+      const prepared = await gemm.prepare(head);
+      const logits = cat(await Promise.all(normed.map(async (x) => (await prepared.run(x, T)).slice())));
+      expect(relErr(logits, ref.get('logits')!)).toBeLessThan(1e-4);
+      await prepared.release();
+      await model.close();
+    });
+  }
+});
+
+describe('deepseek_v3: calibration and the NVFP4 recipe', () => {
+  let stats: Stats;
+  beforeAll(async () => {
+    stats = await calibrateModel(dir, ids);
+  });
+
+  it('every statistic transformers recorded within 1e-4; one per routed expert linear', async () => {
+    const ref = await loadStats(refPath);
+    let checked = 0;
+    for (const [k, v] of ref) {
+      if (!/\.(input_amax|input_absmean)$/.test(k)) continue;
+      expect(stats.get(k), k).toBeDefined();
+      expect(relErr(stats.get(k)!, v), k).toBeLessThan(1e-4);
+      checked++;
+    }
+    expect(checked).toBeGreaterThanOrEqual(30);
+    for (let e = 0; e < 8; e++) for (const p of ['gate_proj', 'up_proj', 'down_proj']) expect(stats.get(`model.layers.1.mlp.experts.${e}.${p}.input_amax`), `${e} ${p}`).toBeDefined();
+  });
+
+  it('nvfp4: experts, shared expert, dense MLP and o_proj quantized by the formulas; MLA projections kept and listed; verify passes', async () => {
+    const out = join(tmp, 'ds-nvfp4');
+    await exportCheckpoint({ model: dir, format: 'nvfp4', out, stats, workers: 0 });
+    const hq = JSON.parse(await readFile(join(out, 'hf_quant_config.json'), 'utf8'));
+    const mla = (l: number) => ['kv_a_proj_with_mqa', 'kv_b_proj', 'q_a_proj', 'q_b_proj'].map((p) => `model.layers.${l}.self_attn.${p}`);
+    expect(hq.quantization.exclude_modules).toEqual(['lm_head', ...mla(0), ...mla(1)]);
+    expect((await verifyExport(out)).failures).toEqual([]);
+    const src = await openCheckpoint(dir);
+    const ex = await openCheckpoint(out);
+    const scalar = async (n: string) => (await ex.tensors.get(n)!.toFloat32())[0]!;
+    const check = async (m: string, amax: number, inAmax: number) => {
+      const w = await src.tensors.get(`${m}.weight`)!.toFloat32();
+      const [N, K] = src.tensors.get(`${m}.weight`)!.shape as [number, number];
+      const ws2 = Math.fround(amax / 2688);
+      expect(await scalar(`${m}.weight_scale_2`), m).toBe(ws2);
+      expect(await scalar(`${m}.input_scale`), m).toBe(Math.fround(inAmax / 2688));
+      const q = quantizeNvfp4Ref(w, N, K, ws2);
+      expect(Buffer.compare(await ex.tensors.get(`${m}.weight`)!.read(), packNibblesK(q.codes)), m).toBe(0);
+      expect(Buffer.compare(await ex.tensors.get(`${m}.weight_scale`)!.read(), q.scales), m).toBe(0);
+    };
+    const wAmax = async (m: string) => amaxOf(await src.tensors.get(`${m}.weight`)!.toFloat32());
+    const inA = (m: string) => stats.get(`${m}.input_amax`)![0]!;
+    // layer 0: dense MLP, gate and up fused
+    const d0 = 'model.layers.0.mlp';
+    const gu0 = Math.max(await wAmax(`${d0}.gate_proj`), await wAmax(`${d0}.up_proj`));
+    await check(`${d0}.gate_proj`, gu0, Math.max(inA(`${d0}.gate_proj`), inA(`${d0}.up_proj`)));
+    await check(`${d0}.down_proj`, await wAmax(`${d0}.down_proj`), inA(`${d0}.down_proj`));
+    // layer 1: routed experts (gate/up share ws2; one input scale per projection type), shared expert
+    const b = 'model.layers.1.mlp.experts';
+    const guIn = Math.max(...Array.from({ length: 8 }, (_, e) => [inA(`${b}.${e}.gate_proj`), inA(`${b}.${e}.up_proj`)]).flat());
+    const dIn = Math.max(...Array.from({ length: 8 }, (_, e) => inA(`${b}.${e}.down_proj`)));
+    for (let e = 0; e < 8; e++) {
+      const gu = Math.max(await wAmax(`${b}.${e}.gate_proj`), await wAmax(`${b}.${e}.up_proj`));
+      await check(`${b}.${e}.gate_proj`, gu, guIn);
+      await check(`${b}.${e}.up_proj`, gu, guIn);
+      await check(`${b}.${e}.down_proj`, await wAmax(`${b}.${e}.down_proj`), dIn);
+    }
+    for (const l of [0, 1]) {
+      const o = `model.layers.${l}.self_attn.o_proj`;
+      await check(o, await wAmax(o), inA(o));
+      for (const m of mla(l)) expect(Buffer.compare(await ex.tensors.get(`${m}.weight`)!.read(), await src.tensors.get(`${m}.weight`)!.read()), m).toBe(0);
+    }
+    // the router and its bias are copied unchanged
+    for (const n of ['model.layers.1.mlp.gate.weight', 'model.layers.1.mlp.gate.e_score_correction_bias']) expect(Buffer.compare(await ex.tensors.get(n)!.read(), await src.tensors.get(n)!.read()), n).toBe(0);
+    await src.close();
+    await ex.close();
+  });
+
+  it('formats other than the recipe\'s nvfp4 are refused with the reason', async () => {
+    await expect(exportCheckpoint({ model: dir, format: 'fp8', out: join(tmp, 'x'), stats, workers: 0 })).rejects.toThrow(/format fp8 is not available for DeepSeek V3: its recipe defines nvfp4/);
+  });
+});
