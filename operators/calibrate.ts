@@ -54,7 +54,7 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
           const started = Date.now();
           const model = unit.model;
           const cfg = model.config;
-          const src = weightSource(model.checkpoint);
+          const src = weightSource(model);
           gemm ??= await defaultGemm(cpus().length);
           if (!hidden) {
             hidden = await hiddenStore(samples.map((s) => s.length), cfg.hiddenSize, options.memoryBudgetBytes, options.spillDir);

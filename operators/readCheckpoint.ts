@@ -63,7 +63,7 @@ async function* units(dirOrModel: string | SourceModel, budget: LayerBudget, ope
       model,
       kind,
       layer,
-      tensors: names.map((n) => model.checkpoint.tensors.get(n)!),
+      tensors: names.map((n) => model.tensors.get(n)!),
       release: () => {
         if (!released) {
           released = true;
@@ -72,7 +72,7 @@ async function* units(dirOrModel: string | SourceModel, budget: LayerBudget, ope
       },
     };
   };
-  const all = [...model.checkpoint.tensors.keys()];
+  const all = [...model.tensors.keys()];
   for (const layout of model.layers) {
     const prefix = `${layout.prefix}.`;
     const names = all.filter((n) => n.startsWith(prefix));

@@ -6,6 +6,8 @@ import { openCheckpoint, type Checkpoint } from './safetensors/checkpoint.js';
 import { isFloatWeightDType } from './safetensors/dtypes.js';
 import { architectureFor, type Architecture, type LayerLayout, type ModelConfig } from './models/index.js';
 import { parsePreservingNumbers, type PyValue } from './util/pyjson.js';
+import type { TensorSource } from './sources/source.js';
+import { fp8BlockDequant } from './sources/views.js';
 
 export interface SourceModel {
   dir: string;
@@ -14,6 +16,13 @@ export interface SourceModel {
   config: ModelConfig;
   arch: Architecture;
   checkpoint: Checkpoint;
+  /**
+   * Every tensor as rxquant reads it: the checkpoint's own, except that an FP8-block source's
+   * weights are BF16 views dequantized with their `weight_scale_inv` (which are left out).
+   */
+  tensors: Map<string, TensorSource>;
+  /** The source was stored in FP8 with 128x128 block scales (DeepSeek's published layout). */
+  fp8BlockSource: boolean;
   layers: LayerLayout[];
   close(): Promise<void>;
 }
@@ -38,6 +47,36 @@ export async function readConfigJson(dir: string): Promise<{ raw: Record<string,
   return { raw: raw as Record<string, PyValue>, plain: plain as Record<string, unknown> };
 }
 
+/**
+ * The tensors of a checkpoint as rxquant reads them. An FP8-block source (config.json's
+ * quantization_config `{"quant_method": "fp8", "weight_block_size": [128, 128]}`, DeepSeek V3/R1's
+ * published layout) has each F8_E4M3 weight replaced by its BF16 dequantization, a view that reads
+ * `<name>_scale_inv` too, wherever it is stored (families.md §6.2); the scales are left out.
+ */
+function sourceTensors(ck: Checkpoint, plain: Record<string, unknown>, cfgPath: string): { tensors: Map<string, TensorSource>; fp8BlockSource: boolean } {
+  const qc = plain.quantization_config as { quant_method?: unknown; weight_block_size?: unknown; fmt?: unknown } | undefined;
+  if (!qc || qc.quant_method !== 'fp8') return { tensors: new Map(ck.tensors), fp8BlockSource: false };
+  const block = qc.weight_block_size;
+  if (!Array.isArray(block) || block[0] !== 128 || block[1] !== 128) {
+    throw new CheckpointError(cfgPath, `quantization_config: an FP8 source with weight_block_size ${JSON.stringify(block)} is not supported (DeepSeek's [128, 128] is)`);
+  }
+  const tensors = new Map<string, TensorSource>();
+  for (const [name, t] of ck.tensors) {
+    if (name.endsWith('_scale_inv')) {
+      if (!ck.tensors.has(name.slice(0, -'_scale_inv'.length))) throw new CheckpointError(ck.dir, `tensor "${name}" scales no tensor of this checkpoint`);
+      continue;
+    }
+    if (t.dtype !== 'F8_E4M3') {
+      tensors.set(name, t);
+      continue;
+    }
+    const scale = ck.tensors.get(`${name}_scale_inv`);
+    if (!scale) throw new CheckpointError(ck.dir, `tensor "${name}" is F8_E4M3 but "${name}_scale_inv" is in no shard of this checkpoint`);
+    tensors.set(name, fp8BlockDequant(t, scale, name));
+  }
+  return { tensors, fp8BlockSource: true };
+}
+
 /** Opens a model folder and validates that every linear rxquant will touch exists with the expected shape. */
 export async function openModel(dir: string): Promise<SourceModel> {
   const { raw, plain } = await readConfigJson(dir);
@@ -46,11 +85,12 @@ export async function openModel(dir: string): Promise<SourceModel> {
   const config = arch.parseConfig(plain, cfgPath);
   const checkpoint = await openCheckpoint(dir);
   try {
+    const { tensors, fp8BlockSource } = sourceTensors(checkpoint, plain, cfgPath);
     const layers: LayerLayout[] = [];
     for (let i = 0; i < config.numLayers; i++) {
       const layout = arch.layer(i, config);
       for (const m of layout.linears) {
-        const t = checkpoint.tensors.get(`${m}.weight`);
+        const t = tensors.get(`${m}.weight`);
         if (!t) throw new CheckpointError(dir, `tensor "${m}.weight" is missing (config.json says ${config.numLayers} layers)`);
         if (!isFloatWeightDType(t.dtype)) throw new CheckpointError(dir, `tensor "${m}.weight" has dtype ${t.dtype}; expected BF16, F16 or F32 (already quantized?)`);
         const want = arch.linearShape(m, config);
@@ -59,18 +99,19 @@ export async function openModel(dir: string): Promise<SourceModel> {
         }
       }
       for (const m of layout.fusedExperts ?? []) {
-        const t = checkpoint.tensors.get(m);
+        const t = tensors.get(m);
         if (!t) throw new CheckpointError(dir, `tensor "${m}" is missing (config.json says layer ${i} has experts)`);
         if (!isFloatWeightDType(t.dtype) || t.shape.length !== 3) throw new CheckpointError(dir, `tensor "${m}" is ${t.dtype} [${t.shape.join(', ')}]; expected BF16, F16 or F32 [experts, in, out]`);
       }
       layers.push(layout);
     }
-    const extra = [...checkpoint.tensors.keys()].find((n) => {
+    const extraLayers = new Set(arch.extraLayers?.(config) ?? []);
+    const extra = [...tensors.keys()].find((n) => {
       const m = /^model\.layers\.(\d+)\./.exec(n);
-      return m && Number(m[1]) >= config.numLayers;
+      return m && Number(m[1]) >= config.numLayers && !extraLayers.has(Number(m[1]));
     });
     if (extra) throw new CheckpointError(dir, `tensor "${extra}" belongs to a layer beyond num_hidden_layers=${config.numLayers}`);
-    return { dir, configRaw: raw, config, arch, checkpoint, layers, close: () => checkpoint.close() };
+    return { dir, configRaw: raw, config, arch, checkpoint, tensors, fp8BlockSource, layers, close: () => checkpoint.close() };
   } catch (e) {
     await checkpoint.close();
     throw e;

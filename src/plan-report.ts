@@ -45,7 +45,7 @@ export async function planExport(
   try {
     const plan = createPlan(model, spec, { ...o, deferStatsCheck: true });
     const shards = planShards(plan.outputs, parseSize(o.maxShardSize ?? '10GB'));
-    const inputBytes = [...model.checkpoint.tensors.values()].reduce((a, t) => a + t.byteLength, 0);
+    const inputBytes = [...model.tensors.values()].reduce((a, t) => a + t.byteLength, 0);
     const workers = o.workers ?? cpus().length;
     const slots = Math.max(2, workers) + 2;
     const slotBytes = 3 * DEFAULT_CHUNK_BYTES + DEFAULT_CHUNK_BYTES / 8 + 4096 + SCRATCH_BYTES;
@@ -53,7 +53,7 @@ export async function planExport(
     let peak = 70 * 2 ** 20 + slots * slotBytes + 16 * 2 ** 20;
     if (o.calibration) {
       const cfg = model.config;
-      const layerParams = model.layers[0]!.linears.reduce((a, m) => a + model.checkpoint.tensors.get(`${m}.weight`)!.numel, 0);
+      const layerParams = model.layers[0]!.linears.reduce((a, m) => a + model.tensors.get(`${m}.weight`)!.numel, 0);
       const tokens = o.calibration.samples * o.calibration.seqLen;
       peak += 2 * layerParams * 4 + tokens * cfg.hiddenSize * 4 * 2 + o.calibration.seqLen * (cfg.intermediateSize * 3 + cfg.hiddenSize * 4) * 4;
     }
@@ -88,7 +88,7 @@ export async function planExport(
  * scales to the whole input; the output is assumed written at 1 GB/s (O_DIRECT on this VM measured 1-2.8).
  */
 async function estimateSeconds(model: Awaited<ReturnType<typeof openModel>>, format: FormatSpec, workers: number, inputBytes: number, outputBytes: number) {
-  const t = model.checkpoint.tensors.get(`${model.layers[0]!.linears[0]}.weight`)!;
+  const t = model.tensors.get(`${model.layers[0]!.linears[0]}.weight`)!;
   const K = t.shape[1]!;
   const pool = new KernelPool(0);
   try {

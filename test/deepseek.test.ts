@@ -146,3 +146,59 @@ describe('deepseek_v3: calibration and the NVFP4 recipe', () => {
     await expect(exportCheckpoint({ model: dir, format: 'fp8', out: join(tmp, 'x'), stats, workers: 0 })).rejects.toThrow(/format fp8 is not available for DeepSeek V3: its recipe defines nvfp4/);
   });
 });
+
+describe('deepseek_v3 from its FP8-block source (the official layout) to NVFP4', () => {
+  const fp8 = synthetic('deepseek_v3_fp8');
+  it('weights dequantized as the fixture golden says, quantized by the formulas from them; MTP layer dequantized, kept and excluded; no scale_inv; the FP8 config replaced', async () => {
+    const stats = await calibrateModel(fp8, ids);
+    const out = join(tmp, 'dsfp8-nvfp4');
+    await exportCheckpoint({ model: fp8, format: 'nvfp4', out, stats, workers: 0 });
+    const hq = JSON.parse(await readFile(join(out, 'hf_quant_config.json'), 'utf8'));
+    const mla = (l: number) => ['kv_a_proj_with_mqa', 'kv_b_proj', 'q_a_proj', 'q_b_proj'].map((p) => `model.layers.${l}.self_attn.${p}`);
+    // families.md §1.5, the examples/deepseek row: the MTP layer's pattern after the sorted list
+    expect(hq.quantization.exclude_modules).toEqual(['lm_head', ...mla(0), ...mla(1), 'model.layers.2*']);
+    const cfg = JSON.parse(await readFile(join(out, 'config.json'), 'utf8'));
+    expect(cfg.quantization_config.quant_method).toBe('modelopt');
+    expect(cfg.quantization_config.weight_block_size).toBeUndefined();
+    expect((await verifyExport(out)).failures).toEqual([]);
+
+    const model = await openModel(fp8);
+    const golden = await openCheckpoint(join(fp8, 'dequant_golden.safetensors'));
+    const ex = await openCheckpoint(out);
+    try {
+      expect([...ex.tensors.keys()].filter((n) => n.endsWith('_scale_inv'))).toEqual([]);
+      // the source as rxquant reads it: the fixture's golden dequantization (one f32 multiply, then bf16)
+      for (const t of golden.tensors.values()) expect(Buffer.compare(await model.tensors.get(t.name)!.read(), await t.read()), t.name).toBe(0);
+      // quantized from the dequantized weights: layer 1 expert 3's down_proj (its scale in the other shard)
+      const m = 'model.layers.1.mlp.experts.3.down_proj';
+      const w = decodeBf16(await golden.tensors.get(`${m}.weight`)!.read());
+      const amax = w.reduce((a, x) => Math.max(a, Math.abs(x)), 0);
+      const ws2 = Math.fround(amax / 2688);
+      expect((await ex.tensors.get(`${m}.weight_scale_2`)!.toFloat32())[0]).toBe(ws2);
+      const q = quantizeNvfp4Ref(w, 128, 128, ws2);
+      expect(Buffer.compare(await ex.tensors.get(`${m}.weight`)!.read(), packNibblesK(q.codes))).toBe(0);
+      expect(Buffer.compare(await ex.tensors.get(`${m}.weight_scale`)!.read(), q.scales)).toBe(0);
+      // kept MLA projections (a ragged tile) and the MTP layer's FP8 weights: their BF16 dequantization
+      for (const n of ['model.layers.0.self_attn.q_b_proj.weight', 'model.layers.2.self_attn.q_a_proj.weight', 'model.layers.2.mlp.experts.5.up_proj.weight']) {
+        expect(ex.tensors.get(n)!.dtype).toBe('BF16');
+        expect(Buffer.compare(await ex.tensors.get(n)!.read(), await model.tensors.get(n)!.read()), n).toBe(0);
+      }
+      // MTP-only BF16 tensors copied unchanged
+      for (const n of ['model.layers.2.eh_proj.weight', 'model.layers.2.enorm.weight', 'model.layers.2.shared_head.head.weight']) {
+        expect(Buffer.compare(await ex.tensors.get(n)!.read(), await model.checkpoint.tensors.get(n)!.read()), n).toBe(0);
+      }
+    } finally {
+      await ex.close();
+      await golden.close();
+      await model.close();
+    }
+  });
+});
+
+function decodeBf16(b: Uint8Array): Float32Array {
+  const u = new Uint16Array(b.slice().buffer);
+  const out = new Float32Array(u.length);
+  const v = new Uint32Array(out.buffer);
+  for (let i = 0; i < u.length; i++) v[i] = u[i]! << 16;
+  return out;
+}

@@ -95,7 +95,7 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
   const decisions = new Map<string, LinearDecision>();
   for (const layout of model.layers) {
     for (const m of layout.linears) {
-      const t = model.checkpoint.tensors.get(`${m}.weight`)!;
+      const t = model.tensors.get(`${m}.weight`)!;
       const [N, K] = t.shape as [number, number];
       const group = layout.groups.find((g) => g.members.includes(m));
       let reason: string | undefined;
@@ -109,7 +109,7 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
       if (!format.fused) {
         throw new QuantizationError(`format ${format.name} does not define ${model.arch.family}'s fused expert tensors (ModelOpt exports them in fp8 and nvfp4); use one of those`);
       }
-      const t = model.checkpoint.tensors.get(m)!;
+      const t = model.tensors.get(m)!;
       const [E, A, B] = t.shape as [number, number, number];
       let reason: string | undefined;
       if (options.exclude?.some((p) => matchesPattern(m, p))) reason = 'excluded by --exclude';
@@ -152,9 +152,16 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
   }
   if (!options.deferStatsCheck) checkStats(model, format, kvCache, quantized, options.stats);
 
-  const untouched = [...model.checkpoint.tensors.keys()].filter((n) => model.arch.untouchedPrefixes?.some((p) => n.startsWith(p))).map((n) => n.replace(/\.(weight|bias)$/, ''));
+  const untouched = [...model.tensors.keys()].filter((n) => model.arch.untouchedPrefixes?.some((p) => n.startsWith(p))).map((n) => n.replace(/\.(weight|bias)$/, ''));
   const unquantized = [...model.arch.alwaysExcluded, ...model.layers.flatMap((l) => l.excluded ?? []), ...untouched, ...skipped.map((d) => d.module)];
   const hfQuantConfig = buildHfQuantConfig(format, kvCache, unquantized, quantized);
+  // layers after the decoder layers (DeepSeek's MTP), copied unquantized: one pattern each, after the
+  // sorted list (families.md §6.5); `.*` where a quantized layer's index starts with the same digits
+  for (const L of model.arch.extraLayers?.(model.config) ?? []) {
+    const p = `model.layers.${L}`;
+    if (![...model.tensors.keys()].some((n) => n.startsWith(`${p}.`))) continue;
+    hfQuantConfig.quantization.exclude_modules.push(quantized.some((m) => m.startsWith(p)) ? `${p}.*` : `${p}*`);
+  }
   const plan: ExportPlan = {
     format,
     kvCache,
@@ -200,7 +207,7 @@ function planOutputs(plan: ExportPlan): TensorSpec[] {
   for (const d of decisions.values()) if (d.quantized) quantizedWeights.set(d.fused ? d.module : `${d.module}.weight`, d);
   const layerOf = new Map(model.layers.map((l) => [`${l.prefix}.`, l.index]));
   const layerPrefix = /^(.*\.layers\.\d+\.)/;
-  for (const t of model.checkpoint.tensors.values()) {
+  for (const t of model.tensors.values()) {
     const lm = layerPrefix.exec(t.name);
     const li = lm ? layerOf.get(lm[1]!) : undefined;
     const bucket = li !== undefined ? byLayer[li]! : t.name.startsWith(`${model.arch.names.embed}.`) ? head : tail;

@@ -4,7 +4,6 @@
  * engines do at run time: pre_quant_scale, then activation quantization with input_scale
  * (FP8 per tensor; NVFP4 per 16-element block under the global input_scale).
  */
-import type { Checkpoint } from '../safetensors/checkpoint.js';
 import type { TensorSource } from '../sources/source.js';
 import type { ModelConfig } from './config.js';
 import { CheckpointError } from '../errors.js';
@@ -22,7 +21,7 @@ export interface WeightSource {
   quantAlgo?: string;
 }
 
-export function weightSource(ck: Checkpoint, quantAlgo?: string): WeightSource {
+export function weightSource(ck: { tensors: Map<string, TensorSource>; dir: string }, quantAlgo?: string): WeightSource {
   return { tensors: ck.tensors, dir: ck.dir, quantAlgo };
 }
 

@@ -95,6 +95,11 @@ export interface ModelFamily {
    * exclude_modules (which summarizes them as `vision_model*`).
    */
   untouchedPrefixes?: string[];
+  /**
+   * Layers stored after the decoder layers and exported unquantized (DeepSeek's multi-token
+   * prediction layers, `model.layers.{num_hidden_layers + i}`), listed as `model.layers.{L}*`.
+   */
+  extraLayers?(cfg: ModelConfig): number[];
   /** The export formats the family's recipe defines (default: all). */
   formats?: string[];
   /** Why the AWQ formats are refused for this family, if they are. */

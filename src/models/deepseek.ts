@@ -128,6 +128,7 @@ export const deepseek_v3: ModelFamily = {
   names: { embed: 'model.embed_tokens', finalNorm: 'model.norm.weight', lmHead: 'lm_head' },
   alwaysExcluded: ['lm_head'],
   formats: ['nvfp4'],
+  extraLayers: (cfg) => Array.from({ length: dsOf(cfg).numNextnPredictLayers }, (_, i) => cfg.numLayers + i),
   awqUnsupported: "ModelOpt's DeepSeek flow exports NVFP4 only",
   layer: layout,
   linearShape(module: string, cfg: ModelConfig): [number, number] | undefined {
