@@ -202,3 +202,26 @@ function decodeBf16(b: Uint8Array): Float32Array {
   for (let i = 0; i < u.length; i++) v[i] = u[i]! << 16;
   return out;
 }
+
+describe('DeepSeek R1 rope settings (YaRN)', () => {
+  it("reads R1's rope_scaling: factor from the position ratio, attention factor 1 (mscale = mscale_all_dim), the softmax scale times mscale^2; ramped frequencies between interpolation and extrapolation", async () => {
+    const { deepseek_v3 } = await import('../src/models/deepseek.js');
+    const { inverseFrequencies } = await import('../src/forward/rope.js');
+    const raw = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8'));
+    delete raw.rope_parameters;
+    const r1 = {
+      ...raw,
+      qk_rope_head_dim: 64, qk_nope_head_dim: 128, v_head_dim: 128, head_dim: 64, max_position_embeddings: 163840, rope_theta: 10000,
+      rope_scaling: { beta_fast: 32, beta_slow: 1, factor: 40, mscale: 1.0, mscale_all_dim: 1.0, original_max_position_embeddings: 4096, type: 'yarn' },
+    };
+    const cfg = deepseek_v3.parseConfig(r1, 'config.json');
+    expect(cfg.rope).toMatchObject({ type: 'yarn', factor: 40, originalMaxPositionEmbeddings: 4096, betaFast: 32, betaSlow: 1, attentionFactor: 1 });
+    const mscale = 0.1 * Math.log(40) + 1;
+    expect(cfg.deepseek!.attentionScale).toBeCloseTo((1 / Math.sqrt(192)) * mscale * mscale, 12);
+    const inv = inverseFrequencies(cfg.rope, 64);
+    // the fastest dimensions keep the original frequency, the slowest are divided by the factor
+    expect(inv[0]).toBe(1);
+    expect(inv[31]).toBe(Math.fround(1 / Math.fround(40 * Math.fround(Math.pow(10000, Math.fround(62 / 64))))));
+    for (let i = 1; i < 32; i++) expect(inv[i]!).toBeLessThan(inv[i - 1]!);
+  });
+});

@@ -5,11 +5,17 @@
 /** RoPE settings, read from `rope_parameters` (transformers >= 5) or `rope_theta` + `rope_scaling`. */
 export interface RopeConfig {
   theta: number;
-  type: 'default' | 'llama3' | 'linear';
+  type: 'default' | 'llama3' | 'linear' | 'yarn';
   factor?: number;
   lowFreqFactor?: number;
   highFreqFactor?: number;
   originalMaxPositionEmbeddings?: number;
+  /** YaRN: the ramp's bounds in rotations (default 32 and 1), whether they are rounded outward (default true). */
+  betaFast?: number;
+  betaSlow?: number;
+  truncate?: boolean;
+  /** YaRN: cos and sin are multiplied by this. */
+  attentionFactor?: number;
 }
 
 /** The fields of config.json that rxquant uses, validated. */

@@ -47,6 +47,28 @@ function parseRope(raw: Record<string, unknown>, path: string): RopeConfig {
   const type = String(params?.rope_type ?? params?.type ?? 'default');
   if (type === 'default') return { theta, type };
   if (type === 'linear') return { theta, type, factor: Number(params!.factor) };
+  if (type === 'yarn') {
+    // transformers' _compute_yarn_parameters: with original_max_position_embeddings the factor is
+    // max_position_embeddings / original; the attention factor from mscale / mscale_all_dim
+    const p = params!;
+    const maxPos = Number(raw.max_position_embeddings);
+    const original = p.original_max_position_embeddings == null ? undefined : Number(p.original_max_position_embeddings);
+    const factor = original !== undefined && maxPos > 0 ? maxPos / original : Number(p.factor);
+    if (!(factor > 0)) throw new CheckpointError(path, 'yarn rope scaling needs a positive "factor"');
+    const getMscale = (scale: number, m = 1) => (scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1);
+    const mscale = Number(p.mscale ?? 0), mscaleAll = Number(p.mscale_all_dim ?? 0);
+    const attentionFactor = p.attention_factor != null ? Number(p.attention_factor) : mscale && mscaleAll ? getMscale(factor, mscale) / getMscale(factor, mscaleAll) : getMscale(factor);
+    return {
+      theta,
+      type,
+      factor,
+      originalMaxPositionEmbeddings: original ?? maxPos,
+      betaFast: Number(p.beta_fast ?? 0) || 32,
+      betaSlow: Number(p.beta_slow ?? 0) || 1,
+      truncate: p.truncate !== false,
+      attentionFactor,
+    };
+  }
   if (type === 'llama3') {
     const f = (k: string) => {
       const v = Number(params![k]);
@@ -62,5 +84,5 @@ function parseRope(raw: Record<string, unknown>, path: string): RopeConfig {
       originalMaxPositionEmbeddings: f('original_max_position_embeddings'),
     };
   }
-  throw new CheckpointError(path, `rope type "${type}" is not supported (supported: default, linear, llama3)`);
+  throw new CheckpointError(path, `rope type "${type}" is not supported (supported: default, linear, llama3, yarn)`);
 }

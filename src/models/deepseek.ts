@@ -28,6 +28,14 @@ function parseDeepseek(raw: Record<string, unknown>, path: string): DeepseekConf
   const E = intField(raw, ['n_routed_experts'], path);
   const nGroup = intField(raw, ['n_group'], path, 1);
   if (E % nGroup !== 0) throw new CheckpointError(path, `n_routed_experts ${E} is not a multiple of n_group ${nGroup}`);
+  // YaRN with mscale_all_dim: the softmax scale times mscale^2, mscale = 0.1 * mscale_all_dim * ln(factor) + 1
+  let attentionScale = 1 / Math.sqrt(nope + rope);
+  const rs = (raw.rope_scaling ?? raw.rope_parameters) as Record<string, unknown> | null | undefined;
+  if (rs && String(rs.rope_type ?? rs.type) === 'yarn' && Number(rs.mscale_all_dim ?? 0)) {
+    const factor = Number(rs.factor);
+    const mscale = factor <= 1 ? 1 : 0.1 * Number(rs.mscale_all_dim) * Math.log(factor) + 1;
+    attentionScale *= mscale * mscale;
+  }
   return {
     qLoraRank,
     kvLoraRank: intField(raw, ['kv_lora_rank'], path),
@@ -35,7 +43,7 @@ function parseDeepseek(raw: Record<string, unknown>, path: string): DeepseekConf
     qkRopeHeadDim: rope,
     vHeadDim: intField(raw, ['v_head_dim'], path),
     ropeInterleave: raw.rope_interleave !== false,
-    attentionScale: 1 / Math.sqrt(nope + rope),
+    attentionScale,
     firstKDenseReplace: raw.first_k_dense_replace == null ? 0 : Number(raw.first_k_dense_replace),
     nRoutedExperts: E,
     nSharedExperts: intField(raw, ['n_shared_experts'], path, 1),
