@@ -207,20 +207,19 @@ export function deepseekRoute(x: Float32Array, T: number, H: number, router: Flo
   return routes;
 }
 
-/** h [T, H] -> h' [T, H], written over h (see the file comment). */
-export async function deepseekDecoderLayer(
+/** The MLA half of a layer over h [T, H], written over h (see the file comment). */
+async function mlaBlock(
   h: Float32Array,
   T: number,
-  layer: PreparedDeepseekLayer,
+  layer: Omit<PreparedDeepseekLayer, 'mlp' | 'release' | 'postNorm'>,
   cfg: ModelConfig,
   ds: DeepseekConfig,
   cos: Float32Array,
   sin: Float32Array,
-  hooks: LayerHooks = {},
-): Promise<Float32Array> {
+  hooks: LayerHooks,
+): Promise<void> {
   const H = cfg.hiddenSize, nH = cfg.numHeads;
   const nope = ds.qkNopeHeadDim, r = ds.qkRopeHeadDim, dv = ds.vHeadDim, dk = nope + r, kvR = ds.kvLoraRank;
-  // --- MLA
   const x = rmsnorm(h, T, H, layer.inputNorm, cfg.rmsNormEps);
   let q: Float32Array;
   if (layer.q) {
@@ -255,6 +254,21 @@ export async function deepseekDecoderLayer(
   hooks.linearInput?.('o', att, T, nH * dv);
   const [o] = (await layer.o.run(att, T)) as [Float32Array];
   for (let j = 0; j < h.length; j++) h[j] = h[j]! + o[j]!;
+}
+
+/** h [T, H] -> h' [T, H], written over h (see the file comment). */
+export async function deepseekDecoderLayer(
+  h: Float32Array,
+  T: number,
+  layer: PreparedDeepseekLayer,
+  cfg: ModelConfig,
+  ds: DeepseekConfig,
+  cos: Float32Array,
+  sin: Float32Array,
+  hooks: LayerHooks = {},
+): Promise<Float32Array> {
+  const H = cfg.hiddenSize;
+  await mlaBlock(h, T, layer, cfg, ds, cos, sin, hooks);
   // --- MLP
   const x2 = rmsnorm(h, T, H, layer.postNorm, cfg.rmsNormEps);
   let y: Float32Array;
@@ -271,4 +285,73 @@ export async function deepseekDecoderLayer(
   }
   for (let j = 0; j < h.length; j++) h[j] = h[j]! + y[j]!;
   return h;
+}
+
+/** Default weight budget of one group of experts prepared at once (f32). */
+const EXPERT_GROUP_BYTES = 256 * 2 ** 20;
+
+/**
+ * One MoE layer over every calibration sample, its weights a part at a time: MLA, router and shared
+ * expert first (each sample's normed input, routing and shared output kept), then the routed experts
+ * in groups of at most `groupBytes` of f32 weights, each over every sample, then the residual. The
+ * same arithmetic in the same order as deepseekDecoderLayer on each sample.
+ */
+export async function deepseekLayerOverSamples(
+  src: WeightSource,
+  names: DeepseekLayerNames,
+  cfg: ModelConfig,
+  ds: DeepseekConfig,
+  gemm: GemmEngine,
+  states: { count: number; tokens(i: number): number; get(i: number): Promise<Float32Array>; set(i: number, h: Float32Array): Promise<void> },
+  cos: Float32Array,
+  sin: Float32Array,
+  hooks: LayerHooks = {},
+  groupBytes = EXPERT_GROUP_BYTES,
+): Promise<void> {
+  if (names.mlp.kind !== 'moe') throw new Error('deepseekLayerOverSamples: a dense layer');
+  const H = cfg.hiddenSize, I = ds.moeIntermediateSize;
+  const experts = names.mlp.experts;
+  const xs: Float32Array[] = [], routes: { tokens: number[]; weights: number[] }[][] = [], shareds: Float32Array[] = [];
+  // 1. MLA, routing and the shared expert
+  const first = await loadPreparedDeepseekLayer(src, { ...names, mlp: { ...names.mlp, experts: [] } }, cfg, ds, gemm);
+  try {
+    const mlp = first.mlp as Extract<PreparedDeepseekLayer['mlp'], { kind: 'moe' }>;
+    for (let i = 0; i < states.count; i++) {
+      const T = states.tokens(i);
+      const h = await states.get(i);
+      await mlaBlock(h, T, first, cfg, ds, cos, sin, hooks);
+      await states.set(i, h);
+      const x2 = rmsnorm(h, T, H, first.postNorm, cfg.rmsNormEps);
+      hooks.linearInput?.('router', x2, T, H);
+      routes.push(deepseekRoute(x2, T, H, mlp.router, mlp.bias, ds));
+      xs.push(x2);
+      shareds.push((await swiGluMlp(x2, T, H, I * ds.nSharedExperts, mlp.shared.gateUp, mlp.shared.down, hooks, 'shared.')).slice());
+    }
+  } finally {
+    await first.release();
+  }
+  // 2. routed experts, a group at a time, each over every sample
+  const ys = xs.map((x) => new Float32Array(x.length));
+  const perGroup = Math.max(1, Math.floor(groupBytes / (3 * I * H * 4)));
+  const load = (m: string) => () => (gemm.prepareTransposed ? loadLinearLazily(src, m) : loadLinear(src, m));
+  for (let e0 = 0; e0 < experts.length; e0 += perGroup) {
+    const prepared: { gateUp: PreparedGroup; down: PreparedGroup }[] = [];
+    try {
+      for (const e of experts.slice(e0, e0 + perGroup)) {
+        prepared.push({ gateUp: await prepareGroupFrom([load(e.gate), load(e.up)], [[I, H], [I, H]], gemm), down: await prepareGroupFrom([load(e.down)], [[H, I]], gemm) });
+      }
+      for (let i = 0; i < states.count; i++) {
+        for (let j = 0; j < prepared.length; j++) await expertInto(ys[i]!, xs[i]!, H, I, routes[i]![e0 + j]!, prepared[j]!, e0 + j, hooks);
+      }
+    } finally {
+      await Promise.all(prepared.flatMap((p) => [p.gateUp.release(), p.down.release()]));
+    }
+  }
+  // 3. residual: h + (routed + shared)
+  for (let i = 0; i < states.count; i++) {
+    const h = await states.get(i);
+    const y = ys[i]!, sh = shareds[i]!;
+    for (let j = 0; j < h.length; j++) h[j] = h[j]! + Math.fround(y[j]! + sh[j]!);
+    await states.set(i, h);
+  }
 }
