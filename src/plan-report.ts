@@ -45,7 +45,7 @@ export async function planExport(
   try {
     const plan = createPlan(model, spec, { ...o, deferStatsCheck: true });
     const shards = planShards(plan.outputs, parseSize(o.maxShardSize ?? '10GB'));
-    const inputBytes = [...model.tensors.values()].reduce((a, t) => a + t.byteLength, 0);
+    const inputBytes = [...model.checkpoint.tensors.values()].reduce((a, t) => a + t.byteLength, 0); // as stored (an FP8 source reads half of its BF16 size)
     const workers = o.workers ?? cpus().length;
     const slots = Math.max(2, workers) + 2;
     const slotBytes = 3 * DEFAULT_CHUNK_BYTES + DEFAULT_CHUNK_BYTES / 8 + 4096 + SCRATCH_BYTES;
