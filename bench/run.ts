@@ -1,6 +1,6 @@
 /**
  * `npm run bench [section...]`: measurements side by side in one run, appended to bench/RESULTS.md
- * with the date and machine. Sections: read, kernels, export, calibration, calibration-memory, moe, large, perplexity (default: all but large (a 26 GB
+ * with the date and machine. Sections: read, kernels, export, calibration, calibration-memory, moe, large, deepseek, perplexity (default: all but large (a 26 GB
  * checkpoint) and perplexity (~20 minutes)).
  */
 import { appendFile, mkdir } from 'node:fs/promises';
@@ -13,6 +13,7 @@ import { benchKernels } from './kernels.js';
 import { benchExport } from './export.js';
 import { benchCalibrationMemory } from './calibration-memory.js';
 import { benchMoe } from './moe.js';
+import { benchDeepseek } from './deepseek.js';
 import { machine } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -26,6 +27,8 @@ const SECTIONS: Record<string, () => Promise<string[]>> = {
   'calibration-memory': () => benchCalibrationMemory(DATA),
   // Qwen3-30B-A3B-shaped MoE: calibration memory against the number of experts, NVFP4 export vs the floor
   moe: () => benchMoe(DATA),
+  // DeepSeek V3 dimensions from an FP8-block source (~16 GB): run it by name
+  deepseek: () => benchDeepseek(DATA),
   // a checkpoint larger than this machine's 24 GiB of RAM (~26 GB): run it by name
   large: () => benchExport(DATA, 57, ['fp8_pb_wo'], 1),
   // long (about 20 minutes): run it by name
@@ -34,7 +37,7 @@ const SECTIONS: Record<string, () => Promise<string[]>> = {
 
 async function main() {
   const wanted = process.argv.slice(2);
-  const names = wanted.length ? wanted : Object.keys(SECTIONS).filter((n) => n !== 'perplexity' && n !== 'large');
+  const names = wanted.length ? wanted : Object.keys(SECTIONS).filter((n) => n !== 'perplexity' && n !== 'large' && n !== 'deepseek');
   await mkdir(DATA, { recursive: true });
   const lines = [`\n## ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC — ${machine()}\n`];
   for (const n of names) {
