@@ -192,6 +192,7 @@ class Fp8BlockDequantView extends View {
   private readonly N: number;
   private readonly K: number;
   private readonly BK: number;
+  private readonly tables = new Map<number, Uint16Array>();
 
   constructor(
     private readonly q: TensorSource,
@@ -227,6 +228,8 @@ class Fp8BlockDequantView extends View {
     const scales = decodeToFloat32(await this.scaleInv.readRows(t0, t1), 'F32', this.scaleInv.name);
     const rowsPerBlock = Math.max(1, Math.floor(BLOCK_BYTES / K));
     const codes = new Uint8Array(Math.min(rowsPerBlock, end - start) * K);
+    // each tile's 256 possible results, built once per tile scale: the inner loop is a table lookup
+    const tables = Array.from(scales, (s) => this.tableFor(s));
     for (let r0 = start; r0 < end; r0 += rowsPerBlock) {
       const r1 = Math.min(end, r0 + rowsPerBlock);
       const q = await this.q.readRows(r0, r1, codes);
@@ -234,13 +237,26 @@ class Fp8BlockDequantView extends View {
         const srow = (Math.floor(r / FP8_SOURCE_BLOCK) - t0) * BK;
         const qo = (r - r0) * K;
         const oo = (r - start) * K;
-        for (let c = 0; c < K; c++) {
-          const s = scales[srow + Math.floor(c / FP8_SOURCE_BLOCK)]!;
-          out[oo + c] = f32ToBf16(Math.fround(E4M3_VALUES[q[qo + c]!]! * s));
+        for (let tc = 0; tc < BK; tc++) {
+          const tbl = tables[srow + tc]!;
+          const c1 = Math.min(K, (tc + 1) * FP8_SOURCE_BLOCK);
+          for (let c = tc * FP8_SOURCE_BLOCK; c < c1; c++) out[oo + c] = tbl[q[qo + c]!]!;
         }
       }
     }
     return dest;
+  }
+
+  /** bf16 bits of bf16_RNE(f32(e4m3(code) * s)) for every code byte; the last few scales' tables are kept. */
+  private tableFor(s: number): Uint16Array {
+    let t = this.tables.get(s);
+    if (!t) {
+      t = new Uint16Array(256);
+      for (let code = 0; code < 256; code++) t[code] = f32ToBf16(Math.fround(E4M3_VALUES[code]! * s));
+      if (this.tables.size >= 4096) this.tables.clear();
+      this.tables.set(s, t);
+    }
+    return t;
   }
 }
 
