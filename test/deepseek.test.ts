@@ -196,6 +196,9 @@ describe('deepseek_v3 from its FP8-block source (the official layout) to NVFP4',
     const stats = await calibrateModel(fp8, ids);
     const out = join(tmp, 'dsfp8-nvfp4');
     await exportCheckpoint({ model: fp8, format: 'nvfp4', out, stats, workers: 0 });
+    // the FP8 codes are expanded in the kernel workers when there are some: the same bytes
+    await exportCheckpoint({ model: fp8, format: 'nvfp4', out: `${out}-w2`, stats, workers: 2 });
+    expect(Buffer.compare(await readFile(join(out, 'model.safetensors')), await readFile(join(`${out}-w2`, 'model.safetensors')))).toBe(0);
     const hq = JSON.parse(await readFile(join(out, 'hf_quant_config.json'), 'utf8'));
     const mla = (l: number) => ['kv_a_proj_with_mqa', 'kv_b_proj', 'q_a_proj', 'q_b_proj'].map((p) => `model.layers.${l}.self_attn.${p}`);
     // families.md §1.5, the examples/deepseek row: the MTP layer's pattern after the sorted list

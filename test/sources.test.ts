@@ -10,6 +10,8 @@ import { openCheckpoint } from '../src/safetensors/checkpoint.js';
 import { expertSlice, fp8BlockDequant, rowRange, transposed, checkedNumel } from '../src/sources/views.js';
 import { directReadSpan } from '../src/safetensors/file.js';
 import { readAll, synthetic, u16 } from './helpers.js';
+import { expandFp8Block } from '../src/kernels/tasks.js';
+import { decodeToFloat32 } from '../src/codecs/float.js';
 
 describe('fp8BlockDequant (DeepSeek FP8 weight + 128x128 weight_scale_inv -> BF16)', () => {
   it('equals the fixture golden bytes, ragged tiles and a scale stored in the other shard included', async () => {
@@ -58,6 +60,26 @@ describe('fp8BlockDequant (DeepSeek FP8 weight + 128x128 weight_scale_inv -> BF1
     } finally {
       await fp8.close();
       await bf16.close();
+    }
+  });
+
+  it('the kernel workers\' in-place expansion of FP8 codes gives the view\'s bytes, for chunks that start inside a tile', async () => {
+    const ck = await openCheckpoint(synthetic('deepseek_v3_fp8'));
+    try {
+      for (const name of ['model.layers.0.self_attn.q_b_proj.weight', 'model.layers.0.mlp.down_proj.weight']) {
+        const q = ck.tensors.get(name)!, s = ck.tensors.get(`${name}_scale_inv`)!;
+        const view = fp8BlockDequant(q, s);
+        const [N, K] = q.shape as [number, number];
+        for (const [r0, r1] of [[0, N], [100, N], [37, 41]] as const) {
+          const buf = new Uint8Array((r1 - r0) * K * 2);
+          await q.readRows(r0, r1, buf);
+          const scales = decodeToFloat32(await s.readRows(Math.floor(r0 / 128), Math.ceil(r1 / 128)), 'F32');
+          expandFp8Block({ src: buf, dtype: 'BF16', row0: r0, rows: r1 - r0, K, ops: [], fp8Source: { scales, BK: Math.ceil(K / 128) } });
+          expect(Buffer.compare(buf, await view.readRows(r0, r1)), `${name} [${r0}, ${r1})`).toBe(0);
+        }
+      }
+    } finally {
+      await ck.close();
     }
   });
 

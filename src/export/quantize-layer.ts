@@ -16,7 +16,8 @@ import { chunkTask } from '../kernels/chunk-task.js';
 import type { WeightOp } from '../kernels/weight-ops.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
 import type { TensorSource } from '../sources/source.js';
-import { expertSlice, reshaped, rowRange, transposed } from '../sources/views.js';
+import { expertSlice, fp8BlockParts, reshaped, rowRange, transposed } from '../sources/views.js';
+import type { ChunkInput } from '../kernels/tasks.js';
 import type { BandOf } from '../formats/format.js';
 import type { ModelUnit, QuantizedChunk, QuantizedLinear, QuantizedUnit } from './units.js';
 import { keepsPreQuantScale, type ExportPlan } from './plan.js';
@@ -237,14 +238,28 @@ function chunkStarts(N: number, rows: number): number[] {
   return s;
 }
 
-async function readChunk(e: Work, pool: KernelPool, row0: number, rows: number): Promise<{ slot: Slot; src: Uint8Array }> {
+async function readChunk(e: Work, pool: KernelPool, row0: number, rows: number): Promise<{ slot: Slot; src: Uint8Array; fp8Source?: ChunkInput['fp8Source'] }> {
   const slot = await pool.acquire(rows * e.tensor.rowBytes);
   try {
-    return { slot, src: await e.tensor.readRows(row0, row0 + rows, slot.src) };
+    return { slot, ...(await readRowsInto(e.tensor, row0, rows, slot)) };
   } catch (err) {
     pool.release(slot);
     throw err;
   }
+}
+
+/**
+ * Rows [row0, row0 + rows) of a source into the slot. For an FP8-block source the FP8 codes and the
+ * tile scales are read as stored, and the kernel worker expands them (so the main thread never
+ * dequantizes): `src` is then the bf16-sized region whose first half holds the codes.
+ */
+async function readRowsInto(source: TensorSource, row0: number, rows: number, slot: Slot): Promise<{ src: Uint8Array; fp8Source?: ChunkInput['fp8Source'] }> {
+  const parts = fp8BlockParts(source);
+  if (!parts) return { src: await source.readRows(row0, row0 + rows, slot.src) };
+  const K = source.shape[1]!;
+  await parts.q.readRows(row0, row0 + rows, slot.src);
+  const scales = decodeToFloat32(await parts.scaleInv.readRows(Math.floor(row0 / 128), Math.ceil((row0 + rows) / 128)), 'F32', parts.scaleInv.name);
+  return { src: slot.src.subarray(0, rows * K * 2), fp8Source: { scales, BK: Math.ceil(K / 128) } };
 }
 
 function nonFiniteError(e: Work, row0: number, index: number, value: number): QuantizationError {
@@ -260,9 +275,9 @@ async function scanAmax(e: Work, pool: KernelPool): Promise<number> {
   const results = await Promise.all(
     chunkStarts(e.N, rows).map(async (row0) => {
       const n = Math.min(rows, e.N - row0);
-      const { slot, src } = await readChunk(e, pool, row0, n);
+      const { slot, src, fp8Source } = await readChunk(e, pool, row0, n);
       try {
-        const r = await pool.run({ kind: 'scan', src, dtype: e.dtype, row0, rows: n, K: e.K, ops: e.ops, wasm: slot.wasm, lut: slot.lut });
+        const r = await pool.run({ kind: 'scan', src, dtype: e.dtype, row0, rows: n, K: e.K, ops: e.ops, wasm: slot.wasm, lut: slot.lut, fp8Source });
         if (r.nonFinite) throw nonFiniteError(e, row0, r.nonFinite.index, r.nonFinite.value);
         return r.amax!;
       } finally {
@@ -366,15 +381,15 @@ async function* streamChunks(st: Stream, fmt: FormatSpec, pool: KernelPool): Asy
 async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool, spec: ChunkSpec): Promise<QuantizedChunk> {
   const { row0, rows, K } = spec;
   const slot = await pool.acquire(rows * K * (e.tensor.rowBytes / e.K));
-  let src: Uint8Array;
+  let read: { src: Uint8Array; fp8Source?: ChunkInput['fp8Source'] };
   try {
-    src = await spec.source.readRows(row0, row0 + rows, slot.src);
+    read = await readRowsInto(spec.source, row0, rows, slot);
   } catch (err) {
     pool.release(slot);
     throw err;
   }
   const scale = fmt.kernelScale(q);
-  const { task, codes, scales, packed } = chunkTask(fmt.kernel, slot, { src, dtype: e.dtype, row0, rows, K, ops: e.ops }, scale);
+  const { task, codes, scales, packed } = chunkTask(fmt.kernel, slot, { src: read.src, dtype: e.dtype, row0, rows, K, ops: e.ops, fp8Source: read.fp8Source }, scale);
   let released = false;
   const release = () => {
     if (!released) {

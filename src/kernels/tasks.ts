@@ -15,7 +15,8 @@ import type { FloatDType } from '../safetensors/dtypes.js';
 import { applyWeightOps, type WeightOp } from './weight-ops.js';
 import { firstNonFinite } from '../formats/common.js';
 import type { WasmKernels } from './wasm.js';
-import { f32FromBits, f16ToF32 } from '../codecs/float.js';
+import { f32FromBits, f16ToF32, f32ToBf16 } from '../codecs/float.js';
+import { E4M3_VALUES } from '../codecs/e4m3.js';
 
 export interface ChunkInput {
   /** Raw little-endian bytes of rows [row0, row0 + rows) in `dtype`. */
@@ -29,6 +30,12 @@ export interface ChunkInput {
   rows: number;
   K: number;
   ops: WeightOp[];
+  /**
+   * `src` holds FP8 e4m3 codes (rows * K bytes at its start) of an FP8-block source, expanded here,
+   * in place, to bf16(f32(e4m3) * scale) before anything else: `scales` are the 128x128 tile scales
+   * of tile rows [floor(row0 / 128), ...), `BK` = ceil(K / 128) per tile row (families.md §6.2).
+   */
+  fp8Source?: { scales: Float32Array; BK: number };
 }
 
 export type KernelTask = ChunkInput &
@@ -93,6 +100,10 @@ function nonFinite(w: Float32Array): KernelResult['nonFinite'] {
  * a SIMD kernel is located by the JavaScript path.
  */
 export function runKernel(task: KernelTask, k?: WasmKernels): KernelResult {
+  if (task.fp8Source) {
+    expandFp8Block(task);
+    task = { ...task, fp8Source: undefined };
+  }
   if (k && task.wasm && (task.dtype === 'BF16' || task.dtype === 'F16')) {
     // AWQ edits first, in place: the source then holds the edited weights, exactly what the
     // JavaScript path computes before quantizing, so from here on the task has no edits left
@@ -104,6 +115,38 @@ export function runKernel(task: KernelTask, k?: WasmKernels): KernelResult {
     if (r) return r;
   }
   return runJs(task);
+}
+
+/**
+ * FP8-block codes at the start of `src` expanded in place to bf16 (`dtype` is BF16): each tile's 256
+ * possible results built once per scale, then a lookup per element, walking backwards so that each
+ * code is read before its two output bytes overwrite it (output index 2i >= input index i).
+ */
+export function expandFp8Block(task: ChunkInput): void {
+  const { scales, BK } = task.fp8Source!;
+  const { rows, K, row0 } = task;
+  const bytes = task.src;
+  const out = new Uint16Array(bytes.buffer, bytes.byteOffset, rows * K);
+  const tile0 = Math.floor(row0 / 128);
+  const tables = new Map<number, Uint16Array>();
+  const tableFor = (s: number) => {
+    let t = tables.get(s);
+    if (!t) {
+      t = new Uint16Array(256);
+      for (let code = 0; code < 256; code++) t[code] = f32ToBf16(Math.fround(E4M3_VALUES[code]! * s));
+      tables.set(s, t);
+    }
+    return t;
+  };
+  for (let r = rows - 1; r >= 0; r--) {
+    const srow = (Math.floor((row0 + r) / 128) - tile0) * BK;
+    const o = r * K;
+    for (let tc = BK - 1; tc >= 0; tc--) {
+      const tbl = tableFor(scales[srow + tc]!);
+      const c0 = tc * 128;
+      for (let c = Math.min(K, c0 + 128) - 1; c >= c0; c--) out[o + c] = tbl[bytes[o + c]!]!;
+    }
+  }
 }
 
 /**

@@ -195,8 +195,8 @@ class Fp8BlockDequantView extends View {
   private readonly tables = new Map<number, Uint16Array>();
 
   constructor(
-    private readonly q: TensorSource,
-    private readonly scaleInv: TensorSource,
+    readonly q: TensorSource,
+    readonly scaleInv: TensorSource,
     name: string,
   ) {
     if (q.dtype !== 'F8_E4M3' || q.shape.length !== 2) {
@@ -262,4 +262,12 @@ class Fp8BlockDequantView extends View {
 
 export function fp8BlockDequant(q: TensorSource, scaleInv: TensorSource, name = q.name): TensorSource {
   return new Fp8BlockDequantView(q, scaleInv, name);
+}
+
+/**
+ * The FP8 codes and 128x128 scales behind an fp8BlockDequant view, for readers that expand them
+ * elsewhere (the kernel workers, so the expansion does not run on the main thread); else undefined.
+ */
+export function fp8BlockParts(t: TensorSource): { q: TensorSource; scaleInv: TensorSource } | undefined {
+  return t instanceof Fp8BlockDequantView ? { q: t.q, scaleInv: t.scaleInv } : undefined;
 }
