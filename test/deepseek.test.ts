@@ -17,7 +17,7 @@ import { rmsnorm } from '../src/forward/ops.js';
 import { quantizeNvfp4Ref } from '../src/formats/nvfp4.js';
 import { packNibblesK } from '../src/codecs/e2m1.js';
 import { StatsCollector } from '../src/calibration/collector.js';
-import { deepseekLayerOverSamples, type DeepseekLayerNames } from '../src/forward/deepseek.js';
+import { deepseekDenseOverSamples, deepseekLayerOverSamples, type DeepseekLayerNames } from '../src/forward/deepseek.js';
 import { synthetic } from './helpers.js';
 
 const dir = synthetic('deepseek_v3');
@@ -110,6 +110,43 @@ describe('deepseek_v3: a MoE layer over all samples, routed experts a group at a
     const states = { count: b.length, tokens: () => T, get: async (i: number) => b[i]!, set: async (i: number, h: Float32Array) => void (b[i] = h) };
     const ds = cfg.deepseek!;
     await deepseekLayerOverSamples(src, names, cfg, ds, jsGemm, states, cos, sin, hooksOf(cb), 3 * ds.moeIntermediateSize * cfg.hiddenSize * 4);
+    for (let i = 0; i < a.length; i++) expect(Buffer.compare(Buffer.from(a[i]!.buffer), Buffer.from(b[i]!.buffer)), `sample ${i}`).toBe(0);
+    const sa = ca.result(), sb = cb.result();
+    expect([...sb.keys()].sort()).toEqual([...sa.keys()].sort());
+    for (const [k, v] of sa) expect(Buffer.compare(Buffer.from(v.buffer), Buffer.from(sb.get(k)!.buffer)), k).toBe(0);
+    await model.close();
+  });
+});
+
+
+describe('deepseek_v3: a dense layer over all samples, its MLP in bands of intermediate rows', () => {
+  it('gives the same hidden states and statistics, bit for bit (JavaScript GEMM), as the whole layer on each sample', async () => {
+    const model = await openModel(dir);
+    const cfg = model.config;
+    const src = weightSource(model.checkpoint);
+    const T = ids[0]!.length;
+    const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
+    const layout = model.layers[0]!;
+    const hooksOf = (c: StatsCollector) => ({
+      linearInput: (name: string, x: Float32Array, n: number, K: number) => c.observe(layout.linears[layout.roles.indexOf(name)]!, x, n, K),
+    });
+    const a = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
+    const ca = new StatsCollector();
+    const whole = await model.arch.forward.load(src, layout, cfg, jsGemm);
+    for (let i = 0; i < a.length; i++) a[i] = await model.arch.forward.run(a[i]!, T, whole, cfg, cos, sin, hooksOf(ca));
+    await whole.release();
+    const b = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
+    const cb = new StatsCollector();
+    const role = (r: string) => layout.linears[layout.roles.indexOf(r)]!;
+    const a0 = layout.attention;
+    const names: DeepseekLayerNames = {
+      qA: role('q_a'), qANorm: `${a0}.q_a_layernorm.weight`, qB: role('q_b'), kvA: role('kv_a'), kvANorm: `${a0}.kv_a_layernorm.weight`, kvB: role('kv_b'), o: role('o'),
+      inputNorm: `${layout.prefix}.input_layernorm.weight`, postNorm: `${layout.prefix}.post_attention_layernorm.weight`,
+      mlp: { kind: 'dense', gate: role('gate'), up: role('up'), down: role('down') },
+    };
+    const states = { count: b.length, tokens: () => T, get: async (i: number) => b[i]!, set: async (i: number, h: Float32Array) => void (b[i] = h) };
+    // bands of 40 rows of the 256-wide MLP (the last one ragged)
+    await deepseekDenseOverSamples(src, names, cfg, cfg.deepseek!, jsGemm, states, cos, sin, hooksOf(cb), 2 * 40 * cfg.hiddenSize * 4);
     for (let i = 0; i < a.length; i++) expect(Buffer.compare(Buffer.from(a[i]!.buffer), Buffer.from(b[i]!.buffer)), `sample ${i}`).toBe(0);
     const sa = ca.result(), sb = cb.result();
     expect([...sb.keys()].sort()).toEqual([...sa.keys()].sort());

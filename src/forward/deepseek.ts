@@ -22,13 +22,14 @@
  */
 import type { DeepseekConfig, ModelConfig } from './config.js';
 import type { GemmEngine } from './gemm.js';
-import { rmsnorm } from './ops.js';
+import { rmsnorm, silu } from './ops.js';
 import { applyRope } from './rope.js';
 import { prepareGroupFrom, swiGluMlp, type LayerHooks, type PreparedGroup } from './layer.js';
 import { expertInto } from './moe.js';
 import { loadLinear, loadLinearLazily, type WeightSource } from './weights.js';
 import { CheckpointError } from '../errors.js';
 import { decodeToFloat32 } from '../codecs/float.js';
+import { rowRange } from '../sources/views.js';
 
 export type { DeepseekConfig };
 
@@ -73,7 +74,8 @@ async function f32(src: WeightSource, name: string): Promise<Float32Array> {
   return decodeToFloat32(await t.read(), t.dtype, name);
 }
 
-export async function loadPreparedDeepseekLayer(src: WeightSource, names: DeepseekLayerNames, cfg: ModelConfig, ds: DeepseekConfig, gemm: GemmEngine): Promise<PreparedDeepseekLayer> {
+/** Loads a layer for the GEMM engine; `attentionOnly`: the MLA part and the norms, not the MLP. */
+export async function loadPreparedDeepseekLayer(src: WeightSource, names: DeepseekLayerNames, cfg: ModelConfig, ds: DeepseekConfig, gemm: GemmEngine, attentionOnly = false): Promise<PreparedDeepseekLayer> {
   const prepared: PreparedGroup[] = [];
   const load = (m: string) => () => (gemm.prepareTransposed ? loadLinearLazily(src, m) : loadLinear(src, m));
   const group = async (ms: string[], dims: [number, number][]) => {
@@ -101,7 +103,9 @@ export async function loadPreparedDeepseekLayer(src: WeightSource, names: Deepse
       layer.qB = await group([names.qB!], [[nH * qk, ds.qLoraRank!]]);
     }
     const m = names.mlp;
-    if (m.kind === 'dense') {
+    if (attentionOnly) {
+      // no MLP: the caller runs it a part at a time
+    } else if (m.kind === 'dense') {
       const I = cfg.intermediateSize;
       layer.mlp = { kind: 'dense', gateUp: await group([m.gate, m.up], [[I, H], [I, H]]), down: await group([m.down], [[H, I]]) };
     } else {
@@ -353,5 +357,87 @@ export async function deepseekLayerOverSamples(
     const y = ys[i]!, sh = shareds[i]!;
     for (let j = 0; j < h.length; j++) h[j] = h[j]! + Math.fround(y[j]! + sh[j]!);
     await states.set(i, h);
+  }
+}
+
+/**
+ * A dense layer over every calibration sample with its weights a part at a time (DeepSeek's first
+ * layers have an 18432-wide MLP, ~1.6 GB in f32): MLA first; then gate and up in bands of
+ * intermediate rows of at most `groupBytes` of f32 weights, each band over every sample, filling
+ * each sample's activation silu(gate) * up; then down whole over every sample, and the residual.
+ * Each output element is the same dot product as in the whole layer, so the results are the same
+ * (bit for bit with the JavaScript GEMM; an engine may tile differently).
+ */
+export async function deepseekDenseOverSamples(
+  src: WeightSource,
+  names: DeepseekLayerNames,
+  cfg: ModelConfig,
+  ds: DeepseekConfig,
+  gemm: GemmEngine,
+  states: { count: number; tokens(i: number): number; get(i: number): Promise<Float32Array>; set(i: number, h: Float32Array): Promise<void> },
+  cos: Float32Array,
+  sin: Float32Array,
+  hooks: LayerHooks = {},
+  groupBytes = EXPERT_GROUP_BYTES,
+): Promise<void> {
+  if (names.mlp.kind !== 'dense') throw new Error('deepseekDenseOverSamples: a MoE layer');
+  const m = names.mlp;
+  const H = cfg.hiddenSize, I = cfg.intermediateSize;
+  const xs: Float32Array[] = [];
+  // 1. MLA
+  const attn = await loadPreparedDeepseekLayer(src, names, cfg, ds, gemm, true);
+  try {
+    for (let i = 0; i < states.count; i++) {
+      const T = states.tokens(i);
+      const h = await states.get(i);
+      await mlaBlock(h, T, attn, cfg, ds, cos, sin, hooks);
+      await states.set(i, h);
+      const x2 = rmsnorm(h, T, H, attn.postNorm, cfg.rmsNormEps);
+      hooks.linearInput?.('gate', x2, T, H);
+      hooks.linearInput?.('up', x2, T, H);
+      xs.push(x2);
+    }
+  } finally {
+    await attn.release();
+  }
+  // 2. gate and up, a band of intermediate rows at a time: act = silu(gate) * up
+  const acts = xs.map((x) => new Float32Array((x.length / H) * I));
+  const band = Math.max(1, Math.min(I, Math.floor(groupBytes / (2 * H * 4))));
+  const gateT = src.tensors.get(`${m.gate}.weight`), upT = src.tensors.get(`${m.up}.weight`);
+  if (!gateT || !upT) throw new CheckpointError(src.dir, `tensor "${m.gate}.weight" or "${m.up}.weight" is missing`);
+  for (let c0 = 0; c0 < I; c0 += band) {
+    const c1 = Math.min(I, c0 + band);
+    const part: WeightSource = { ...src, tensors: new Map([['gate#band.weight', rowRange(gateT, c0, c1)], ['up#band.weight', rowRange(upT, c0, c1)]]) };
+    const load = (n: string) => () => (gemm.prepareTransposed ? loadLinearLazily(part, n) : loadLinear(part, n));
+    const g = await prepareGroupFrom([load('gate#band'), load('up#band')], [[c1 - c0, H], [c1 - c0, H]], gemm);
+    try {
+      for (let i = 0; i < states.count; i++) {
+        const T = states.tokens(i), act = acts[i]!, w = c1 - c0;
+        if (g.runFused) {
+          const gu = await g.runFused(xs[i]!, T); // [T, 2w]: gate | up
+          for (let t = 0; t < T; t++) for (let j = 0; j < w; j++) act[t * I + c0 + j] = Math.fround(silu(gu[t * 2 * w + j]!)) * gu[t * 2 * w + w + j]!;
+        } else {
+          const [gg, uu] = (await g.run(xs[i]!, T)) as [Float32Array, Float32Array];
+          for (let t = 0; t < T; t++) for (let j = 0; j < w; j++) act[t * I + c0 + j] = Math.fround(silu(gg[t * w + j]!)) * uu[t * w + j]!;
+        }
+      }
+    } finally {
+      await g.release();
+    }
+  }
+  // 3. down, whole, and the residual
+  const load = (n: string) => () => (gemm.prepareTransposed ? loadLinearLazily(src, n) : loadLinear(src, n));
+  const down = await prepareGroupFrom([load(m.down)], [[H, I]], gemm);
+  try {
+    for (let i = 0; i < states.count; i++) {
+      const T = states.tokens(i);
+      hooks.linearInput?.('down', acts[i]!, T, I);
+      const [y] = (await down.run(acts[i]!, T)) as [Float32Array];
+      const h = await states.get(i);
+      for (let j = 0; j < h.length; j++) h[j] = h[j]! + y[j]!;
+      await states.set(i, h);
+    }
+  } finally {
+    await down.release();
   }
 }

@@ -11,7 +11,7 @@
  * bits and listed per layer; the router neither quantized nor listed.
  */
 import type { DeepseekConfig, ModelConfig } from '../forward/config.js';
-import { deepseekDecoderLayer, deepseekLayerOverSamples, loadPreparedDeepseekLayer, type DeepseekLayerNames, type PreparedDeepseekLayer } from '../forward/deepseek.js';
+import { deepseekDecoderLayer, deepseekDenseOverSamples, deepseekLayerOverSamples, loadPreparedDeepseekLayer, type DeepseekLayerNames, type PreparedDeepseekLayer } from '../forward/deepseek.js';
 import { CheckpointError } from '../errors.js';
 import { parseModelConfig } from './config.js';
 import type { FusedGroup, LayerLayout, ModelFamily } from './base.js';
@@ -172,12 +172,7 @@ export const deepseek_v3: ModelFamily = {
     async overSamples(src, l, cfg, gemm, states, cos, sin, hooks) {
       const n = names(l);
       if (n.mlp.kind === 'moe') return deepseekLayerOverSamples(src, n, cfg, dsOf(cfg), gemm, states, cos, sin, hooks);
-      const layer = await loadPreparedDeepseekLayer(src, n, cfg, dsOf(cfg), gemm);
-      try {
-        for (let i = 0; i < states.count; i++) await states.set(i, await deepseekDecoderLayer(await states.get(i), states.tokens(i), layer, cfg, dsOf(cfg), cos, sin, hooks));
-      } finally {
-        await layer.release();
-      }
+      return deepseekDenseOverSamples(src, n, cfg, dsOf(cfg), gemm, states, cos, sin, hooks);
     },
   },
 };
