@@ -333,6 +333,7 @@ export async function deepseekLayerOverSamples(
     }
   } finally {
     await first.release();
+    gemm.dropSpareBuffers?.(); // MLA's buffers fit no expert: let them go
   }
   // 2. routed experts, a group at a time, each over every sample
   const ys = xs.map((x) => new Float32Array(x.length));
@@ -399,6 +400,7 @@ export async function deepseekDenseOverSamples(
     }
   } finally {
     await attn.release();
+    gemm.dropSpareBuffers?.(); // MLA's buffers fit nothing that follows: let them go before the MLP
   }
   // 2. gate and up, a band of intermediate rows at a time: act = silu(gate) * up
   const acts = xs.map((x) => new Float32Array((x.length / H) * I));
@@ -426,6 +428,7 @@ export async function deepseekDenseOverSamples(
     }
   }
   // 3. down, whole, and the residual
+  gemm.dropSpareBuffers?.();
   const load = (n: string) => () => (gemm.prepareTransposed ? loadLinearLazily(src, n) : loadLinear(src, n));
   const down = await prepareGroupFrom([load(m.down)], [[H, I]], gemm);
   try {
