@@ -10,15 +10,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openCheckpoint, loadStats, openModel, exportCheckpoint, verifyExport, type Stats } from '../src/index.js';
 import { calibrateModel } from '../src/calibrate-checkpoint.js';
-import { jsGemm, loadOrt, onnxGemm, type GemmEngine } from '../src/forward/gemm.js';
-import { embed, loadHead, weightSource } from '../src/forward/weights.js';
-import { ropeTables } from '../src/forward/rope.js';
-import { rmsnorm } from '../src/forward/ops.js';
+import { jsGemm } from '../src/forward/gemm.js';
 import { quantizeNvfp4Ref } from '../src/formats/nvfp4.js';
 import { packNibblesK } from '../src/codecs/e2m1.js';
-import { StatsCollector } from '../src/calibration/collector.js';
 import { deepseekDenseOverSamples, deepseekLayerOverSamples, type DeepseekLayerNames } from '../src/forward/deepseek.js';
 import { synthetic } from './helpers.js';
+import { checkForwardAgainstReference, checkPartsAgainstWholeLayer, inputIds, relErr } from './reference-forward.js';
+import type { LayerLayout } from '../src/models/index.js';
 
 const dir = synthetic('deepseek_v3');
 const refPath = join(dir, 'reference.safetensors');
@@ -26,133 +24,42 @@ let tmp: string;
 let ids: number[][];
 beforeAll(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'rxq-deepseek-'));
-  const ck = await openCheckpoint(refPath);
-  const t = ck.tensors.get('input_ids')!;
-  const all = new BigInt64Array((await t.read()).slice().buffer);
-  const [B, T] = t.shape as [number, number];
-  await ck.close();
-  ids = Array.from({ length: B }, (_, b) => Array.from(all.subarray(b * T, (b + 1) * T), Number));
+  ids = await inputIds(refPath);
 });
 afterAll(async () => {
   await rm(tmp, { recursive: true, force: true });
 });
 
-function relErr(a: Float32Array, b: Float32Array): number {
-  let d = 0, m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs(a[i]! - b[i]!));
-    m = Math.max(m, Math.abs(b[i]!));
-  }
-  return d / m;
-}
-const cat = (arr: Float32Array[]) => Float32Array.from(arr.flatMap((a) => Array.from(a)));
 const amaxOf = (w: Float32Array) => w.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
 
 describe('deepseek_v3: forward pass vs transformers', () => {
   for (const engine of ['js', 'onnx'] as const) {
-    it(`hidden states, final norm and logits within 1e-4 relative, ${engine} GEMM`, async () => {
-      const ref = await loadStats(refPath);
-      const gemm: GemmEngine = engine === 'js' ? jsGemm : onnxGemm((await loadOrt())!, 1);
-      const model = await openModel(dir);
-      const cfg = model.config;
-      const src = weightSource(model.checkpoint);
-      const T = ids[0]!.length;
-      const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
-      const h = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
-      for (let l = 0; l < cfg.numLayers; l++) {
-        const layer = await model.arch.forward.load(src, model.layers[l]!, cfg, gemm);
-        for (let i = 0; i < h.length; i++) h[i] = await model.arch.forward.run(h[i]!, T, layer, cfg, cos, sin);
-        await layer.release();
-        if (l < cfg.numLayers - 1) expect(relErr(cat(h), ref.get(`hidden_states.${l + 1}`)!), `layer ${l}`).toBeLessThan(1e-4);
-      }
-      const { norm, head } = await loadHead(src, cfg, model.arch.names);
-      const normed = h.map((x) => rmsnorm(x, T, cfg.hiddenSize, norm, cfg.rmsNormEps));
-      expect(relErr(cat(normed), ref.get(`hidden_states.${cfg.numLayers}`)!)).toBeLessThan(1e-4);
-      const prepared = await gemm.prepare(head);
-      const logits = cat(await Promise.all(normed.map(async (x) => (await prepared.run(x, T)).slice())));
-      expect(relErr(logits, ref.get('logits')!)).toBeLessThan(1e-4);
-      await prepared.release();
-      await model.close();
-    });
+    it(`hidden states, final norm and logits within 1e-4 relative, ${engine} GEMM`, () => checkForwardAgainstReference(dir, refPath, engine));
   }
 });
 
 
-describe('deepseek_v3: a MoE layer over all samples, routed experts a group at a time', () => {
-  it('gives the same hidden states and statistics, bit for bit, as the whole layer on each sample', async () => {
-    const model = await openModel(dir);
-    const cfg = model.config;
-    const src = weightSource(model.checkpoint);
-    const T = ids[0]!.length;
-    const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
-    const layout = model.layers[1]!;
-    const hooksOf = (c: StatsCollector) => ({
-      linearInput: (name: string, x: Float32Array, n: number, K: number) => c.observe(layout.observed?.[name] ?? layout.linears[layout.roles.indexOf(name)]!, x, n, K),
-    });
-    const a = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
-    const ca = new StatsCollector();
-    const whole = await model.arch.forward.load(src, layout, cfg, jsGemm);
-    for (let i = 0; i < a.length; i++) a[i] = await model.arch.forward.run(a[i]!, T, whole, cfg, cos, sin, hooksOf(ca));
-    await whole.release();
-    const b = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
-    const cb = new StatsCollector();
-    const role = (r: string) => layout.linears[layout.roles.indexOf(r)]!;
-    const a0 = layout.attention;
-    const names: DeepseekLayerNames = {
-      qA: role('q_a'), qANorm: `${a0}.q_a_layernorm.weight`, qB: role('q_b'), kvA: role('kv_a'), kvANorm: `${a0}.kv_a_layernorm.weight`, kvB: role('kv_b'), o: role('o'),
-      inputNorm: `${layout.prefix}.input_layernorm.weight`, postNorm: `${layout.prefix}.post_attention_layernorm.weight`,
-      mlp: {
-        kind: 'moe', router: layout.observed!.router!, bias: `${layout.observed!.router!}.e_score_correction_bias`,
-        experts: Array.from({ length: 8 }, (_, e) => ({ gate: role(`e${e}.gate`), up: role(`e${e}.up`), down: role(`e${e}.down`) })),
-        shared: { gate: role('shared.gate'), up: role('shared.up'), down: role('shared.down') },
-      },
-    };
-    const states = { count: b.length, tokens: () => T, get: async (i: number) => b[i]!, set: async (i: number, h: Float32Array) => void (b[i] = h) };
-    const ds = cfg.deepseek!;
-    await deepseekLayerOverSamples(src, names, cfg, ds, jsGemm, states, cos, sin, hooksOf(cb), 3 * ds.moeIntermediateSize * cfg.hiddenSize * 4);
-    for (let i = 0; i < a.length; i++) expect(Buffer.compare(Buffer.from(a[i]!.buffer), Buffer.from(b[i]!.buffer)), `sample ${i}`).toBe(0);
-    const sa = ca.result(), sb = cb.result();
-    expect([...sb.keys()].sort()).toEqual([...sa.keys()].sort());
-    for (const [k, v] of sa) expect(Buffer.compare(Buffer.from(v.buffer), Buffer.from(sb.get(k)!.buffer)), k).toBe(0);
-    await model.close();
-  });
-});
+/** The layer's names as the DeepSeek forward block takes them, from its layout. */
+function dsNames(layout: LayerLayout, moe: boolean): DeepseekLayerNames {
+  const role = (r: string) => layout.linears[layout.roles.indexOf(r)]!;
+  const a0 = layout.attention;
+  const r = layout.observed?.router;
+  return {
+    qA: role('q_a'), qANorm: `${a0}.q_a_layernorm.weight`, qB: role('q_b'), kvA: role('kv_a'), kvANorm: `${a0}.kv_a_layernorm.weight`, kvB: role('kv_b'), o: role('o'),
+    inputNorm: `${layout.prefix}.input_layernorm.weight`, postNorm: `${layout.prefix}.post_attention_layernorm.weight`,
+    mlp: moe
+      ? { kind: 'moe', router: r!, bias: `${r}.e_score_correction_bias`, experts: Array.from({ length: 8 }, (_, e) => ({ gate: role(`e${e}.gate`), up: role(`e${e}.up`), down: role(`e${e}.down`) })), shared: { gate: role('shared.gate'), up: role('shared.up'), down: role('shared.down') } }
+      : { kind: 'dense', gate: role('gate'), up: role('up'), down: role('down') },
+  };
+}
 
-
-describe('deepseek_v3: a dense layer over all samples, its MLP in bands of intermediate rows', () => {
-  it('gives the same hidden states and statistics, bit for bit (JavaScript GEMM), as the whole layer on each sample', async () => {
-    const model = await openModel(dir);
-    const cfg = model.config;
-    const src = weightSource(model.checkpoint);
-    const T = ids[0]!.length;
-    const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
-    const layout = model.layers[0]!;
-    const hooksOf = (c: StatsCollector) => ({
-      linearInput: (name: string, x: Float32Array, n: number, K: number) => c.observe(layout.linears[layout.roles.indexOf(name)]!, x, n, K),
-    });
-    const a = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
-    const ca = new StatsCollector();
-    const whole = await model.arch.forward.load(src, layout, cfg, jsGemm);
-    for (let i = 0; i < a.length; i++) a[i] = await model.arch.forward.run(a[i]!, T, whole, cfg, cos, sin, hooksOf(ca));
-    await whole.release();
-    const b = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
-    const cb = new StatsCollector();
-    const role = (r: string) => layout.linears[layout.roles.indexOf(r)]!;
-    const a0 = layout.attention;
-    const names: DeepseekLayerNames = {
-      qA: role('q_a'), qANorm: `${a0}.q_a_layernorm.weight`, qB: role('q_b'), kvA: role('kv_a'), kvANorm: `${a0}.kv_a_layernorm.weight`, kvB: role('kv_b'), o: role('o'),
-      inputNorm: `${layout.prefix}.input_layernorm.weight`, postNorm: `${layout.prefix}.post_attention_layernorm.weight`,
-      mlp: { kind: 'dense', gate: role('gate'), up: role('up'), down: role('down') },
-    };
-    const states = { count: b.length, tokens: () => T, get: async (i: number) => b[i]!, set: async (i: number, h: Float32Array) => void (b[i] = h) };
-    // bands of 40 rows of the 256-wide MLP (the last one ragged)
-    await deepseekDenseOverSamples(src, names, cfg, cfg.deepseek!, jsGemm, states, cos, sin, hooksOf(cb), 2 * 40 * cfg.hiddenSize * 4);
-    for (let i = 0; i < a.length; i++) expect(Buffer.compare(Buffer.from(a[i]!.buffer), Buffer.from(b[i]!.buffer)), `sample ${i}`).toBe(0);
-    const sa = ca.result(), sb = cb.result();
-    expect([...sb.keys()].sort()).toEqual([...sa.keys()].sort());
-    for (const [k, v] of sa) expect(Buffer.compare(Buffer.from(v.buffer), Buffer.from(sb.get(k)!.buffer)), k).toBe(0);
-    await model.close();
-  });
+describe('deepseek_v3: a layer a part at a time over all samples', () => {
+  it('MoE layer, routed experts one per group: the same hidden states and statistics, bit for bit, as the whole layer on each sample', () =>
+    checkPartsAgainstWholeLayer(dir, refPath, 1, ({ cfg, src, layout, states, cos, sin, hooks }) =>
+      deepseekLayerOverSamples(src, dsNames(layout, true), cfg, cfg.deepseek!, jsGemm, states, cos, sin, hooks, 3 * cfg.deepseek!.moeIntermediateSize * cfg.hiddenSize * 4)));
+  it('dense layer, its MLP in ragged 40-row bands: the same bits (JavaScript GEMM)', () =>
+    checkPartsAgainstWholeLayer(dir, refPath, 0, ({ cfg, src, layout, states, cos, sin, hooks }) =>
+      deepseekDenseOverSamples(src, dsNames(layout, false), cfg, cfg.deepseek!, jsGemm, states, cos, sin, hooks, 2 * 40 * cfg.hiddenSize * 4)));
 });
 
 describe('deepseek_v3: calibration and the NVFP4 recipe', () => {

@@ -8,18 +8,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chmod, cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openCheckpoint, loadStats, openModel, exportCheckpoint, verifyExport, type Stats } from '../src/index.js';
+import { openCheckpoint, loadStats, exportCheckpoint, verifyExport, type Stats } from '../src/index.js';
 import { calibrateModel } from '../src/calibrate-checkpoint.js';
 import { perplexity } from '../src/eval.js';
-import { jsGemm, loadOrt, onnxGemm, type GemmEngine } from '../src/forward/gemm.js';
-import { embed, loadHead, weightSource } from '../src/forward/weights.js';
-import { ropeTables } from '../src/forward/rope.js';
-import { rmsnorm } from '../src/forward/ops.js';
+import { jsGemm } from '../src/forward/gemm.js';
 import { quantizeFp8Ref } from '../src/formats/fp8.js';
 import { quantizeNvfp4Ref } from '../src/formats/nvfp4.js';
-import { StatsCollector } from '../src/calibration/collector.js';
 import { llama4LayerOverSamples, type Llama4LayerNames } from '../src/forward/llama4.js';
 import { synthetic } from './helpers.js';
+import { checkForwardAgainstReference, checkPartsAgainstWholeLayer, inputIds, relErr } from './reference-forward.js';
 
 const dir = synthetic('llama4_text');
 const refPath = join(dir, 'reference.safetensors');
@@ -27,95 +24,41 @@ let tmp: string;
 let ids: number[][];
 beforeAll(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'rxq-llama4-'));
-  const ck = await openCheckpoint(refPath);
-  const t = ck.tensors.get('input_ids')!;
-  const all = new BigInt64Array((await t.read()).slice().buffer);
-  const [B, T] = t.shape as [number, number];
-  await ck.close();
-  ids = Array.from({ length: B }, (_, b) => Array.from(all.subarray(b * T, (b + 1) * T), Number));
+  ids = await inputIds(refPath);
 });
 afterAll(async () => {
   await rm(tmp, { recursive: true, force: true });
 });
 
-function relErr(a: Float32Array, b: Float32Array): number {
-  let d = 0, m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs(a[i]! - b[i]!));
-    m = Math.max(m, Math.abs(b[i]!));
-  }
-  return d / m;
-}
-const cat = (arr: Float32Array[]) => Float32Array.from(arr.flatMap((a) => Array.from(a)));
 const amaxOf = (w: Float32Array) => w.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
 
 describe('llama4_text: forward pass vs transformers', () => {
   for (const engine of ['js', 'onnx'] as const) {
-    it(`hidden states, final norm and logits within 1e-4 relative (40 tokens: past one 32-token attention chunk), ${engine} GEMM`, async () => {
-      const ref = await loadStats(refPath);
-      const gemm: GemmEngine = engine === 'js' ? jsGemm : onnxGemm((await loadOrt())!, 1);
-      const model = await openModel(dir);
-      const cfg = model.config;
-      const src = weightSource(model.checkpoint);
-      const T = ids[0]!.length;
-      expect(T).toBeGreaterThan(cfg.llama4!.chunk[0]!);
-      const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
-      const h = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
-      for (let l = 0; l < cfg.numLayers; l++) {
-        const layer = await model.arch.forward.load(src, model.layers[l]!, cfg, gemm);
-        for (let i = 0; i < h.length; i++) h[i] = await model.arch.forward.run(h[i]!, T, layer, cfg, cos, sin);
-        await layer.release();
-        if (l < cfg.numLayers - 1) expect(relErr(cat(h), ref.get(`hidden_states.${l + 1}`)!), `layer ${l}`).toBeLessThan(1e-4);
-      }
-      const { norm, head } = await loadHead(src, cfg, model.arch.names);
-      const normed = h.map((x) => rmsnorm(x, T, cfg.hiddenSize, norm, cfg.rmsNormEps));
-      expect(relErr(cat(normed), ref.get(`hidden_states.${cfg.numLayers}`)!)).toBeLessThan(1e-4);
-      const prepared = await gemm.prepare(head);
-      const logits = cat(await Promise.all(normed.map(async (x) => (await prepared.run(x, T)).slice())));
-      expect(relErr(logits, ref.get('logits')!)).toBeLessThan(1e-4);
-      await prepared.release();
-      await model.close();
-    });
+    it(`hidden states, final norm and logits within 1e-4 relative, ${engine} GEMM`, () => checkForwardAgainstReference(dir, refPath, engine));
   }
 });
 
 
 describe('llama4_text: a MoE layer over all samples, experts a group at a time', () => {
-  it('gives the same hidden states bit for bit, and the same statistics, as the whole layer on each sample', async () => {
-    const model = await openModel(dir);
-    const cfg = model.config;
-    const src = weightSource(model.checkpoint);
-    const T = ids[0]!.length;
-    const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
-    const layout = model.layers[1]!;
-    const hooksOf = (c: StatsCollector) => ({
-      linearInput: (name: string, x: Float32Array, n: number, K: number) => c.observe(layout.observed?.[name] ?? layout.linears[layout.roles.indexOf(name)]!, x, n, K),
-      keysValues: (k: Float32Array, v: Float32Array) => c.observeKV(layout.attention, k, v),
-    });
-    const a = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
-    const ca = new StatsCollector();
-    const whole = await model.arch.forward.load(src, layout, cfg, jsGemm);
-    for (let i = 0; i < a.length; i++) a[i] = await model.arch.forward.run(a[i]!, T, whole, cfg, cos, sin, hooksOf(ca));
-    await whole.release();
-    const b = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
-    const cb = new StatsCollector();
-    const states = { count: b.length, tokens: () => T, get: async (i: number) => b[i]!, set: async (i: number, h: Float32Array) => void (b[i] = h) };
-    const role = (r: string) => layout.linears[layout.roles.indexOf(r)]!;
-    const names: Llama4LayerNames = {
-      q: role('q'), k: role('k'), v: role('v'), o: role('o'),
-      inputNorm: `${layout.prefix}.input_layernorm.weight`, postNorm: `${layout.prefix}.post_attention_layernorm.weight`,
-      mlp: { kind: 'moe', router: layout.observed!.router!, gateUp: layout.fusedExperts![0]!, down: layout.fusedExperts![1]!, shared: { gate: role('shared.gate'), up: role('shared.up'), down: role('shared.down') } },
-    };
-    const l4 = cfg.llama4!;
-    // one expert per group: the smallest budget
-    await llama4LayerOverSamples(src, 1, names, cfg, l4, jsGemm, states, cos, sin, hooksOf(cb), 3 * l4.expertIntermediateSize * cfg.hiddenSize * 4);
-    for (let i = 0; i < a.length; i++) expect(Buffer.compare(Buffer.from(a[i]!.buffer), Buffer.from(b[i]!.buffer)), `sample ${i}`).toBe(0);
-    const sa = ca.result(), sb = cb.result();
-    expect([...sb.keys()].sort()).toEqual([...sa.keys()].sort());
-    // amax exactly; absmean sums the same values in another order (f64)
-    for (const [k, v] of sa) expect(k.endsWith('input_absmean') ? relErr(sb.get(k)!, v) < 1e-12 : Buffer.compare(Buffer.from(v.buffer), Buffer.from(sb.get(k)!.buffer)) === 0, k).toBe(true);
-    await model.close();
-  });
+  it('gives the same hidden states bit for bit, and the same statistics, as the whole layer on each sample', () =>
+    checkPartsAgainstWholeLayer(
+      dir,
+      refPath,
+      1,
+      async ({ cfg, src, layout, states, cos, sin, hooks }) => {
+        const role = (r: string) => layout.linears[layout.roles.indexOf(r)]!;
+        const names: Llama4LayerNames = {
+          q: role('q'), k: role('k'), v: role('v'), o: role('o'),
+          inputNorm: `${layout.prefix}.input_layernorm.weight`, postNorm: `${layout.prefix}.post_attention_layernorm.weight`,
+          mlp: { kind: 'moe', router: layout.observed!.router!, gateUp: layout.fusedExperts![0]!, down: layout.fusedExperts![1]!, shared: { gate: role('shared.gate'), up: role('shared.up'), down: role('shared.down') } },
+        };
+        const l4 = cfg.llama4!;
+        // one expert per group: the smallest budget
+        await llama4LayerOverSamples(src, 1, names, cfg, l4, jsGemm, states, cos, sin, hooks, 3 * l4.expertIntermediateSize * cfg.hiddenSize * 4);
+      },
+      // absmean of the one statistic the experts share sums the same values in another order (f64)
+      (k) => !k.endsWith('input_absmean'),
+    ));
 });
 
 describe('llama4_text: calibration and export', () => {

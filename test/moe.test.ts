@@ -8,20 +8,17 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chmod, cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openCheckpoint, loadStats, openModel, exportCheckpoint, verifyExport, type Stats } from '../src/index.js';
+import { openCheckpoint, loadStats, exportCheckpoint, verifyExport, type Stats } from '../src/index.js';
 import { calibrateModel } from '../src/calibrate-checkpoint.js';
 import { perplexity } from '../src/eval.js';
-import { jsGemm, loadOrt, onnxGemm, type GemmEngine } from '../src/forward/gemm.js';
-import { embed, loadHead, weightSource } from '../src/forward/weights.js';
-import { ropeTables } from '../src/forward/rope.js';
-import { rmsnorm } from '../src/forward/ops.js';
+import { jsGemm } from '../src/forward/gemm.js';
 import { quantizeFp8Ref } from '../src/formats/fp8.js';
 import { moeLayerOverSamples, type MoeLayerNames } from '../src/forward/moe.js';
-import { StatsCollector } from '../src/calibration/collector.js';
 import { quantizeNvfp4Ref } from '../src/formats/nvfp4.js';
 import { packNibblesK } from '../src/codecs/e2m1.js';
 import { planShards, ShardWriter } from '../src/safetensors/writer.js';
 import { synthetic } from './helpers.js';
+import { checkForwardAgainstReference, checkPartsAgainstWholeLayer, inputIds, relErr } from './reference-forward.js';
 
 const FAMILIES = {
   mixtral: { block: 'block_sparse_moe', leaves: ['w1', 'w3', 'w2'], experts: 4 },
@@ -36,24 +33,7 @@ afterAll(async () => {
   await rm(tmp, { recursive: true, force: true });
 });
 
-async function inputIds(refPath: string): Promise<number[][]> {
-  const ck = await openCheckpoint(refPath);
-  const t = ck.tensors.get('input_ids')!;
-  const ids = new BigInt64Array((await t.read()).slice().buffer);
-  const [B, T] = t.shape as [number, number];
-  await ck.close();
-  return Array.from({ length: B }, (_, b) => Array.from(ids.subarray(b * T, (b + 1) * T), Number));
-}
 
-function relErr(a: Float32Array, b: Float32Array): number {
-  let d = 0, m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs(a[i]! - b[i]!));
-    m = Math.max(m, Math.abs(b[i]!));
-  }
-  return d / m;
-}
-const cat = (arr: Float32Array[]) => Float32Array.from(arr.flatMap((a) => Array.from(a)));
 
 for (const [family, f] of Object.entries(FAMILIES)) {
   const dir = synthetic(family);
@@ -61,78 +41,24 @@ for (const [family, f] of Object.entries(FAMILIES)) {
 
   describe(`${family}: forward pass vs transformers`, () => {
     for (const engine of ['js', 'onnx'] as const) {
-      it(`hidden states after every layer and logits within 1e-4 relative, ${engine} GEMM`, async () => {
-        const ref = await loadStats(refPath);
-        const ids = await inputIds(refPath);
-        const ort = await loadOrt();
-        const gemm: GemmEngine = engine === 'js' ? jsGemm : onnxGemm(ort!, 1);
-        const model = await openModel(dir);
-        const cfg = model.config;
-        const src = weightSource(model.checkpoint);
-        const T = ids[0]!.length;
-        const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
-        let h = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
-        expect(relErr(cat(h), ref.get('hidden_states.0')!)).toBeLessThan(1e-6);
-        for (let l = 0; l < cfg.numLayers; l++) {
-          const layer = await model.arch.forward.load(src, model.layers[l]!, cfg, gemm);
-          for (let i = 0; i < h.length; i++) h[i] = await model.arch.forward.run(h[i]!, T, layer, cfg, cos, sin);
-          await layer.release();
-          if (l < cfg.numLayers - 1) expect(relErr(cat(h), ref.get(`hidden_states.${l + 1}`)!), `layer ${l}`).toBeLessThan(1e-4);
-        }
-        const { norm, head } = await loadHead(src, cfg, model.arch.names);
-        const normed = h.map((x) => rmsnorm(x, T, cfg.hiddenSize, norm, cfg.rmsNormEps));
-        expect(relErr(cat(normed), ref.get(`hidden_states.${cfg.numLayers}`)!)).toBeLessThan(1e-4);
-        const prepared = await gemm.prepare(head);
-        const logits = cat(await Promise.all(normed.map(async (x) => (await prepared.run(x, T)).slice())));
-        expect(relErr(logits, ref.get('logits')!)).toBeLessThan(1e-4);
-        await prepared.release();
-        await model.close();
-      });
+      it(`hidden states, final norm and logits within 1e-4 relative, ${engine} GEMM`, () => checkForwardAgainstReference(dir, refPath, engine));
     }
   });
 
 
   describe(`${family}: a layer over all samples, experts a group at a time`, () => {
-    it('gives the same hidden states and statistics, bit for bit, as the whole layer on each sample', async () => {
-      const ids = await inputIds(refPath);
-      const model = await openModel(dir);
-      const cfg = model.config;
-      const src = weightSource(model.checkpoint);
-      const T = ids[0]!.length;
-      const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, T);
-      const layout = model.layers[0]!;
-      const hooksOf = (c: StatsCollector) => ({
-        linearInput: (name: string, x: Float32Array, n: number, K: number) => c.observe(layout.observed?.[name] ?? layout.linears[layout.roles.indexOf(name)]!, x, n, K),
-        keysValues: (k: Float32Array, v: Float32Array) => c.observeKV(layout.attention, k, v),
-      });
-      // whole layer, sample by sample
-      const a = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
-      const ca = new StatsCollector();
-      const whole = await model.arch.forward.load(src, layout, cfg, jsGemm);
-      for (let i = 0; i < a.length; i++) a[i] = await model.arch.forward.run(a[i]!, T, whole, cfg, cos, sin, hooksOf(ca));
-      await whole.release();
-      // over all samples, one expert per group (the smallest budget)
-      const b = await Promise.all(ids.map((s) => embed(src, s, cfg.hiddenSize, model.arch.names)));
-      const cb = new StatsCollector();
-      const states = { count: b.length, tokens: () => T, get: async (i: number) => b[i]!, set: async (i: number, h: Float32Array) => void (b[i] = h) };
-      const I = cfg.moe!.expertIntermediateSize;
-      const names = (() => {
+    it('gives the same hidden states and statistics, bit for bit, as the whole layer on each sample', () =>
+      checkPartsAgainstWholeLayer(dir, refPath, 0, async ({ cfg, src, layout, states, cos, sin, hooks }) => {
         const role = (r: string) => layout.linears[layout.roles.indexOf(r)]!;
-        const experts = Array.from({ length: cfg.moe!.numExperts }, (_, e) => ({ gate: role(`e${e}.gate`), up: role(`e${e}.up`), down: role(`e${e}.down`) }));
-        return {
+        const names: MoeLayerNames = {
           q: role('q'), k: role('k'), v: role('v'), o: role('o'),
           inputNorm: `${layout.prefix}.input_layernorm.weight`, postNorm: `${layout.prefix}.post_attention_layernorm.weight`,
           qNorm: `${layout.attention}.q_norm.weight`, kNorm: `${layout.attention}.k_norm.weight`,
-          mlp: { kind: 'moe', router: layout.observed!.router!, experts },
-        } satisfies MoeLayerNames;
-      })();
-      await moeLayerOverSamples(src, names, cfg, cfg.moe!, jsGemm, states, cos, sin, hooksOf(cb), 3 * I * cfg.hiddenSize * 4);
-      for (let i = 0; i < a.length; i++) expect(Buffer.compare(Buffer.from(a[i]!.buffer), Buffer.from(b[i]!.buffer)), `sample ${i}`).toBe(0);
-      const sa = ca.result(), sb = cb.result();
-      expect([...sb.keys()].sort()).toEqual([...sa.keys()].sort());
-      for (const [k, v] of sa) expect(Buffer.compare(Buffer.from(v.buffer), Buffer.from(sb.get(k)!.buffer)), k).toBe(0);
-      await model.close();
-    });
+          mlp: { kind: 'moe', router: layout.observed!.router!, experts: Array.from({ length: cfg.moe!.numExperts }, (_, e) => ({ gate: role(`e${e}.gate`), up: role(`e${e}.up`), down: role(`e${e}.down`) })) },
+        };
+        // one expert per group: the smallest budget
+        await moeLayerOverSamples(src, names, cfg, cfg.moe!, jsGemm, states, cos, sin, hooks, 3 * cfg.moe!.expertIntermediateSize * cfg.hiddenSize * 4);
+      }));
   });
 
   describe(`${family}: calibration and export`, () => {

@@ -189,7 +189,6 @@ export const FP8_SOURCE_BLOCK = 128;
  * the scale of a partial tile covers only the rows/columns that exist.
  */
 class Fp8BlockDequantView extends View {
-  private readonly N: number;
   private readonly K: number;
   private readonly BK: number;
   private readonly tables = new Map<number, Uint16Array>();
@@ -211,7 +210,6 @@ class Fp8BlockDequantView extends View {
       );
     }
     super(name, 'BF16', [N, K], `${q.origin} (${q.name} with ${scaleInv.name})`);
-    this.N = N;
     this.K = K;
     this.BK = want[1]!;
   }
