@@ -14,8 +14,8 @@ import type { DeepseekConfig, ModelConfig } from '../forward/config.js';
 import { deepseekDecoderLayer, deepseekDenseOverSamples, deepseekLayerOverSamples, loadPreparedDeepseekLayer, type DeepseekLayerNames, type PreparedDeepseekLayer } from '../forward/deepseek.js';
 import { CheckpointError } from '../errors.js';
 import { parseModelConfig } from './config.js';
-import type { FusedGroup, LayerLayout, ModelFamily } from './base.js';
-import { intField } from './moe.js';
+import type { LayerLayout, ModelFamily } from './base.js';
+import { expertLayout, intField } from './moe.js';
 
 function parseDeepseek(raw: Record<string, unknown>, path: string): DeepseekConfig {
   const num = (key: string, fallback?: number): number => {
@@ -78,29 +78,19 @@ function layout(i: number, cfg: ModelConfig): LayerLayout {
     const [g, u, d] = [`${m}.gate_proj`, `${m}.up_proj`, `${m}.down_proj`];
     return { ...base, linears: [...linears, g, u, d], roles: [...roles, 'gate', 'up', 'down'], groups: [{ members: [g, u], norm: `${p}.post_attention_layernorm` }] };
   }
-  const groups: FusedGroup[] = [];
-  const sharedWeightScale: string[][] = [];
-  const gates: string[] = [], downs: string[] = [];
-  const lists: string[][] = [[], [], []];
-  for (let e = 0; e < ds.nRoutedExperts; e++) {
-    const x = `${m}.experts.${e}`;
-    const [g, u, d] = [`${x}.gate_proj`, `${x}.up_proj`, `${x}.down_proj`];
-    linears.push(g, u, d);
-    roles.push(`e${e}.gate`, `e${e}.up`, `e${e}.down`);
-    groups.push({ members: [g, u] });
-    sharedWeightScale.push([g, u]);
-    gates.push(g, u);
-    downs.push(d);
-    lists[0]!.push(g);
-    lists[1]!.push(u);
-    lists[2]!.push(d);
-  }
+  const ex = expertLayout(`${m}.experts`, { gate: 'gate_proj', up: 'up_proj', down: 'down_proj' }, ds.nRoutedExperts);
   const s = `${m}.shared_experts`;
   const [sg, su, sd] = [`${s}.gate_proj`, `${s}.up_proj`, `${s}.down_proj`];
-  linears.push(sg, su, sd);
-  roles.push('shared.gate', 'shared.up', 'shared.down');
-  groups.push({ members: [sg, su] });
-  return { ...base, linears, roles, groups, sharedWeightScale, sharedInputScale: [gates, downs], expertLists: lists, observed: { router: `${m}.gate` } };
+  return {
+    ...base,
+    linears: [...linears, ...ex.linears, sg, su, sd],
+    roles: [...roles, ...ex.roles, 'shared.gate', 'shared.up', 'shared.down'],
+    groups: [...ex.groups, { members: [sg, su] }],
+    sharedWeightScale: ex.sharedWeightScale,
+    sharedInputScale: ex.sharedInputScale,
+    expertLists: ex.expertLists,
+    observed: { router: `${m}.gate` },
+  };
 }
 
 function names(l: LayerLayout): DeepseekLayerNames {

@@ -38,6 +38,32 @@ export function intField(raw: Record<string, unknown>, keys: string[], path: str
   return v;
 }
 
+/**
+ * The routed experts `${prefix}.{e}.{leaf}` of a layer as a layout fragment: roles `e{e}.gate|up|down`;
+ * each expert's gate and up one fused group (one GEMM in the engines, no norm of their own to fold
+ * into) sharing their weight scale; gates and ups of all experts one input scale, downs another;
+ * each projection across the experts one list for AWQ's averaging (spec families.md §1.3, §8.4).
+ */
+export function expertLayout(prefix: string, leaves: { gate: string; up: string; down: string }, E: number): Pick<LayerLayout, 'linears' | 'roles' | 'groups'> & Required<Pick<LayerLayout, 'sharedWeightScale' | 'sharedInputScale' | 'expertLists'>> {
+  const linears: string[] = [], roles: string[] = [], groups: FusedGroup[] = [], sharedWeightScale: string[][] = [];
+  const gateUps: string[] = [], downs: string[] = [];
+  const lists: string[][] = [[], [], []];
+  for (let e = 0; e < E; e++) {
+    const x = `${prefix}.${e}`;
+    const [g, u, d] = [`${x}.${leaves.gate}`, `${x}.${leaves.up}`, `${x}.${leaves.down}`];
+    linears.push(g, u, d);
+    roles.push(`e${e}.gate`, `e${e}.up`, `e${e}.down`);
+    groups.push({ members: [g, u] });
+    sharedWeightScale.push([g, u]);
+    gateUps.push(g, u);
+    downs.push(d);
+    lists[0]!.push(g);
+    lists[1]!.push(u);
+    lists[2]!.push(d);
+  }
+  return { linears, roles, groups, sharedWeightScale, sharedInputScale: [gateUps, downs], expertLists: lists };
+}
+
 export function moeFamily(o: MoeFamilyOptions): ModelFamily {
   const moeOf = (cfg: ModelConfig): MoeConfig => {
     if (!cfg.moe) throw new Error(`${o.family}: config has no MoE settings`);
@@ -61,35 +87,19 @@ export function moeFamily(o: MoeFamilyOptions): ModelFamily {
       return { index: i, prefix: p, linears, roles, groups, attention: a, linearFolds: [] };
     }
     const b = `${p}.${o.block}`;
-    const gates: string[] = [], downs: string[] = [];
-    const lists: string[][] = [[], [], []];
-    const sharedWeightScale: string[][] = [];
-    for (let e = 0; e < moe.numExperts; e++) {
-      const x = `${b}.experts.${e}`;
-      const [g, u, d] = [`${x}.${o.leaves.gate}`, `${x}.${o.leaves.up}`, `${x}.${o.leaves.down}`];
-      linears.push(g, u, d);
-      roles.push(`e${e}.gate`, `e${e}.up`, `e${e}.down`);
-      // one expert's gate and up: one GEMM in the engines; no norm of their own to fold into
-      groups.push({ members: [g, u] });
-      sharedWeightScale.push([g, u]);
-      gates.push(g, u);
-      downs.push(d);
-      lists[0]!.push(g);
-      lists[1]!.push(u);
-      lists[2]!.push(d);
-    }
+    const ex = expertLayout(`${b}.experts`, o.leaves, moe.numExperts);
     const router = `${b}.gate`;
     return {
       index: i,
       prefix: p,
-      linears,
-      roles,
-      groups,
+      linears: [...linears, ...ex.linears],
+      roles: [...roles, ...ex.roles],
+      groups: [...groups, ...ex.groups],
       attention: a,
       linearFolds: [],
-      sharedWeightScale,
-      sharedInputScale: [gates, downs],
-      expertLists: lists,
+      sharedWeightScale: ex.sharedWeightScale,
+      sharedInputScale: ex.sharedInputScale,
+      expertLists: ex.expertLists,
       excluded: [router],
       observed: { router },
     };
