@@ -131,6 +131,7 @@ describe('deepseek_v3: calibration and the NVFP4 recipe', () => {
 
   it('formats other than the recipe\'s nvfp4 are refused with the reason', async () => {
     await expect(exportCheckpoint({ model: dir, format: 'fp8', out: join(tmp, 'x'), stats, workers: 0 })).rejects.toThrow(/format fp8 is not available for DeepSeek V3: its recipe defines nvfp4/);
+    await expect(exportCheckpoint({ model: dir, format: 'nvfp4', out: join(tmp, 'y'), stats, kvCache: 'fp8', workers: 0 })).rejects.toThrow(/--kv-cache fp8 is not available for DeepSeek V3: MLA has no k_proj/);
   });
 });
 

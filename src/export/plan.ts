@@ -91,6 +91,9 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
     throw new QuantizationError(`format ${format.name} is not available for ${model.arch.family} yet: ${model.arch.awqUnsupported}; use fp8, fp8_pb_wo or nvfp4`);
   }
   const kvCache = options.kvCache ?? 'fp8_cast';
+  if (kvCache === 'fp8' && model.arch.kvScalesUnsupported) {
+    throw new QuantizationError(`--kv-cache fp8 is not available for ${model.arch.family}: ${model.arch.kvScalesUnsupported}; use fp8_cast (the default) or none`);
+  }
   const warnings: string[] = [];
   const decisions = new Map<string, LinearDecision>();
   for (const layout of model.layers) {

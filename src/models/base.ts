@@ -100,6 +100,8 @@ export interface ModelFamily {
    * prediction layers, `model.layers.{num_hidden_layers + i}`), listed as `model.layers.{L}*`.
    */
   extraLayers?(cfg: ModelConfig): number[];
+  /** Why calibrated KV-cache scales (`--kv-cache fp8`) are refused, if they are (no k_proj/v_proj to hang them on). */
+  kvScalesUnsupported?: string;
   /** The export formats the family's recipe defines (default: all). */
   formats?: string[];
   /** Why the AWQ formats are refused for this family, if they are. */

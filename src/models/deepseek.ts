@@ -126,6 +126,7 @@ export const deepseek_v3: ModelFamily = {
   names: { embed: 'model.embed_tokens', finalNorm: 'model.norm.weight', lmHead: 'lm_head' },
   alwaysExcluded: ['lm_head'],
   formats: ['nvfp4'],
+  kvScalesUnsupported: "MLA has no k_proj / v_proj for k_scale / v_scale, and ModelOpt's DeepSeek flow writes none (kv_cache_quant_algo FP8 with scale 1.0)",
   extraLayers: (cfg) => Array.from({ length: dsOf(cfg).numNextnPredictLayers }, (_, i) => cfg.numLayers + i),
   awqUnsupported: "ModelOpt's DeepSeek flow exports NVFP4 only",
   layer: layout,
