@@ -24,11 +24,10 @@ import type { DeepseekConfig, ModelConfig } from './config.js';
 import type { GemmEngine } from './gemm.js';
 import { rmsnorm, silu } from './ops.js';
 import { applyRope } from './rope.js';
-import { prepareGroupFrom, swiGluMlp, type LayerHooks, type PreparedGroup } from './layer.js';
-import { expertInto } from './moe.js';
-import { loadLinear, loadLinearLazily, type WeightSource } from './weights.js';
+import { swiGluMlp, type LayerHooks, type PreparedGroup } from './layer.js';
+import { EXPERT_GROUP_BYTES, expertInto, expertsInGroups, prepareSwiGlu, type SampleStates } from './moe.js';
+import { f32, PreparedGroups, type WeightSource } from './weights.js';
 import { CheckpointError } from '../errors.js';
-import { decodeToFloat32 } from '../codecs/float.js';
 import { rowRange } from '../sources/views.js';
 
 export type { DeepseekConfig };
@@ -68,21 +67,10 @@ export interface PreparedDeepseekLayer {
   release(): Promise<void>;
 }
 
-async function f32(src: WeightSource, name: string): Promise<Float32Array> {
-  const t = src.tensors.get(name);
-  if (!t) throw new CheckpointError(src.dir, `tensor "${name}" is missing`);
-  return decodeToFloat32(await t.read(), t.dtype, name);
-}
-
 /** Loads a layer for the GEMM engine; `attentionOnly`: the MLA part and the norms, not the MLP. */
 export async function loadPreparedDeepseekLayer(src: WeightSource, names: DeepseekLayerNames, cfg: ModelConfig, ds: DeepseekConfig, gemm: GemmEngine, attentionOnly = false): Promise<PreparedDeepseekLayer> {
-  const prepared: PreparedGroup[] = [];
-  const load = (m: string) => () => (gemm.prepareTransposed ? loadLinearLazily(src, m) : loadLinear(src, m));
-  const group = async (ms: string[], dims: [number, number][]) => {
-    const g = await prepareGroupFrom(ms.map(load), dims, gemm);
-    prepared.push(g);
-    return g;
-  };
+  const g = new PreparedGroups(src, gemm);
+  const group = (ms: string[], dims: [number, number][]) => g.byName(ms, dims);
   const H = cfg.hiddenSize, nH = cfg.numHeads;
   const qk = ds.qkNopeHeadDim + ds.qkRopeHeadDim;
   try {
@@ -107,27 +95,22 @@ export async function loadPreparedDeepseekLayer(src: WeightSource, names: Deepse
       // no MLP: the caller runs it a part at a time
     } else if (m.kind === 'dense') {
       const I = cfg.intermediateSize;
-      layer.mlp = { kind: 'dense', gateUp: await group([m.gate, m.up], [[I, H], [I, H]]), down: await group([m.down], [[H, I]]) };
+      layer.mlp = { kind: 'dense', ...(await prepareSwiGlu(g, m, H, I)) };
     } else {
       const I = ds.moeIntermediateSize, S = I * ds.nSharedExperts;
       const experts: { gateUp: PreparedGroup; down: PreparedGroup }[] = [];
-      for (const e of m.experts) experts.push({ gateUp: await group([e.gate, e.up], [[I, H], [I, H]]), down: await group([e.down], [[H, I]]) });
+      for (const e of m.experts) experts.push(await prepareSwiGlu(g, e, H, I));
       layer.mlp = {
         kind: 'moe',
         router: await f32(src, `${m.router}.weight`),
         bias: await f32(src, m.bias),
         experts,
-        shared: { gateUp: await group([m.shared.gate, m.shared.up], [[S, H], [S, H]]), down: await group([m.shared.down], [[H, S]]) },
+        shared: await prepareSwiGlu(g, m.shared, H, S),
       };
     }
-    return {
-      ...layer,
-      release: async () => {
-        await Promise.all(prepared.splice(0).map((g) => g.release()));
-      },
-    };
+    return { ...layer, release: () => g.release() };
   } catch (e) {
-    await Promise.all(prepared.splice(0).map((g) => g.release()));
+    await g.release();
     throw e;
   }
 }
@@ -291,9 +274,6 @@ export async function deepseekDecoderLayer(
   return h;
 }
 
-/** Default weight budget of one group of experts prepared at once (f32). */
-const EXPERT_GROUP_BYTES = 256 * 2 ** 20;
-
 /**
  * One MoE layer over every calibration sample, its weights a part at a time: MLA, router and shared
  * expert first (each sample's normed input, routing and shared output kept), then the routed experts
@@ -306,7 +286,7 @@ export async function deepseekLayerOverSamples(
   cfg: ModelConfig,
   ds: DeepseekConfig,
   gemm: GemmEngine,
-  states: { count: number; tokens(i: number): number; get(i: number): Promise<Float32Array>; set(i: number, h: Float32Array): Promise<void> },
+  states: SampleStates,
   cos: Float32Array,
   sin: Float32Array,
   hooks: LayerHooks = {},
@@ -337,21 +317,11 @@ export async function deepseekLayerOverSamples(
   }
   // 2. routed experts, a group at a time, each over every sample
   const ys = xs.map((x) => new Float32Array(x.length));
-  const perGroup = Math.max(1, Math.floor(groupBytes / (3 * I * H * 4)));
-  const load = (m: string) => () => (gemm.prepareTransposed ? loadLinearLazily(src, m) : loadLinear(src, m));
-  for (let e0 = 0; e0 < experts.length; e0 += perGroup) {
-    const prepared: { gateUp: PreparedGroup; down: PreparedGroup }[] = [];
-    try {
-      for (const e of experts.slice(e0, e0 + perGroup)) {
-        prepared.push({ gateUp: await prepareGroupFrom([load(e.gate), load(e.up)], [[I, H], [I, H]], gemm), down: await prepareGroupFrom([load(e.down)], [[H, I]], gemm) });
-      }
-      for (let i = 0; i < states.count; i++) {
-        for (let j = 0; j < prepared.length; j++) await expertInto(ys[i]!, xs[i]!, H, I, routes[i]![e0 + j]!, prepared[j]!, e0 + j, hooks);
-      }
-    } finally {
-      await Promise.all(prepared.flatMap((p) => [p.gateUp.release(), p.down.release()]));
+  await expertsInGroups(src, gemm, experts.length, 3 * I * H * 4, groupBytes, (e, g) => prepareSwiGlu(g, experts[e]!, H, I), async (prepared, e0) => {
+    for (let i = 0; i < states.count; i++) {
+      for (let j = 0; j < prepared.length; j++) await expertInto(ys[i]!, xs[i]!, H, I, routes[i]![e0 + j]!, prepared[j]!, e0 + j, hooks);
     }
-  }
+  });
   // 3. residual: h + (routed + shared)
   for (let i = 0; i < states.count; i++) {
     const h = await states.get(i);
@@ -375,7 +345,7 @@ export async function deepseekDenseOverSamples(
   cfg: ModelConfig,
   ds: DeepseekConfig,
   gemm: GemmEngine,
-  states: { count: number; tokens(i: number): number; get(i: number): Promise<Float32Array>; set(i: number, h: Float32Array): Promise<void> },
+  states: SampleStates,
   cos: Float32Array,
   sin: Float32Array,
   hooks: LayerHooks = {},
@@ -410,9 +380,9 @@ export async function deepseekDenseOverSamples(
   for (let c0 = 0; c0 < I; c0 += band) {
     const c1 = Math.min(I, c0 + band);
     const part: WeightSource = { ...src, tensors: new Map([['gate#band.weight', rowRange(gateT, c0, c1)], ['up#band.weight', rowRange(upT, c0, c1)]]) };
-    const load = (n: string) => () => (gemm.prepareTransposed ? loadLinearLazily(part, n) : loadLinear(part, n));
-    const g = await prepareGroupFrom([load('gate#band'), load('up#band')], [[c1 - c0, H], [c1 - c0, H]], gemm);
+    const bandGroups = new PreparedGroups(part, gemm);
     try {
+      const g = await bandGroups.byName(['gate#band', 'up#band'], [[c1 - c0, H], [c1 - c0, H]]);
       for (let i = 0; i < states.count; i++) {
         const T = states.tokens(i), act = acts[i]!, w = c1 - c0;
         if (g.runFused) {
@@ -424,14 +394,14 @@ export async function deepseekDenseOverSamples(
         }
       }
     } finally {
-      await g.release();
+      await bandGroups.release();
     }
   }
   // 3. down, whole, and the residual
   gemm.dropSpareBuffers?.();
-  const load = (n: string) => () => (gemm.prepareTransposed ? loadLinearLazily(src, n) : loadLinear(src, n));
-  const down = await prepareGroupFrom([load(m.down)], [[H, I]], gemm);
+  const last = new PreparedGroups(src, gemm);
   try {
+    const down = await last.byName([m.down], [[H, I]]);
     for (let i = 0; i < states.count; i++) {
       const T = states.tokens(i);
       hooks.linearInput?.('down', acts[i]!, T, I);
@@ -441,6 +411,6 @@ export async function deepseekDenseOverSamples(
       await states.set(i, h);
     }
   } finally {
-    await down.release();
+    await last.release();
   }
 }

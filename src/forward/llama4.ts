@@ -20,12 +20,12 @@
 import type { Llama4Config, ModelConfig } from './config.js';
 import type { GemmEngine, LinearWeights } from './gemm.js';
 import { rmsnorm, silu } from './ops.js';
-import { attention, prepareGroupFrom, swiGluMlp, type LayerHooks, type PreparedGroup } from './layer.js';
-import { fp8ActQuant, loadLinear, loadLinearLazily, nvfp4ActQuant, type WeightSource } from './weights.js';
+import { attention, swiGluMlp, type LayerHooks, type PreparedGroup } from './layer.js';
+import { activationQuant, f32, PreparedGroups, type WeightSource } from './weights.js';
+import { EXPERT_GROUP_BYTES, expertsInGroups, prepareSwiGlu, type SampleStates } from './moe.js';
 import { formatByQuantAlgo } from '../formats/registry.js';
 import { dequantizeNvfp4 } from '../formats/nvfp4.js';
 import { CheckpointError } from '../errors.js';
-import { decodeToFloat32 } from '../codecs/float.js';
 import { expertSlice, transposed } from '../sources/views.js';
 
 export type { Llama4Config };
@@ -53,12 +53,6 @@ export interface PreparedLlama4Layer {
     | { kind: 'dense'; gateUp: PreparedGroup; down: PreparedGroup }
     | { kind: 'moe'; router: PreparedGroup; experts: { gateUp: PreparedGroup; down: PreparedGroup }[]; shared: { gateUp: PreparedGroup; down: PreparedGroup } };
   release(): Promise<void>;
-}
-
-async function f32(src: WeightSource, name: string): Promise<Float32Array> {
-  const t = src.tensors.get(name);
-  if (!t) throw new CheckpointError(src.dir, `tensor "${name}" is missing`);
-  return decodeToFloat32(await t.read(), t.dtype, name);
 }
 
 /**
@@ -97,43 +91,29 @@ async function expertLinear(src: WeightSource, name: string, e: number): Promise
     w = dequantizeNvfp4(codes, scales, B, A, (await scalar(`${name}_weight_scale_2`))!);
   }
   const inputScale = await scalar(`${name}_input_scale`);
-  const input = inputScale === undefined ? undefined : fmt.activation === 'nvfp4' ? nvfp4ActQuant(inputScale) : fmt.activation === 'fp8' ? fp8ActQuant(inputScale) : undefined;
-  return { w, N: B, K: A, input };
+  return { w, N: B, K: A, input: activationQuant(fmt, inputScale) };
+}
+
+/** Expert e of the fused gate_up_proj [E, H, 2I] and down_proj [E, I, H], prepared into `g`. */
+async function prepareExpert(g: PreparedGroups, src: WeightSource, n: { gateUp: string; down: string }, e: number, H: number, I: number): Promise<{ gateUp: PreparedGroup; down: PreparedGroup }> {
+  return { gateUp: await g.add([() => expertLinear(src, n.gateUp, e)], [[2 * I, H]]), down: await g.add([() => expertLinear(src, n.down, e)], [[H, I]]) };
 }
 
 export async function loadPreparedLlama4Layer(src: WeightSource, index: number, names: Llama4LayerNames, cfg: ModelConfig, l4: Llama4Config, gemm: GemmEngine): Promise<PreparedLlama4Layer> {
-  const prepared: PreparedGroup[] = [];
-  const track = async (g: Promise<PreparedGroup>) => {
-    const r = await g;
-    prepared.push(r);
-    return r;
-  };
-  const load = (m: string) => () => (gemm.prepareTransposed ? loadLinearLazily(src, m) : loadLinear(src, m));
-  const group = (ms: string[], dims: [number, number][]) => track(prepareGroupFrom(ms.map(load), dims, gemm));
+  const g = new PreparedGroups(src, gemm);
   const H = cfg.hiddenSize, q = cfg.numHeads * cfg.headDim, kv = cfg.numKvHeads * cfg.headDim;
   try {
-    const qkv = await group([names.q, names.k, names.v], [[q, H], [kv, H], [kv, H]]);
-    const o = await group([names.o], [[H, q]]);
+    const qkv = await g.byName([names.q, names.k, names.v], [[q, H], [kv, H], [kv, H]]);
+    const o = await g.byName([names.o], [[H, q]]);
     let mlp: PreparedLlama4Layer['mlp'];
     if (names.mlp.kind === 'dense') {
-      const I = l4.denseIntermediateSize;
-      mlp = { kind: 'dense', gateUp: await group([names.mlp.gate, names.mlp.up], [[I, H], [I, H]]), down: await group([names.mlp.down], [[H, I]]) };
+      mlp = { kind: 'dense', ...(await prepareSwiGlu(g, names.mlp, H, l4.denseIntermediateSize)) };
     } else {
       const I = l4.expertIntermediateSize;
       const n = names.mlp;
       const experts: { gateUp: PreparedGroup; down: PreparedGroup }[] = [];
-      for (let e = 0; e < l4.numExperts; e++) {
-        experts.push({
-          gateUp: await track(prepareGroupFrom([() => expertLinear(src, n.gateUp, e)], [[2 * I, H]], gemm)),
-          down: await track(prepareGroupFrom([() => expertLinear(src, n.down, e)], [[H, I]], gemm)),
-        });
-      }
-      mlp = {
-        kind: 'moe',
-        router: await group([n.router], [[l4.numExperts, H]]),
-        experts,
-        shared: { gateUp: await group([n.shared.gate, n.shared.up], [[I, H], [I, H]]), down: await group([n.shared.down], [[H, I]]) },
-      };
+      for (let e = 0; e < l4.numExperts; e++) experts.push(await prepareExpert(g, src, n, e, H, I));
+      mlp = { kind: 'moe', router: await g.byName([n.router], [[l4.numExperts, H]]), experts, shared: await prepareSwiGlu(g, n.shared, H, I) };
     }
     return {
       index,
@@ -143,12 +123,10 @@ export async function loadPreparedLlama4Layer(src: WeightSource, index: number, 
       qkv,
       o,
       mlp,
-      release: async () => {
-        await Promise.all(prepared.splice(0).map((g) => g.release()));
-      },
+      release: () => g.release(),
     };
   } catch (e) {
-    await Promise.all(prepared.splice(0).map((g) => g.release()));
+    await g.release();
     throw e;
   }
 }
@@ -277,9 +255,6 @@ export async function llama4DecoderLayer(
   return h;
 }
 
-/** Default weight budget of one group of experts prepared at once (f32). */
-const EXPERT_GROUP_BYTES = 256 * 2 ** 20;
-
 /**
  * One MoE layer over every calibration sample, its weights a part at a time: attention, router and
  * shared expert first (each sample's normed input, scores and shared output kept), then the experts
@@ -293,7 +268,7 @@ export async function llama4LayerOverSamples(
   cfg: ModelConfig,
   l4: Llama4Config,
   gemm: GemmEngine,
-  states: { count: number; tokens(i: number): number; get(i: number): Promise<Float32Array>; set(i: number, h: Float32Array): Promise<void> },
+  states: SampleStates,
   cos: Float32Array,
   sin: Float32Array,
   hooks: LayerHooks = {},
@@ -303,24 +278,14 @@ export async function llama4LayerOverSamples(
   const n = names.mlp;
   const H = cfg.hiddenSize, E = l4.numExperts, I = l4.expertIntermediateSize;
   const q = cfg.numHeads * cfg.headDim, kv = cfg.numKvHeads * cfg.headDim;
-  const prepared: PreparedGroup[] = [];
-  const release = async () => {
-    await Promise.all(prepared.splice(0).map((g) => g.release()));
-  };
-  const track = async (g: Promise<PreparedGroup>) => {
-    const r = await g;
-    prepared.push(r);
-    return r;
-  };
-  const load = (m: string) => () => (gemm.prepareTransposed ? loadLinearLazily(src, m) : loadLinear(src, m));
-  const group = (ms: string[], dims: [number, number][]) => track(prepareGroupFrom(ms.map(load), dims, gemm));
   const xs: Float32Array[] = [], scores: Float32Array[] = [], shareds: Float32Array[] = [];
+  // 1. attention, router, shared expert
+  const first = new PreparedGroups(src, gemm);
   try {
-    // 1. attention, router, shared expert
-    const attn = { index, engine: gemm, inputNorm: await f32(src, names.inputNorm), qkv: await group([names.q, names.k, names.v], [[q, H], [kv, H], [kv, H]]), o: await group([names.o], [[H, q]]) };
+    const attn = { index, engine: gemm, inputNorm: await f32(src, names.inputNorm), qkv: await first.byName([names.q, names.k, names.v], [[q, H], [kv, H], [kv, H]]), o: await first.byName([names.o], [[H, q]]) };
     const postNorm = await f32(src, names.postNorm);
-    const router = await group([n.router], [[E, H]]);
-    const shared = { gateUp: await group([n.shared.gate, n.shared.up], [[I, H], [I, H]]), down: await group([n.shared.down], [[H, I]]) };
+    const router = await first.byName([n.router], [[E, H]]);
+    const shared = await prepareSwiGlu(first, n.shared, H, I);
     for (let i = 0; i < states.count; i++) {
       const T = states.tokens(i);
       const h = await states.get(i);
@@ -333,31 +298,21 @@ export async function llama4LayerOverSamples(
       xs.push(x2);
       shareds.push((await swiGluMlp(x2, T, H, I, shared.gateUp, shared.down, hooks, 'shared.')).slice());
     }
-    await release();
-    // 2. experts, a group at a time, each over every sample
-    const sums = xs.map((x) => new Float32Array(x.length));
-    const perGroup = Math.max(1, Math.floor(groupBytes / (3 * I * H * 4)));
-    for (let e0 = 0; e0 < E; e0 += perGroup) {
-      const experts: { gateUp: PreparedGroup; down: PreparedGroup }[] = [];
-      for (let e = e0; e < Math.min(E, e0 + perGroup); e++) {
-        experts.push({
-          gateUp: await track(prepareGroupFrom([() => expertLinear(src, n.gateUp, e)], [[2 * I, H]], gemm)),
-          down: await track(prepareGroupFrom([() => expertLinear(src, n.down, e)], [[H, I]], gemm)),
-        });
-      }
-      for (let i = 0; i < states.count; i++) {
-        for (let j = 0; j < experts.length; j++) await expertInto(sums[i]!, xs[i]!, scores[i]!, states.tokens(i), H, I, E, e0 + j, experts[j]!, hooks);
-      }
-      await release();
-    }
-    // 3. residual
-    for (let i = 0; i < states.count; i++) {
-      const h = await states.get(i);
-      const s = sums[i]!, sh = shareds[i]!;
-      for (let j = 0; j < h.length; j++) h[j] = h[j]! + Math.fround(sh[j]! + s[j]!);
-      await states.set(i, h);
-    }
   } finally {
-    await release();
+    await first.release();
+  }
+  // 2. experts, a group at a time, each over every sample
+  const sums = xs.map((x) => new Float32Array(x.length));
+  await expertsInGroups(src, gemm, E, 3 * I * H * 4, groupBytes, (e, g) => prepareExpert(g, src, n, e, H, I), async (experts, e0) => {
+    for (let i = 0; i < states.count; i++) {
+      for (let j = 0; j < experts.length; j++) await expertInto(sums[i]!, xs[i]!, scores[i]!, states.tokens(i), H, I, E, e0 + j, experts[j]!, hooks);
+    }
+  });
+  // 3. residual
+  for (let i = 0; i < states.count; i++) {
+    const h = await states.get(i);
+    const s = sums[i]!, sh = shareds[i]!;
+    for (let j = 0; j < h.length; j++) h[j] = h[j]! + Math.fround(sh[j]! + s[j]!);
+    await states.set(i, h);
   }
 }

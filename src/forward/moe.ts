@@ -16,10 +16,8 @@
 import type { ModelConfig, MoeConfig } from './config.js';
 import type { GemmEngine } from './gemm.js';
 import { rmsnorm } from './ops.js';
-import { attentionBlock, prepareGroupFrom, swiGluMlp, type LayerHooks, type PreparedAttention, type PreparedGroup } from './layer.js';
-import { loadLinear, loadLinearLazily, type WeightSource } from './weights.js';
-import { CheckpointError } from '../errors.js';
-import { decodeToFloat32 } from '../codecs/float.js';
+import { attentionBlock, swiGluMlp, type LayerHooks, type PreparedAttention, type PreparedGroup } from './layer.js';
+import { f32, PreparedGroups, type WeightSource } from './weights.js';
 
 export type { MoeConfig };
 
@@ -42,76 +40,72 @@ export interface PreparedMoeLayer extends PreparedAttention {
   release(): Promise<void>;
 }
 
-async function f32(src: WeightSource, name: string): Promise<Float32Array> {
-  const t = src.tensors.get(name);
-  if (!t) throw new CheckpointError(src.dir, `tensor "${name}" is missing`);
-  return decodeToFloat32(await t.read(), t.dtype, name);
+/** A SwiGLU MLP's gate|up and down as GEMM groups (an expert's, a shared expert's, a dense MLP's): [I, H] x2 and [H, I]. */
+export async function prepareSwiGlu(g: PreparedGroups, m: { gate: string; up: string; down: string }, H: number, I: number): Promise<{ gateUp: PreparedGroup; down: PreparedGroup }> {
+  return { gateUp: await g.byName([m.gate, m.up], [[I, H], [I, H]]), down: await g.byName([m.down], [[H, I]]) };
 }
 
-/** Prepares the linears `ms` as one GEMM group (dims: each one's [N, K]), loading them only as the engine needs them. */
-function groupLoader(src: WeightSource, gemm: GemmEngine) {
-  const load = (m: string) => () => (gemm.prepareTransposed ? loadLinearLazily(src, m) : loadLinear(src, m));
-  return (ms: string[], dims: [number, number][]) => prepareGroupFrom(ms.map(load), dims, gemm);
-}
-
-/** Releases what was prepared if a later step fails. */
-async function preparedAll<T>(steps: (track: (g: Promise<PreparedGroup>) => Promise<PreparedGroup>) => Promise<T>): Promise<{ value: T; release: () => Promise<void> }> {
-  const prepared: PreparedGroup[] = [];
-  const release = async () => {
-    await Promise.all(prepared.splice(0).map((g) => g.release()));
-  };
-  try {
-    const value = await steps(async (g) => {
-      const r = await g;
-      prepared.push(r);
-      return r;
-    });
-    return { value, release };
-  } catch (e) {
-    await release();
-    throw e;
-  }
-}
-
-/** The attention part of a layer, prepared. */
-async function loadAttention(src: WeightSource, names: MoeLayerNames, cfg: ModelConfig, gemm: GemmEngine, track: (g: Promise<PreparedGroup>) => Promise<PreparedGroup>): Promise<PreparedAttention> {
+/** The attention part of a layer, prepared into `g`. */
+async function loadAttention(src: WeightSource, names: MoeLayerNames, cfg: ModelConfig, g: PreparedGroups): Promise<PreparedAttention> {
   const optional = async (name: string | undefined) => (name !== undefined && src.tensors.has(name) ? f32(src, name) : undefined);
-  const group = groupLoader(src, gemm);
   const H = cfg.hiddenSize, q = cfg.numHeads * cfg.headDim, kv = cfg.numKvHeads * cfg.headDim;
   return {
     norms: { inputNorm: await f32(src, names.inputNorm), qNorm: await optional(names.qNorm), kNorm: await optional(names.kNorm) },
-    engine: gemm,
-    qkv: await track(group([names.q, names.k, names.v], [[q, H], [kv, H], [kv, H]])),
-    o: await track(group([names.o], [[H, q]])),
+    engine: g.gemm,
+    qkv: await g.byName([names.q, names.k, names.v], [[q, H], [kv, H], [kv, H]]),
+    o: await g.byName([names.o], [[H, q]]),
   };
-}
-
-/** Experts [e0, e1) of a sparse layer, prepared (each its gate|up and its down as GEMM groups). */
-async function loadExperts(src: WeightSource, experts: { gate: string; up: string; down: string }[], H: number, I: number, gemm: GemmEngine, track: (g: Promise<PreparedGroup>) => Promise<PreparedGroup>) {
-  const group = groupLoader(src, gemm);
-  const out: { gateUp: PreparedGroup; down: PreparedGroup }[] = [];
-  for (const e of experts) out.push({ gateUp: await track(group([e.gate, e.up], [[I, H], [I, H]])), down: await track(group([e.down], [[H, I]])) });
-  return out;
 }
 
 /** Loads a layer's weights prepared for the GEMM engine (experts one GEMM group each). */
 export async function loadPreparedMoeLayer(src: WeightSource, names: MoeLayerNames, cfg: ModelConfig, moe: MoeConfig, gemm: GemmEngine): Promise<PreparedMoeLayer> {
   const H = cfg.hiddenSize;
-  const group = groupLoader(src, gemm);
-  const { value, release } = await preparedAll(async (track) => {
-    const attn = await loadAttention(src, names, cfg, gemm, track);
+  const g = new PreparedGroups(src, gemm);
+  try {
+    const attn = await loadAttention(src, names, cfg, g);
     let mlp: PreparedMoeLayer['mlp'];
     if (names.mlp.kind === 'dense') {
       const I = cfg.intermediateSize;
-      mlp = { kind: 'dense', I, gateUp: await track(group([names.mlp.gate, names.mlp.up], [[I, H], [I, H]])), down: await track(group([names.mlp.down], [[H, I]])) };
+      mlp = { kind: 'dense', I, ...(await prepareSwiGlu(g, names.mlp, H, I)) };
     } else {
       const I = moe.expertIntermediateSize;
-      const router = await track(group([names.mlp.router], [[moe.numExperts, H]]));
-      mlp = { kind: 'moe', I, router, experts: await loadExperts(src, names.mlp.experts, H, I, gemm, track) };
+      const router = await g.byName([names.mlp.router], [[moe.numExperts, H]]);
+      const experts: { gateUp: PreparedGroup; down: PreparedGroup }[] = [];
+      for (const e of names.mlp.experts) experts.push(await prepareSwiGlu(g, e, H, I));
+      mlp = { kind: 'moe', I, router, experts };
     }
-    return { ...attn, postNorm: await f32(src, names.postNorm), mlp };
-  });
-  return { ...value, release };
+    return { ...attn, postNorm: await f32(src, names.postNorm), mlp, release: () => g.release() };
+  } catch (e) {
+    await g.release();
+    throw e;
+  }
+}
+
+/**
+ * Experts 0..n-1 prepared a group at a time, at most `groupBytes` of f32 weights each (one expert
+ * `expertBytes`): `prepare` readies one expert into the group's holder, `run` uses the group's
+ * experts (the first one is expert e0), then the group is released before the next.
+ */
+export async function expertsInGroups<X>(
+  src: WeightSource,
+  gemm: GemmEngine,
+  n: number,
+  expertBytes: number,
+  groupBytes: number,
+  prepare: (e: number, g: PreparedGroups) => Promise<X>,
+  run: (prepared: X[], e0: number) => Promise<void>,
+): Promise<void> {
+  const per = Math.max(1, Math.floor(groupBytes / expertBytes));
+  for (let e0 = 0; e0 < n; e0 += per) {
+    const g = new PreparedGroups(src, gemm);
+    try {
+      const prepared: X[] = [];
+      for (let e = e0; e < Math.min(n, e0 + per); e++) prepared.push(await prepare(e, g));
+      await run(prepared, e0);
+    } finally {
+      await g.release();
+    }
+  }
 }
 
 /** The calibration samples' hidden states between layers (see HiddenStore). */
@@ -151,44 +145,31 @@ export async function moeLayerOverSamples(
   // 1. attention and routing, sample by sample
   const xs: Float32Array[] = [];
   const routes: { tokens: number[]; weights: number[] }[][] = [];
-  {
-    const mlpNames = names.mlp;
-    const { value, release } = await preparedAll(async (track) => ({
-      attn: await loadAttention(src, names, cfg, gemm, track),
-      router: await track(groupLoader(src, gemm)([mlpNames.router], [[moe.numExperts, H]])),
-      postNorm: await f32(src, names.postNorm),
-    }));
-    try {
-      for (let i = 0; i < states.count; i++) {
-        const T = states.tokens(i);
-        const h = await attentionBlock(await states.get(i), T, value.attn, cfg, cos, sin, hooks);
-        await states.set(i, h);
-        const x = rmsnorm(h, T, H, value.postNorm, cfg.rmsNormEps);
-        hooks.linearInput?.('router', x, T, H);
-        const [logits] = (await value.router.run(x, T)) as [Float32Array];
-        routes.push(route(logits, T, moe));
-        xs.push(x);
-      }
-    } finally {
-      await release();
+  const first = new PreparedGroups(src, gemm);
+  try {
+    const attn = await loadAttention(src, names, cfg, first);
+    const router = await first.byName([names.mlp.router], [[moe.numExperts, H]]);
+    const postNorm = await f32(src, names.postNorm);
+    for (let i = 0; i < states.count; i++) {
+      const T = states.tokens(i);
+      const h = await attentionBlock(await states.get(i), T, attn, cfg, cos, sin, hooks);
+      await states.set(i, h);
+      const x = rmsnorm(h, T, H, postNorm, cfg.rmsNormEps);
+      hooks.linearInput?.('router', x, T, H);
+      const [logits] = (await router.run(x, T)) as [Float32Array];
+      routes.push(route(logits, T, moe));
+      xs.push(x);
     }
+  } finally {
+    await first.release();
   }
   // 2. experts, a group at a time, each over every sample
   const ys = xs.map((x) => new Float32Array(x.length));
-  const perGroup = Math.max(1, Math.floor(groupBytes / (3 * I * H * 4)));
-  for (let e0 = 0; e0 < experts.length; e0 += perGroup) {
-    const ids = experts.slice(e0, e0 + perGroup);
-    const { value: prepared, release } = await preparedAll((track) => loadExperts(src, ids, H, I, gemm, track));
-    try {
-      for (let i = 0; i < states.count; i++) {
-        for (let j = 0; j < prepared.length; j++) {
-          await expertInto(ys[i]!, xs[i]!, H, I, routes[i]![e0 + j]!, prepared[j]!, e0 + j, hooks);
-        }
-      }
-    } finally {
-      await release();
+  await expertsInGroups(src, gemm, experts.length, 3 * I * H * 4, groupBytes, (e, g) => prepareSwiGlu(g, experts[e]!, H, I), async (prepared, e0) => {
+    for (let i = 0; i < states.count; i++) {
+      for (let j = 0; j < prepared.length; j++) await expertInto(ys[i]!, xs[i]!, H, I, routes[i]![e0 + j]!, prepared[j]!, e0 + j, hooks);
     }
-  }
+  });
   // 3. residual
   for (let i = 0; i < states.count; i++) {
     const h = await states.get(i);

@@ -11,7 +11,8 @@ import { decodeToFloat32 } from '../codecs/float.js';
 import { E4M3_VALUES, e4m3Encode } from '../codecs/e4m3.js';
 import { e2m1Encode, E2M1_VALUES } from '../codecs/e2m1.js';
 import { formatByQuantAlgo } from '../formats/registry.js';
-import { prepareLayerFrom, type LayerWeights, type LinearName, type LinearWeights, type PreparedLayer } from './layer.js';
+import type { QuantFormat } from '../formats/format.js';
+import { prepareGroupFrom, prepareLayerFrom, type LayerWeights, type LinearName, type LinearWeights, type PreparedGroup, type PreparedLayer } from './layer.js';
 import { transposeBf16Into, transposeInto, type GemmEngine } from './gemm.js';
 
 export interface WeightSource {
@@ -25,7 +26,8 @@ export function weightSource(ck: { tensors: Map<string, TensorSource>; dir: stri
   return { tensors: ck.tensors, dir: ck.dir, quantAlgo };
 }
 
-async function f32(src: WeightSource, name: string): Promise<Float32Array> {
+/** A tensor of the source decoded to f32 (norms, biases, router weights); a clear error when it is missing. */
+export async function f32(src: WeightSource, name: string): Promise<Float32Array> {
   const t = src.tensors.get(name);
   if (!t) throw new CheckpointError(src.dir, `tensor "${name}" is missing`);
   return decodeToFloat32(await t.read(), t.dtype, name);
@@ -60,6 +62,12 @@ export function nvfp4ActQuant(s: number): (x: Float32Array) => Float32Array {
   };
 }
 
+/** What engines do to a linear's input under `fmt` with `input_scale` s (FP8 or NVFP4 fake quantization); none without s or for 16-bit activations. */
+export function activationQuant(fmt: Pick<QuantFormat, 'activation'>, s: number | undefined): ((x: Float32Array) => Float32Array) | undefined {
+  if (s === undefined) return undefined;
+  return fmt.activation === 'nvfp4' ? nvfp4ActQuant(s) : fmt.activation === 'fp8' ? fp8ActQuant(s) : undefined;
+}
+
 function withPreQuantScale(pqs: Float32Array | undefined, next?: (x: Float32Array) => Float32Array): ((x: Float32Array) => Float32Array) | undefined {
   if (!pqs) return next;
   return (x) => {
@@ -87,7 +95,7 @@ export async function loadLinear(src: WeightSource, module: string): Promise<Lin
   const inputScale = src.tensors.has(`${module}.input_scale`) ? await scalar(src, `${module}.input_scale`) : undefined;
   const scale2 = src.tensors.has(`${module}.weight_scale_2`) ? await scalar(src, `${module}.weight_scale_2`) : undefined;
   const { w, N, K } = fmt.dequantize(raw, wt.shape, await src.tensors.get(`${module}.weight_scale`)!.read(), scale2);
-  const act = inputScale === undefined ? undefined : fmt.activation === 'nvfp4' ? nvfp4ActQuant(inputScale) : fmt.activation === 'fp8' ? fp8ActQuant(inputScale) : undefined;
+  const act = activationQuant(fmt, inputScale);
   return { w, N, K, b: bias, input: withPreQuantScale(pqs, act) };
 }
 
@@ -207,4 +215,35 @@ export async function loadHead(src: WeightSource, cfg: ModelConfig, names: Outer
   const head = await loadLinear(src, src.tensors.has(`${names.lmHead}.weight`) ? names.lmHead : names.embed);
   if (head.K !== cfg.hiddenSize) throw new CheckpointError(src.dir, `lm_head has ${head.K} inputs, expected hidden_size ${cfg.hiddenSize}`);
   return { norm, head };
+}
+
+/**
+ * GEMM groups a layer (or a part of one) prepares for the engine and releases together. `byName`
+ * loads linears by module name as the engine wants them (W^T written from source rows, or [N, K]);
+ * `add` takes other loaders (views, dequantized exports). If building a layer fails midway, `release`
+ * returns what was prepared so far.
+ */
+export class PreparedGroups {
+  private held: PreparedGroup[] = [];
+
+  constructor(
+    private readonly src: WeightSource,
+    readonly gemm: GemmEngine,
+  ) {}
+
+  /** The linears `modules` as one GEMM group; `dims`: each one's [N, K]. */
+  byName(modules: string[], dims: [number, number][]): Promise<PreparedGroup> {
+    const load = (m: string) => () => (this.gemm.prepareTransposed ? loadLinearLazily(this.src, m) : loadLinear(this.src, m));
+    return this.add(modules.map(load), dims);
+  }
+
+  async add(loads: (() => Promise<LinearWeights>)[], dims: [number, number][]): Promise<PreparedGroup> {
+    const g = await prepareGroupFrom(loads, dims, this.gemm);
+    this.held.push(g);
+    return g;
+  }
+
+  async release(): Promise<void> {
+    await Promise.all(this.held.splice(0).map((g) => g.release()));
+  }
 }
