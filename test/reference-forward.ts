@@ -32,6 +32,21 @@ export function relErr(a: Float32Array, b: Float32Array): number {
   return d / m;
 }
 
+/**
+ * Every input_amax / input_absmean statistic of a transformers reference (`ref`) is in `stats`
+ * within 1e-4 relative; returns how many were checked (the caller bounds it from below).
+ */
+export function expectStatsMatchReference(stats: Map<string, Float32Array>, ref: Map<string, Float32Array>): number {
+  let checked = 0;
+  for (const [k, v] of ref) {
+    if (!/\.(input_amax|input_absmean)$/.test(k)) continue;
+    expect(stats.get(k), k).toBeDefined();
+    expect(relErr(stats.get(k)!, v), k).toBeLessThan(1e-4);
+    checked++;
+  }
+  return checked;
+}
+
 export const cat = (arr: Float32Array[]): Float32Array => Float32Array.from(arr.flatMap((a) => Array.from(a)));
 
 /** The family's forward pass on the reference ids: every hidden state, the final norm and the logits within 1e-4 relative. */
