@@ -9,25 +9,32 @@ import { embed, loadFinalNorm, weightSource } from '../src/forward/weights.js';
 import { ropeTables } from '../src/forward/rope.js';
 import { rmsnorm } from '../src/forward/ops.js';
 import { CalibrationDataError } from '../src/errors.js';
+import { awqFormat, awqSearchLayer, layerInputCache, type AwqSearchOptions } from '../src/calibration/awq-layer.js';
+import type { AwqInputCache } from '../src/calibration/input-cache.js';
 
 export interface CalibrateProgress {
   layer: number;
   tokens: number;
   seconds: number;
+  /** Of `seconds`, the time the AWQ search took (when it ran). */
+  awqSeconds?: number;
 }
 
 /**
  * Runs the model's own forward pass over the calibration samples, one decoder layer at a time as
  * units arrive (in order), and attaches the activation statistics each unit's linears saw
  * (`<module>.input_amax`, `.input_absmean`, `.input_channel_amax`, `<attn>.k_amax`/`.v_amax`) to
- * `unit.stats`. Only the current layer's weights are held in f32; the hidden states of all samples
- * stay in memory between layers.
+ * `unit.stats`; with `awq`, also each linear's AWQ `pre_quant_scale` from the search on its inputs.
+ * Only the current layer's weights are held in f32; the hidden states of all samples stay in memory
+ * between layers.
  *
  * @param samples token-id arrays (see `loadCalibration`), each run as one unpadded sequence
  * @example
  * ```ts
  * const samples = await loadCalibration('calib.txt', 'model', { samples: 32, seqLen: 512 });
  * readCheckpoint('model').pipe(calibrate(samples), quantize('nvfp4'), pack(), writeShards('out'));
+ * // AWQ: the search picks each linear's pre_quant_scale for this format
+ * readCheckpoint('model').pipe(calibrate(samples, { awq: { format: 'int4_awq', algorithm: 'lite' } }), quantize('int4_awq'), pack(), writeShards('out-awq'));
  * ```
  */
 export interface CalibrateOptions {
@@ -38,11 +45,18 @@ export interface CalibrateOptions {
   memoryBudgetBytes?: number;
   /** Folder for that file (default: the OS temporary folder). */
   spillDir?: string;
+  /**
+   * AWQ search after each layer's forward pass (`awq_lite`, spec §11.3): adds `<module>.pre_quant_scale`
+   * (and `.awq_alpha`, `.awq_loss`) for the linears the format quantizes. The layer's linear inputs are
+   * kept for it (in memory up to `cacheBytes`, then in a temporary file in `spillDir`).
+   */
+  awq?: AwqSearchOptions;
 }
 
 export function calibrate(samples: number[][], options: CalibrateOptions = {}): OperatorFunction<ModelUnit, ModelUnit> {
   const onProgress = options.onProgress;
   if (samples.length === 0) throw new CalibrationDataError('calibrate: no samples');
+  if (options.awq) awqFormat(options.awq); // an AWQ format, checked before any work
   return (source) =>
     defer(() => {
       let hidden: HiddenStore | undefined;
@@ -61,25 +75,43 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
             for (let i = 0; i < samples.length; i++) await hidden.set(i, await embed(src, samples[i]!, cfg.hiddenSize, model.arch.names));
           }
           const collector = new StatsCollector();
+          let awqStats: Map<string, Float32Array> | undefined;
+          let awqSeconds: number | undefined;
           if (unit.kind === 'layer') {
             if (unit.layer !== next) throw new Error(`calibrate needs layers in order: got layer ${unit.layer}, expected ${next}`);
             next++;
             const layout = model.layers[unit.layer]!;
             const maxT = Math.max(...samples.map((s) => s.length));
             const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, maxT);
+            const cache: AwqInputCache | undefined = options.awq && layerInputCache(layout, options.awq);
+            const searched = new Set(layout.linears);
             const hooks = {
-              linearInput: (name: string, x: Float32Array, T: number, K: number) => collector.observe(layout.observed?.[name] ?? layout.linears[layout.roles.indexOf(name)]!, x, T, K),
+              linearInput: (name: string, x: Float32Array, T: number, K: number) => {
+                const module = layout.observed?.[name] ?? layout.linears[layout.roles.indexOf(name)]!;
+                collector.observe(module, x, T, K);
+                if (searched.has(module)) cache?.observe(module, x, T, K);
+              },
               keysValues: (k: Float32Array, v: Float32Array) => collector.observeKV(layout.attention, k, v),
             };
             const forward = model.arch.forward;
-            if (forward.overSamples) {
-              // weights a part at a time (attention, then groups of experts)
-              const h = hidden;
-              await forward.overSamples(src, layout, cfg, gemm, { count: samples.length, tokens: (i) => samples[i]!.length, get: (i) => h.get(i), set: (i, x) => h.set(i, x) }, cos, sin, hooks);
-            } else {
-              const layer = await forward.load(src, layout, cfg, gemm);
-              for (let i = 0; i < samples.length; i++) await hidden.set(i, await forward.run(await hidden.get(i), samples[i]!.length, layer, cfg, cos, sin, hooks));
-              await layer.release();
+            try {
+              if (forward.overSamples) {
+                // weights a part at a time (attention, then groups of experts)
+                const h = hidden;
+                await forward.overSamples(src, layout, cfg, gemm, { count: samples.length, tokens: (i) => samples[i]!.length, get: (i) => h.get(i), set: (i, x) => h.set(i, x) }, cos, sin, hooks);
+              } else {
+                const layer = await forward.load(src, layout, cfg, gemm);
+                for (let i = 0; i < samples.length; i++) await hidden.set(i, await forward.run(await hidden.get(i), samples[i]!.length, layer, cfg, cos, sin, hooks));
+                await layer.release();
+              }
+              if (cache) {
+                // the search reads the inputs kept above; the hidden states have moved on unquantized
+                const t0 = Date.now();
+                awqStats = await awqSearchLayer(src, layout, cache, options.awq!, gemm);
+                awqSeconds = (Date.now() - t0) / 1000;
+              }
+            } finally {
+              await cache?.close();
             }
           } else {
             // lm_head sees the final norm's output; it stays unquantized, but its statistics are reported too
@@ -92,8 +124,9 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
             hidden = undefined;
             gemm.dropSpareBuffers?.(); // nor the last layer's weight buffers
           }
-          onProgress?.({ layer: unit.layer, tokens, seconds: (Date.now() - started) / 1000 });
+          onProgress?.({ layer: unit.layer, tokens, seconds: (Date.now() - started) / 1000, awqSeconds });
           const stats = collector.result();
+          for (const [k, v] of awqStats ?? []) stats.set(k, v);
           return { ...unit, stats: unit.stats ? new Map([...unit.stats, ...stats]) : stats };
         }),
         finalize(() => void hidden?.close()),

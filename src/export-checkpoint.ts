@@ -12,6 +12,16 @@ import { openCheckpoint } from './safetensors/checkpoint.js';
 import type { GemmEngine } from './forward/gemm.js';
 import type { FormatName } from './export/formats.js';
 import type { ExportOptions, ExportPlan } from './export/plan.js';
+import { formatSpec } from './formats/registry.js';
+import type { AwqAlgorithm, AwqSearchOptions } from './calibration/awq-layer.js';
+
+/** The AWQ search the options ask for: AWQ formats with calibration samples, unless 'none'. */
+export function awqSearchFor(o: Pick<ExportCheckpointOptions, 'format' | 'calibration' | 'awq'>): AwqSearchOptions | undefined {
+  const format = formatSpec(o.format);
+  const algorithm = o.awq ?? 'lite';
+  if (!format.awq || !o.calibration || algorithm === 'none') return undefined;
+  return { format, algorithm };
+}
 
 export interface ExportCheckpointOptions extends ExportOptions {
   model: string;
@@ -27,6 +37,11 @@ export interface ExportCheckpointOptions extends ExportOptions {
   layersInFlight?: number;
   /** Calibration samples (token ids): run the forward pass inline, layer by layer, for the statistics. */
   calibration?: number[][];
+  /**
+   * AWQ formats with calibration samples: the search that picks each pre_quant_scale (default 'lite',
+   * as ModelOpt); 'none': pre_quant_scale of ones (plain round-to-nearest) unless `stats` give one.
+   */
+  awq?: AwqAlgorithm;
   onCalibrate?: (p: CalibrateProgress) => void;
   /** GEMM engine of the calibration forward pass. */
   gemm?: GemmEngine;
@@ -50,7 +65,7 @@ export interface ExportCheckpointOptions extends ExportOptions {
 export async function exportFingerprint(o: ExportCheckpointOptions): Promise<string> {
   const h = createHash('sha256');
   const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8').catch(() => readFile(new URL('../package.json', import.meta.url), 'utf8')));
-  h.update(JSON.stringify({ v: pkg.version, format: o.format, kv: o.kvCache ?? 'fp8_cast', exclude: o.exclude ?? [], shard: String(o.maxShardSize ?? '10GB') }));
+  h.update(JSON.stringify({ v: pkg.version, format: o.format, awq: awqSearchFor(o)?.algorithm ?? 'none', kv: o.kvCache ?? 'fp8_cast', exclude: o.exclude ?? [], shard: String(o.maxShardSize ?? '10GB') }));
   const ck = await openCheckpoint(o.model);
   try {
     for (const f of ck.files) {
@@ -76,7 +91,7 @@ export async function exportCheckpoint(o: ExportCheckpointOptions): Promise<Extr
   const fingerprint = o.resumable ? await exportFingerprint(o) : undefined;
   const last = await lastValueFrom(
     readCheckpoint(o.model, { layersInFlight: o.layersInFlight }).pipe(
-      o.calibration ? calibrate(o.calibration, { onProgress: o.onCalibrate, gemm: o.gemm }) : identity,
+      o.calibration ? calibrate(o.calibration, { onProgress: o.onCalibrate, gemm: o.gemm, awq: awqSearchFor(o) }) : identity,
       quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, chunkBytes: o.chunkBytes ?? (o.calibration ? CALIBRATION_CHUNK_BYTES : undefined), onPlan: o.onPlan }),
       pack(),
       writeShards(o.out, { maxShardSize: o.maxShardSize, overwrite: o.overwrite, fingerprint, restart: o.restart, onResume: o.onResume, onTensor: o.onTensor, checkpointEvery: o.checkpointEvery, directIO: o.directIO }),

@@ -18,3 +18,4 @@ export { calibrateModel, writeStats } from './calibrate-checkpoint.js';
 export { perplexity, type PerplexityResult } from './eval.js';
 export { verifyExport, type VerifyReport } from './verify.js';
 export { inspect } from './inspect.js';
+export { AWQ_ALGORITHMS, type AwqAlgorithm, type AwqSearchOptions } from './calibration/awq-layer.js';

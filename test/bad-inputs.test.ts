@@ -134,7 +134,16 @@ const CASES: Case[] = [
     const d = await model(); await poison(d, 'model.layers.0.self_attn.k_proj.weight', 0x7fc0); return { args: ['quantize', d, '-f', 'fp8_pb_wo'], input: d };
   } },
   { name: 'Inf weight', message: /tensor "model\.layers\.1\.mlp\.down_proj\.weight" has -Infinity/, async setup() {
-    const d = await model(); await poison(d, 'model.layers.1.mlp.down_proj.weight', 0xff80); return { args: ['quantize', d, '-f', 'int4_awq'], input: d };
+    const d = await model(); await poison(d, 'model.layers.1.mlp.down_proj.weight', 0xff80); return { args: ['quantize', d, '-f', 'int4_awq', '--awq', 'none'], input: d };
+  } },
+  { name: 'AWQ search without a tokenizer', message: /tokenizer\.json: missing: calibration text needs the model's tokenizer\.json/, async setup() {
+    const d = await model(); return { args: ['quantize', d, '-f', 'int4_awq'], input: d };
+  } },
+  { name: '--awq on a format without AWQ', message: /--awq applies to the AWQ formats \(nvfp4_awq, int4_awq, w4a8_awq\), not fp8/, async setup() {
+    const d = await model(); return { args: ['quantize', d, '-f', 'fp8', '--awq', 'lite'], input: d };
+  } },
+  { name: '--awq clip (not written yet)', message: /--awq clip is not available yet/, async setup() {
+    const d = await model(); return { args: ['quantize', d, '-f', 'int4_awq', '--awq', 'clip', '--calib', join(tmp, 'nope.txt')], input: d };
   } },
   { name: 'missing calibration data', message: /nope\.txt: calibration data not found/, async setup() {
     const d = await model(); return { args: ['quantize', d, '-f', 'fp8', '--calib', join(tmp, 'nope.txt')], input: d };

@@ -9,8 +9,9 @@ import { RxquantError, UsageError } from '../errors.js';
 import { inspect, formatInspect } from '../inspect.js';
 import { verifyExport } from '../verify.js';
 import { exportCheckpoint } from '../export-checkpoint.js';
-import { FORMAT_NAMES, formatSpec, kvCacheMode, KV_CACHE_MODES, needsActivationStats } from '../export/formats.js';
-import { loadStats } from '../export/stats.js';
+import { FORMAT_NAMES, formatSpec, kvCacheMode, KV_CACHE_MODES, needsActivationStats, type FormatSpec } from '../export/formats.js';
+import { loadStats, type Stats } from '../export/stats.js';
+import { AWQ_ALGORITHMS, awqFormat, type AwqAlgorithm } from '../calibration/awq-layer.js';
 import { formatBytes } from '../safetensors/size.js';
 import { DTYPE_SIZES } from '../safetensors/dtypes.js';
 import { outputMode, Reporter } from './progress.js';
@@ -57,7 +58,28 @@ function withExportOptions(cmd: Command): Command {
     .option('--exclude <pattern...>', 'extra module patterns to keep unquantized (fnmatch, * matches dots)')
     .option('--workers <n>', 'kernel worker threads (default: one per core)', intOption('--workers'))
     .option('--calib-samples <n>', 'calibration samples', intOption('--calib-samples'), DEFAULT_CALIB_SAMPLES)
-    .option('--calib-seq-len <n>', 'tokens per calibration sample', intOption('--calib-seq-len'), DEFAULT_CALIB_SEQ_LEN);
+    .option('--calib-seq-len <n>', 'tokens per calibration sample', intOption('--calib-seq-len'), DEFAULT_CALIB_SEQ_LEN)
+    .addOption(awqOption());
+}
+
+function awqOption(): Option {
+  return new Option('--awq <algorithm>', 'AWQ search for the AWQ formats (default lite, as ModelOpt; none = round-to-nearest, pre_quant_scale of ones)').choices([...AWQ_ALGORITHMS]);
+}
+
+/** The AWQ search a command runs: `--awq` checked against the format ('none' for formats without AWQ). */
+function awqChoice(format: FormatSpec, given: AwqAlgorithm | undefined): AwqAlgorithm {
+  if (!format.awq) {
+    if (given !== undefined && given !== 'none') throw new UsageError(`--awq applies to the AWQ formats (${FORMAT_NAMES.filter((f) => formatSpec(f).awq).join(', ')}), not ${format.name}`);
+    return 'none';
+  }
+  const algorithm = given ?? 'lite';
+  if (algorithm !== 'none') awqFormat({ format, algorithm }); // refuses what is not available, before any work
+  return algorithm;
+}
+
+/** Statistics without the AWQ scales (`--awq none`: round-to-nearest whatever the file holds). */
+function withoutAwqScales(stats: Stats): Stats {
+  return new Map([...stats].filter(([k]) => !/\.(pre_quant_scale|awq_alpha|awq_loss)$/.test(k)));
 }
 
 /** The source model's folder and, for a Hub download, its cache folder: nothing may be written into either. */
@@ -119,8 +141,14 @@ export function buildProgram(): Command {
       await refuseDestructiveOutput(o.out, guarded);
       // validate config.json and every shard header before anything else is read or computed
       await (await openModel(modelDir)).close();
-      const stats = o.stats ? await loadStats(resolve(o.stats)) : undefined;
-      const needsStats = needsActivationStats(format, kvCacheMode(o.kvCache));
+      const awq = awqChoice(format, o.awq);
+      let stats = o.stats ? await loadStats(resolve(o.stats)) : undefined;
+      if (stats && awq === 'none') stats = withoutAwqScales(stats);
+      const needsStats = needsActivationStats(format, kvCacheMode(o.kvCache)) || awq !== 'none';
+      if (stats && !o.calib && awq !== 'none') {
+        const has = [...stats.keys()].some((k) => k.endsWith('.pre_quant_scale'));
+        rep.info(`no AWQ search with --stats alone (a search needs activations; add --calib to run it): pre_quant_scale ${has ? 'as the statistics file gives it' : 'of ones (round-to-nearest)'}`);
+      }
       let calibration: number[][] | undefined;
       if (o.calib || (needsStats && !stats)) {
         const calibPath = resolve(o.calib ?? DEFAULT_CALIB_TEXT);
@@ -152,6 +180,7 @@ export function buildProgram(): Command {
         directIO: o.directIo,
         layersInFlight: o.layersInFlight,
         calibration,
+        awq,
         resumable: true,
         restart: o.restart,
         checkpointEvery: o.checkpointEvery,
@@ -161,7 +190,7 @@ export function buildProgram(): Command {
           rep.event('resume', { units_done: n });
         },
         onCalibrate: (p) => {
-          rep.event('calibrate', { layer: p.layer, tokens: p.tokens, seconds: p.seconds, tokens_per_s: p.tokens / p.seconds });
+          rep.event('calibrate', { layer: p.layer, tokens: p.tokens, seconds: p.seconds, tokens_per_s: p.tokens / p.seconds, ...(p.awqSeconds !== undefined ? { awq_seconds: p.awqSeconds } : {}) });
           rep.update('calibrate');
         },
         onPlan: (plan) => {
@@ -219,7 +248,7 @@ export function buildProgram(): Command {
     .option('--json', 'print the report as JSON')
     .action(async (model: string | undefined, o: Record<string, any>) => {
       const format = formatSpec(o.format);
-      const needsCalib = needsActivationStats(format, kvCacheMode(o.kvCache));
+      const needsCalib = needsActivationStats(format, kvCacheMode(o.kvCache)) || awqChoice(format, o.awq) !== 'none';
       const r = await planExport(resolve(await resolveModel(model ?? DEFAULT_MODEL, { revision: o.revision })), format.name, {
         out: o.out, kvCache: kvCacheMode(o.kvCache), maxShardSize: o.maxShardSize, exclude: o.exclude, workers: o.workers,
         calibration: needsCalib && !o.stats ? { samples: o.calibSamples, seqLen: o.calibSeqLen } : undefined,
@@ -236,9 +265,14 @@ export function buildProgram(): Command {
     .requiredOption('-o, --out <stats.safetensors>', 'statistics file to write')
     .option('--calib-samples <n>', 'calibration samples', intOption('--calib-samples'), DEFAULT_CALIB_SAMPLES)
     .option('--calib-seq-len <n>', 'tokens per calibration sample', intOption('--calib-seq-len'), DEFAULT_CALIB_SEQ_LEN)
+    .addOption(new Option('-f, --format <format>', 'an AWQ format: also run its AWQ search and write each linear\'s pre_quant_scale').choices([...FORMAT_NAMES]))
+    .addOption(awqOption())
     .option('--json', 'one JSON object per line on stdout')
     .action(async (modelDir: string, o: Record<string, any>) => {
       const rep = new Reporter(outputMode(o.json));
+      const format = o.format ? formatSpec(o.format) : undefined;
+      if (!format && o.awq !== undefined) throw new UsageError('--awq needs --format (the AWQ format whose quantization the search uses)');
+      const awq = format ? awqChoice(format, o.awq) : 'none';
       const dir = resolve(await resolveModel(modelDir, { revision: o.revision }));
       const calibPath = resolve(o.calib ?? DEFAULT_CALIB_TEXT);
       await refuseDestructiveOutput(o.out, [...sourceInputs(dir), { what: 'the --calib file', path: calibPath }], '-o');
@@ -246,7 +280,10 @@ export function buildProgram(): Command {
       const samples = await loadCalibration(calibPath, dir, { samples: o.calibSamples, seqLen: o.calibSeqLen });
       const tokens = samples.reduce((a, s) => a + s.length, 0);
       const started = Date.now();
-      const stats = await calibrateModel(dir, samples, { onProgress: (p) => rep.event('calibrate', { layer: p.layer, tokens: p.tokens, seconds: p.seconds }) });
+      const stats = await calibrateModel(dir, samples, {
+        onProgress: (p) => rep.event('calibrate', { layer: p.layer, tokens: p.tokens, seconds: p.seconds, ...(p.awqSeconds !== undefined ? { awq_seconds: p.awqSeconds } : {}) }),
+        awq: format && awq !== 'none' ? { format, algorithm: awq } : undefined,
+      });
       await writeStats(resolve(o.out), stats);
       const secs = (Date.now() - started) / 1000;
       rep.event('done', { out: resolve(o.out), samples: samples.length, tokens, seconds: secs, tokens_per_s: tokens / secs });

@@ -161,6 +161,11 @@ export interface QuantFormat {
   dequantize(weight: Uint8Array, shape: readonly number[], scale: Uint8Array, scale2: number | undefined): { w: Float32Array; N: number; K: number };
   /** How engines quantize this format's activations with `input_scale`, if at all. */
   activation: 'fp8' | 'nvfp4' | undefined;
+  /**
+   * AWQ formats: W [N, K] (f32) -> the f32 weight an engine computes with after this format quantizes
+   * W with scales taken from W itself (quantize, then dequantize), for the AWQ search's candidates.
+   */
+  fakeQuantize?: (w: Float32Array, N: number, K: number) => Float32Array;
 
   /**
    * config.json's `quantization_config.config_groups` for this format, as ModelOpt's

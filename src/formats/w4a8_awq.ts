@@ -7,9 +7,21 @@
 import { unpackInt4Rows } from '../codecs/int4.js';
 import { E4M3_VALUES, e4m3Encode } from '../codecs/e4m3.js';
 import { f32Array, type QuantFormat } from './format.js';
-import { INT4_GROUP } from './int4.js';
+import { INT4_GROUP, int4Scales, quantizeInt4 } from './int4.js';
+import { amaxOf } from './common.js';
 import { FP8_MAX } from './fp8.js';
 import { int4_awq } from './int4_awq.js';
+
+/** What TensorRT-LLM computes with: int4 x e4m3(weight_scale / weight_scale_2), times weight_scale_2. */
+function dequantizeW4a8(q: Int8Array, ws: Float32Array, N: number, K: number, ws2: number): Float32Array {
+  const ng = K / INT4_GROUP;
+  const w = new Float32Array(N * K);
+  for (let i = 0; i < N * K; i++) {
+    const s = Math.fround(ws[Math.floor(i / K) * ng + Math.floor((i % K) / INT4_GROUP)]! / ws2);
+    w[i] = Math.fround(E4M3_VALUES[e4m3Encode(Math.fround(q[i]! * s))]! * ws2);
+  }
+  return w;
+}
 
 export const w4a8_awq: QuantFormat = {
   ...int4_awq,
@@ -22,17 +34,13 @@ export const w4a8_awq: QuantFormat = {
   scalars: ['weight_scale_2', 'input_scale'],
   dequantize: (weight, shape, scale, ws2) => {
     const N = shape[0]! * 2, K = shape[1]!;
-    const q = unpackInt4Rows(weight, N, K);
-    const ws = f32Array(scale);
-    const ng = K / INT4_GROUP;
-    const w = new Float32Array(N * K);
-    for (let i = 0; i < N * K; i++) {
-      const s = Math.fround(ws[Math.floor(i / K) * ng + Math.floor((i % K) / INT4_GROUP)]! / ws2!);
-      w[i] = Math.fround(E4M3_VALUES[e4m3Encode(Math.fround(q[i]! * s))]! * ws2!);
-    }
-    return { w, N, K };
+    return { w: dequantizeW4a8(unpackInt4Rows(weight, N, K), f32Array(scale), N, K, ws2!), N, K };
   },
   activation: 'fp8',
+  fakeQuantize: (w, N, K) => {
+    const s = int4Scales(w, N, K);
+    return dequantizeW4a8(quantizeInt4(w, N, K, s), s, N, K, w4a8_awq.tensorScales(amaxOf(w)).weightScale2!);
+  },
   engines: [
     { engine: 'vLLM', loads: false, note: "the AWQ family is not in vLLM's ModelOpt loader" },
     { engine: 'SGLang', loads: false, note: 'not supported' },

@@ -1,0 +1,193 @@
+/**
+ * AWQ-lite, ModelOpt's `awq_lite` search (../shared/spec/modelopt-format.md §11.3), for one linear at a
+ * time on the inputs it saw during its layer's calibration forward pass (see AwqInputCache):
+ *
+ *   w_mean[k] = mean over rows n of |W[n, k]| / (max |W| over k's group of G in row n + tiny)
+ *   x_mean[k] = mean over batches of (mean over the batch's tokens of |x[t, k]|)      (a batch = one sample)
+ *   for α = 0.0, 0.1, ..., 1.0 (11 candidates):
+ *     s_α    = clamp(x_mean^α / (w_mean^(1-α) + tiny), 1e-4, 1e4);   s_α = s_α / sqrt(max(s_α) · min(s_α))
+ *     loss_α = Σ over batches of mean over (t, n) of ((x · p_α) · fq(W · diag(s_α))^T − x · W^T)^2,
+ *              p_α = dtype(1 / s_α), the product W · s_α with s_α cast to the weight dtype and rounded to it
+ *   α* = the first α with the least loss;  pre_quant_scale = 1 / s_α*.
+ *
+ * fq is the export format's fake quantization (`QuantFormat.fakeQuantize`: what an engine computes
+ * with); activations stay unquantized in the search, and the output passed on to the next linear and
+ * layer is the unquantized one, so the search never changes what later layers see. A linear that saw
+ * no tokens (an expert nothing was routed to) gets a pre_quant_scale of ones (§11.3, step 4).
+ *
+ * (ModelOpt sets the input quantizer's pre_quant_scale to dtype(1/s) and the weight quantizer's to
+ * dtype(s); for F32 weights both are plain f32.) All arithmetic on scales is f32 (Math.fround after each operation, as torch does in f32); losses
+ * are summed in f64. The candidates' GEMMs run on the calibration's engine: (x · p) · fq(W s)^T is
+ * computed as x · (fq(W s) · diag(p))^T, so the reference output and several candidates share one GEMM
+ * over the same input (their weights side by side, within a memory budget).
+ */
+import type { GemmEngine, PreparedLinear } from '../forward/gemm.js';
+import type { QuantFormat } from '../formats/format.js';
+import { roundToDType } from '../codecs/float.js';
+import type { FloatDType } from '../safetensors/dtypes.js';
+
+/** f32's smallest normal number (torch.finfo(float32).tiny), the "tiny" of the formulas above. */
+export const F32_TINY = 2 ** -126;
+/** The α grid: numpy's arange(0, 1 + 0.1, 0.1) = i · 0.1 for i = 0..10. */
+export const AWQ_ALPHAS: readonly number[] = Array.from({ length: 11 }, (_, i) => i * 0.1);
+/** Weights of the candidates prepared at once (the reference W, then as many candidates as fit). */
+export const DEFAULT_AWQ_CANDIDATE_BYTES = 1 * 2 ** 30;
+
+/** w_mean [K]: each |W[n, k]| over its row's group maximum (+ tiny), averaged over the N rows (K a multiple of G). */
+export function awqWeightMean(w: Float32Array, N: number, K: number, G: number): Float32Array {
+  const sum = new Float64Array(K);
+  for (let n = 0; n < N; n++) {
+    const row = n * K;
+    for (let g = 0; g < K; g += G) {
+      let m = 0;
+      for (let k = g; k < g + G; k++) m = Math.max(m, Math.abs(w[row + k]!));
+      const d = Math.fround(m + F32_TINY);
+      for (let k = g; k < g + G; k++) sum[k] = sum[k]! + Math.fround(Math.abs(w[row + k]!) / d);
+    }
+  }
+  return Float32Array.from(sum, (s) => s / N);
+}
+
+/** s_α [K]: clamp(x_mean^α / (w_mean^(1-α) + tiny), 1e-4, 1e4), normalized by sqrt(max · min). */
+export function awqScale(xMean: Float32Array, wMean: Float32Array, alpha: number): Float32Array {
+  const K = xMean.length;
+  const s = new Float32Array(K);
+  const a = Math.fround(alpha), b = Math.fround(1 - alpha);
+  let max = 0, min = Infinity;
+  for (let k = 0; k < K; k++) {
+    const num = Math.fround(Math.pow(xMean[k]!, a));
+    const den = Math.fround(Math.fround(Math.pow(wMean[k]!, b)) + F32_TINY);
+    const v = Math.min(1e4, Math.max(1e-4, Math.fround(num / den)));
+    s[k] = v;
+    if (v > max) max = v;
+    if (v < min) min = v;
+  }
+  const norm = Math.fround(Math.sqrt(Math.fround(max * min)));
+  for (let k = 0; k < K; k++) s[k] = Math.fround(s[k]! / norm);
+  return s;
+}
+
+/** One batch of a linear's input: x [T, K]. */
+export interface AwqBatch {
+  x: Float32Array;
+  T: number;
+}
+
+/** x_mean [K]: the mean over batches (those with tokens) of each batch's mean |x| per channel. */
+export async function awqInputMean(batches: AsyncIterable<AwqBatch>, K: number): Promise<Float32Array> {
+  const acc = new Float64Array(K);
+  const s = new Float64Array(K);
+  let n = 0;
+  for await (const { x, T } of batches) {
+    if (T === 0) continue;
+    s.fill(0);
+    for (let t = 0; t < T; t++) for (let k = 0; k < K; k++) s[k] = s[k]! + Math.abs(x[t * K + k]!);
+    for (let k = 0; k < K; k++) acc[k] = acc[k]! + Math.fround(s[k]! / T);
+    n++;
+  }
+  return Float32Array.from(acc, (v) => (n === 0 ? 0 : v / n));
+}
+
+export interface AwqLiteResult {
+  /** loss per α of AWQ_ALPHAS. */
+  loss: Float64Array;
+  /** Index of α* in AWQ_ALPHAS (-1: the linear saw no tokens). */
+  best: number;
+  /** 1 / s_α* (ones when the linear saw no tokens), f32. */
+  preQuantScale: Float32Array;
+}
+
+export interface AwqLinear {
+  /** W [N, K] in f32. */
+  w: Float32Array;
+  N: number;
+  K: number;
+  /** The weight's stored dtype (the scales are cast to it, as in ModelOpt). */
+  dtype: FloatDType;
+}
+
+/**
+ * The search for one linear. `batches` yields its inputs (each read once per group of candidates);
+ * `xMean` is their x_mean. The weights of the reference and of the candidates prepared together stay
+ * under `budgetBytes` (at least one candidate at a time).
+ */
+export async function awqLiteSearch(
+  lin: AwqLinear,
+  fmt: Pick<QuantFormat, 'fakeQuantize' | 'groupSize' | 'name'>,
+  xMean: Float32Array,
+  batches: () => AsyncIterable<AwqBatch>,
+  gemm: GemmEngine,
+  budgetBytes = DEFAULT_AWQ_CANDIDATE_BYTES,
+): Promise<AwqLiteResult> {
+  const { w, N, K, dtype } = lin;
+  const fq = fmt.fakeQuantize;
+  if (!fq || !fmt.groupSize) throw new Error(`format ${fmt.name} has no AWQ fake quantization`);
+  const loss = new Float64Array(AWQ_ALPHAS.length);
+  const seen = xMean.some((v) => v !== 0) || (await hasTokens(batches()));
+  if (!seen) return { loss, best: -1, preQuantScale: new Float32Array(K).fill(1) };
+  const wMean = awqWeightMean(w, N, K, fmt.groupSize);
+  const perSet = Math.max(1, Math.min(AWQ_ALPHAS.length, Math.floor(budgetBytes / (N * K * 4)) - 1));
+  for (let a0 = 0; a0 < AWQ_ALPHAS.length; a0 += perSet) {
+    const alphas = AWQ_ALPHAS.slice(a0, a0 + perSet);
+    const members = [w, ...alphas.map((alpha) => candidate(w, N, K, awqScale(xMean, wMean, alpha), fq, dtype))];
+    const prepared = await prepareSideBySide(members, N, K, gemm);
+    members.length = 0;
+    try {
+      const Nt = (alphas.length + 1) * N;
+      for await (const { x, T } of batches()) {
+        if (T === 0) continue;
+        const y = await prepared.run(x, T); // [T, (1 + candidates) * N]: reference, then each candidate
+        for (let j = 0; j < alphas.length; j++) {
+          let sum = 0;
+          const o = (j + 1) * N;
+          for (let t = 0; t < T; t++) {
+            const r = t * Nt;
+            for (let n = 0; n < N; n++) {
+              const d = Math.fround(y[r + o + n]! - y[r + n]!);
+              sum += d * d;
+            }
+          }
+          loss[a0 + j] = loss[a0 + j]! + sum / (T * N);
+        }
+      }
+    } finally {
+      await prepared.release();
+    }
+  }
+  let best = 0;
+  for (let i = 1; i < loss.length; i++) if (loss[i]! < loss[best]!) best = i;
+  const s = awqScale(xMean, wMean, AWQ_ALPHAS[best]!);
+  return { loss, best, preQuantScale: s.map((v) => Math.fround(1 / v)) };
+}
+
+async function hasTokens(batches: AsyncIterable<AwqBatch>): Promise<boolean> {
+  for await (const b of batches) if (b.T > 0) return true;
+  return false;
+}
+
+/** fq(dtype(W · diag(dtype(s)))) · diag(dtype(1/s)): the candidate's weight, so that x · C^T = (x · p) · fq(W s)^T. */
+function candidate(w: Float32Array, N: number, K: number, s: Float32Array, fq: (w: Float32Array, N: number, K: number) => Float32Array, dtype: FloatDType): Float32Array {
+  const sw = s.map((v) => roundToDType(v, dtype));
+  const p = s.map((v) => roundToDType(Math.fround(1 / v), dtype));
+  const ws = new Float32Array(N * K);
+  for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) ws[n * K + k] = roundToDType(Math.fround(w[n * K + k]! * sw[k]!), dtype);
+  const q = fq(ws, N, K);
+  for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) q[n * K + k] = Math.fround(q[n * K + k]! * p[k]!);
+  return q;
+}
+
+/** One linear of the members' rows stacked along N ([m·N, K]), prepared on the engine. */
+async function prepareSideBySide(members: Float32Array[], N: number, K: number, gemm: GemmEngine): Promise<PreparedLinear> {
+  const Nt = members.length * N;
+  if (gemm.prepareTransposed) {
+    const wt = new Float32Array(K * Nt); // [K, Nt]
+    members.forEach((m, j) => {
+      const off = j * N;
+      for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) wt[k * Nt + off + n] = m[n * K + k]!;
+    });
+    return gemm.prepareTransposed({ wt, N: Nt, K });
+  }
+  const all = new Float32Array(Nt * K);
+  members.forEach((m, j) => all.set(m, j * N * K));
+  return gemm.prepare({ w: all, N: Nt, K });
+}

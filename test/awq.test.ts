@@ -1,0 +1,153 @@
+/**
+ * The AWQ-lite search (spec modelopt-format.md §11.3) against a plain computation written here from
+ * the spec's steps, on stories-mini (a real trained BF16 Llama with in_features 128 and 384) over the
+ * transformers reference's own hidden states: the loss of every α, α*, and the pre_quant_scale bytes
+ * an export stores. The fast path runs inside `calibrate` on its own forward pass and onnxruntime's
+ * fused candidate GEMMs; the plain one here uses transformers' hidden states, f64 dot products and
+ * one candidate at a time.
+ */
+import { describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { DATA } from './helpers.js';
+import { inputIds } from './reference-forward.js';
+import { loadStats, openModel } from '../src/index.js';
+import { calibrateModel } from '../src/calibrate-checkpoint.js';
+import { FORMATS } from '../src/formats/registry.js';
+import { decodeToFloat32 } from '../src/codecs/index.js';
+import { roundToDType } from '../src/codecs/float.js';
+import { int4Scales, quantizeInt4Ref, dequantizeInt4 } from '../src/formats/int4.js';
+import { quantizeNvfp4Ref, dequantizeNvfp4, nvfp4GlobalScale } from '../src/formats/nvfp4.js';
+
+const MINI = join(DATA, 'stories-mini');
+const REF = join(MINI, 'reference', 'calib.safetensors');
+const TINY = 2 ** -126;
+const bf16 = (x: number) => roundToDType(x, 'BF16');
+
+/** The engine's weight for the format, written out from §6.4 / §6.8 with the formats' reference quantizers. */
+function fakeQuantPlain(fmt: 'int4_awq' | 'nvfp4_awq', w: Float32Array, N: number, K: number): Float32Array {
+  if (fmt === 'int4_awq') {
+    const s = int4Scales(w, N, K);
+    return dequantizeInt4(quantizeInt4Ref(w, N, K, s), N, K, s);
+  }
+  let amax = 0;
+  for (const v of w) amax = Math.max(amax, Math.abs(v));
+  const ws2 = nvfp4GlobalScale(amax);
+  const { codes, scales } = quantizeNvfp4Ref(w, N, K, ws2);
+  return dequantizeNvfp4(codes, scales, N, K, ws2);
+}
+
+/** §11.3 step by step for one linear: returns loss per α, α* (index) and 1/s*. */
+function awqLitePlain(fmt: 'int4_awq' | 'nvfp4_awq', w: Float32Array, N: number, K: number, xs: Float32Array[], T: number) {
+  const G = fmt === 'int4_awq' ? 128 : 16;
+  // 1. weight statistic: |W| over its group max (+ tiny), mean over rows
+  const wMean = new Float32Array(K);
+  for (let k = 0; k < K; k++) {
+    let acc = 0;
+    for (let n = 0; n < N; n++) {
+      const g0 = Math.floor(k / G) * G;
+      let m = 0;
+      for (let j = g0; j < g0 + G; j++) m = Math.max(m, Math.abs(w[n * K + j]!));
+      acc += Math.fround(Math.abs(w[n * K + k]!) / Math.fround(m + TINY));
+    }
+    wMean[k] = acc / N;
+  }
+  // 2. activation statistic: mean |x| per channel of each batch, then the mean over batches
+  const xMean = new Float32Array(K);
+  for (let k = 0; k < K; k++) {
+    let acc = 0;
+    for (const x of xs) {
+      let s = 0;
+      for (let t = 0; t < T; t++) s += Math.abs(x[t * K + k]!);
+      acc += Math.fround(s / T);
+    }
+    xMean[k] = acc / xs.length;
+  }
+  const scaleFor = (alpha: number) => {
+    const s = new Float32Array(K);
+    for (let k = 0; k < K; k++) {
+      const v = Math.fround(Math.fround(Math.pow(xMean[k]!, Math.fround(alpha))) / Math.fround(Math.fround(Math.pow(wMean[k]!, Math.fround(1 - alpha))) + TINY));
+      s[k] = Math.min(1e4, Math.max(1e-4, v));
+    }
+    let mx = -Infinity, mn = Infinity;
+    for (const v of s) (mx = Math.max(mx, v)), (mn = Math.min(mn, v));
+    const d = Math.fround(Math.sqrt(Math.fround(mx * mn)));
+    return s.map((v) => Math.fround(v / d));
+  };
+  // 3. the grid: quantized output of (x · dtype(1/s)) against dtype(W · dtype(s)), loss against x · W^T
+  const alphas = Array.from({ length: 11 }, (_, i) => i * 0.1);
+  const loss = alphas.map((alpha) => {
+    const s = scaleFor(alpha);
+    const ws = new Float32Array(N * K);
+    for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) ws[n * K + k] = bf16(w[n * K + k]! * bf16(s[k]!));
+    const q = fakeQuantPlain(fmt, ws, N, K);
+    let total = 0;
+    for (const x of xs) {
+      let sum = 0;
+      for (let t = 0; t < T; t++)
+        for (let n = 0; n < N; n++) {
+          let yq = 0, yr = 0;
+          for (let k = 0; k < K; k++) {
+            yq += x[t * K + k]! * bf16(1 / s[k]!) * q[n * K + k]!;
+            yr += x[t * K + k]! * w[n * K + k]!;
+          }
+          sum += (yq - yr) ** 2;
+        }
+      total += sum / (T * N);
+    }
+    return total;
+  });
+  // 4. the first α of least loss; pre_quant_scale = 1/s*
+  let best = 0;
+  loss.forEach((l, i) => void (l < loss[best]! && (best = i)));
+  return { loss, best, pqs: scaleFor(alphas[best]!).map((v) => Math.fround(1 / v)) };
+}
+
+/** RMSNorm as transformers' LlamaRMSNorm: f32 variance, x · rsqrt(var + eps), times the weight. */
+function rmsnormPlain(h: Float32Array, T: number, H: number, g: Float32Array, eps: number): Float32Array {
+  const out = new Float32Array(T * H);
+  for (let t = 0; t < T; t++) {
+    let ss = 0;
+    for (let i = 0; i < H; i++) ss += h[t * H + i]! ** 2;
+    const r = 1 / Math.sqrt(Math.fround(ss / H) + eps);
+    for (let i = 0; i < H; i++) out[t * H + i] = Math.fround(g[i]! * Math.fround(h[t * H + i]! * r));
+  }
+  return out;
+}
+
+describe('AWQ-lite search', () => {
+  for (const fmt of ['int4_awq', 'nvfp4_awq'] as const) {
+    it(`${fmt}: loss per α, α* and pre_quant_scale of layer 0 and 1 q/k/v match a plain computation from the spec`, async () => {
+      const ids = (await inputIds(REF)).slice(0, 4);
+      const T = ids[0]!.length;
+      const stats = await calibrateModel(join(MINI, 'hf'), ids, { awq: { format: FORMATS[fmt], algorithm: 'lite' } });
+      const ref = await loadStats(REF);
+      const model = await openModel(join(MINI, 'hf'));
+      try {
+        const H = model.config.hiddenSize;
+        for (const layer of [0, 1]) {
+          const hidden = ref.get(`hidden_states.${layer}`)!; // [16, T, H], the layer's input in transformers
+          const norm = decodeToFloat32(await model.tensors.get(`model.layers.${layer}.input_layernorm.weight`)!.read(), 'BF16');
+          const xs = ids.map((_, b) => rmsnormPlain(hidden.subarray(b * T * H, (b + 1) * T * H), T, H, norm, model.config.rmsNormEps));
+          for (const p of ['q_proj', 'k_proj', 'v_proj']) {
+            const m = `model.layers.${layer}.self_attn.${p}`;
+            const t = model.tensors.get(`${m}.weight`)!;
+            const [N, K] = t.shape as [number, number];
+            const plain = awqLitePlain(fmt, decodeToFloat32(await t.read(), 'BF16'), N, K, xs, T);
+            const loss = stats.get(`${m}.awq_loss`)!;
+            for (let i = 0; i < 11; i++) expect(Math.abs(loss[i]! - plain.loss[i]!) / plain.loss[i]!, `${m} loss[${i}]`).toBeLessThan(1e-5);
+            expect(stats.get(`${m}.awq_alpha`)![0], m).toBeCloseTo(plain.best * 0.1, 6);
+            // the bytes the export stores: pre_quant_scale in the weight dtype
+            const got = Array.from(stats.get(`${m}.pre_quant_scale`)!, bf16);
+            expect(got, m).toEqual(Array.from(plain.pqs, bf16));
+          }
+        }
+        // the search is not degenerate on this model: some linear prefers a non-zero α
+        const alphas = [...stats].filter(([k]) => k.endsWith('.awq_alpha')).map(([, v]) => v[0]!);
+        expect(alphas.length).toBe(28);
+        expect(alphas.some((a) => a > 0)).toBe(true);
+      } finally {
+        await model.close();
+      }
+    }, 120_000);
+  }
+});
