@@ -1,7 +1,8 @@
 /**
  * `npm run bench [section...]`: measurements side by side in one run, appended to bench/RESULTS.md
- * with the date and machine. Sections: read, kernels, export, calibration, calibration-memory, moe, large, deepseek, perplexity (default: all but large (a 26 GB
- * checkpoint) and perplexity (~20 minutes)).
+ * with the date and machine. Sections: read, kernels, export, calibration, awq, calibration-memory,
+ * moe, large, deepseek, perplexity, awq-quality (default: all but large (a 26 GB checkpoint),
+ * deepseek (~16 GB), perplexity (~20 minutes) and awq-quality (several minutes)).
  */
 import { appendFile, mkdir } from 'node:fs/promises';
 import { join, dirname } from 'node:path';
@@ -14,6 +15,8 @@ import { benchExport } from './export.js';
 import { benchCalibrationMemory } from './calibration-memory.js';
 import { benchMoe } from './moe.js';
 import { benchDeepseek } from './deepseek.js';
+import { benchAwq } from './awq.js';
+import { benchAwqQuality } from './awq-quality.js';
 import { machine } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -24,6 +27,10 @@ const SECTIONS: Record<string, () => Promise<string[]>> = {
   kernels: () => benchKernels(),
   export: () => benchExport(DATA, 5, undefined, 5),
   calibration: () => benchCalibration(),
+  // AWQ-lite search time per 8B-shaped layer against the same layer's max calibration
+  awq: () => benchAwq(),
+  // perplexity with and without the AWQ search (a few minutes): run it by name
+  'awq-quality': () => benchAwqQuality(),
   'calibration-memory': () => benchCalibrationMemory(DATA),
   // Qwen3-30B-A3B-shaped MoE: calibration memory against the number of experts, NVFP4 export vs the floor
   moe: () => benchMoe(DATA),
@@ -37,7 +44,7 @@ const SECTIONS: Record<string, () => Promise<string[]>> = {
 
 async function main() {
   const wanted = process.argv.slice(2);
-  const names = wanted.length ? wanted : Object.keys(SECTIONS).filter((n) => n !== 'perplexity' && n !== 'large' && n !== 'deepseek');
+  const names = wanted.length ? wanted : Object.keys(SECTIONS).filter((n) => n !== 'perplexity' && n !== 'awq-quality' && n !== 'large' && n !== 'deepseek');
   await mkdir(DATA, { recursive: true });
   const lines = [`\n## ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC — ${machine()}\n`];
   for (const n of names) {

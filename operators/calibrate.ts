@@ -11,6 +11,7 @@ import { rmsnorm } from '../src/forward/ops.js';
 import { CalibrationDataError } from '../src/errors.js';
 import { awqFormat, awqSearchLayer, layerInputCache, type AwqSearchOptions } from '../src/calibration/awq-layer.js';
 import type { AwqInputCache } from '../src/calibration/input-cache.js';
+import { AwqWorkspace } from '../src/calibration/awq.js';
 
 export interface CalibrateProgress {
   layer: number;
@@ -62,6 +63,7 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
       let hidden: HiddenStore | undefined;
       let gemm: GemmEngine | undefined = options.gemm;
       let next = 0;
+      const awqWorkspace = options.awq && new AwqWorkspace(); // the search's buffers, reused layer after layer
       const tokens = samples.reduce((s, x) => s + x.length, 0);
       return source.pipe(
         concatMap(async (unit): Promise<ModelUnit> => {
@@ -107,7 +109,7 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
               if (cache) {
                 // the search reads the inputs kept above; the hidden states have moved on unquantized
                 const t0 = Date.now();
-                awqStats = await awqSearchLayer(src, layout, cache, options.awq!, gemm);
+                awqStats = await awqSearchLayer(src, layout, cache, options.awq!, gemm, awqWorkspace);
                 awqSeconds = (Date.now() - t0) / 1000;
               }
             } finally {

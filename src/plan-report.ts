@@ -7,6 +7,8 @@ import { dirname, resolve } from 'node:path';
 import { cpus } from 'node:os';
 import { openModel } from './model.js';
 import { createPlan, quantizedShapes, type ExportOptions } from './export/plan.js';
+import { awqCandidateBytes } from './calibration/awq.js';
+import { DEFAULT_INPUT_CACHE_BYTES } from './calibration/input-cache.js';
 import { formatSpec } from './export/formats.js';
 import { freeBytes, planShards } from './safetensors/writer.js';
 import { formatBytes, parseSize } from './safetensors/size.js';
@@ -38,7 +40,7 @@ export interface PlanReport {
 export async function planExport(
   modelDir: string,
   format: string,
-  o: ExportOptions & { out: string; maxShardSize?: string; workers?: number; calibration?: { samples: number; seqLen: number } },
+  o: ExportOptions & { out: string; maxShardSize?: string; workers?: number; calibration?: { samples: number; seqLen: number; awq?: boolean } },
 ): Promise<PlanReport> {
   const spec = formatSpec(format);
   const model = await openModel(modelDir);
@@ -56,6 +58,18 @@ export async function planExport(
       const layerParams = model.layers[0]!.linears.reduce((a, m) => a + model.tensors.get(`${m}.weight`)!.numel, 0);
       const tokens = o.calibration.samples * o.calibration.seqLen;
       peak += 2 * layerParams * 4 + tokens * cfg.hiddenSize * 4 * 2 + o.calibration.seqLen * (cfg.intermediateSize * 3 + cfg.hiddenSize * 4) * 4;
+      if (o.calibration.awq) {
+        // the AWQ search: the layer's linear inputs (one copy per shared input, capped by the spill
+        // budget) and the largest linear's reference + candidates side by side
+        const widths = new Map<string, number>();
+        for (const m of model.layers[0]!.linears) {
+          const [, K] = model.tensors.get(`${m}.weight`)!.shape as [number, number];
+          const g = model.layers[0]!.groups.find((x) => x.members.includes(m));
+          widths.set(g ? g.members[0]! : m, K);
+        }
+        peak += Math.min(DEFAULT_INPUT_CACHE_BYTES, tokens * [...widths.values()].reduce((a, k) => a + k, 0) * 4);
+        peak += Math.max(...model.layers[0]!.linears.map((m) => awqCandidateBytes(model.tensors.get(`${m}.weight`)!.numel)));
+      }
     }
     const free = await freeBytes(dirname(resolve(o.out)));
     const { seconds, basis } = await estimateSeconds(model, plan.format, workers, inputBytes, shards.totalSize);

@@ -151,3 +151,44 @@ describe('AWQ-lite search', () => {
     }, 120_000);
   }
 });
+
+describe('AWQ fake quantization', () => {
+  // the in-place versions the search uses, against each format's reference quantizer and dequantizer
+  const N = 6, K = 256;
+  const w = new Float32Array(N * K);
+  let seed = 7;
+  for (let i = 0; i < w.length; i++) {
+    seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+    w[i] = bf16(((seed / 2 ** 32 - 0.5) * 2) ** 3); // heavy-tailed bf16 values, with ties and zeros
+  }
+  w.fill(0, 128, 256); // an all-zero group
+  w[300] = -1e-9; // a negative that rounds to zero
+  let amax = 0;
+  for (const v of w) amax = Math.max(amax, Math.abs(v));
+  const dequantizeStored = (fmt: 'int4_awq' | 'w4a8_awq', q: Int8Array, s: Float32Array) => {
+    const rows = new Uint8Array((N / 2) * K);
+    for (let i = 0; i < N / 2; i++) for (let k = 0; k < K; k++) rows[i * K + k] = (q[2 * i * K + k]! & 0xf) | ((q[(2 * i + 1) * K + k]! & 0xf) << 4);
+    const ws2 = fmt === 'w4a8_awq' ? Math.fround(amax / 448) : undefined;
+    return FORMATS[fmt].dequantize(rows, [N / 2, K], new Uint8Array(s.buffer), ws2).w;
+  };
+  for (const fmt of ['int4_awq', 'w4a8_awq', 'nvfp4_awq'] as const) {
+    it(`${fmt}: equal to quantize-then-dequantize with the reference quantizer, also row by row`, () => {
+      let expected: Float32Array;
+      if (fmt === 'nvfp4_awq') {
+        const ws2 = nvfp4GlobalScale(amax);
+        const { codes, scales } = quantizeNvfp4Ref(w, N, K, ws2);
+        expected = dequantizeNvfp4(codes, scales, N, K, ws2);
+      } else {
+        const s = int4Scales(w, N, K);
+        expected = dequantizeStored(fmt, quantizeInt4Ref(w, N, K, s), s);
+      }
+      const whole = FORMATS[fmt].fakeQuantize!(w, N, K);
+      const byRows = w.slice();
+      for (let r = 0; r < N; r += 2) FORMATS[fmt].fakeQuantizeInPlace!(byRows.subarray(r * K, (r + 2) * K), 2, K, amax);
+      for (let i = 0; i < w.length; i++) {
+        expect(whole[i] === expected[i], `${fmt} [${i}]: ${whole[i]} vs ${expected[i]}`).toBe(true); // -0 and +0 count as equal
+        expect(byRows[i] === expected[i], `${fmt} rows [${i}]`).toBe(true);
+      }
+    });
+  }
+});

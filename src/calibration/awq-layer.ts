@@ -16,7 +16,7 @@ import { loadLinear, type WeightSource } from '../forward/weights.js';
 import type { Stats } from '../export/stats.js';
 import { isFloatWeightDType } from '../safetensors/dtypes.js';
 import { QuantizationError, UsageError } from '../errors.js';
-import { AWQ_ALPHAS, awqInputMean, awqLiteSearch, DEFAULT_AWQ_CANDIDATE_BYTES } from './awq.js';
+import { AWQ_ALPHAS, AwqWorkspace, awqInputMean, awqLiteSearch, DEFAULT_AWQ_CANDIDATE_BYTES } from './awq.js';
 import { AwqInputCache, DEFAULT_INPUT_CACHE_BYTES } from './input-cache.js';
 
 /** `--awq`: ModelOpt's awq_lite, awq_clip, awq_full, or no search (pre_quant_scale of ones: round-to-nearest). */
@@ -27,7 +27,7 @@ export interface AwqSearchOptions {
   /** The export format, by record or name (an AWQ one: its fake quantization and group size drive the search). */
   format: QuantFormat | FormatName;
   algorithm: Exclude<AwqAlgorithm, 'none'>;
-  /** Bytes of candidate weights prepared at once per linear (default 1 GiB). */
+  /** Bytes of candidate weights prepared at once per linear (default 2 GiB). */
   candidateBytes?: number;
   /** Bytes of the layer's inputs kept in memory before the rest goes to a temporary file (default 2 GiB). */
   cacheBytes?: number;
@@ -60,12 +60,12 @@ export function awqTargets(layout: LayerLayout, shapeOf: (module: string) => rea
 /** The options' format record, checked to be an AWQ format. */
 export function awqFormat(o: AwqSearchOptions): QuantFormat {
   const f = typeof o.format === 'string' ? formatSpec(o.format) : o.format;
-  if (!f.awq || !f.fakeQuantize) throw new UsageError(`the AWQ search applies to the AWQ formats, not ${f.name}`);
+  if (!f.awq || !f.fakeQuantizeInPlace) throw new UsageError(`the AWQ search applies to the AWQ formats, not ${f.name}`);
   if (o.algorithm !== 'lite') throw new UsageError(`--awq ${o.algorithm} is not available yet (awq_clip's per-block clipping is not written); use --awq lite or none`);
   return f;
 }
 
-export async function awqSearchLayer(src: WeightSource, layout: LayerLayout, cache: AwqInputCache, o: AwqSearchOptions, gemm: GemmEngine): Promise<Stats> {
+export async function awqSearchLayer(src: WeightSource, layout: LayerLayout, cache: AwqInputCache, o: AwqSearchOptions, gemm: GemmEngine, workspace = new AwqWorkspace()): Promise<Stats> {
   const stats: Stats = new Map();
   const fmt = awqFormat(o);
   for (const { module, N, K } of awqTargets(layout, (m) => src.tensors.get(`${m}.weight`)?.shape, fmt)) {
@@ -77,7 +77,7 @@ export async function awqSearchLayer(src: WeightSource, layout: LayerLayout, cac
       const lin = await loadLinear(src, module);
       const dtype = src.tensors.get(`${module}.weight`)!.dtype;
       if (!isFloatWeightDType(dtype)) throw new QuantizationError(`${module}.weight is ${dtype}: the AWQ search needs a 16- or 32-bit float weight`);
-      const r = await awqLiteSearch({ w: lin.w, N, K, dtype }, fmt, xMean, () => cache.batches(module), gemm, o.candidateBytes ?? DEFAULT_AWQ_CANDIDATE_BYTES);
+      const r = await awqLiteSearch({ w: lin.w, N, K, dtype }, fmt, xMean, () => cache.batches(module), gemm, o.candidateBytes ?? DEFAULT_AWQ_CANDIDATE_BYTES, workspace);
       pqs = r.preQuantScale;
       alpha = r.best < 0 ? -1 : AWQ_ALPHAS[r.best]!;
       loss = r.loss;

@@ -10,7 +10,7 @@
  *              p_α = dtype(1 / s_α), the product W · s_α with s_α cast to the weight dtype and rounded to it
  *   α* = the first α with the least loss;  pre_quant_scale = 1 / s_α*.
  *
- * fq is the export format's fake quantization (`QuantFormat.fakeQuantize`: what an engine computes
+ * fq is the export format's fake quantization (`QuantFormat.fakeQuantizeInPlace`: what an engine computes
  * with); activations stay unquantized in the search, and the output passed on to the next linear and
  * layer is the unquantized one, so the search never changes what later layers see. A linear that saw
  * no tokens (an expert nothing was routed to) gets a pre_quant_scale of ones (§11.3, step 4).
@@ -31,7 +31,18 @@ export const F32_TINY = 2 ** -126;
 /** The α grid: numpy's arange(0, 1 + 0.1, 0.1) = i · 0.1 for i = 0..10. */
 export const AWQ_ALPHAS: readonly number[] = Array.from({ length: 11 }, (_, i) => i * 0.1);
 /** Weights of the candidates prepared at once (the reference W, then as many candidates as fit). */
-export const DEFAULT_AWQ_CANDIDATE_BYTES = 1 * 2 ** 30;
+export const DEFAULT_AWQ_CANDIDATE_BYTES = 2 * 2 ** 30;
+
+/** Candidates per GEMM within the budget, the sets made equal so that each reuses the last one's buffer. */
+function candidatesPerSet(params: number, budgetBytes: number): number {
+  const fit = Math.max(1, Math.min(AWQ_ALPHAS.length, Math.floor(budgetBytes / (params * 4)) - 1));
+  return Math.ceil(AWQ_ALPHAS.length / Math.ceil(AWQ_ALPHAS.length / fit));
+}
+
+/** Bytes of the search's W^T buffer for a linear of `params` weights: the reference and one set of candidates in f32. */
+export function awqCandidateBytes(params: number, budgetBytes = DEFAULT_AWQ_CANDIDATE_BYTES): number {
+  return (candidatesPerSet(params, budgetBytes) + 1) * params * 4;
+}
 
 /** w_mean [K]: each |W[n, k]| over its row's group maximum (+ tiny), averaged over the N rows (K a multiple of G). */
 export function awqWeightMean(w: Float32Array, N: number, K: number, G: number): Float32Array {
@@ -67,6 +78,24 @@ export function awqScale(xMean: Float32Array, wMean: Float32Array, alpha: number
   return s;
 }
 
+/**
+ * The search's large buffers, kept from one linear (and layer) to the next: fresh memory costs more
+ * than the work done in it here (page faults measured at ~2.4 ms per MB against 0.6 ms per MB for
+ * the W·s pass itself), so one grow-only buffer each for the [N, K] scratch and the candidates' W^T.
+ */
+export class AwqWorkspace {
+  private scratchBuf = new Float32Array(0);
+  private candidatesBuf = new Float32Array(0);
+  scratch(n: number): Float32Array {
+    if (this.scratchBuf.length < n) this.scratchBuf = new Float32Array(n);
+    return this.scratchBuf.subarray(0, n);
+  }
+  candidates(n: number): Float32Array {
+    if (this.candidatesBuf.length < n) this.candidatesBuf = new Float32Array(n);
+    return this.candidatesBuf.subarray(0, n);
+  }
+}
+
 /** One batch of a linear's input: x [T, K]. */
 export interface AwqBatch {
   x: Float32Array;
@@ -95,6 +124,8 @@ export interface AwqLiteResult {
   best: number;
   /** 1 / s_α* (ones when the linear saw no tokens), f32. */
   preQuantScale: Float32Array;
+  /** Where the time went: building the candidates (fake quantization, transposes, engine setup), running their GEMMs and losses. */
+  seconds: { candidates: number; gemm: number };
 }
 
 export interface AwqLinear {
@@ -113,25 +144,31 @@ export interface AwqLinear {
  */
 export async function awqLiteSearch(
   lin: AwqLinear,
-  fmt: Pick<QuantFormat, 'fakeQuantize' | 'groupSize' | 'name'>,
+  fmt: Pick<QuantFormat, 'fakeQuantizeInPlace' | 'groupSize' | 'name'>,
   xMean: Float32Array,
   batches: () => AsyncIterable<AwqBatch>,
   gemm: GemmEngine,
   budgetBytes = DEFAULT_AWQ_CANDIDATE_BYTES,
+  workspace = new AwqWorkspace(),
 ): Promise<AwqLiteResult> {
   const { w, N, K, dtype } = lin;
-  const fq = fmt.fakeQuantize;
-  if (!fq || !fmt.groupSize) throw new Error(`format ${fmt.name} has no AWQ fake quantization`);
+  const fqInPlace = fmt.fakeQuantizeInPlace;
+  if (!fqInPlace || !fmt.groupSize) throw new Error(`format ${fmt.name} has no AWQ fake quantization`);
   const loss = new Float64Array(AWQ_ALPHAS.length);
   const seen = xMean.some((v) => v !== 0) || (await hasTokens(batches()));
-  if (!seen) return { loss, best: -1, preQuantScale: new Float32Array(K).fill(1) };
+  const seconds = { candidates: 0, gemm: 0 };
+  if (!seen) return { loss, best: -1, preQuantScale: new Float32Array(K).fill(1), seconds };
   const wMean = awqWeightMean(w, N, K, fmt.groupSize);
-  const perSet = Math.max(1, Math.min(AWQ_ALPHAS.length, Math.floor(budgetBytes / (N * K * 4)) - 1));
+  const perSet = candidatesPerSet(N * K, budgetBytes);
+  const scratch = workspace.scratch(CANDIDATE_ROWS * K);
   for (let a0 = 0; a0 < AWQ_ALPHAS.length; a0 += perSet) {
     const alphas = AWQ_ALPHAS.slice(a0, a0 + perSet);
-    const members = [w, ...alphas.map((alpha) => candidate(w, N, K, awqScale(xMean, wMean, alpha), fq, dtype))];
-    const prepared = await prepareSideBySide(members, N, K, gemm);
-    members.length = 0;
+    let t0 = performance.now();
+    const members = [(wt: Float32Array, Nt: number, off: number) => transposeScaled(wt, Nt, off, w, N, K)];
+    for (const alpha of alphas) members.push((wt, Nt, off) => candidateInto(wt, Nt, off, w, N, K, awqScale(xMean, wMean, alpha), fqInPlace, dtype, scratch));
+    const prepared = await prepareSideBySide(members, N, K, gemm, workspace);
+    seconds.candidates += (performance.now() - t0) / 1000;
+    t0 = performance.now();
     try {
       const Nt = (alphas.length + 1) * N;
       for await (const { x, T } of batches()) {
@@ -152,12 +189,14 @@ export async function awqLiteSearch(
       }
     } finally {
       await prepared.release();
+      seconds.gemm += (performance.now() - t0) / 1000;
     }
   }
+  gemm.dropSpareBuffers?.(); // the workspace keeps the candidates' buffer; the engine need not
   let best = 0;
   for (let i = 1; i < loss.length; i++) if (loss[i]! < loss[best]!) best = i;
   const s = awqScale(xMean, wMean, AWQ_ALPHAS[best]!);
-  return { loss, best, preQuantScale: s.map((v) => Math.fround(1 / v)) };
+  return { loss, best, preQuantScale: s.map((v) => Math.fround(1 / v)), seconds };
 }
 
 async function hasTokens(batches: AsyncIterable<AwqBatch>): Promise<boolean> {
@@ -165,29 +204,83 @@ async function hasTokens(batches: AsyncIterable<AwqBatch>): Promise<boolean> {
   return false;
 }
 
-/** fq(dtype(W · diag(dtype(s)))) · diag(dtype(1/s)): the candidate's weight, so that x · C^T = (x · p) · fq(W s)^T. */
-function candidate(w: Float32Array, N: number, K: number, s: Float32Array, fq: (w: Float32Array, N: number, K: number) => Float32Array, dtype: FloatDType): Float32Array {
+/**
+ * The candidate fq(dtype(W · diag(dtype(s)))) · diag(dtype(1/s)), written transposed into columns
+ * [off, off + N) of wt [K, Nt], so that x · C^T = (x · p) · fq(W s)^T. `scratch`: a [64, K] buffer.
+ */
+function candidateInto(
+  wt: Float32Array, Nt: number, off: number, w: Float32Array, N: number, K: number, s: Float32Array,
+  fqInPlace: (w: Float32Array, N: number, K: number, amax: number) => Float32Array, dtype: FloatDType, scratch: Float32Array,
+): void {
   const sw = s.map((v) => roundToDType(v, dtype));
   const p = s.map((v) => roundToDType(Math.fround(1 / v), dtype));
-  const ws = new Float32Array(N * K);
-  for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) ws[n * K + k] = roundToDType(Math.fround(w[n * K + k]! * sw[k]!), dtype);
-  const q = fq(ws, N, K);
-  for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) q[n * K + k] = Math.fround(q[n * K + k]! * p[k]!);
-  return q;
+  // max |dtype(W s)| = dtype(max |W s|): rounding is monotonic
+  let amax = 0;
+  for (let n = 0; n < N; n++) {
+    const r = n * K;
+    for (let k = 0; k < K; k++) {
+      const a = Math.abs(w[r + k]! * sw[k]!);
+      if (a > amax) amax = a;
+    }
+  }
+  amax = roundToDType(Math.fround(amax), dtype);
+  // 64 rows at a time, in a scratch that stays in cache: W s, rounded, fake-quantized, written transposed times p
+  for (let n0 = 0; n0 < N; n0 += CANDIDATE_ROWS) {
+    const rows = Math.min(CANDIDATE_ROWS, N - n0);
+    const block = scratch.subarray(0, rows * K);
+    for (let r = 0; r < rows; r++) {
+      const o = (n0 + r) * K;
+      for (let k = 0; k < K; k++) block[r * K + k] = w[o + k]! * sw[k]!; // the store rounds to f32
+    }
+    roundArrayToDType(block, dtype);
+    fqInPlace(block, rows, K, amax);
+    for (let k = 0; k < K; k++) {
+      const base = k * Nt + off + n0;
+      const pk = p[k]!;
+      for (let r = 0; r < rows; r++) wt[base + r] = block[r * K + k]! * pk;
+    }
+  }
 }
 
-/** One linear of the members' rows stacked along N ([m·N, K]), prepared on the engine. */
-async function prepareSideBySide(members: Float32Array[], N: number, K: number, gemm: GemmEngine): Promise<PreparedLinear> {
-  const Nt = members.length * N;
-  if (gemm.prepareTransposed) {
-    const wt = new Float32Array(K * Nt); // [K, Nt]
-    members.forEach((m, j) => {
-      const off = j * N;
-      for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) wt[k * Nt + off + n] = m[n * K + k]!;
-    });
-    return gemm.prepareTransposed({ wt, N: Nt, K });
+/** Rows of a candidate made at once (a [64, K] block: 1 MiB at K = 4096). */
+const CANDIDATE_ROWS = 64;
+
+/** Rounds f32 values (finite) to the dtype in place; bf16 by round-to-nearest-even on the bits. */
+function roundArrayToDType(a: Float32Array, dtype: FloatDType): void {
+  if (dtype === 'F32') return;
+  if (dtype === 'BF16') {
+    const u = new Uint32Array(a.buffer, a.byteOffset, a.length);
+    for (let i = 0; i < u.length; i++) {
+      const b = u[i]!;
+      u[i] = (b + 0x7fff + ((b >>> 16) & 1)) & 0xffff0000;
+    }
+    return;
   }
-  const all = new Float32Array(Nt * K);
-  members.forEach((m, j) => all.set(m, j * N * K));
+  for (let i = 0; i < a.length; i++) a[i] = roundToDType(a[i]!, dtype);
+}
+
+/** Writes m [N, K] (times p[k] per column, when given) transposed into columns [off, off + N) of wt [K, Nt], 64 rows at a time. */
+function transposeScaled(wt: Float32Array, Nt: number, off: number, m: Float32Array, N: number, K: number, p?: Float32Array): void {
+  for (let n0 = 0; n0 < N; n0 += 64) {
+    const n1 = Math.min(N, n0 + 64);
+    for (let k = 0; k < K; k++) {
+      const base = k * Nt + off;
+      const pk = p ? p[k]! : 1;
+      for (let n = n0; n < n1; n++) wt[base + n] = m[n * K + k]! * pk;
+    }
+  }
+}
+
+/**
+ * One linear of the members' rows stacked along N ([m·N, K]), prepared on the engine as W^T: each
+ * member writes its [N, K] transposed into its columns of the [K, m·N] buffer.
+ */
+async function prepareSideBySide(members: ((wt: Float32Array, Nt: number, off: number) => void)[], N: number, K: number, gemm: GemmEngine, workspace: AwqWorkspace): Promise<PreparedLinear> {
+  const Nt = members.length * N;
+  const wt = workspace.candidates(K * Nt); // [K, Nt]
+  members.forEach((write, j) => write(wt, Nt, j * N));
+  if (gemm.prepareTransposed) return gemm.prepareTransposed({ wt, N: Nt, K });
+  const all = new Float32Array(Nt * K); // engines that take W [Nt, K]
+  for (let k = 0; k < K; k++) for (let n = 0; n < Nt; n++) all[n * K + k] = wt[k * Nt + n]!;
   return gemm.prepare({ w: all, N: Nt, K });
 }

@@ -5,11 +5,14 @@
  *   .jsonl    one {"text": ...} per line, tokenized with special tokens, truncated to seqLen
  *   .parquet  column "text", as .jsonl
  *   .json     an array of token-id arrays, used exactly as given
+ *   hf://datasets/ORG/NAME[@REV][?config=&split=&field=]   a Hub dataset's parquet records, as .jsonl
+ *             (see hub-dataset.ts)
  */
 import { readFile, stat } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { CalibrationDataError, CheckpointError } from '../errors.js';
+import { hubDatasetTexts, modeloptDefaultMix, parseHubDataset, type HubDatasetOptions } from './hub-dataset.js';
 
 export interface CalibrationOptions {
   /** Number of samples (windows) to use. */
@@ -57,7 +60,9 @@ export function encodeText(tok: Tokenizer, text: string, specialTokens = false):
   return tok.encode(text, { add_special_tokens: specialTokens }).ids;
 }
 
-export async function loadCalibration(path: string, modelDir: string, opts: CalibrationOptions): Promise<number[][]> {
+export async function loadCalibration(path: string, modelDir: string, opts: CalibrationOptions, hub: HubDatasetOptions = {}): Promise<number[][]> {
+  const dataset = parseHubDataset(path);
+  if (dataset) return tokenizeRecords(await hubDatasetTexts(dataset, opts.samples, hub), modelDir, opts, path);
   let size: number;
   try {
     size = (await stat(path)).size;
@@ -74,14 +79,30 @@ export async function loadCalibration(path: string, modelDir: string, opts: Cali
     samples = [];
     for (let i = 0; i < ids.length && samples.length < opts.samples; i += opts.seqLen) samples.push(ids.slice(i, i + opts.seqLen));
   } else if (ext === '.jsonl' || ext === '.parquet') {
-    const texts = ext === '.jsonl' ? await jsonlTexts(path, opts.samples) : await parquetTexts(path, opts.samples);
-    const tok = await loadTokenizer(modelDir);
-    samples = texts.map((t) => encodeText(tok, t, true).slice(0, opts.seqLen)).filter((s) => s.length > 0);
+    samples = await tokenizeRecords(ext === '.jsonl' ? await jsonlTexts(path, opts.samples) : await parquetTexts(path, opts.samples), modelDir, opts, path);
   } else {
     throw new CalibrationDataError(`${path}: unsupported calibration file type "${ext}" (use .txt, .jsonl, .parquet or .json)`);
   }
   if (samples.length === 0) throw new CalibrationDataError(`${path}: no calibration samples (empty text?)`);
   return samples;
+}
+
+/** One sample per record: tokenized with the tokenizer's special tokens, truncated to seqLen. */
+async function tokenizeRecords(texts: string[], modelDir: string, opts: CalibrationOptions, path: string): Promise<number[][]> {
+  const tok = await loadTokenizer(modelDir);
+  const samples = texts.map((t) => encodeText(tok, t, true).slice(0, opts.seqLen)).filter((s) => s.length > 0);
+  if (samples.length === 0) throw new CalibrationDataError(`${path}: no calibration samples (empty text?)`);
+  return samples;
+}
+
+/**
+ * ModelOpt's default calibration data (cnn_dailymail + Nemotron-Post-Training-Dataset-v2, see
+ * modeloptDefaultMix) from the Hub: `samples` records in all, in the mix's order.
+ */
+export async function loadModeloptDefaultMix(modelDir: string, opts: CalibrationOptions, hub: HubDatasetOptions = {}): Promise<number[][]> {
+  const texts: string[] = [];
+  for (const part of modeloptDefaultMix(opts.samples)) texts.push(...(await hubDatasetTexts(part.ref, part.count, hub)));
+  return tokenizeRecords(texts, modelDir, opts, 'ModelOpt default calibration mix');
 }
 
 /**

@@ -15,7 +15,7 @@ import { AWQ_ALGORITHMS, awqFormat, type AwqAlgorithm } from '../calibration/awq
 import { formatBytes } from '../safetensors/size.js';
 import { DTYPE_SIZES } from '../safetensors/dtypes.js';
 import { outputMode, Reporter } from './progress.js';
-import { loadCalibration, DEFAULT_CALIB_SAMPLES, DEFAULT_CALIB_SEQ_LEN } from '../calibration/data.js';
+import { loadCalibration, loadModeloptDefaultMix, DEFAULT_CALIB_SAMPLES, DEFAULT_CALIB_SEQ_LEN } from '../calibration/data.js';
 import { calibrateModel, writeStats } from '../calibrate-checkpoint.js';
 import { perplexity } from '../eval.js';
 import { openModel } from '../model.js';
@@ -77,6 +77,30 @@ function awqChoice(format: FormatSpec, given: AwqAlgorithm | undefined): AwqAlgo
   return algorithm;
 }
 
+/** A `--calib` value as the loaders take it: a Hub dataset as given, a file resolved. */
+const calibArg = (c: string) => (c.startsWith('hf://') ? c : resolve(c));
+
+/**
+ * The calibration samples of a command: `--calib` when given; for the bundled model its bundled
+ * text; for any other model ModelOpt's default mix from the Hub (spec §11.1), and when that cannot
+ * be had (offline, unreachable, gated) the bundled text, saying why and naming --calib.
+ */
+async function calibrationData(o: Record<string, any>, modelDir: string, rep: Reporter): Promise<{ samples: number[][]; source: string }> {
+  const opts = { samples: o.calibSamples, seqLen: o.calibSeqLen };
+  if (o.calib) return { samples: await loadCalibration(calibArg(o.calib), modelDir, opts), source: calibArg(o.calib) };
+  if (resolve(modelDir) !== resolve(DEFAULT_MODEL)) {
+    const why = process.env.HF_HUB_OFFLINE === '1' ? 'HF_HUB_OFFLINE=1' : undefined;
+    if (!why) {
+      try {
+        return { samples: await loadModeloptDefaultMix(modelDir, opts), source: "ModelOpt's default mix (cnn_dailymail 3.0.0 + Nemotron-Post-Training-Dataset-v2)" };
+      } catch (e) {
+        rep.warn(`ModelOpt's default calibration mix is not available (${(e as Error).message}); calibrating on the bundled TinyStories text instead: pass --calib with data like your model's use (a file or hf://datasets/ORG/NAME)`);
+      }
+    } else rep.info(`${why}: calibrating on the bundled TinyStories text (pass --calib for data like your model's use)`);
+  }
+  return { samples: await loadCalibration(DEFAULT_CALIB_TEXT, modelDir, opts), source: DEFAULT_CALIB_TEXT };
+}
+
 /** Statistics without the AWQ scales (`--awq none`: round-to-nearest whatever the file holds). */
 function withoutAwqScales(stats: Stats): Stats {
   return new Map([...stats].filter(([k]) => !/\.(pre_quant_scale|awq_alpha|awq_loss)$/.test(k)));
@@ -119,7 +143,7 @@ export function buildProgram(): Command {
     .argument('[model]', 'model folder or Hugging Face repo id org/name (default: the bundled stories260K)'))
     .option('-o, --out <dir>', 'output folder', 'rxquant-out')
     .option('--stats <file>', 'activation statistics (safetensors: <module>.input_amax, ...), e.g. from `rxquant calibrate`')
-    .option('--calib <file>', 'calibration data (.txt, .jsonl, .parquet, .json token ids); default: the bundled TinyStories text')
+    .option('--calib <file>', 'calibration data: .txt, .jsonl, .parquet, .json token ids, or hf://datasets/ORG/NAME[@REV][?config=C&split=S&field=F]; default: the bundled text for the bundled model, else ModelOpt\'s default mix from the Hub')
     .option('--eval <text>', 'report perplexity on this text before and after (default without a model argument: the bundled text)')
     .option('--eval-windows <n>', 'windows of 512 tokens scored by --eval (0 = the whole text)', intOption('--eval-windows'), 16)
     .option('--layers-in-flight <n>', 'decoder layers between reader and writer at once', intOption('--layers-in-flight'), 2)
@@ -136,7 +160,7 @@ export function buildProgram(): Command {
       // never write into, over or around an input, whatever --overwrite says
       const guarded: GuardedInput[] = sourceInputs(modelDir);
       if (o.stats) guarded.push({ what: 'the --stats file', path: resolve(o.stats) }, { what: "the --stats file's folder", path: dirname(resolve(o.stats)) });
-      if (o.calib) guarded.push({ what: "the --calib file's folder", path: dirname(resolve(o.calib)) });
+      if (o.calib && !o.calib.startsWith('hf://')) guarded.push({ what: "the --calib file's folder", path: dirname(resolve(o.calib)) });
       if (o.eval) guarded.push({ what: "the --eval text's folder", path: dirname(resolve(o.eval)) });
       await refuseDestructiveOutput(o.out, guarded);
       // validate config.json and every shard header before anything else is read or computed
@@ -151,11 +175,11 @@ export function buildProgram(): Command {
       }
       let calibration: number[][] | undefined;
       if (o.calib || (needsStats && !stats)) {
-        const calibPath = resolve(o.calib ?? DEFAULT_CALIB_TEXT);
-        calibration = await loadCalibration(calibPath, modelDir, { samples: o.calibSamples, seqLen: o.calibSeqLen });
+        const data = await calibrationData(o, modelDir, rep);
+        calibration = data.samples;
         const toks = calibration.reduce((a, s) => a + s.length, 0);
-        rep.info(`calibrating on ${calibration.length} samples (${toks} tokens) of ${calibPath}`);
-        rep.event('calibration', { file: calibPath, samples: calibration.length, tokens: toks });
+        rep.info(`calibrating on ${calibration.length} samples (${toks} tokens) of ${data.source}`);
+        rep.event('calibration', { file: data.source, samples: calibration.length, tokens: toks });
       }
       const evalText = o.eval ? resolve(o.eval) : model === undefined ? DEFAULT_EVAL_TEXT : undefined;
       const evalOpts = { maxWindows: o.evalWindows === 0 ? undefined : o.evalWindows };
@@ -251,7 +275,7 @@ export function buildProgram(): Command {
       const needsCalib = needsActivationStats(format, kvCacheMode(o.kvCache)) || awqChoice(format, o.awq) !== 'none';
       const r = await planExport(resolve(await resolveModel(model ?? DEFAULT_MODEL, { revision: o.revision })), format.name, {
         out: o.out, kvCache: kvCacheMode(o.kvCache), maxShardSize: o.maxShardSize, exclude: o.exclude, workers: o.workers,
-        calibration: needsCalib && !o.stats ? { samples: o.calibSamples, seqLen: o.calibSeqLen } : undefined,
+        calibration: needsCalib && !o.stats ? { samples: o.calibSamples, seqLen: o.calibSeqLen, awq: awqChoice(format, o.awq) !== 'none' } : undefined,
       });
       process.stdout.write((o.json ? JSON.stringify(r, null, 2) : formatPlan(r)) + '\n');
     });
@@ -261,7 +285,7 @@ export function buildProgram(): Command {
     .description("run the model's own forward pass over calibration data and write the activation statistics `quantize --stats` reads")
     .argument('<model>', 'model folder or Hugging Face repo id')
     .option('--revision <rev>', 'Hub revision', 'main')
-    .option('--calib <file>', 'calibration data (.txt, .jsonl, .parquet, .json token ids); default: the bundled TinyStories text')
+    .option('--calib <file>', 'calibration data: .txt, .jsonl, .parquet, .json token ids, or hf://datasets/ORG/NAME[@REV][?config=C&split=S&field=F]; default: the bundled text for the bundled model, else ModelOpt\'s default mix from the Hub')
     .requiredOption('-o, --out <stats.safetensors>', 'statistics file to write')
     .option('--calib-samples <n>', 'calibration samples', intOption('--calib-samples'), DEFAULT_CALIB_SAMPLES)
     .option('--calib-seq-len <n>', 'tokens per calibration sample', intOption('--calib-seq-len'), DEFAULT_CALIB_SEQ_LEN)
@@ -274,10 +298,12 @@ export function buildProgram(): Command {
       if (!format && o.awq !== undefined) throw new UsageError('--awq needs --format (the AWQ format whose quantization the search uses)');
       const awq = format ? awqChoice(format, o.awq) : 'none';
       const dir = resolve(await resolveModel(modelDir, { revision: o.revision }));
-      const calibPath = resolve(o.calib ?? DEFAULT_CALIB_TEXT);
-      await refuseDestructiveOutput(o.out, [...sourceInputs(dir), { what: 'the --calib file', path: calibPath }], '-o');
+      const guarded = sourceInputs(dir);
+      if (!o.calib) guarded.push({ what: 'the bundled calibration text', path: DEFAULT_CALIB_TEXT });
+      else if (!o.calib.startsWith('hf://')) guarded.push({ what: 'the --calib file', path: resolve(o.calib) });
+      await refuseDestructiveOutput(o.out, guarded, '-o');
       await (await openModel(dir)).close();
-      const samples = await loadCalibration(calibPath, dir, { samples: o.calibSamples, seqLen: o.calibSeqLen });
+      const { samples } = await calibrationData(o, dir, rep);
       const tokens = samples.reduce((a, s) => a + s.length, 0);
       const started = Date.now();
       const stats = await calibrateModel(dir, samples, {

@@ -166,6 +166,11 @@ export interface QuantFormat {
    * W with scales taken from W itself (quantize, then dequantize), for the AWQ search's candidates.
    */
   fakeQuantize?: (w: Float32Array, N: number, K: number) => Float32Array;
+  /**
+   * fakeQuantize writing over w (no copy), for any rows of a weight on their own: `amax` is the whole
+   * weight's max |W| (the per-tensor scales come from it).
+   */
+  fakeQuantizeInPlace?: (w: Float32Array, N: number, K: number, amax: number) => Float32Array;
 
   /**
    * config.json's `quantization_config.config_groups` for this format, as ModelOpt's

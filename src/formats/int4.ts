@@ -68,3 +68,35 @@ export function dequantizeInt4(q: Int8Array, N: number, K: number, scales: Float
     for (let k = 0; k < K; k++) out[n * K + k] = Math.fround(q[n * K + k]! * scales[n * ng + ((k / INT4_GROUP) | 0)]!);
   return out;
 }
+
+/**
+ * Quantize-then-dequantize of w [N, K] in place, one 128-group at a time (what `int4Scales`,
+ * `quantizeInt4` and `dequantizeInt4` give, bit for bit, without their arrays): the AWQ search's
+ * candidates. `table`, when given, maps each group's scale to the 16 values an engine computes for
+ * q = -8..7 (W4A8's FP8 re-expression); otherwise the value is q · scale.
+ */
+export function fakeQuantizeInt4InPlace(w: Float32Array, N: number, K: number, table?: (scale: number, out: Float32Array) => void): Float32Array {
+  const values = new Float32Array(16);
+  for (let base = 0; base < N * K; base += INT4_GROUP) {
+    let m = 0;
+    for (let i = base; i < base + INT4_GROUP; i++) {
+      const a = Math.abs(w[i]!);
+      if (a > m) m = a;
+    }
+    const s = exportScale(m, 7);
+    if (table) {
+      table(s, values);
+      for (let i = base; i < base + INT4_GROUP; i++) w[i] = values[rneClamp4(Math.fround(w[i]! / s)) + 8]!;
+    } else for (let i = base; i < base + INT4_GROUP; i++) w[i] = rneClamp4(Math.fround(w[i]! / s)) * s; // the store rounds q · s to f32
+  }
+  return w;
+}
+
+/** 1.5 · 2^52: adding and subtracting it rounds an f64 of magnitude below 2^51 to the nearest integer, ties to even. */
+const RNE_MAGIC = 6755399441055744;
+
+/** rne(v) clamped to [-8, 7], branch-light (q4's result for every finite v). */
+function rneClamp4(v: number): number {
+  const r = v + RNE_MAGIC - RNE_MAGIC;
+  return r > 7 ? 7 : r < -8 ? -8 : r;
+}

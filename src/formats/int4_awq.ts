@@ -5,7 +5,7 @@
  */
 import { packInt4Rows, unpackInt4Rows } from '../codecs/int4.js';
 import { bytesOf, f32Array, noBlockers, sameShape, type QuantFormat } from './format.js';
-import { INT4_GROUP, dequantizeInt4, int4Scales, quantizeInt4 } from './int4.js';
+import { INT4_GROUP, dequantizeInt4, fakeQuantizeInt4InPlace } from './int4.js';
 
 export const int4_awq: QuantFormat = {
   name: 'int4_awq',
@@ -45,10 +45,8 @@ export const int4_awq: QuantFormat = {
     return { w: dequantizeInt4(unpackInt4Rows(weight, N, K), N, K, f32Array(scale)), N, K };
   },
   activation: undefined,
-  fakeQuantize: (w, N, K) => {
-    const s = int4Scales(w, N, K);
-    return dequantizeInt4(quantizeInt4(w, N, K, s), N, K, s);
-  },
+  fakeQuantize: (w, N, K) => fakeQuantizeInt4InPlace(w.slice(), N, K),
+  fakeQuantizeInPlace: (w, N, K) => fakeQuantizeInt4InPlace(w, N, K), // per-block scales only
   logicalShape: (s) => [s[0]! * 2, s[1]!],
   loadBlockers: noBlockers,
   engines: [

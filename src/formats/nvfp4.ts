@@ -70,6 +70,35 @@ export function quantizeNvfp4(
   return { codes, scales };
 }
 
+/**
+ * Quantize-then-dequantize of w [N, K] in place under the global scale ws2, one 16-block at a time
+ * (what `quantizeNvfp4` then `dequantizeNvfp4` give, equal as numbers (+0 where they give -0), without
+ * their arrays): the AWQ search's candidates.
+ */
+export function fakeQuantizeNvfp4InPlace(w: Float32Array, N: number, K: number, ws2: number): Float32Array {
+  const sixWs2 = Math.fround(6 * ws2);
+  for (let base = 0; base < N * K; base += NVFP4_GROUP) {
+    let m = 0;
+    for (let i = base; i < base + NVFP4_GROUP; i++) {
+      const a = Math.abs(w[i]!);
+      if (a > m) m = a;
+    }
+    const div = Math.fround(E4M3_VALUES[e4m3Encode(blockScaleValue(m, sixWs2))]! * ws2);
+    for (let i = base; i < base + NVFP4_GROUP; i++) {
+      // e2m1Encode's thresholds, inlined: the magnitude's index, then the sign as arithmetic (a branch
+      // on a random sign runs 3x slower); a negative that rounds to zero gives +0 here, -0 there
+      const v = Math.fround(w[i]! / div);
+      const a = Math.abs(v);
+      const mag = E2M1_MAGNITUDES[+(a > 0.25) + +(a >= 0.75) + +(a > 1.25) + +(a >= 1.75) + +(a > 2.5) + +(a >= 3.5) + +(a > 5)]!;
+      w[i] = (mag - 2 * +(v < 0) * mag) * div;
+    }
+  }
+  return w;
+}
+
+/** The e2m1 magnitudes by code 0..7. */
+const E2M1_MAGNITUDES = E2M1_VALUES.slice(0, 8);
+
 /** Dequantizes codes (one per element, as unpackNibblesK gives them). */
 export function dequantizeNvfp4(codes: Uint8Array, scales: Uint8Array, N: number, K: number, ws2: number): Float32Array {
   const out = new Float32Array(N * K);

@@ -5,7 +5,7 @@
  * up_proj) where the family allows (spec §8.3); what is left is stored as `pre_quant_scale`.
  */
 import type { QuantFormat } from './format.js';
-import { dequantizeNvfp4, nvfp4, nvfp4GlobalScale, quantizeNvfp4 } from './nvfp4.js';
+import { fakeQuantizeNvfp4InPlace, nvfp4, nvfp4GlobalScale } from './nvfp4.js';
 import { amaxOf } from './common.js';
 
 export const nvfp4_awq: QuantFormat = {
@@ -17,11 +17,8 @@ export const nvfp4_awq: QuantFormat = {
   configGroups: undefined, // ModelOpt's flat config has config_groups for FP8 and NVFP4 only
   fused: undefined,
   description: 'NVFP4 with AWQ pre-quant scales',
-  fakeQuantize: (w, N, K) => {
-    const ws2 = nvfp4GlobalScale(amaxOf(w));
-    const { codes, scales } = quantizeNvfp4(w, N, K, ws2);
-    return dequantizeNvfp4(codes, scales, N, K, ws2);
-  },
+  fakeQuantize: (w, N, K) => fakeQuantizeNvfp4InPlace(w.slice(), N, K, nvfp4GlobalScale(amaxOf(w))),
+  fakeQuantizeInPlace: (w, N, K, amax) => fakeQuantizeNvfp4InPlace(w, N, K, nvfp4GlobalScale(amax)),
   engines: [
     { engine: 'vLLM', loads: false, note: "the AWQ family is not in vLLM's ModelOpt loader" },
     { engine: 'SGLang', loads: false, note: 'not supported' },

@@ -7,7 +7,7 @@
 import { unpackInt4Rows } from '../codecs/int4.js';
 import { E4M3_VALUES, e4m3Encode } from '../codecs/e4m3.js';
 import { f32Array, type QuantFormat } from './format.js';
-import { INT4_GROUP, int4Scales, quantizeInt4 } from './int4.js';
+import { INT4_GROUP, fakeQuantizeInt4InPlace } from './int4.js';
 import { amaxOf } from './common.js';
 import { FP8_MAX } from './fp8.js';
 import { int4_awq } from './int4_awq.js';
@@ -21,6 +21,15 @@ function dequantizeW4a8(q: Int8Array, ws: Float32Array, N: number, K: number, ws
     w[i] = Math.fround(E4M3_VALUES[e4m3Encode(Math.fround(q[i]! * s))]! * ws2);
   }
   return w;
+}
+
+/** dequantizeW4a8 of the int4 quantization of w, in place: per group, the 16 values q = -8..7 map to. */
+function fakeQuantizeW4a8InPlace(w: Float32Array, N: number, K: number, amax: number): Float32Array {
+  const ws2 = w4a8_awq.tensorScales(amax).weightScale2!;
+  return fakeQuantizeInt4InPlace(w, N, K, (scale, out) => {
+    const s = Math.fround(scale / ws2);
+    for (let q = -8; q < 8; q++) out[q + 8] = Math.fround(E4M3_VALUES[e4m3Encode(Math.fround(q * s))]! * ws2);
+  });
 }
 
 export const w4a8_awq: QuantFormat = {
@@ -37,10 +46,8 @@ export const w4a8_awq: QuantFormat = {
     return { w: dequantizeW4a8(unpackInt4Rows(weight, N, K), f32Array(scale), N, K, ws2!), N, K };
   },
   activation: 'fp8',
-  fakeQuantize: (w, N, K) => {
-    const s = int4Scales(w, N, K);
-    return dequantizeW4a8(quantizeInt4(w, N, K, s), s, N, K, w4a8_awq.tensorScales(amaxOf(w)).weightScale2!);
-  },
+  fakeQuantize: (w, N, K) => fakeQuantizeW4a8InPlace(w.slice(), N, K, amaxOf(w)),
+  fakeQuantizeInPlace: (w, N, K, amax) => fakeQuantizeW4a8InPlace(w, N, K, amax),
   engines: [
     { engine: 'vLLM', loads: false, note: "the AWQ family is not in vLLM's ModelOpt loader" },
     { engine: 'SGLang', loads: false, note: 'not supported' },
