@@ -20,6 +20,7 @@ import { ropeTables } from './forward/rope.js';
 import { rmsnorm } from './forward/ops.js';
 import { encodePrefix, encodeText, loadTokenizer, readTokenIdArrays } from './calibration/data.js';
 import { CalibrationDataError, CheckpointError } from './errors.js';
+import type { ModelConfig } from './forward/config.js';
 
 export interface PerplexityOptions {
   /** Positions per window including BOS (default 512). */
@@ -27,6 +28,8 @@ export interface PerplexityOptions {
   /** Score only the first N windows (default: all). */
   maxWindows?: number;
   onWindow?: (done: number, total: number) => void;
+  /** Each window's logits [T, V] as computed (the buffer is reused: copy what you keep). */
+  onLogits?: (window: number, logits: Float32Array, T: number, V: number) => void;
   /** GEMM engine (default: onnxruntime when it loads, else JavaScript). */
   gemm?: GemmEngine;
 }
@@ -39,73 +42,137 @@ export interface PerplexityResult {
   quantAlgo?: string;
 }
 
-export async function perplexity(modelDir: string, textPath: string, opts: PerplexityOptions = {}): Promise<PerplexityResult> {
+/** The scored windows of a text: input ids (BOS first for a text) and the ids their positions predict. */
+export interface TextWindow {
+  input: number[];
+  targets: number[];
+}
+
+/** The protocol's windows of a text (or a .json of token-id arrays) for a model's tokenizer and BOS. */
+export async function textWindows(modelDir: string, textPath: string, opts: Pick<PerplexityOptions, 'window' | 'maxWindows'> = {}): Promise<TextWindow[]> {
   const { plain } = await readConfigJson(modelDir);
   const arch = architectureFor(plain.model_type, join(modelDir, 'config.json'));
   const cfg = arch.parseConfig(plain, join(modelDir, 'config.json'));
-  // the windows: [input ids, the ids their positions predict]
-  let windows: { input: number[]; targets: number[] }[];
   if (extname(textPath).toLowerCase() === '.json') {
     // token-id arrays used as given (no BOS): positions 0..T-2 predict ids 1..T-1 of each array
     const arrays = (await readTokenIdArrays(textPath)).slice(0, opts.maxWindows ?? Infinity);
     if (arrays.length === 0) throw new CalibrationDataError(`${textPath}: no token ids`);
-    windows = arrays.map((a) => ({ input: a, targets: a.slice(1) }));
-  } else {
-    const window = opts.window ?? 512;
-    let text: string;
-    try {
-      text = await readFile(textPath, 'utf8');
-    } catch {
-      throw new CalibrationDataError(`${textPath}: text not found`);
-    }
-    if (text.length === 0) throw new CalibrationDataError(`${textPath}: text is empty`);
-    const bos = cfg.bosTokenId;
-    if (bos === undefined) throw new CheckpointError(join(modelDir, 'config.json'), 'bos_token_id is needed for the perplexity protocol');
-    const tok = await loadTokenizer(modelDir);
-    const ids = opts.maxWindows !== undefined ? encodePrefix(tok, text, opts.maxWindows * (window - 1)) : encodeText(tok, text);
-    const chunk = window - 1;
-    const total = Math.min(Math.ceil(ids.length / chunk), opts.maxWindows ?? Infinity);
-    windows = Array.from({ length: total }, (_, w) => {
-      const part = ids.slice(w * chunk, (w + 1) * chunk);
-      return { input: [bos, ...part], targets: part };
-    });
+    return arrays.map((a) => ({ input: a, targets: a.slice(1) }));
   }
+  const window = opts.window ?? 512;
+  let text: string;
+  try {
+    text = await readFile(textPath, 'utf8');
+  } catch {
+    throw new CalibrationDataError(`${textPath}: text not found`);
+  }
+  if (text.length === 0) throw new CalibrationDataError(`${textPath}: text is empty`);
+  const bos = cfg.bosTokenId;
+  if (bos === undefined) throw new CheckpointError(join(modelDir, 'config.json'), 'bos_token_id is needed for the perplexity protocol');
+  const tok = await loadTokenizer(modelDir);
+  const ids = opts.maxWindows !== undefined ? encodePrefix(tok, text, opts.maxWindows * (window - 1)) : encodeText(tok, text);
+  const chunk = window - 1;
+  const total = Math.min(Math.ceil(ids.length / chunk), opts.maxWindows ?? Infinity);
+  return Array.from({ length: total }, (_, w) => {
+    const part = ids.slice(w * chunk, (w + 1) * chunk);
+    return { input: [bos, ...part], targets: part };
+  });
+}
+
+/**
+ * A model (or an export, run as the engines run it) loaded for scoring: every layer prepared once,
+ * then logits [T, V] of any window, or its pieces (embedding, one layer, the head) for per-layer use.
+ */
+export interface ModelRunner {
+  cfg: ModelConfig;
+  quantAlgo?: string;
+  /** Vocabulary size (the head's rows). */
+  V: number;
+  embed(input: number[]): Promise<Float32Array>;
+  /** h [T, H] through layer i, written over h. */
+  layer(i: number, h: Float32Array, T: number): Promise<Float32Array>;
+  /** Final norm and head: logits [T, V] (the engine's buffer: read before the next call). */
+  head(h: Float32Array, T: number): Promise<Float32Array>;
+  logits(input: number[]): Promise<Float32Array>;
+  close(): Promise<void>;
+}
+
+export async function openRunner(modelDir: string, gemm?: GemmEngine): Promise<ModelRunner> {
+  const { plain } = await readConfigJson(modelDir);
+  const arch = architectureFor(plain.model_type, join(modelDir, 'config.json'));
+  const cfg = arch.parseConfig(plain, join(modelDir, 'config.json'));
   const quantAlgo = (plain.quantization_config as { quant_algo?: string } | undefined)?.quant_algo;
   const ck = await openCheckpoint(modelDir);
+  const layers: LoadedLayer[] = [];
+  let head: PreparedLinear | undefined;
   try {
     const src = weightSource(ck, quantAlgo);
-    const gemm = opts.gemm ?? (await defaultGemm(cpus().length));
-    const layers: LoadedLayer[] = [];
-    for (let i = 0; i < cfg.numLayers; i++) layers.push(await arch.forward.load(src, arch.layer(i, cfg), cfg, gemm));
+    const engine = gemm ?? (await defaultGemm(cpus().length));
+    for (let i = 0; i < cfg.numLayers; i++) layers.push(await arch.forward.load(src, arch.layer(i, cfg), cfg, engine));
     const { norm, head: headWeights } = await loadHead(src, cfg, arch.names);
-    const head = await gemm.prepare(headWeights);
-    const V = headWeights.N;
-    const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, Math.max(...windows.map((w) => w.input.length)));
+    head = await engine.prepare(headWeights);
+    const prepared = head;
+    let rope = ropeTables(cfg.rope, cfg.headDim, 1);
+    let ropeLen = 1;
+    const tables = (T: number) => {
+      if (T > ropeLen) (rope = ropeTables(cfg.rope, cfg.headDim, T)), (ropeLen = T);
+      return rope;
+    };
+    const runner: ModelRunner = {
+      cfg,
+      quantAlgo,
+      V: headWeights.N,
+      embed: (input) => embed(src, input, cfg.hiddenSize, arch.names),
+      layer: (i, h, T) => {
+        const { cos, sin } = tables(T);
+        return arch.forward.run(h, T, layers[i]!, cfg, cos, sin);
+      },
+      head: (h, T) => prepared.run(rmsnorm(h, T, cfg.hiddenSize, norm, cfg.rmsNormEps), T),
+      async logits(input) {
+        const T = input.length;
+        let h = await runner.embed(input);
+        for (let i = 0; i < layers.length; i++) h = await runner.layer(i, h, T);
+        return runner.head(h, T);
+      },
+      async close() {
+        for (const l of layers) await l.release();
+        await prepared.release();
+        await ck.close();
+      },
+    };
+    return runner;
+  } catch (e) {
+    for (const l of layers) await l.release();
+    await head?.release();
+    await ck.close();
+    throw e;
+  }
+}
+
+export async function perplexity(modelDir: string, textPath: string, opts: PerplexityOptions = {}): Promise<PerplexityResult> {
+  const windows = await textWindows(modelDir, textPath, opts);
+  const runner = await openRunner(modelDir, opts.gemm);
+  try {
     const total = windows.length;
     let nll = 0;
     let scored = 0;
     for (let w = 0; w < total; w++) {
-      const { input, targets: part } = windows[w]!;
-      const T = input.length;
-      let h = await embed(src, input, cfg.hiddenSize, arch.names);
-      for (const layer of layers) h = await arch.forward.run(h, T, layer, cfg, cos, sin);
-      const x = rmsnorm(h, T, cfg.hiddenSize, norm, cfg.rmsNormEps);
-      nll += await scoreNextTokens(x, T, head, V, part);
-      scored += part.length;
+      const { input, targets } = windows[w]!;
+      const logits = await runner.logits(input);
+      opts.onLogits?.(w, logits, input.length, runner.V);
+      nll += scoreNextTokens(logits, runner.V, targets);
+      scored += targets.length;
       opts.onWindow?.(w + 1, total);
     }
-    for (const l of layers) await l.release();
-    await head.release();
     const meanNll = nll / scored;
-    return { perplexity: Math.exp(meanNll), meanNll, tokens: scored, windows: total, quantAlgo };
+    return { perplexity: Math.exp(meanNll), meanNll, tokens: scored, windows: total, quantAlgo: runner.quantAlgo };
   } finally {
-    await ck.close();
+    await runner.close();
   }
 }
 
-/** Sum over positions t < T-1... of -log softmax(logits[t])[target[t]]; position t predicts targets[t]. */
-async function scoreNextTokens(x: Float32Array, T: number, head: PreparedLinear, V: number, targets: number[]): Promise<number> {
-  const logits = await head.run(x, T); // [T, V]
+/** Sum over positions t of -log softmax(logits[t])[targets[t]]; position t predicts targets[t]. logits [T, V]. */
+export function scoreNextTokens(logits: Float32Array, V: number, targets: number[]): number {
   let nll = 0;
   for (let t = 0; t < targets.length; t++) {
     const o = t * V;

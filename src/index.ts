@@ -19,3 +19,5 @@ export { perplexity, type PerplexityResult } from './eval.js';
 export { verifyExport, type VerifyReport } from './verify.js';
 export { inspect } from './inspect.js';
 export { AWQ_ALGORITHMS, type AwqAlgorithm, type AwqSearchOptions } from './calibration/awq-layer.js';
+export { qualityReport, reportHtml, type QualityReport, type LayerError, type LinearError } from './report.js';
+export { openRunner, textWindows, type ModelRunner } from './eval.js';

@@ -18,6 +18,7 @@ import { outputMode, Reporter } from './progress.js';
 import { loadCalibration, loadModeloptDefaultMix, DEFAULT_CALIB_SAMPLES, DEFAULT_CALIB_SEQ_LEN } from '../calibration/data.js';
 import { calibrateModel, writeStats } from '../calibrate-checkpoint.js';
 import { perplexity } from '../eval.js';
+import { qualityReport, reportHtml, reportSummary, writeAtomically } from '../report.js';
 import { openModel } from '../model.js';
 import { planExport, formatPlan } from '../plan-report.js';
 import { resolveModel, uploadExport } from '../hub.js';
@@ -327,6 +328,32 @@ export function buildProgram(): Command {
       const r = await perplexity(resolve(dir), resolve(o.text), { maxWindows: o.maxWindows });
       if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
       else process.stdout.write(`perplexity ${r.perplexity.toFixed(4)}\n(${r.tokens} tokens in ${r.windows} windows${r.quantAlgo ? `, ${r.quantAlgo}` : ''}, mean NLL ${r.meanNll.toFixed(6)})\n`);
+    });
+
+  program
+    .command('report')
+    .description('what quantization did: perplexity before/after, KL divergence and top-1 agreement, weight error per linear, output error per layer (HTML + JSON)')
+    .argument('<source-dir>')
+    .argument('<export-dir>')
+    .requiredOption('--text <file>', 'held-out text (or a .json of token-id arrays), scored as `eval` scores it')
+    .option('--max-windows <n>', 'score only the first N windows of 512 tokens', intOption('--max-windows'))
+    .option('--layer-windows <n>', 'windows for the per-layer output errors', intOption('--layer-windows'), 2)
+    .option('--out <report.html>', 'the page to write', 'report.html')
+    .option('--json <report.json>', 'also write the numbers as JSON')
+    .action(async (source: string, exported: string, o: { text: string; maxWindows?: number; layerWindows: number; out: string; json?: string }) => {
+      const src = resolve(source), exp = resolve(exported);
+      for (const [what, f] of [['--out', o.out], ['--json', o.json]] as const) {
+        if (!f) continue;
+        const p = resolve(f);
+        for (const dir of [src, exp]) {
+          if (p === dir || p.startsWith(dir + '/')) throw new UsageError(`${what} ${f} is inside ${dir}: the report is never written into a model or an export`);
+        }
+      }
+      const r = await qualityReport(src, exp, { text: resolve(o.text), maxWindows: o.maxWindows, layerWindows: o.layerWindows });
+      await writeAtomically(resolve(o.out), reportHtml(r));
+      if (o.json) await writeAtomically(resolve(o.json), JSON.stringify(r, null, 2) + '\n');
+      for (const line of reportSummary(r)) process.stdout.write(line + '\n');
+      process.stdout.write(`wrote ${resolve(o.out)}${o.json ? ` and ${resolve(o.json)}` : ''}\n`);
     });
 
   program
