@@ -23,7 +23,7 @@ export async function calibrateModel(modelDir: string, samples: number[][], opti
 
 /** Per-tensor statistics are 0-d tensors, as in ../shared/data/reference. */
 export function isScalarStat(name: string): boolean {
-  return /\.(input_amax|output_amax|k_amax|v_amax|awq_alpha)$/.test(name);
+  return /\.(input_amax|output_amax|k_amax|v_amax|awq_alpha|awq_clip_ratio)$/.test(name);
 }
 
 /** Writes statistics as a single safetensors file (F32 tensors), atomically. */

@@ -8,7 +8,11 @@
  */
 import { describe, expect, it } from 'vitest';
 import { join } from 'node:path';
-import { DATA } from './helpers.js';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { DATA, readAll } from './helpers.js';
+import { exportCheckpoint } from '../src/export-checkpoint.js';
+import { packInt4Rows } from '../src/codecs/int4.js';
 import { inputIds } from './reference-forward.js';
 import { loadStats, openModel } from '../src/index.js';
 import { calibrateModel } from '../src/calibrate-checkpoint.js';
@@ -150,6 +154,153 @@ describe('AWQ-lite search', () => {
       }
     }, 120_000);
   }
+});
+
+describe('AWQ-clip search', () => {
+  const CLIP = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1];
+  // layer 0's q/k/v input: input_layernorm of the embeddings, from transformers' hidden_states.0
+  async function layer0Inputs(n: number) {
+    const ids = (await inputIds(REF)).slice(0, n);
+    const T = ids[0]!.length;
+    const ref = await loadStats(REF);
+    const model = await openModel(join(MINI, 'hf'));
+    const H = model.config.hiddenSize;
+    const norm = decodeToFloat32(await model.tensors.get('model.layers.0.input_layernorm.weight')!.read(), 'BF16');
+    const hidden = ref.get('hidden_states.0')!;
+    const xs = ids.map((_, b) => rmsnormPlain(hidden.subarray(b * T * H, (b + 1) * T * H), T, H, norm, model.config.rmsNormEps));
+    const t = model.tensors.get('model.layers.0.self_attn.q_proj.weight')!;
+    const [N, K] = t.shape as [number, number];
+    const w = decodeToFloat32(await t.read(), 'BF16');
+    await model.close();
+    return { ids, T, xs, w, N, K };
+  }
+
+  it('int4_awq, --awq clip: each (row, group) ratio is one of least block-output error in a plain computation of §11.4', async () => {
+    const { ids, T, xs, w, N, K } = await layer0Inputs(2);
+    const stats = await calibrateModel(join(MINI, 'hf'), ids, { awq: { format: FORMATS.int4_awq, algorithm: 'clip' } });
+    const got = stats.get('model.layers.0.self_attn.q_proj.awq_clip_ratios')!;
+    expect(got.length).toBe((N * K) / 128);
+    expect(stats.has('model.layers.0.self_attn.q_proj.pre_quant_scale')).toBe(false); // clip alone: no smoothing
+    // at most 64 tokens per batch, every ceil(T/64)-th
+    const stride = Math.ceil(T / 64);
+    const err = CLIP.map((r) => {
+      const scales = new Float32Array((N * K) / 128);
+      for (let b = 0; b < scales.length; b++) {
+        let m = 0;
+        for (let i = 0; i < 128; i++) m = Math.max(m, Math.abs(w[b * 128 + i]!));
+        scales[b] = m === 0 ? 1 : Math.fround(Math.fround(m * Math.fround(r)) / 7);
+      }
+      const q = dequantizeInt4(quantizeInt4Ref(w, N, K, scales), N, K, scales);
+      const e = new Float64Array((N * K) / 128);
+      for (const x of xs) {
+        let count = 0;
+        const acc = new Float64Array(e.length);
+        for (let t = 0; t < T; t += stride) {
+          count++;
+          for (let b = 0; b < e.length; b++) {
+            const n = Math.floor(b / (K / 128)), g = b % (K / 128);
+            let dot = 0;
+            for (let k = g * 128; k < (g + 1) * 128; k++) dot += x[t * K + k]! * (q[n * K + k]! - w[n * K + k]!);
+            acc[b] += dot * dot;
+          }
+        }
+        for (let b = 0; b < e.length; b++) e[b] += acc[b]! / count;
+      }
+      return e;
+    });
+    let nonTrivial = 0;
+    for (let b = 0; b < got.length; b++) {
+      const min = Math.min(...err.map((e) => e[b]!));
+      const chosen = err[CLIP.findIndex((r) => Math.fround(r) === got[b])]![b]!;
+      expect(chosen, `block ${b}`).toBeLessThanOrEqual(min * (1 + 1e-6) + 1e-30);
+      if (got[b] !== 1) nonTrivial++;
+    }
+    expect(nonTrivial).toBeGreaterThan(0);
+  }, 120_000);
+
+  it('nvfp4_awq, --awq clip: the global ratio is the least-loss one of a plain computation of §11.4', async () => {
+    const { ids, T, xs, w, N, K } = await layer0Inputs(2);
+    const stats = await calibrateModel(join(MINI, 'hf'), ids, { awq: { format: FORMATS.nvfp4_awq, algorithm: 'clip' } });
+    let amax = 0;
+    for (const v of w) amax = Math.max(amax, Math.abs(v));
+    const loss = CLIP.map((r) => {
+      const ws2 = nvfp4GlobalScale(Math.fround(amax * Math.fround(r)));
+      const { codes, scales } = quantizeNvfp4Ref(w, N, K, ws2);
+      const q = dequantizeNvfp4(codes, scales, N, K, ws2);
+      let total = 0;
+      for (const x of xs) {
+        let sum = 0;
+        for (let t = 0; t < T; t++)
+          for (let n = 0; n < N; n++) {
+            let d = 0;
+            for (let k = 0; k < K; k++) d += x[t * K + k]! * (q[n * K + k]! - w[n * K + k]!);
+            sum += d * d;
+          }
+        total += sum / (T * N);
+      }
+      return total;
+    });
+    let best = 0;
+    loss.forEach((l, i) => void (l < loss[best]! && (best = i)));
+    expect(stats.get('model.layers.0.self_attn.q_proj.awq_clip_ratio')![0]).toBe(Math.fround(CLIP[best]!));
+  }, 120_000);
+});
+
+describe('export with AWQ-clip results', () => {
+  const G = 128;
+  const f32At = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset).getFloat32(0, true);
+  it('int4_awq: clipped group scales (amax x ratio / 7) where the weight is not re-smoothed, ignored where it is', async () => {
+    const tmp = await mkdtemp(join(tmpdir(), 'rxq-clip-'));
+    try {
+      const model = await openModel(join(MINI, 'hf'));
+      const o = 'model.layers.0.self_attn.o_proj', q = 'model.layers.0.self_attn.q_proj';
+      const [N, K] = model.tensors.get(`${o}.weight`)!.shape as [number, number];
+      const w = decodeToFloat32(await model.tensors.get(`${o}.weight`)!.read(), 'BF16');
+      await model.close();
+      const ratios = Float32Array.from({ length: (N * K) / G }, (_, i) => Math.fround(0.5 + 0.05 * (i % 11 === 10 ? 10 : i % 10)) || 1);
+      // q/k/v get different pre_quant_scales: they are re-smoothed to their mean, which discards q's clip
+      const pqs = (c: number) => Float32Array.from({ length: K }, (_, k) => 1 + ((k * c) % 7) / 10);
+      const base = new Map([[`${q}.pre_quant_scale`, pqs(1)], ['model.layers.0.self_attn.k_proj.pre_quant_scale', pqs(2)], ['model.layers.0.self_attn.v_proj.pre_quant_scale', pqs(3)]]);
+      const clipped = new Map([...base, [`${o}.awq_clip_ratios`, ratios], [`${q}.awq_clip_ratios`, ratios]]);
+      await exportCheckpoint({ model: join(MINI, 'hf'), format: 'int4_awq', out: join(tmp, 'a'), stats: clipped, workers: 2 });
+      await exportCheckpoint({ model: join(MINI, 'hf'), format: 'int4_awq', out: join(tmp, 'b'), stats: base, workers: 2 });
+      const a = await readAll(join(tmp, 'a', 'model.safetensors')), b = await readAll(join(tmp, 'b', 'model.safetensors'));
+      // o_proj: scales from the clipped amax, codes as the reference quantizer gives them with those scales
+      const scales = new Float32Array((N * K) / G);
+      for (let i = 0; i < scales.length; i++) {
+        let m = 0;
+        for (let k = 0; k < G; k++) m = Math.max(m, Math.abs(w[i * G + k]!));
+        scales[i] = m === 0 ? 1 : Math.fround(Math.fround(m * ratios[i]!) / 7);
+      }
+      expect(new Float32Array(a.get(`${o}.weight_scale`)!.bytes.slice().buffer)).toEqual(scales);
+      expect(Buffer.from(a.get(`${o}.weight`)!.bytes).equals(Buffer.from(packInt4Rows(quantizeInt4Ref(w, N, K, scales), N, K)))).toBe(true);
+      expect(Buffer.from(a.get(`${o}.weight_scale`)!.bytes).equals(Buffer.from(b.get(`${o}.weight_scale`)!.bytes))).toBe(false);
+      // q_proj: the same bytes as without its clip
+      for (const t of ['weight', 'weight_scale']) expect(Buffer.from(a.get(`${q}.${t}`)!.bytes).equals(Buffer.from(b.get(`${q}.${t}`)!.bytes)), t).toBe(true);
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }, 120_000);
+
+  it('nvfp4_awq: weight_scale_2 from the clipped global amax', async () => {
+    const tmp = await mkdtemp(join(tmpdir(), 'rxq-clip-'));
+    try {
+      const ids = (await inputIds(REF)).slice(0, 1);
+      const stats = await calibrateModel(join(MINI, 'hf'), ids);
+      const o = 'model.layers.1.mlp.down_proj';
+      stats.set(`${o}.awq_clip_ratio`, Float32Array.of(Math.fround(0.8)));
+      await exportCheckpoint({ model: join(MINI, 'hf'), format: 'nvfp4_awq', out: join(tmp, 'a'), stats, workers: 0 });
+      const model = await openModel(join(MINI, 'hf'));
+      const w = decodeToFloat32(await model.tensors.get(`${o}.weight`)!.read(), 'BF16');
+      await model.close();
+      let amax = 0;
+      for (const v of w) amax = Math.max(amax, Math.abs(v));
+      const a = await readAll(join(tmp, 'a', 'model.safetensors'));
+      expect(f32At(a.get(`${o}.weight_scale_2`)!.bytes)).toBe(Math.fround(Math.fround(amax * Math.fround(0.8)) / 2688));
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
 
 describe('AWQ fake quantization', () => {

@@ -9,7 +9,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT, synthetic, STORIES } from './helpers.js';
+import { DATA, ROOT, synthetic, STORIES } from './helpers.js';
 import * as lib from '../src/index.js';
 
 const BIN = join(ROOT, 'bin', 'rxquant.js');
@@ -136,14 +136,18 @@ const CASES: Case[] = [
   { name: 'Inf weight', message: /tensor "model\.layers\.1\.mlp\.down_proj\.weight" has -Infinity/, async setup() {
     const d = await model(); await poison(d, 'model.layers.1.mlp.down_proj.weight', 0xff80); return { args: ['quantize', d, '-f', 'int4_awq', '--awq', 'none'], input: d };
   } },
+  { name: 'NaN weight met by the AWQ search (int4_awq, calibrated)', message: /tensor "model\.layers\.2\.mlp\.down_proj\.weight" has NaN at row 0, column 1/, async setup() {
+    const d = await model(join(DATA, 'stories-mini', 'hf')); await poison(d, 'model.layers.2.mlp.down_proj.weight', 0x7fc0);
+    return { args: ['quantize', d, '-f', 'int4_awq', '--calib', join(ROOT, 'assets', 'text', 'tinystories_calib.txt'), '--calib-samples', '2', '--calib-seq-len', '64'], input: d };
+  } },
   { name: 'AWQ search without a tokenizer', message: /tokenizer\.json: missing: calibration text needs the model's tokenizer\.json/, async setup() {
     const d = await model(); return { args: ['quantize', d, '-f', 'int4_awq'], input: d };
   } },
   { name: '--awq on a format without AWQ', message: /--awq applies to the AWQ formats \(nvfp4_awq, int4_awq, w4a8_awq\), not fp8/, async setup() {
     const d = await model(); return { args: ['quantize', d, '-f', 'fp8', '--awq', 'lite'], input: d };
   } },
-  { name: '--awq clip (not written yet)', message: /--awq clip is not available yet/, async setup() {
-    const d = await model(); return { args: ['quantize', d, '-f', 'int4_awq', '--awq', 'clip', '--calib', join(tmp, 'nope.txt')], input: d };
+  { name: '--awq clip on w4a8_awq (ModelOpt undoes it)', message: /--awq clip changes nothing for w4a8_awq/, async setup() {
+    const d = await model(); return { args: ['quantize', d, '-f', 'w4a8_awq', '--awq', 'clip', '--calib', join(tmp, 'nope.txt')], input: d };
   } },
   { name: 'missing calibration data', message: /nope\.txt: calibration data not found/, async setup() {
     const d = await model(); return { args: ['quantize', d, '-f', 'fp8', '--calib', join(tmp, 'nope.txt')], input: d };

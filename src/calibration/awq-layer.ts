@@ -5,6 +5,8 @@
  *   `<module>.pre_quant_scale` [K]  1 / s_α* (ones for a linear that saw no tokens)
  *   `<module>.awq_alpha`            α* (a scalar; -1 when the linear saw no tokens)
  *   `<module>.awq_loss` [11]        the loss of each α, for inspection
+ *   `<module>.awq_clip_ratio`       awq_clip/full on a per-tensor amax (NVFP4): the ratio chosen
+ *   `<module>.awq_clip_ratios` [N, K/G]   awq_clip/full per block (INT4): the ratio of each (row, group)
  * The export then averages the scales of fused siblings and of experts and folds them as ModelOpt
  * does (spec §8.2-8.4); nothing here changes the hidden states passed to the next layer.
  */
@@ -15,8 +17,9 @@ import type { GemmEngine } from '../forward/gemm.js';
 import { loadLinear, type WeightSource } from '../forward/weights.js';
 import type { Stats } from '../export/stats.js';
 import { isFloatWeightDType } from '../safetensors/dtypes.js';
+import { firstNonFinite } from '../formats/common.js';
 import { QuantizationError, UsageError } from '../errors.js';
-import { AWQ_ALPHAS, AwqWorkspace, awqInputMean, awqLiteSearch, DEFAULT_AWQ_CANDIDATE_BYTES } from './awq.js';
+import { AWQ_ALPHAS, AwqWorkspace, awqClipBlockSearch, awqClipGlobalSearch, awqInputMean, awqLiteSearch, DEFAULT_AWQ_CANDIDATE_BYTES } from './awq.js';
 import { AwqInputCache, DEFAULT_INPUT_CACHE_BYTES } from './input-cache.js';
 
 /** `--awq`: ModelOpt's awq_lite, awq_clip, awq_full, or no search (pre_quant_scale of ones: round-to-nearest). */
@@ -57,34 +60,60 @@ export function awqTargets(layout: LayerLayout, shapeOf: (module: string) => rea
   return out;
 }
 
-/** The options' format record, checked to be an AWQ format. */
+/** The options' format record, checked to be an AWQ format the algorithm applies to. */
 export function awqFormat(o: AwqSearchOptions): QuantFormat {
   const f = typeof o.format === 'string' ? formatSpec(o.format) : o.format;
   if (!f.awq || !f.fakeQuantizeInPlace) throw new UsageError(`the AWQ search applies to the AWQ formats, not ${f.name}`);
-  if (o.algorithm !== 'lite') throw new UsageError(`--awq ${o.algorithm} is not available yet (awq_clip's per-block clipping is not written); use --awq lite or none`);
+  if (o.algorithm !== 'lite' && !f.awqClip) {
+    throw new UsageError(`--awq ${o.algorithm} changes nothing for ${f.name}: ModelOpt re-calibrates its weight by max after the search, undoing the clip; use --awq lite`);
+  }
   return f;
+}
+
+/**
+ * Whether AWQ-clip's result for a linear reaches the export: after AWQ-lite, fused siblings (q/k/v,
+ * gate/up) and experts of one projection are re-smoothed to their mean scale and their weight amax
+ * re-calibrated by max (spec §8.2), which discards the clip; so `full` clips only the others
+ * (o_proj, down_proj), `clip` alone (scales of ones, nothing re-smoothed) every linear.
+ */
+function clipSurvives(layout: LayerLayout, module: string, algorithm: AwqSearchOptions['algorithm']): boolean {
+  if (algorithm === 'clip') return true;
+  const inGroup = layout.groups.some((g) => g.members.length > 1 && g.members.includes(module));
+  const inExperts = (layout.expertLists ?? []).some((l) => l.length > 1 && l.includes(module));
+  return !inGroup && !inExperts;
 }
 
 export async function awqSearchLayer(src: WeightSource, layout: LayerLayout, cache: AwqInputCache, o: AwqSearchOptions, gemm: GemmEngine, workspace = new AwqWorkspace()): Promise<Stats> {
   const stats: Stats = new Map();
   const fmt = awqFormat(o);
+  const budget = o.candidateBytes ?? DEFAULT_AWQ_CANDIDATE_BYTES;
   for (const { module, N, K } of awqTargets(layout, (m) => src.tensors.get(`${m}.weight`)?.shape, fmt)) {
-    let pqs: Float32Array, alpha = -1;
-    let loss: Float64Array = new Float64Array(AWQ_ALPHAS.length);
-    if (!cache.has(module)) pqs = new Float32Array(K).fill(1);
-    else {
-      const xMean = await awqInputMean(cache.batches(module), K);
-      const lin = await loadLinear(src, module);
-      const dtype = src.tensors.get(`${module}.weight`)!.dtype;
-      if (!isFloatWeightDType(dtype)) throw new QuantizationError(`${module}.weight is ${dtype}: the AWQ search needs a 16- or 32-bit float weight`);
-      const r = await awqLiteSearch({ w: lin.w, N, K, dtype }, fmt, xMean, () => cache.batches(module), gemm, o.candidateBytes ?? DEFAULT_AWQ_CANDIDATE_BYTES, workspace);
-      pqs = r.preQuantScale;
-      alpha = r.best < 0 ? -1 : AWQ_ALPHAS[r.best]!;
-      loss = r.loss;
+    if (!cache.has(module)) {
+      if (o.algorithm !== 'clip') stats.set(`${module}.pre_quant_scale`, new Float32Array(K).fill(1));
+      continue;
     }
-    stats.set(`${module}.pre_quant_scale`, pqs);
-    stats.set(`${module}.awq_alpha`, Float32Array.of(alpha));
-    stats.set(`${module}.awq_loss`, Float32Array.from(loss));
+    const dtype = src.tensors.get(`${module}.weight`)!.dtype;
+    if (!isFloatWeightDType(dtype)) throw new QuantizationError(`${module}.weight is ${dtype}: the AWQ search needs a 16- or 32-bit float weight`);
+    const lin = { w: (await loadLinear(src, module)).w, N, K, dtype };
+    // a NaN/Inf weight: no search (ModelOpt disables AWQ for such a module); the export then stops
+    // on it with the tensor, row and column named
+    if (firstNonFinite(lin.w) >= 0) continue;
+    let s = new Float32Array(K).fill(1);
+    if (o.algorithm !== 'clip') {
+      const xMean = await awqInputMean(cache.batches(module), K);
+      const r = await awqLiteSearch(lin, fmt, xMean, () => cache.batches(module), gemm, budget, workspace);
+      stats.set(`${module}.pre_quant_scale`, r.preQuantScale);
+      stats.set(`${module}.awq_alpha`, Float32Array.of(r.best < 0 ? -1 : AWQ_ALPHAS[r.best]!));
+      stats.set(`${module}.awq_loss`, Float32Array.from(r.loss));
+      if (r.best >= 0) s = r.preQuantScale.map((v) => Math.fround(1 / v));
+    }
+    if (o.algorithm === 'lite' || !clipSurvives(layout, module, o.algorithm)) continue;
+    if (fmt.awqClip === 'global') {
+      const c = await awqClipGlobalSearch(lin, fmt, s, () => cache.batches(module), gemm, budget, workspace);
+      stats.set(`${module}.awq_clip_ratio`, Float32Array.of(c.ratio));
+    } else {
+      stats.set(`${module}.awq_clip_ratios`, await awqClipBlockSearch(lin, fmt, s, () => cache.batches(module)));
+    }
   }
   return stats;
 }

@@ -151,30 +151,136 @@ export async function awqLiteSearch(
   budgetBytes = DEFAULT_AWQ_CANDIDATE_BYTES,
   workspace = new AwqWorkspace(),
 ): Promise<AwqLiteResult> {
-  const { w, N, K, dtype } = lin;
-  const fqInPlace = fmt.fakeQuantizeInPlace;
-  if (!fqInPlace || !fmt.groupSize) throw new Error(`format ${fmt.name} has no AWQ fake quantization`);
-  const loss = new Float64Array(AWQ_ALPHAS.length);
+  const { w, N, K } = lin;
+  if (!fmt.fakeQuantizeInPlace || !fmt.groupSize) throw new Error(`format ${fmt.name} has no AWQ fake quantization`);
   const seen = xMean.some((v) => v !== 0) || (await hasTokens(batches()));
-  const seconds = { candidates: 0, gemm: 0 };
-  if (!seen) return { loss, best: -1, preQuantScale: new Float32Array(K).fill(1), seconds };
+  if (!seen) return { loss: new Float64Array(AWQ_ALPHAS.length), best: -1, preQuantScale: new Float32Array(K).fill(1), seconds: { candidates: 0, gemm: 0 } };
   const wMean = awqWeightMean(w, N, K, fmt.groupSize);
+  const r = await gridSearch(lin, fmt, AWQ_ALPHAS.map((alpha) => ({ s: awqScale(xMean, wMean, alpha), clip: 1 })), batches, gemm, budgetBytes, workspace);
+  const s = awqScale(xMean, wMean, AWQ_ALPHAS[r.best]!);
+  return { ...r, preQuantScale: s.map((v) => Math.fround(1 / v)) };
+}
+
+/** AWQ-clip's ratios (spec §11.4): 0.50, 0.55, ..., 0.95, then 1.0. */
+export const AWQ_CLIP_RATIOS: readonly number[] = [...Array.from({ length: 10 }, (_, i) => Math.fround(0.5 + 0.05 * i)), 1]; // f32, as torch multiplies an f32 amax by them
+
+/**
+ * AWQ-clip of a per-tensor amax (NVFP4, spec §11.4): candidates fq(W s) with the global amax times
+ * each ratio, scored on the full output as in AWQ-lite; `s` the scale AWQ-lite chose (ones without it).
+ */
+export async function awqClipGlobalSearch(
+  lin: AwqLinear,
+  fmt: Pick<QuantFormat, 'fakeQuantizeInPlace' | 'name'>,
+  s: Float32Array,
+  batches: () => AsyncIterable<AwqBatch>,
+  gemm: GemmEngine,
+  budgetBytes = DEFAULT_AWQ_CANDIDATE_BYTES,
+  workspace = new AwqWorkspace(),
+): Promise<{ loss: Float64Array; best: number; ratio: number }> {
+  if (!(await hasTokens(batches()))) return { loss: new Float64Array(AWQ_CLIP_RATIOS.length), best: -1, ratio: 1 };
+  const r = await gridSearch(lin, fmt, AWQ_CLIP_RATIOS.map((clip) => ({ s, clip })), batches, gemm, budgetBytes, workspace);
+  return { loss: r.loss, best: r.best, ratio: AWQ_CLIP_RATIOS[r.best]! };
+}
+
+/** Most tokens per batch AWQ-clip's per-block search looks at (ModelOpt's max_tokens_per_batch). */
+export const AWQ_CLIP_TOKENS = 64;
+
+/**
+ * AWQ-clip of per-block amaxes (INT4, spec §11.4): for every (row n, group g) the ratio whose
+ * quantized block output is closest to the unquantized one, summed over batches of
+ * mean over tokens of (x'[t, g] · (Wq_r[n, g] − W'[n, g]))², with W' = dtype(W · dtype(s)) and
+ * x' = x · dtype(1/s) (the smoothed weight and input), at most 64 tokens of each batch (every
+ * ceil(T/64)-th). Returns the chosen ratio per block, [N, K/G] (ones for a linear that saw no tokens).
+ */
+export async function awqClipBlockSearch(
+  lin: AwqLinear,
+  fmt: Pick<QuantFormat, 'fakeQuantizeInPlace' | 'groupSize' | 'name'>,
+  s: Float32Array,
+  batches: () => AsyncIterable<AwqBatch>,
+): Promise<Float32Array> {
+  const { w, N, K, dtype } = lin;
+  const G = fmt.groupSize!;
+  const fq = fmt.fakeQuantizeInPlace!;
+  const ng = K / G;
+  const sw = s.map((v) => roundToDType(v, dtype));
+  const p = s.map((v) => roundToDType(Math.fround(1 / v), dtype));
+  const ws = new Float32Array(N * K);
+  for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) ws[n * K + k] = roundToDType(Math.fround(w[n * K + k]! * sw[k]!), dtype);
+  // each ratio's error W_q(r) − W', kept for the whole search (11 x [N, K]; the search is for small layers)
+  const diffs = AWQ_CLIP_RATIOS.map((r) => {
+    const q = fq(ws.slice(), N, K, 0, r);
+    for (let i = 0; i < q.length; i++) q[i] = q[i]! - ws[i]!;
+    return q;
+  });
+  const err = AWQ_CLIP_RATIOS.map(() => new Float64Array(N * ng));
+  let seen = false;
+  for await (const { x, T } of batches()) {
+    if (T === 0) continue;
+    seen = true;
+    const stride = Math.ceil(T / AWQ_CLIP_TOKENS);
+    const ts = Array.from({ length: Math.ceil(T / stride) }, (_, i) => i * stride);
+    const xs = new Float32Array(ts.length * K);
+    ts.forEach((t, i) => {
+      for (let k = 0; k < K; k++) xs[i * K + k] = Math.fround(x[t * K + k]! * p[k]!);
+    });
+    diffs.forEach((d, r) => {
+      const e = err[r]!;
+      for (let n = 0; n < N; n++)
+        for (let g = 0; g < ng; g++) {
+          let sum = 0;
+          for (let i = 0; i < ts.length; i++) {
+            let dot = 0;
+            for (let k = g * G; k < (g + 1) * G; k++) dot += xs[i * K + k]! * d[n * K + k]!;
+            sum += dot * dot;
+          }
+          e[n * ng + g] = e[n * ng + g]! + sum / ts.length;
+        }
+    });
+  }
+  const ratios = new Float32Array(N * ng).fill(1);
+  if (!seen) return ratios;
+  for (let b = 0; b < N * ng; b++) {
+    let best = 0;
+    for (let r = 1; r < err.length; r++) if (err[r]![b]! < err[best]![b]!) best = r;
+    ratios[b] = AWQ_CLIP_RATIOS[best]!;
+  }
+  return ratios;
+}
+
+/**
+ * Scores candidates fq(dtype(W · diag(dtype(s)))) (amax times `clip`) against the unquantized output
+ * x · W^T on every batch: loss = Σ batches mean((x · dtype(1/s)) · fq(...)^T − x · W^T)². Returns
+ * each candidate's loss and the first of least loss.
+ */
+async function gridSearch(
+  lin: AwqLinear,
+  fmt: Pick<QuantFormat, 'fakeQuantizeInPlace' | 'name'>,
+  candidates: { s: Float32Array; clip: number }[],
+  batches: () => AsyncIterable<AwqBatch>,
+  gemm: GemmEngine,
+  budgetBytes: number,
+  workspace: AwqWorkspace,
+): Promise<{ loss: Float64Array; best: number; seconds: { candidates: number; gemm: number } }> {
+  const { w, N, K, dtype } = lin;
+  const fqInPlace = fmt.fakeQuantizeInPlace!;
+  const loss = new Float64Array(candidates.length);
+  const seconds = { candidates: 0, gemm: 0 };
   const perSet = candidatesPerSet(N * K, budgetBytes);
   const scratch = workspace.scratch(CANDIDATE_ROWS * K);
-  for (let a0 = 0; a0 < AWQ_ALPHAS.length; a0 += perSet) {
-    const alphas = AWQ_ALPHAS.slice(a0, a0 + perSet);
+  for (let a0 = 0; a0 < candidates.length; a0 += perSet) {
+    const set = candidates.slice(a0, a0 + perSet);
     let t0 = performance.now();
     const members = [(wt: Float32Array, Nt: number, off: number) => transposeScaled(wt, Nt, off, w, N, K)];
-    for (const alpha of alphas) members.push((wt, Nt, off) => candidateInto(wt, Nt, off, w, N, K, awqScale(xMean, wMean, alpha), fqInPlace, dtype, scratch));
+    for (const c of set) members.push((wt, Nt, off) => candidateInto(wt, Nt, off, w, N, K, c.s, fqInPlace, dtype, scratch, c.clip));
     const prepared = await prepareSideBySide(members, N, K, gemm, workspace);
     seconds.candidates += (performance.now() - t0) / 1000;
     t0 = performance.now();
     try {
-      const Nt = (alphas.length + 1) * N;
+      const Nt = (set.length + 1) * N;
       for await (const { x, T } of batches()) {
         if (T === 0) continue;
         const y = await prepared.run(x, T); // [T, (1 + candidates) * N]: reference, then each candidate
-        for (let j = 0; j < alphas.length; j++) {
+        for (let j = 0; j < set.length; j++) {
           let sum = 0;
           const o = (j + 1) * N;
           for (let t = 0; t < T; t++) {
@@ -195,8 +301,7 @@ export async function awqLiteSearch(
   gemm.dropSpareBuffers?.(); // the workspace keeps the candidates' buffer; the engine need not
   let best = 0;
   for (let i = 1; i < loss.length; i++) if (loss[i]! < loss[best]!) best = i;
-  const s = awqScale(xMean, wMean, AWQ_ALPHAS[best]!);
-  return { loss, best, preQuantScale: s.map((v) => Math.fround(1 / v)), seconds };
+  return { loss, best, seconds };
 }
 
 async function hasTokens(batches: AsyncIterable<AwqBatch>): Promise<boolean> {
@@ -210,7 +315,7 @@ async function hasTokens(batches: AsyncIterable<AwqBatch>): Promise<boolean> {
  */
 function candidateInto(
   wt: Float32Array, Nt: number, off: number, w: Float32Array, N: number, K: number, s: Float32Array,
-  fqInPlace: (w: Float32Array, N: number, K: number, amax: number) => Float32Array, dtype: FloatDType, scratch: Float32Array,
+  fqInPlace: (w: Float32Array, N: number, K: number, amax: number, clip?: number) => Float32Array, dtype: FloatDType, scratch: Float32Array, clip = 1,
 ): void {
   const sw = s.map((v) => roundToDType(v, dtype));
   const p = s.map((v) => roundToDType(Math.fround(1 / v), dtype));
@@ -233,7 +338,7 @@ function candidateInto(
       for (let k = 0; k < K; k++) block[r * K + k] = w[o + k]! * sw[k]!; // the store rounds to f32
     }
     roundArrayToDType(block, dtype);
-    fqInPlace(block, rows, K, amax);
+    fqInPlace(block, rows, K, amax, clip);
     for (let k = 0; k < K; k++) {
       const base = k * Nt + off + n0;
       const pk = p[k]!;

@@ -20,6 +20,7 @@ import { calibrateModel, writeStats } from '../calibrate-checkpoint.js';
 import { perplexity } from '../eval.js';
 import { qualityReport, reportHtml, reportSummary, writeAtomically } from '../report.js';
 import { openModel } from '../model.js';
+import { createPlan } from '../export/plan.js';
 import { planExport, formatPlan } from '../plan-report.js';
 import { resolveModel, uploadExport } from '../hub.js';
 
@@ -64,7 +65,7 @@ function withExportOptions(cmd: Command): Command {
 }
 
 function awqOption(): Option {
-  return new Option('--awq <algorithm>', 'AWQ search for the AWQ formats (default lite, as ModelOpt; none = round-to-nearest, pre_quant_scale of ones)').choices([...AWQ_ALGORITHMS]);
+  return new Option('--awq <algorithm>', 'AWQ search for the AWQ formats: lite (the default, as ModelOpt), clip, full (lite then clip), none (round-to-nearest: pre_quant_scale of ones)').choices([...AWQ_ALGORITHMS]);
 }
 
 /** The AWQ search a command runs: `--awq` checked against the format ('none' for formats without AWQ). */
@@ -164,8 +165,14 @@ export function buildProgram(): Command {
       if (o.calib && !o.calib.startsWith('hf://')) guarded.push({ what: "the --calib file's folder", path: dirname(resolve(o.calib)) });
       if (o.eval) guarded.push({ what: "the --eval text's folder", path: dirname(resolve(o.eval)) });
       await refuseDestructiveOutput(o.out, guarded);
-      // validate config.json and every shard header before anything else is read or computed
-      await (await openModel(modelDir)).close();
+      // validate config.json, every shard header and what the format can do with the model before
+      // anything else is read or computed (calibration included)
+      const opened = await openModel(modelDir);
+      try {
+        createPlan(opened, format, { kvCache: kvCacheMode(o.kvCache), exclude: o.exclude, deferStatsCheck: true });
+      } finally {
+        await opened.close();
+      }
       const awq = awqChoice(format, o.awq);
       let stats = o.stats ? await loadStats(resolve(o.stats)) : undefined;
       if (stats && awq === 'none') stats = withoutAwqScales(stats);

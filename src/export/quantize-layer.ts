@@ -35,6 +35,8 @@ interface Work {
   pqs?: Float32Array;
   inputAmax?: number;
   weightAmax?: number;
+  /** AWQ-clip's ratio per (row, group) [N, K/G] (INT4), when it reaches the export. */
+  clip?: Float32Array;
   /** A fused 3-D expert parameter [E, A, B]: `tensor` is its [E*A, B] rows; `source` the 3-D tensor. */
   fused?: { E: number; A: number; B: number; source: TensorSource };
 }
@@ -179,6 +181,7 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
       if (needsAmax) e.weightAmax = amax;
     }),
   );
+  applyAwqClip(work, fmt, stats);
   if (fmt.unifyGroups) {
     for (const g of layout.groups) {
       const members = g.members.map((m) => work.get(m)).filter((e): e is Work => e !== undefined);
@@ -205,6 +208,7 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
     }
   };
   if (needsAmax) unify(layout.sharedWeightScale, 'weightAmax');
+
   if (fmt.inputScaleDivisor !== undefined) unify(layout.sharedInputScale, 'inputAmax');
 
   // -- 3. scales now, codes streamed on demand
@@ -231,6 +235,33 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
   return result;
 }
 
+
+/**
+ * AWQ-clip's results (`<module>.awq_clip_ratio`, a per-tensor amax ratio for NVFP4;
+ * `<module>.awq_clip_ratios` [N, K/G] per block for INT4), on the linears whose weight the export
+ * changes no further than its own smoothing: ModelOpt re-calibrates by max the weight amax of a
+ * linear re-smoothed to its siblings' mean scale or given a following linear's scale in its rows,
+ * which discards the clip (spec §8.2-8.3). Formats without awqClip ignore them.
+ */
+function applyAwqClip(work: Map<string, Work>, fmt: FormatSpec, stats: Stats): void {
+  if (!fmt.awqClip) return;
+  for (const e of work.values()) {
+    if (e.ops.some((op) => op.kind !== 'divCol') || e.fused) continue;
+    if (fmt.awqClip === 'global') {
+      const r = scalarStat(stats, `${e.module}.awq_clip_ratio`);
+      if (r === undefined) continue;
+      if (!(r > 0 && r <= 1)) throw new QuantizationError(`statistic "${e.module}.awq_clip_ratio" is ${r}; expected a ratio in (0, 1]`);
+      e.weightAmax = Math.fround(e.weightAmax! * r);
+    } else {
+      const r = stats.get(`${e.module}.awq_clip_ratios`);
+      if (!r) continue;
+      const G = fmt.groupSize!;
+      if (r.length !== (e.N * e.K) / G) throw new QuantizationError(`statistic "${e.module}.awq_clip_ratios" has ${r.length} values, expected ${(e.N * e.K) / G}`);
+      if (r.some((x) => !(x > 0 && x <= 1))) throw new QuantizationError(`statistic "${e.module}.awq_clip_ratios" must hold ratios in (0, 1]`);
+      e.clip = r;
+    }
+  }
+}
 
 function chunkStarts(N: number, rows: number): number[] {
   const s: number[] = [];
@@ -389,7 +420,9 @@ async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
     throw err;
   }
   const scale = fmt.kernelScale(q);
-  const { task, codes, scales, packed } = chunkTask(fmt.kernel, slot, { src: read.src, dtype: e.dtype, row0, rows, K, ops: e.ops, fp8Source: read.fp8Source }, scale);
+  const ng = e.clip ? K / fmt.groupSize! : 0;
+  const clip = e.clip?.slice(row0 * ng, (row0 + rows) * ng); // a copy: a view would carry the whole array to the worker
+  const { task, codes, scales, packed } = chunkTask(fmt.kernel, slot, { src: read.src, dtype: e.dtype, row0, rows, K, ops: e.ops, fp8Source: read.fp8Source }, scale, clip);
   let released = false;
   const release = () => {
     if (!released) {

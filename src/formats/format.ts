@@ -168,9 +168,16 @@ export interface QuantFormat {
   fakeQuantize?: (w: Float32Array, N: number, K: number) => Float32Array;
   /**
    * fakeQuantize writing over w (no copy), for any rows of a weight on their own: `amax` is the whole
-   * weight's max |W| (the per-tensor scales come from it).
+   * weight's max |W| (the per-tensor scales come from it); `clip` (default 1) scales the amax the
+   * format clips (see awqClip) as AWQ-clip's candidates do.
    */
-  fakeQuantizeInPlace?: (w: Float32Array, N: number, K: number, amax: number) => Float32Array;
+  fakeQuantizeInPlace?: (w: Float32Array, N: number, K: number, amax: number, clip?: number) => Float32Array;
+  /**
+   * What ModelOpt's awq_clip clips for this format (spec §11.4): 'blocks', each (row, group) amax
+   * (INT4); 'global', the per-tensor amax (NVFP4, whose block scales are dynamic); none where the
+   * clip would not survive to the export (W4A8 re-calibrates both weight stages by max afterwards).
+   */
+  awqClip?: 'blocks' | 'global';
 
   /**
    * config.json's `quantization_config.config_groups` for this format, as ModelOpt's

@@ -26,6 +26,23 @@ export function int4Scales(w: Float32Array, N: number, K: number): Float32Array 
   return scales;
 }
 
+/**
+ * AWQ-clip's scales (spec §11.4): each group's amax times its clip ratio (f32), then / 7 as
+ * int4Scales (a zero amax gives 1). `ratios` [N, K/128].
+ */
+export function int4ScalesClipped(w: Float32Array, N: number, K: number, ratios: Float32Array): Float32Array {
+  const ng = K / INT4_GROUP;
+  const scales = new Float32Array(N * ng);
+  for (let n = 0; n < N; n++)
+    for (let g = 0; g < ng; g++) {
+      let m = 0;
+      const base = n * K + g * INT4_GROUP;
+      for (let i = 0; i < INT4_GROUP; i++) m = Math.max(m, Math.abs(w[base + i]!));
+      scales[n * ng + g] = exportScale(Math.fround(m * ratios[n * ng + g]!), 7);
+    }
+  return scales;
+}
+
 /** Reference: a plain loop. Returns q [N, K] in [-8, 7]; `packInt4Rows` makes the stored layout. */
 export function quantizeInt4Ref(w: Float32Array, N: number, K: number, scales: Float32Array): Int8Array {
   const ng = K / INT4_GROUP;
@@ -75,7 +92,7 @@ export function dequantizeInt4(q: Int8Array, N: number, K: number, scales: Float
  * candidates. `table`, when given, maps each group's scale to the 16 values an engine computes for
  * q = -8..7 (W4A8's FP8 re-expression); otherwise the value is q · scale.
  */
-export function fakeQuantizeInt4InPlace(w: Float32Array, N: number, K: number, table?: (scale: number, out: Float32Array) => void): Float32Array {
+export function fakeQuantizeInt4InPlace(w: Float32Array, N: number, K: number, table?: (scale: number, out: Float32Array) => void, clip = 1): Float32Array {
   const values = new Float32Array(16);
   for (let base = 0; base < N * K; base += INT4_GROUP) {
     let m = 0;
@@ -83,7 +100,7 @@ export function fakeQuantizeInt4InPlace(w: Float32Array, N: number, K: number, t
       const a = Math.abs(w[i]!);
       if (a > m) m = a;
     }
-    const s = exportScale(m, 7);
+    const s = exportScale(clip === 1 ? m : Math.fround(m * clip), 7);
     if (table) {
       table(s, values);
       for (let i = base; i < base + INT4_GROUP; i++) w[i] = values[rneClamp4(Math.fround(w[i]! / s)) + 8]!;

@@ -46,7 +46,8 @@ export const int4_awq: QuantFormat = {
   },
   activation: undefined,
   fakeQuantize: (w, N, K) => fakeQuantizeInt4InPlace(w.slice(), N, K),
-  fakeQuantizeInPlace: (w, N, K) => fakeQuantizeInt4InPlace(w, N, K), // per-block scales only
+  fakeQuantizeInPlace: (w, N, K, _amax, clip) => fakeQuantizeInt4InPlace(w, N, K, undefined, clip), // per-block scales only
+  awqClip: 'blocks',
   logicalShape: (s) => [s[0]! * 2, s[1]!],
   loadBlockers: noBlockers,
   engines: [

@@ -18,7 +18,8 @@ export const nvfp4_awq: QuantFormat = {
   fused: undefined,
   description: 'NVFP4 with AWQ pre-quant scales',
   fakeQuantize: (w, N, K) => fakeQuantizeNvfp4InPlace(w.slice(), N, K, nvfp4GlobalScale(amaxOf(w))),
-  fakeQuantizeInPlace: (w, N, K, amax) => fakeQuantizeNvfp4InPlace(w, N, K, nvfp4GlobalScale(amax)),
+  fakeQuantizeInPlace: (w, N, K, amax, clip = 1) => fakeQuantizeNvfp4InPlace(w, N, K, nvfp4GlobalScale(clip === 1 ? amax : Math.fround(amax * clip))),
+  awqClip: 'global',
   engines: [
     { engine: 'vLLM', loads: false, note: "the AWQ family is not in vLLM's ModelOpt loader" },
     { engine: 'SGLang', loads: false, note: 'not supported' },

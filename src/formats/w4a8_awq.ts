@@ -48,6 +48,9 @@ export const w4a8_awq: QuantFormat = {
   activation: 'fp8',
   fakeQuantize: (w, N, K) => fakeQuantizeW4a8InPlace(w.slice(), N, K, amaxOf(w)),
   fakeQuantizeInPlace: (w, N, K, amax) => fakeQuantizeW4a8InPlace(w, N, K, amax),
+  // ModelOpt's awq() re-runs max calibration on both stages of W4A8's weight quantizer after the
+  // search, which undoes any clipping: awq_clip changes nothing here
+  awqClip: undefined,
   engines: [
     { engine: 'vLLM', loads: false, note: "the AWQ family is not in vLLM's ModelOpt loader" },
     { engine: 'SGLang', loads: false, note: 'not supported' },

@@ -23,8 +23,9 @@ export interface ChunkOutputs {
  * @param kernel the format record's kernel (`QuantFormat.kernel`)
  * @param base the chunk (source bytes in slot.src, rows, K, dtype, AWQ edits)
  * @param scale per-tensor FP8 weight_scale, or NVFP4 weight_scale_2
+ * @param clip int4: AWQ-clip's ratio per (row, group) of the chunk's rows
  */
-export function chunkTask(kernel: KernelKind, slot: Slot, base: Omit<ChunkInput, 'wasm' | 'lut'>, scale = 1): ChunkOutputs {
+export function chunkTask(kernel: KernelKind, slot: Slot, base: Omit<ChunkInput, 'wasm' | 'lut'>, scale = 1, clip?: Float32Array): ChunkOutputs {
   const n = base.rows * base.K;
   const input: ChunkInput = { ...base, wasm: slot.wasm, lut: slot.lut };
   const f32 = (count: number) => new Float32Array(slot.scales.buffer, slot.scales.byteOffset, count);
@@ -46,7 +47,7 @@ export function chunkTask(kernel: KernelKind, slot: Slot, base: Omit<ChunkInput,
       const scales = f32(n / 128);
       // row pairs: whole ones only (every chunk but a model's odd last row has an even count)
       const packed = base.rows % 2 === 0 ? slot.packed.subarray(0, n / 2) : undefined;
-      return { task: { ...input, kind: 'int4', codes: q, scales, packed }, codes: () => q, scales, packed };
+      return { task: { ...input, kind: 'int4', codes: q, scales, packed, ...(clip ? { clip } : {}) }, codes: () => q, scales, packed };
     }
   }
 }

@@ -10,7 +10,7 @@ import { fp8BlockScales, quantizeFp8Block } from '../formats/fp8-block.js';
 import { nvfp4TablesForBf16, nvfp4TablesForF16, quantizeNvfp4 } from '../formats/nvfp4.js';
 import { packNibblesK } from '../codecs/e2m1.js';
 import { packInt4Rows } from '../codecs/int4.js';
-import { int4Scales, quantizeInt4 } from '../formats/int4.js';
+import { int4Scales, int4ScalesClipped, quantizeInt4 } from '../formats/int4.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
 import { applyWeightOps, type WeightOp } from './weight-ops.js';
 import { firstNonFinite } from '../formats/common.js';
@@ -48,8 +48,11 @@ export type KernelTask = ChunkInput &
     | { kind: 'fp8_block'; codes: Uint8Array; scales: Float32Array }
     /** e4m3 block scales under global scale ws2, and the e2m1 codes one per element (`codes`), two per byte as stored (`packed`), or both */
     | { kind: 'nvfp4'; ws2: number; scales: Uint8Array; codes?: Uint8Array; packed?: Uint8Array }
-    /** int4 q and f32 group scales; `packed`: the codes packed by row pairs too (rows even) */
-    | { kind: 'int4'; codes: Int8Array; scales: Float32Array; packed?: Uint8Array }
+    /**
+     * int4 q and f32 group scales; `packed`: the codes packed by row pairs too (rows even); `clip`:
+     * AWQ-clip's ratio per (row, group) of these rows, each group's amax multiplied by it (spec §11.4)
+     */
+    | { kind: 'int4'; codes: Int8Array; scales: Float32Array; packed?: Uint8Array; clip?: Float32Array }
   );
 
 export interface KernelResult {
@@ -216,6 +219,7 @@ function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
       return {};
     }
     case 'int4':
+      if (task.clip) return undefined; // clipped group scales: the JavaScript kernel
       (dtype === 'BF16' ? k.int4 : k.int4_f16)(src, n / 128, task.codes.byteOffset, task.scales.byteOffset);
       if (!finiteScales(task.scales)) return undefined;
       if (task.packed) k.pack_int4_rows(task.codes.byteOffset, task.rows, task.K, task.packed.byteOffset);
@@ -266,7 +270,7 @@ function runJs(task: KernelTask): KernelResult {
       const w = weights(task);
       const bad = nonFinite(w);
       if (bad) return { nonFinite: bad };
-      const s = int4Scales(w, task.rows, task.K);
+      const s = task.clip ? int4ScalesClipped(w, task.rows, task.K, task.clip) : int4Scales(w, task.rows, task.K);
       task.scales.set(s);
       quantizeInt4(w, task.rows, task.K, s, task.codes);
       if (task.packed) packInt4Rows(task.codes.subarray(0, task.rows * task.K), task.rows, task.K, task.packed);

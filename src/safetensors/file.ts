@@ -96,6 +96,7 @@ export function directReadSpan(n: number): number {
 /** An open safetensors file with a validated header. Call `close()` when done. */
 export class SafetensorsFile {
   private handle: FileHandle | undefined;
+  private closed = false;
   /** O_DIRECT handle, opened on first use; null where the file system refuses O_DIRECT. */
   private direct: Promise<FileHandle | null> | undefined;
   readonly tensors: Map<string, TensorRef>;
@@ -157,12 +158,16 @@ export class SafetensorsFile {
 
   /** Positioned read of dest.length bytes at an absolute file offset. */
   async readAt(position: number, dest: Uint8Array, what: string): Promise<void> {
+    // once closed, never reopened: a read still in flight when a failed run closed its files
+    // would otherwise open a handle nobody closes
+    if (this.closed) throw new SafetensorsFormatError(this.path, 'read after the file was closed', what);
     if (!this.handle) this.handle = await open(this.path, 'r');
     await readFully(this.handle, dest, position, this.path, what);
   }
 
   /** Reads `length` bytes at `position` with O_DIRECT into page-aligned `aligned`; returns their view. */
   async readAtDirect(position: number, length: number, aligned: Uint8Array, what: string): Promise<Uint8Array> {
+    if (this.closed) throw new SafetensorsFormatError(this.path, 'read after the file was closed', what);
     this.direct ??= constants.O_DIRECT === undefined ? Promise.resolve(null) : open(this.path, constants.O_RDONLY | constants.O_DIRECT).catch(() => null);
     const h = await this.direct;
     const a = Math.floor(position / PAGE) * PAGE;
@@ -186,6 +191,7 @@ export class SafetensorsFile {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     const h = this.handle;
     this.handle = undefined;
     await h?.close();
