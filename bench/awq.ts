@@ -73,7 +73,7 @@ export async function benchAwq(): Promise<string[]> {
   const same = (a: string, b: string) => groups.some((g) => g.includes(a) && g.includes(b));
   for (const name of ['int4_awq', 'nvfp4_awq', 'w4a8_awq'] as const) {
     const cache = new AwqInputCache(same);
-    const workspace = new AwqWorkspace(); // as calibrate keeps it: one per run, grown to the largest linear
+    const workspace = new AwqWorkspace(cpus().length); // as calibrate keeps it: one per run, grown to the largest linear, its threads
     const fwd = await calibrationPass(cache);
     let cand = 0, run = 0;
     for (const role of ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const) {
@@ -84,6 +84,7 @@ export async function benchAwq(): Promise<string[]> {
       run += r.seconds.gemm;
     }
     await cache.close();
+    await workspace.close();
     const total = fwd + cand + run;
     rows.push(`| ${name} | ${fwd.toFixed(2)} s | ${cand.toFixed(2)} s | ${run.toFixed(2)} s | ${total.toFixed(2)} s | ${(total / maxCal).toFixed(1)}x |`);
   }

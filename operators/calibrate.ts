@@ -63,7 +63,7 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
       let hidden: HiddenStore | undefined;
       let gemm: GemmEngine | undefined = options.gemm;
       let next = 0;
-      const awqWorkspace = options.awq && new AwqWorkspace(); // the search's buffers, reused layer after layer
+      const awqWorkspace = options.awq && new AwqWorkspace(cpus().length); // the search's buffers and candidate-building threads, reused layer after layer
       const tokens = samples.reduce((s, x) => s + x.length, 0);
       return source.pipe(
         concatMap(async (unit): Promise<ModelUnit> => {
@@ -131,7 +131,10 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
           for (const [k, v] of awqStats ?? []) stats.set(k, v);
           return { ...unit, stats: unit.stats ? new Map([...unit.stats, ...stats]) : stats };
         }),
-        finalize(() => void hidden?.close()),
+        finalize(() => {
+          void hidden?.close();
+          void awqWorkspace?.close();
+        }),
       );
     });
 }

@@ -13,6 +13,8 @@ import { tmpdir } from 'node:os';
 import { DATA, readAll } from './helpers.js';
 import { exportCheckpoint } from '../src/export-checkpoint.js';
 import { packInt4Rows } from '../src/codecs/int4.js';
+import { AwqWorkspace, awqInputMean, awqLiteSearch } from '../src/calibration/awq.js';
+import { jsGemm } from '../src/forward/gemm.js';
 import { inputIds } from './reference-forward.js';
 import { loadStats, openModel } from '../src/index.js';
 import { calibrateModel } from '../src/calibrate-checkpoint.js';
@@ -301,6 +303,33 @@ describe('export with AWQ-clip results', () => {
       await rm(tmp, { recursive: true, force: true });
     }
   }, 120_000);
+});
+
+describe('AWQ candidates built on worker threads', () => {
+  it('give the same losses, bit for bit, as on this thread (bands of rows, amax combined by max)', async () => {
+    const N = 320, K = 256, T = 48;
+    let seed = 3;
+    const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32 - 0.5);
+    const w = Float32Array.from({ length: N * K }, () => bf16(rnd() * 0.1));
+    const x = Float32Array.from({ length: T * K }, () => rnd() * 4);
+    const batches = async function* () {
+      yield { x, T };
+    };
+    const xMean = await awqInputMean(batches(), K);
+    for (const fmt of ['int4_awq', 'nvfp4_awq'] as const) {
+      const alone = new AwqWorkspace(0), threads = new AwqWorkspace(2);
+      try {
+        const a = await awqLiteSearch({ w, N, K, dtype: 'BF16' }, FORMATS[fmt], xMean, batches, jsGemm, undefined, alone);
+        const b = await awqLiteSearch({ w, N, K, dtype: 'BF16' }, FORMATS[fmt], xMean, batches, jsGemm, undefined, threads);
+        expect(threads.pool(), 'the worker is built').toBeDefined();
+        expect(Array.from(b.loss)).toEqual(Array.from(a.loss));
+        expect(b.best).toBe(a.best);
+      } finally {
+        await alone.close();
+        await threads.close();
+      }
+    }
+  }, 60_000);
 });
 
 describe('AWQ fake quantization', () => {

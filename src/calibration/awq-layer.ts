@@ -112,7 +112,7 @@ export async function awqSearchLayer(src: WeightSource, layout: LayerLayout, cac
       const c = await awqClipGlobalSearch(lin, fmt, s, () => cache.batches(module), gemm, budget, workspace);
       stats.set(`${module}.awq_clip_ratio`, Float32Array.of(c.ratio));
     } else {
-      stats.set(`${module}.awq_clip_ratios`, await awqClipBlockSearch(lin, fmt, s, () => cache.batches(module)));
+      stats.set(`${module}.awq_clip_ratios`, await awqClipBlockSearch(lin, fmt, s, () => cache.batches(module), gemm));
     }
   }
   return stats;

@@ -22,6 +22,11 @@
  * over the same input (their weights side by side, within a memory budget).
  */
 import type { GemmEngine, PreparedLinear } from '../forward/gemm.js';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Piscina } from 'piscina';
+import { CANDIDATE_ROWS, candidateAmax, candidateRowsInto, castScales, transposeRowsScaled } from './awq-candidate.js';
+import type { AwqBandTask } from './awq-worker.js';
 import type { QuantFormat } from '../formats/format.js';
 import { roundToDType } from '../codecs/float.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
@@ -86,6 +91,14 @@ export function awqScale(xMean: Float32Array, wMean: Float32Array, alpha: number
 export class AwqWorkspace {
   private scratchBuf = new Float32Array(0);
   private candidatesBuf = new Float32Array(0);
+  private sharedW: Float32Array = new Float32Array(0);
+  private sharedOut: Float32Array = new Float32Array(0);
+  private piscina: Piscina | undefined;
+  private closed = false;
+
+  /** @param workers threads that build candidates side by side (0: on this thread) */
+  constructor(readonly workers = 0) {}
+
   scratch(n: number): Float32Array {
     if (this.scratchBuf.length < n) this.scratchBuf = new Float32Array(n);
     return this.scratchBuf.subarray(0, n);
@@ -94,6 +107,36 @@ export class AwqWorkspace {
     if (this.candidatesBuf.length < n) this.candidatesBuf = new Float32Array(n);
     return this.candidatesBuf.subarray(0, n);
   }
+  /** The weight copied into shared memory for the workers. */
+  shared(w: Float32Array): Float32Array {
+    if (this.sharedW.length < w.length) this.sharedW = new Float32Array(new SharedArrayBuffer(w.length * 4));
+    const v = this.sharedW.subarray(0, w.length);
+    v.set(w);
+    return v;
+  }
+  /** A shared [n] output for the workers (onnxruntime takes no SharedArrayBuffer, so it is copied out). */
+  sharedOutput(n: number): Float32Array {
+    if (this.sharedOut.length < n) this.sharedOut = new Float32Array(new SharedArrayBuffer(n * 4));
+    return this.sharedOut.subarray(0, n);
+  }
+  pool(): Piscina | undefined {
+    if (this.workers <= 0 || this.closed) return undefined;
+    const file = workerFile();
+    if (!file) return undefined; // not built (running from sources without dist/): this thread
+    this.piscina ??= new Piscina({ filename: file, minThreads: this.workers, maxThreads: this.workers, idleTimeout: 1000 });
+    return this.piscina;
+  }
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.piscina?.destroy();
+    this.piscina = undefined;
+  }
+}
+
+/** The compiled worker beside this file in dist/, or dist/ mirrored when running from TypeScript sources. */
+function workerFile(): string | undefined {
+  const here = fileURLToPath(import.meta.url);
+  return [here.replace(/awq\.(ts|js)$/, 'awq-worker.js'), here.replace(/[\\/]src[\\/]calibration[\\/]awq\.ts$/, '/dist/src/calibration/awq-worker.js')].find((p) => p.endsWith('.js') && existsSync(p));
 }
 
 /** One batch of a linear's input: x [T, K]. */
@@ -190,61 +233,76 @@ export const AWQ_CLIP_TOKENS = 64;
  * quantized block output is closest to the unquantized one, summed over batches of
  * mean over tokens of (x'[t, g] · (Wq_r[n, g] − W'[n, g]))², with W' = dtype(W · dtype(s)) and
  * x' = x · dtype(1/s) (the smoothed weight and input), at most 64 tokens of each batch (every
- * ceil(T/64)-th). Returns the chosen ratio per block, [N, K/G] (ones for a linear that saw no tokens).
+ * ceil(T/64)-th). The block outputs x'[t, g] · (Wq_r − W')[n, g]^T are GEMMs on the calibration's
+ * engine, one group column at a time with the 11 ratios side by side. Returns the chosen ratio per
+ * block, [N, K/G] (ones for a linear that saw no tokens).
  */
 export async function awqClipBlockSearch(
   lin: AwqLinear,
   fmt: Pick<QuantFormat, 'fakeQuantizeInPlace' | 'groupSize' | 'name'>,
   s: Float32Array,
   batches: () => AsyncIterable<AwqBatch>,
+  gemm: GemmEngine,
 ): Promise<Float32Array> {
   const { w, N, K, dtype } = lin;
   const G = fmt.groupSize!;
   const fq = fmt.fakeQuantizeInPlace!;
   const ng = K / G;
-  const sw = s.map((v) => roundToDType(v, dtype));
-  const p = s.map((v) => roundToDType(Math.fround(1 / v), dtype));
-  const ws = new Float32Array(N * K);
-  for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) ws[n * K + k] = roundToDType(Math.fround(w[n * K + k]! * sw[k]!), dtype);
-  // each ratio's error W_q(r) − W', kept for the whole search (11 x [N, K]; the search is for small layers)
-  const diffs = AWQ_CLIP_RATIOS.map((r) => {
-    const q = fq(ws.slice(), N, K, 0, r);
-    for (let i = 0; i < q.length; i++) q[i] = q[i]! - ws[i]!;
-    return q;
-  });
-  const err = AWQ_CLIP_RATIOS.map(() => new Float64Array(N * ng));
-  let seen = false;
+  const R = AWQ_CLIP_RATIOS.length;
+  const { sw, p } = castScales(s, dtype);
+  // the subsampled, smoothed tokens of every batch: x'[t] = x[t] · p, every ceil(T/64)-th token
+  const xs: { x: Float32Array; T: number }[] = [];
   for await (const { x, T } of batches()) {
     if (T === 0) continue;
-    seen = true;
     const stride = Math.ceil(T / AWQ_CLIP_TOKENS);
-    const ts = Array.from({ length: Math.ceil(T / stride) }, (_, i) => i * stride);
-    const xs = new Float32Array(ts.length * K);
-    ts.forEach((t, i) => {
-      for (let k = 0; k < K; k++) xs[i * K + k] = Math.fround(x[t * K + k]! * p[k]!);
-    });
-    diffs.forEach((d, r) => {
-      const e = err[r]!;
-      for (let n = 0; n < N; n++)
-        for (let g = 0; g < ng; g++) {
-          let sum = 0;
-          for (let i = 0; i < ts.length; i++) {
-            let dot = 0;
-            for (let k = g * G; k < (g + 1) * G; k++) dot += xs[i * K + k]! * d[n * K + k]!;
-            sum += dot * dot;
-          }
-          e[n * ng + g] = e[n * ng + g]! + sum / ts.length;
-        }
-    });
+    const n = Math.ceil(T / stride);
+    const sub = new Float32Array(n * K);
+    for (let i = 0; i < n; i++) for (let k = 0; k < K; k++) sub[i * K + k] = Math.fround(x[i * stride * K + k]! * p[k]!);
+    xs.push({ x: sub, T: n });
   }
   const ratios = new Float32Array(N * ng).fill(1);
-  if (!seen) return ratios;
-  for (let b = 0; b < N * ng; b++) {
-    let best = 0;
-    for (let r = 1; r < err.length; r++) if (err[r]![b]! < err[best]![b]!) best = r;
-    ratios[b] = AWQ_CLIP_RATIOS[best]!;
+  if (xs.length === 0) return ratios;
+  // one group column at a time: its blocks W'[:, g] fake-quantized at every ratio, the errors
+  // Wq(r) − W' side by side as one linear [R·N, G] on the engine, run on each batch's x'[:, g]
+  const blk = new Float32Array(N * G), q = new Float32Array(N * G), wt = new Float32Array(G * R * N);
+  const xg = new Float32Array(AWQ_CLIP_TOKENS * G);
+  const err = new Float64Array(R * N);
+  for (let g = 0; g < ng; g++) {
+    for (let n = 0; n < N; n++) for (let j = 0; j < G; j++) blk[n * G + j] = roundToDType(Math.fround(w[n * K + g * G + j]! * sw[g * G + j]!), dtype);
+    for (let r = 0; r < R; r++) {
+      q.set(blk);
+      fq(q, N, G, 0, AWQ_CLIP_RATIOS[r]!);
+      for (let n = 0; n < N; n++) for (let j = 0; j < G; j++) wt[j * R * N + r * N + n] = q[n * G + j]! - blk[n * G + j]!;
+    }
+    const prepared = await gemm.prepareTransposed?.({ wt, N: R * N, K: G }) ?? (await gemm.prepare({ w: transposeBack(wt, R * N, G), N: R * N, K: G }));
+    err.fill(0);
+    try {
+      for (const b of xs) {
+        for (let i = 0; i < b.T; i++) for (let j = 0; j < G; j++) xg[i * G + j] = b.x[i * K + g * G + j]!;
+        const y = await prepared.run(xg.subarray(0, b.T * G), b.T); // [T', R·N]: each block's output error
+        for (let i = 0; i < b.T; i++) {
+          const o = i * R * N;
+          for (let c = 0; c < R * N; c++) err[c] = err[c]! + (y[o + c]! * y[o + c]!) / b.T;
+        }
+      }
+    } finally {
+      await prepared.release();
+    }
+    for (let n = 0; n < N; n++) {
+      let best = 0;
+      for (let r = 1; r < R; r++) if (err[r * N + n]! < err[best * N + n]!) best = r;
+      ratios[n * ng + g] = AWQ_CLIP_RATIOS[best]!;
+    }
   }
+  gemm.dropSpareBuffers?.();
   return ratios;
+}
+
+/** wt [K, N] back to [N, K] (engines without prepareTransposed). */
+function transposeBack(wt: Float32Array, N: number, K: number): Float32Array {
+  const out = new Float32Array(N * K);
+  for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) out[n * K + k] = wt[k * N + n]!;
+  return out;
 }
 
 /**
@@ -270,13 +328,13 @@ async function gridSearch(
   for (let a0 = 0; a0 < candidates.length; a0 += perSet) {
     const set = candidates.slice(a0, a0 + perSet);
     let t0 = performance.now();
-    const members = [(wt: Float32Array, Nt: number, off: number) => transposeScaled(wt, Nt, off, w, N, K)];
-    for (const c of set) members.push((wt, Nt, off) => candidateInto(wt, Nt, off, w, N, K, c.s, fqInPlace, dtype, scratch, c.clip));
-    const prepared = await prepareSideBySide(members, N, K, gemm, workspace);
+    const Nt = (set.length + 1) * N;
+    const wt = workspace.candidates(K * Nt); // [K, Nt]: the reference W, then each candidate
+    await buildSet(wt, Nt, lin, fmt.name, fqInPlace, set, workspace, scratch);
+    const prepared = await prepareTransposed(wt, Nt, K, gemm);
     seconds.candidates += (performance.now() - t0) / 1000;
     t0 = performance.now();
     try {
-      const Nt = (set.length + 1) * N;
       for await (const { x, T } of batches()) {
         if (T === 0) continue;
         const y = await prepared.run(x, T); // [T, (1 + candidates) * N]: reference, then each candidate
@@ -310,82 +368,46 @@ async function hasTokens(batches: AsyncIterable<AwqBatch>): Promise<boolean> {
 }
 
 /**
- * The candidate fq(dtype(W · diag(dtype(s)))) · diag(dtype(1/s)), written transposed into columns
- * [off, off + N) of wt [K, Nt], so that x · C^T = (x · p) · fq(W s)^T. `scratch`: a [64, K] buffer.
+ * Writes the reference W and each candidate transposed side by side into wt [K, Nt]. With workers,
+ * they build bands of rows of one candidate at a time in shared memory (amaxes first, over the
+ * same bands), copied into wt while this thread transposes the reference; else all here.
  */
-function candidateInto(
-  wt: Float32Array, Nt: number, off: number, w: Float32Array, N: number, K: number, s: Float32Array,
-  fqInPlace: (w: Float32Array, N: number, K: number, amax: number, clip?: number) => Float32Array, dtype: FloatDType, scratch: Float32Array, clip = 1,
-): void {
-  const sw = s.map((v) => roundToDType(v, dtype));
-  const p = s.map((v) => roundToDType(Math.fround(1 / v), dtype));
-  // max |dtype(W s)| = dtype(max |W s|): rounding is monotonic
-  let amax = 0;
-  for (let n = 0; n < N; n++) {
-    const r = n * K;
-    for (let k = 0; k < K; k++) {
-      const a = Math.abs(w[r + k]! * sw[k]!);
-      if (a > amax) amax = a;
-    }
-  }
-  amax = roundToDType(Math.fround(amax), dtype);
-  // 64 rows at a time, in a scratch that stays in cache: W s, rounded, fake-quantized, written transposed times p
-  for (let n0 = 0; n0 < N; n0 += CANDIDATE_ROWS) {
-    const rows = Math.min(CANDIDATE_ROWS, N - n0);
-    const block = scratch.subarray(0, rows * K);
-    for (let r = 0; r < rows; r++) {
-      const o = (n0 + r) * K;
-      for (let k = 0; k < K; k++) block[r * K + k] = w[o + k]! * sw[k]!; // the store rounds to f32
-    }
-    roundArrayToDType(block, dtype);
-    fqInPlace(block, rows, K, amax, clip);
-    for (let k = 0; k < K; k++) {
-      const base = k * Nt + off + n0;
-      const pk = p[k]!;
-      for (let r = 0; r < rows; r++) wt[base + r] = block[r * K + k]! * pk;
-    }
-  }
-}
-
-/** Rows of a candidate made at once (a [64, K] block: 1 MiB at K = 4096). */
-const CANDIDATE_ROWS = 64;
-
-/** Rounds f32 values (finite) to the dtype in place; bf16 by round-to-nearest-even on the bits. */
-function roundArrayToDType(a: Float32Array, dtype: FloatDType): void {
-  if (dtype === 'F32') return;
-  if (dtype === 'BF16') {
-    const u = new Uint32Array(a.buffer, a.byteOffset, a.length);
-    for (let i = 0; i < u.length; i++) {
-      const b = u[i]!;
-      u[i] = (b + 0x7fff + ((b >>> 16) & 1)) & 0xffff0000;
-    }
+async function buildSet(
+  wt: Float32Array, Nt: number, lin: AwqLinear, format: string, fq: NonNullable<QuantFormat['fakeQuantizeInPlace']>,
+  set: { s: Float32Array; clip: number }[], workspace: AwqWorkspace, scratch: Float32Array,
+): Promise<void> {
+  const { w, N, K, dtype } = lin;
+  const pool = workspace.pool();
+  if (!pool || N < 2 * CANDIDATE_ROWS) {
+    transposeRowsScaled(wt, Nt, 0, w, K, 0, N);
+    set.forEach((c, j) => {
+      const { sw, p } = castScales(c.s, dtype);
+      const amax = roundToDType(candidateAmax(w, K, 0, N, sw), dtype);
+      candidateRowsInto(wt, Nt, (j + 1) * N, w, K, 0, N, sw, p, amax, fq, dtype, scratch, c.clip);
+    });
     return;
   }
-  for (let i = 0; i < a.length; i++) a[i] = roundToDType(a[i]!, dtype);
-}
-
-/** Writes m [N, K] (times p[k] per column, when given) transposed into columns [off, off + N) of wt [K, Nt], 64 rows at a time. */
-function transposeScaled(wt: Float32Array, Nt: number, off: number, m: Float32Array, N: number, K: number, p?: Float32Array): void {
-  for (let n0 = 0; n0 < N; n0 += 64) {
-    const n1 = Math.min(N, n0 + 64);
-    for (let k = 0; k < K; k++) {
-      const base = k * Nt + off;
-      const pk = p ? p[k]! : 1;
-      for (let n = n0; n < n1; n++) wt[base + n] = m[n * K + k]! * pk;
-    }
+  const ws = workspace.shared(w);
+  const bands: [number, number][] = [];
+  const per = Math.ceil(N / workspace.workers / CANDIDATE_ROWS) * CANDIDATE_ROWS;
+  for (let n0 = 0; n0 < N; n0 += per) bands.push([n0, Math.min(N, n0 + per)]);
+  const base = { format, dtype, w: ws, K };
+  const parts = await Promise.all(bands.map(([n0, n1]) => pool.run({ ...base, phase: 'amax', n0, n1, candidates: set } satisfies AwqBandTask) as Promise<number[]>));
+  const amaxes = set.map((_, j) => roundToDType(Math.max(...parts.map((a) => a[j]!)), dtype));
+  const out = workspace.sharedOutput(K * N); // one candidate [K, N] at a time
+  transposeRowsScaled(wt, Nt, 0, w, K, 0, N);
+  for (let j = 0; j < set.length; j++) {
+    const c = { ...set[j]!, amax: amaxes[j]!, off: 0 };
+    await Promise.all(bands.map(([n0, n1]) => pool.run({ ...base, phase: 'build', n0, n1, candidates: [c], out, Nt: N } satisfies AwqBandTask)));
+    const off = (j + 1) * N;
+    for (let k = 0; k < K; k++) wt.set(out.subarray(k * N, (k + 1) * N), k * Nt + off);
   }
 }
 
-/**
- * One linear of the members' rows stacked along N ([m·N, K]), prepared on the engine as W^T: each
- * member writes its [N, K] transposed into its columns of the [K, m·N] buffer.
- */
-async function prepareSideBySide(members: ((wt: Float32Array, Nt: number, off: number) => void)[], N: number, K: number, gemm: GemmEngine, workspace: AwqWorkspace): Promise<PreparedLinear> {
-  const Nt = members.length * N;
-  const wt = workspace.candidates(K * Nt); // [K, Nt]
-  members.forEach((write, j) => write(wt, Nt, j * N));
+/** wt [K, Nt] prepared on the engine (engines that take W [Nt, K] get it transposed back). */
+async function prepareTransposed(wt: Float32Array, Nt: number, K: number, gemm: GemmEngine): Promise<PreparedLinear> {
   if (gemm.prepareTransposed) return gemm.prepareTransposed({ wt, N: Nt, K });
-  const all = new Float32Array(Nt * K); // engines that take W [Nt, K]
+  const all = new Float32Array(Nt * K);
   for (let k = 0; k < K; k++) for (let n = 0; n < Nt; n++) all[n * K + k] = wt[k * Nt + n]!;
   return gemm.prepare({ w: all, N: Nt, K });
 }
