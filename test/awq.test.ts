@@ -8,7 +8,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { join } from 'node:path';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { DATA, readAll } from './helpers.js';
 import { exportCheckpoint } from '../src/export-checkpoint.js';
@@ -17,7 +17,7 @@ import { AwqWorkspace, awqInputMean, awqLiteSearch } from '../src/calibration/aw
 import { jsGemm } from '../src/forward/gemm.js';
 import { inputIds } from './reference-forward.js';
 import { loadStats, openModel } from '../src/index.js';
-import { calibrateModel } from '../src/calibrate-checkpoint.js';
+import { calibrateModel, writeStats } from '../src/calibrate-checkpoint.js';
 import { FORMATS } from '../src/formats/registry.js';
 import { decodeToFloat32 } from '../src/codecs/index.js';
 import { roundToDType } from '../src/codecs/float.js';
@@ -299,6 +299,25 @@ describe('export with AWQ-clip results', () => {
       for (const v of w) amax = Math.max(amax, Math.abs(v));
       const a = await readAll(join(tmp, 'a', 'model.safetensors'));
       expect(f32At(a.get(`${o}.weight_scale_2`)!.bytes)).toBe(Math.fround(Math.fround(amax * Math.fround(0.8)) / 2688));
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }, 120_000);
+});
+
+describe('AWQ through a statistics file', () => {
+  it('calibrate -f int4_awq --awq full, then quantize --stats, writes the bytes of the inline export', async () => {
+    const tmp = await mkdtemp(join(tmpdir(), 'rxq-awqstats-'));
+    try {
+      const samples = (await inputIds(REF)).slice(0, 3).map((a) => a.slice(0, 128));
+      const model = join(MINI, 'hf');
+      const stats = await calibrateModel(model, samples, { awq: { format: 'int4_awq', algorithm: 'full' } });
+      expect([...stats.keys()].some((k) => k.endsWith('.awq_clip_ratios'))).toBe(true);
+      await writeStats(join(tmp, 'stats.safetensors'), stats);
+      await exportCheckpoint({ model, format: 'int4_awq', out: join(tmp, 'from-stats'), stats: await loadStats(join(tmp, 'stats.safetensors')), workers: 0 });
+      await exportCheckpoint({ model, format: 'int4_awq', out: join(tmp, 'inline'), calibration: samples, awq: 'full', workers: 0 });
+      const a = await readFile(join(tmp, 'from-stats', 'model.safetensors')), b = await readFile(join(tmp, 'inline', 'model.safetensors'));
+      expect(a.equals(b)).toBe(true);
     } finally {
       await rm(tmp, { recursive: true, force: true });
     }
