@@ -8,45 +8,24 @@
  * (fresh memory), as the first layer of a calibration run does.
  */
 import { cpus } from 'node:os';
-import { decoderLayer, prepareLayer, type LayerWeights, type LinearWeights } from '../src/forward/layer.js';
+import { decoderLayer, prepareLayer } from '../src/forward/layer.js';
+import { CFG, T, llama8bLayer, rand } from './calibration.js';
 import { loadOrt, onnxGemm } from '../src/forward/gemm.js';
 import { ropeTables } from '../src/forward/rope.js';
-import type { ModelConfig } from '../src/models/config.js';
 import { StatsCollector } from '../src/calibration/collector.js';
 import { AwqInputCache } from '../src/calibration/input-cache.js';
 import { AwqWorkspace, awqInputMean, awqLiteSearch } from '../src/calibration/awq.js';
 import { FORMATS } from '../src/formats/registry.js';
 import { roundToDType } from '../src/codecs/float.js';
 
-const CFG: ModelConfig = {
-  modelType: 'llama', hiddenSize: 4096, intermediateSize: 14336, numLayers: 1, numHeads: 32, numKvHeads: 8, headDim: 128,
-  vocabSize: 128256, rmsNormEps: 1e-5, rope: { theta: 500000, type: 'default' }, tieWordEmbeddings: false, attentionBias: false,
-  torchDtype: 'bfloat16', bosTokenId: 1,
-};
-const T = 512;
-
-function rand(n: number, scale: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    a[i] = roundToDType((s / 2 ** 32 - 0.5) * scale, 'BF16');
-  }
-  return a;
-}
-const lin = (N: number, K: number, seed: number): LinearWeights => ({ w: rand(N * K, 2 / Math.sqrt(K), seed), N, K });
-
 export async function benchAwq(): Promise<string[]> {
   const ort = await loadOrt();
   if (!ort) return ['| awq | onnxruntime-node not available |'];
-  const H = 4096, I = 14336, d = 128;
-  const lw: LayerWeights = {
-    q: lin(32 * d, H, 1), k: lin(8 * d, H, 2), v: lin(8 * d, H, 3), o: lin(H, 32 * d, 4),
-    gate: lin(I, H, 5), up: lin(I, H, 6), down: lin(H, I, 7),
-    inputNorm: new Float32Array(H).fill(1), postNorm: new Float32Array(H).fill(1),
-  };
+  const H = 4096, d = 128;
+  const bf16 = (x: number) => roundToDType(x, 'BF16');
+  const lw = llama8bLayer(bf16);
   const { cos, sin } = ropeTables(CFG.rope, d, T);
-  const h = rand(T * H, 2, 9);
+  const h = rand(T * H, 2, 9, bf16);
   const gemm = onnxGemm(ort, cpus().length);
   const layer = await prepareLayer(lw, gemm);
   const calibrationPass = async (cache?: AwqInputCache) => {

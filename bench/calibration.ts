@@ -13,25 +13,33 @@ import { ropeTables } from '../src/forward/rope.js';
 import type { ModelConfig } from '../src/models/config.js';
 import { median } from './util.js';
 
-const CFG: ModelConfig = {
+export const CFG: ModelConfig = {
   modelType: 'llama', hiddenSize: 4096, intermediateSize: 14336, numLayers: 1, numHeads: 32, numKvHeads: 8, headDim: 128,
   vocabSize: 128256, rmsNormEps: 1e-5, rope: { theta: 500000, type: 'default' }, tieWordEmbeddings: false, attentionBias: false,
   torchDtype: 'bfloat16', bosTokenId: 1,
 };
-const T = 512;
+export const T = 512;
 
-function rand(n: number, scale: number, seed: number): Float32Array {
+/** Deterministic uniform values in [-scale/2, scale/2), each passed through `round` (default: f32). */
+export function rand(n: number, scale: number, seed: number, round: (x: number) => number = (x) => x): Float32Array {
   const a = new Float32Array(n);
   let s = seed >>> 0;
   for (let i = 0; i < n; i++) {
     s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    a[i] = (s / 2 ** 32 - 0.5) * scale;
+    a[i] = round((s / 2 ** 32 - 0.5) * scale);
   }
   return a;
 }
 
-function lin(N: number, K: number, seed: number): LinearWeights {
-  return { w: rand(N * K, 2 / Math.sqrt(K), seed), N, K };
+/** The Llama-3.1-8B-shaped layer both benches run: random weights scaled by 1/sqrt(in), norms of ones. */
+export function llama8bLayer(round?: (x: number) => number): LayerWeights {
+  const H = 4096, I = 14336, d = 128;
+  const lin = (N: number, K: number, seed: number): LinearWeights => ({ w: rand(N * K, 2 / Math.sqrt(K), seed, round), N, K });
+  return {
+    q: lin(32 * d, H, 1), k: lin(8 * d, H, 2), v: lin(8 * d, H, 3), o: lin(H, 32 * d, 4),
+    gate: lin(I, H, 5), up: lin(I, H, 6), down: lin(H, I, 7),
+    inputNorm: new Float32Array(H).fill(1), postNorm: new Float32Array(H).fill(1),
+  };
 }
 
 const TORCH_SCRIPT = `
@@ -78,12 +86,8 @@ function torchSeconds(threads: number): number | undefined {
 export async function benchCalibration(): Promise<string[]> {
   const ort = await loadOrt();
   if (!ort) return ['| calibration | onnxruntime-node not available |'];
-  const H = 4096, I = 14336, d = 128;
-  const lw: LayerWeights = {
-    q: lin(32 * d, H, 1), k: lin(8 * d, H, 2), v: lin(8 * d, H, 3), o: lin(H, 32 * d, 4),
-    gate: lin(I, H, 5), up: lin(I, H, 6), down: lin(H, I, 7),
-    inputNorm: new Float32Array(H).fill(1), postNorm: new Float32Array(H).fill(1),
-  };
+  const H = 4096, d = 128;
+  const lw = llama8bLayer();
   const { cos, sin } = ropeTables(CFG.rope, d, T);
   const h = rand(T * H, 2, 9);
   const rows: string[] = ['| engine | threads | s per layer (512 tokens) | tokens/s | vs PyTorch |', '|---|---|---|---|---|'];

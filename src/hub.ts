@@ -41,6 +41,17 @@ export async function resolveModel(arg: string, o: HubOptions = {}): Promise<str
   return downloadModel(arg, o);
 }
 
+/** downloadFileToCacheDir without the line the library prints on stdout for each download. */
+export async function quietDownload(params: Parameters<typeof downloadFileToCacheDir>[0]): Promise<string> {
+  const debug = console.debug;
+  console.debug = () => undefined;
+  try {
+    return await downloadFileToCacheDir(params);
+  } finally {
+    console.debug = debug;
+  }
+}
+
 export async function downloadModel(repo: string, o: HubOptions = {}): Promise<string> {
   const common = {
     repo: { type: 'model' as const, name: repo },
@@ -60,14 +71,10 @@ export async function downloadModel(repo: string, o: HubOptions = {}): Promise<s
   const wanted = files.filter((f) => !WEIGHTS_NOT_NEEDED.test(f.path) && !f.path.endsWith('.safetensors') && !f.path.startsWith('.'));
   const fetch1 = async (path: string, size: number): Promise<string> => {
     o.onFile?.(path, size);
-    const debug = console.debug;
-    console.debug = () => undefined; // the library announces each download on stdout
     try {
-      return await downloadFileToCacheDir({ ...common, path, cacheDir });
+      return await quietDownload({ ...common, path, cacheDir });
     } catch (e) {
       throw new CheckpointError(`${repo}/${path}`, `download failed (${(e as Error).message})`);
-    } finally {
-      console.debug = debug;
     }
   };
   let dir: string | undefined;

@@ -15,6 +15,7 @@
 import { rename, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { openModel } from './model.js';
+import { openCheckpoint } from './safetensors/checkpoint.js';
 import { openRunner, scoreNextTokens, textWindows, type ModelRunner } from './eval.js';
 import { loadLinear, weightSource } from './forward/weights.js';
 import { formatByQuantAlgo } from './formats/registry.js';
@@ -163,7 +164,6 @@ async function weightErrors(sourceDir: string, exportDir: string, quantAlgo: str
   const fmt = formatByQuantAlgo(quantAlgo);
   if (fmt?.awq) return { linears: [], note: `${quantAlgo} stores AWQ-smoothed weights (their scales folded into norms and neighbouring linears): compared through the layer outputs only` };
   const model = await openModel(sourceDir);
-  const { openCheckpoint } = await import('./safetensors/checkpoint.js');
   const ck = await openCheckpoint(exportDir);
   try {
     const srcW = weightSource(model);

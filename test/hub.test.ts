@@ -43,26 +43,34 @@ beforeAll(async () => {
   server = createServer(async (req, res) => {
     const u = new URL(req.url!, 'http://x');
     hits.push(`${req.method} ${u.pathname}`);
-    {
-      // the dataset: listing (recursive), paths-info and downloads
-      const doid = async (f: string) => createHash('sha1').update(await readFile(join(datasetDir, f))).digest('hex');
-      const entries = async () => Promise.all((await walk(datasetDir)).map(async (f) => ({ type: 'file', path: f, size: (await stat(join(datasetDir, f))).size, oid: await doid(f) })));
-      if (/^\/api\/datasets\/test-org\/tiny-text\/tree\/[^/]+$/.test(u.pathname)) {
+    // the model and the dataset: listing, paths-info and downloads (ranges included)
+    for (const repo of [
+      { api: 'models', resolve: '/test-org/tiny-llama', name: 'test-org/tiny-llama', dir: repoDir },
+      { api: 'datasets', resolve: '/datasets/test-org/tiny-text', name: 'test-org/tiny-text', dir: datasetDir },
+    ]) {
+      const oid = async (f: string) => createHash('sha1').update(await readFile(join(repo.dir, f))).digest('hex');
+      const list = async () => Promise.all((await walk(repo.dir)).map(async (f) => ({ type: 'file', path: f, size: (await stat(join(repo.dir, f))).size, oid: await oid(f) })));
+      if (u.pathname.startsWith(`/api/${repo.api}/${repo.name}/tree/`)) {
         res.setHeader('content-type', 'application/json');
-        return res.end(JSON.stringify(await entries()));
+        return res.end(JSON.stringify(await list()));
       }
-      if (/^\/api\/datasets\/test-org\/tiny-text\/paths-info\/[^/]+$/.test(u.pathname) && req.method === 'POST') {
+      if (u.pathname.startsWith(`/api/${repo.api}/${repo.name}/paths-info/`) && req.method === 'POST') {
         let body = '';
         for await (const c of req) body += c;
         const paths: string[] = JSON.parse(body).paths;
         res.setHeader('content-type', 'application/json');
-        return res.end(JSON.stringify((await entries()).filter((e) => paths.includes(e.path)).map((e) => ({ ...e, lastCommit: { id: COMMIT, title: 't', date: '2026-01-01T00:00:00Z' } }))));
+        return res.end(JSON.stringify((await list()).filter((e) => paths.includes(e.path)).map((e) => ({ ...e, lastCommit: { id: COMMIT, title: 't', date: '2026-01-01T00:00:00Z' } }))));
       }
-      const d = /^\/datasets\/test-org\/tiny-text\/resolve\/[^/]+\/(.+)$/.exec(u.pathname);
-      if (d) {
-        const f = decodeURIComponent(d[1]!);
-        const data = await readFile(join(datasetDir, f));
-        res.setHeader('ETag', `"${await doid(f)}"`);
+      const m = new RegExp(`^${repo.resolve}/resolve/[^/]+/(.+)$`).exec(u.pathname);
+      if (m) {
+        const f = decodeURIComponent(m[1]!);
+        const data = await readFile(join(repo.dir, f)).catch(() => undefined);
+        if (!data) {
+          res.statusCode = 404;
+          res.setHeader('X-Error-Code', 'EntryNotFound');
+          return res.end();
+        }
+        res.setHeader('ETag', `"${await oid(f)}"`);
         res.setHeader('X-Repo-Commit', COMMIT);
         const range = /bytes=(\d+)-(\d*)/.exec(req.headers.range ?? '');
         if (range) {
@@ -73,40 +81,6 @@ beforeAll(async () => {
         }
         return res.end(data);
       }
-    }
-    const oid = async (f: string) => createHash('sha1').update(await readFile(join(repoDir, f))).digest('hex');
-    const list = async () => Promise.all((await readdir(repoDir)).map(async (f) => ({ type: 'file', path: f, size: (await stat(join(repoDir, f))).size, oid: await oid(f) })));
-    let m: RegExpExecArray | null;
-    if ((m = /^\/api\/models\/test-org\/tiny-llama\/tree\/[^/]+$/.exec(u.pathname))) {
-      res.setHeader('content-type', 'application/json');
-      return res.end(JSON.stringify(await list()));
-    }
-    if ((m = /^\/api\/models\/test-org\/tiny-llama\/paths-info\/[^/]+$/.exec(u.pathname)) && req.method === 'POST') {
-      let body = '';
-      for await (const c of req) body += c;
-      const paths: string[] = JSON.parse(body).paths;
-      const all = await list();
-      res.setHeader('content-type', 'application/json');
-      return res.end(JSON.stringify(all.filter((e) => paths.includes(e.path)).map((e) => ({ ...e, lastCommit: { id: COMMIT, title: 't', date: '2026-01-01T00:00:00Z' } }))));
-    }
-    if ((m = /^\/test-org\/tiny-llama\/resolve\/[^/]+\/(.+)$/.exec(u.pathname))) {
-      const f = join(repoDir, decodeURIComponent(m[1]!));
-      const data = await readFile(f).catch(() => undefined);
-      if (!data) {
-        res.statusCode = 404;
-        res.setHeader('X-Error-Code', 'EntryNotFound');
-        return res.end();
-      }
-      res.setHeader('ETag', `"${await oid(m[1]!)}"`);
-      res.setHeader('X-Repo-Commit', COMMIT);
-      const range = /bytes=(\d+)-(\d*)/.exec(req.headers.range ?? '');
-      if (range) {
-        const a = Number(range[1]), b = range[2] ? Number(range[2]) : data.length - 1;
-        res.statusCode = 206;
-        res.setHeader('Content-Range', `bytes ${a}-${b}/${data.length}`);
-        return res.end(data.subarray(a, b + 1));
-      }
-      return res.end(data);
     }
     // upload: the repo exists after creation, small files go inline ("regular") in the commit
     if (u.pathname === '/api/models/test-org/uploaded') {

@@ -16,6 +16,7 @@ import { formatSpec, type FormatName } from '../formats/registry.js';
 import type { GemmEngine } from '../forward/gemm.js';
 import { loadLinear, type WeightSource } from '../forward/weights.js';
 import type { Stats } from '../export/stats.js';
+import { shapeReason } from '../export/plan.js';
 import { isFloatWeightDType } from '../safetensors/dtypes.js';
 import { firstNonFinite } from '../formats/common.js';
 import { QuantizationError, UsageError } from '../errors.js';
@@ -54,7 +55,7 @@ export function awqTargets(layout: LayerLayout, shapeOf: (module: string) => rea
     const s = shapeOf(m);
     if (!s || s.length !== 2) continue;
     const [N, K] = s as [number, number];
-    if (K % fmt.kMultiple !== 0 || (fmt.evenRows && N % 2 !== 0)) continue;
+    if (shapeReason(fmt, N, K)) continue;
     out.push({ module: m, N, K });
   }
   return out;

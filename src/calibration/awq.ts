@@ -274,7 +274,7 @@ export async function awqClipBlockSearch(
       fq(q, N, G, 0, AWQ_CLIP_RATIOS[r]!);
       for (let n = 0; n < N; n++) for (let j = 0; j < G; j++) wt[j * R * N + r * N + n] = q[n * G + j]! - blk[n * G + j]!;
     }
-    const prepared = await gemm.prepareTransposed?.({ wt, N: R * N, K: G }) ?? (await gemm.prepare({ w: transposeBack(wt, R * N, G), N: R * N, K: G }));
+    const prepared = await prepareTransposed(wt, R * N, G, gemm);
     err.fill(0);
     try {
       for (const b of xs) {
@@ -298,13 +298,6 @@ export async function awqClipBlockSearch(
   return ratios;
 }
 
-/** wt [K, N] back to [N, K] (engines without prepareTransposed). */
-function transposeBack(wt: Float32Array, N: number, K: number): Float32Array {
-  const out = new Float32Array(N * K);
-  for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) out[n * K + k] = wt[k * N + n]!;
-  return out;
-}
-
 /**
  * Scores candidates fq(dtype(W · diag(dtype(s)))) (amax times `clip`) against the unquantized output
  * x · W^T on every batch: loss = Σ batches mean((x · dtype(1/s)) · fq(...)^T − x · W^T)². Returns
@@ -319,7 +312,7 @@ async function gridSearch(
   budgetBytes: number,
   workspace: AwqWorkspace,
 ): Promise<{ loss: Float64Array; best: number; seconds: { candidates: number; gemm: number } }> {
-  const { w, N, K, dtype } = lin;
+  const { N, K } = lin;
   const fqInPlace = fmt.fakeQuantizeInPlace!;
   const loss = new Float64Array(candidates.length);
   const seconds = { candidates: 0, gemm: 0 };

@@ -10,9 +10,9 @@
  * (chat datasets: the turns' `content` joined by "\n", without a chat template, as ModelOpt's
  * dataset_utils joins Nemotron's). HF_HUB_OFFLINE=1 refuses before any request.
  */
-import { downloadFileToCacheDir, listFiles } from '@huggingface/hub';
+import { listFiles } from '@huggingface/hub';
 import { CalibrationDataError } from '../errors.js';
-import { hubCacheDir } from '../hub.js';
+import { hubCacheDir, quietDownload } from '../hub.js';
 
 export interface HubDatasetRef {
   repo: string;
@@ -86,14 +86,10 @@ export async function hubDatasetTexts(ref: HubDatasetRef, max: number, o: HubDat
     if (out.length >= max) break;
     o.onFile?.(f.path, f.size);
     let local: string;
-    const debug = console.debug;
-    console.debug = () => undefined; // the library announces each download on stdout
     try {
-      local = await downloadFileToCacheDir({ ...common, path: f.path, cacheDir: o.cacheDir ?? hubCacheDir() });
+      local = await quietDownload({ ...common, path: f.path, cacheDir: o.cacheDir ?? hubCacheDir() });
     } catch (e) {
       throw new CalibrationDataError(`${name}: download of ${f.path} failed (${(e as Error).message})`);
-    } finally {
-      console.debug = debug;
     }
     let rows: Record<string, unknown>[];
     try {

@@ -83,6 +83,13 @@ export function keepsPreQuantScale(plan: Pick<ExportPlan, 'format' | 'decisions'
 /** The reason of a linear the family's recipe keeps unquantized (no warning: it is the recipe). */
 const KEPT_BY_RECIPE = "kept in 16 bits by the family's recipe";
 
+/** Why a format cannot quantize a linear of this [N, K] shape, or undefined when it can. */
+export function shapeReason(format: Pick<FormatSpec, 'kMultiple' | 'evenRows'>, N: number, K: number): string | undefined {
+  if (K % format.kMultiple !== 0) return `in_features ${K} is not a multiple of ${format.kMultiple}`;
+  if (format.evenRows && N % 2 !== 0) return `out_features ${N} is odd (int4 packs pairs of rows)`;
+  return undefined;
+}
+
 export function createPlan(model: SourceModel, format: FormatSpec, options: ExportOptions = {}): ExportPlan {
   if (model.arch.formats && !model.arch.formats.includes(format.name)) {
     throw new QuantizationError(`format ${format.name} is not available for ${model.arch.family}: its recipe defines ${model.arch.formats.join(', ')}`);
@@ -104,8 +111,7 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
       let reason: string | undefined;
       if (options.exclude?.some((p) => matchesPattern(m, p))) reason = 'excluded by --exclude';
       else if (layout.keep?.includes(m)) reason = KEPT_BY_RECIPE;
-      else if (K % format.kMultiple !== 0) reason = `in_features ${K} is not a multiple of ${format.kMultiple}`;
-      else if (format.evenRows && N % 2 !== 0) reason = `out_features ${N} is odd (int4 packs pairs of rows)`;
+      else reason = shapeReason(format, N, K);
       decisions.set(m, { module: m, layer: layout.index, N, K, dtype: t.dtype as FloatDType, quantized: reason === undefined, reason, group });
     }
     for (const m of layout.fusedExperts ?? []) {
