@@ -2,13 +2,23 @@
  * Calibration speed: tokens/s of the forward pass through one Llama-3.1-8B-shaped decoder layer
  * (hidden 4096, intermediate 14336, 32 heads, 8 KV heads, 512 tokens, f32), rxquant (onnxruntime
  * GEMMs) next to PyTorch (Debian python3-torch, OpenBLAS with the machine's CORETYPE override unset)
- * in the same run. The peer needs `apt-get install python3-torch libopenblas0-pthread` (without the
- * latter, Debian's torch falls back to the reference BLAS and runs ~30x slower).
+ * in the same run, alternating rxquant and PyTorch rounds so that a noisy neighbour slows both.
+ * Also: each engine's GEMM share of its layer time, the layer's GFLOP/s against the machine's
+ * measured GEMM peak (the faster of onnxruntime and OpenBLAS on the layer's largest GEMM shape), and
+ * the marginal throughput through the CLI (`rxquant calibrate` of a 4-layer 8B-shaped checkpoint on
+ * 2 x 512 minus 1 x 512 tokens, per layer). The peer needs `apt-get install python3-torch
+ * libopenblas0-pthread` (without the latter, Debian's torch falls back to the reference BLAS and
+ * runs ~30x slower).
  */
 import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
 import { cpus } from 'node:os';
-import { decoderLayer, prepareLayer, type LayerWeights, type LinearWeights } from '../src/forward/layer.js';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { decoderLayer, prepareLayer, type LayerWeights, type LinearWeights, type PreparedGroup, type PreparedLayer } from '../src/forward/layer.js';
 import { loadOrt, onnxGemm } from '../src/forward/gemm.js';
+import { linearModel } from '../src/forward/onnx.js';
+import { synthesize } from './synth.js';
 import { ropeTables } from '../src/forward/rope.js';
 import type { ModelConfig } from '../src/models/config.js';
 import { median } from './util.js';
@@ -43,8 +53,8 @@ export function llama8bLayer(round?: (x: number) => number): LayerWeights {
 }
 
 const TORCH_SCRIPT = `
-import time, torch, sys
-threads = int(sys.argv[1]); torch.set_num_threads(threads)
+import time, torch, sys, json
+threads = int(sys.argv[1]); rounds = int(sys.argv[2]); torch.set_num_threads(threads)
 H, I, nH, nKV, d, T = 4096, 14336, 32, 8, 128, 512
 g = torch.Generator().manual_seed(0)
 W = {n: torch.randn(o, i, generator=g) / i**0.5 for n, o, i in [('q', nH*d, H), ('k', nKV*d, H), ('v', nKV*d, H), ('o', H, nH*d), ('g', I, H), ('u', I, H), ('dn', H, I)]}
@@ -62,53 +72,170 @@ def layer(h):
     h = h + a.transpose(0, 1).reshape(T, H) @ W['o'].T
     x = rms(h, n2)
     return h + (torch.nn.functional.silu(x @ W['g'].T) * (x @ W['u'].T)) @ W['dn'].T
-h = torch.randn(T, H, generator=g)
-with torch.no_grad():
-    layer(h)
+def gemms(x, xi):
+    # the layer's seven linears alone (its GEMM time)
+    for n in ('q', 'k', 'v', 'o', 'g', 'u'): x @ W[n].T
+    xi @ W['dn'].T
+def median(f, n):
     ts = []
-    for _ in range(5):
-        t = time.perf_counter(); layer(h); ts.append(time.perf_counter() - t)
-ts.sort(); print(ts[len(ts)//2])
+    for _ in range(n):
+        t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
+    ts.sort(); return ts[len(ts)//2]
+h = torch.randn(T, H, generator=g); xi = torch.randn(T, I, generator=g)
+with torch.no_grad():
+    layer(h); gemms(h, xi)
+    out = {'layer': median(lambda: layer(h), rounds), 'gemms': median(lambda: gemms(h, xi), rounds), 'peak': median(lambda: h @ W['g'].T, rounds)}
+print(json.dumps(out))
 `;
 
-function torchSeconds(threads: number): number | undefined {
+interface TorchTimes {
+  layer: number;
+  gemms: number;
+  /** one [512, 4096] x [4096, 14336] GEMM */
+  peak: number;
+}
+
+function torchTimes(threads: number, rounds: number): TorchTimes | undefined {
   const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads) };
   delete env.OPENBLAS_CORETYPE;
   delete env.OPENBLAS_L2_SIZE;
-  const r = spawnSync('/usr/bin/python3', ['-c', TORCH_SCRIPT, String(threads)], { env, encoding: 'utf8' });
+  const r = spawnSync('/usr/bin/python3', ['-c', TORCH_SCRIPT, String(threads), String(rounds)], { env, encoding: 'utf8' });
   if (r.status !== 0) {
     process.stderr.write(`torch peer unavailable: ${r.stderr.slice(-300)}\n`);
     return undefined;
   }
-  return Number(r.stdout.trim());
+  return JSON.parse(r.stdout.trim()) as TorchTimes;
 }
 
-export async function benchCalibration(): Promise<string[]> {
+/** The layer's multiply-adds x 2: seven linears on T tokens, plus causal attention's two products (half the T x T scores). */
+function layerFlops(): number {
+  const H = 4096, I = 14336, q = 32 * 128, kv = 8 * 128;
+  const linears = 2 * T * (H * q + 2 * H * kv + q * H + 3 * H * I);
+  const attention = 2 * 2 * 32 * 128 * ((T * (T + 1)) / 2);
+  return linears + attention;
+}
+
+/** The layer's GEMM groups timed as they run (q|k|v, o, gate/up with SiLU, down). */
+function timedGemms(layer: PreparedLayer): { seconds: () => number; reset: () => void } {
+  let ms = 0;
+  const wrap = <F extends (...a: any[]) => Promise<any>>(f: F): F =>
+    (async (...a: any[]) => {
+      const t = performance.now();
+      try {
+        return await f(...a);
+      } finally {
+        ms += performance.now() - t;
+      }
+    }) as F;
+  for (const k of ['qkv', 'o', 'gateUp', 'down'] as const) {
+    const g: PreparedGroup = layer[k];
+    layer[k] = { ...g, run: wrap(g.run.bind(g)), ...(g.runSwiGlu ? { runSwiGlu: wrap(g.runSwiGlu.bind(g)) } : {}), ...(g.runFused ? { runFused: wrap(g.runFused.bind(g)) } : {}) };
+  }
+  return { seconds: () => ms / 1000, reset: () => (ms = 0) };
+}
+
+/** Seconds of one [T, 4096] x [14336, 4096]^T Gemm on onnxruntime, alone (the median of `rounds`). */
+async function ortPeakSeconds(ort: NonNullable<Awaited<ReturnType<typeof loadOrt>>>, threads: number, rounds: number): Promise<number> {
+  const K = 4096, N = 14336;
+  const session = await ort.InferenceSession.create(linearModel(K, N), { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+  const W = new ort.Tensor('float32', rand(N * K, 0.03, 11), [N, K]);
+  const X = new ort.Tensor('float32', rand(T * K, 2, 12), [T, K]);
+  const Y = new ort.Tensor('float32', new Float32Array(T * N), [T, N]);
+  await session.run({ X, W }, { Y });
+  const ts: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const t = performance.now();
+    await session.run({ X, W }, { Y });
+    ts.push((performance.now() - t) / 1000);
+  }
+  await session.release();
+  return median(ts);
+}
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+/**
+ * Seconds per layer of `rxquant calibrate` on a 4-layer 8B-shaped checkpoint for 1 and for 2
+ * samples of 512 tokens (the --json events' per-layer seconds; layer 0 left out: it also loads the
+ * calibration data), so 512 / (two - one) is the marginal tokens/s per layer.
+ */
+function cliLayerSeconds(dataDir: string, samples: number): number[] {
+  const model = join(dataDir, 'llama8b-4');
+  const dir = join(dataDir, 'llama8b-4-tok');
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir);
+  for (const f of readdirSync(model)) symlinkSync(join(model, f), join(dir, f));
+  for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) copyFileSync(join(ROOT, 'assets', 'stories260K', f), join(dir, f));
+  const out = join(dataDir, 'calib-stats.safetensors');
+  try {
+    const r = spawnSync('node', [join(ROOT, 'bin', 'rxquant.js'), 'calibrate', dir, '--calib-samples', String(samples), '-o', out, '--json'], { encoding: 'utf8', maxBuffer: 1 << 26 });
+    if (r.status !== 0) throw new Error(`rxquant calibrate failed: ${r.stderr.slice(-1000)}`);
+    const events = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { stage: string; layer?: number; seconds?: number });
+    return events.filter((e) => e.stage === 'calibrate' && e.layer !== undefined && e.layer > 0).map((e) => e.seconds!);
+  } finally {
+    rmSync(out, { force: true });
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export async function benchCalibration(dataDir: string, rounds = 5): Promise<string[]> {
   const ort = await loadOrt();
   if (!ort) return ['| calibration | onnxruntime-node not available |'];
   const H = 4096, d = 128;
   const lw = llama8bLayer();
   const { cos, sin } = ropeTables(CFG.rope, d, T);
   const h = rand(T * H, 2, 9);
-  const rows: string[] = ['| engine | threads | s per layer (512 tokens) | tokens/s | vs PyTorch |', '|---|---|---|---|---|'];
-  const results: { threads: number; rx: number; torch?: number }[] = [];
-  for (const threads of [1, Math.min(2, cpus().length)]) {
+  const flops = layerFlops();
+  const peakFlops = 2 * T * 4096 * 14336;
+  const rows: string[] = [
+    '| engine | threads | s per layer (512 tokens) | tokens/s | vs PyTorch | GEMM share of the layer | layer GFLOP/s | of the GEMM peak |',
+    '|---|---|---|---|---|---|---|---|',
+  ];
+  const peaks: string[] = [];
+  const twoThreads = Math.min(2, cpus().length);
+  let rx2 = 0;
+  for (const threads of [1, twoThreads]) {
     const layer = await prepareLayer(lw, onnxGemm(ort, threads));
+    const gemm = timedGemms(layer);
     // decoderLayer writes its result over its input: each run gets a copy of the same h
     await decoderLayer(h.slice(), T, layer, CFG, cos, sin);
-    const ts: number[] = [];
-    for (let i = 0; i < 3; i++) {
-      const x = h.slice();
-      const t = performance.now();
-      await decoderLayer(x, T, layer, CFG, cos, sin);
-      ts.push((performance.now() - t) / 1000);
+    // two rounds of (rxquant, PyTorch): a slow spell of the machine lands on both
+    const rx: number[] = [], share: number[] = [], torch: TorchTimes[] = [];
+    for (let round = 0; round < 2; round++) {
+      for (let i = 0; i < rounds; i++) {
+        const x = h.slice();
+        gemm.reset();
+        const t = performance.now();
+        await decoderLayer(x, T, layer, CFG, cos, sin);
+        const s = (performance.now() - t) / 1000;
+        rx.push(s);
+        share.push(gemm.seconds() / s);
+      }
+      const tt = torchTimes(threads, rounds);
+      if (tt) torch.push(tt);
     }
     await layer.release();
-    results.push({ threads, rx: median(ts), torch: torchSeconds(threads) });
+    const ortPeak = await ortPeakSeconds(ort, threads, rounds);
+    const rxS = median(rx);
+    if (threads === twoThreads) rx2 = rxS;
+    const tl = torch.length ? median(torch.map((t) => t.layer)) : undefined;
+    const tg = torch.length ? median(torch.map((t) => t.gemms)) : undefined;
+    const tp = torch.length ? median(torch.map((t) => t.peak)) : undefined;
+    const peak = Math.max(peakFlops / ortPeak, tp ? peakFlops / tp : 0);
+    peaks.push(`${threads} thread(s): onnxruntime ${(peakFlops / ortPeak / 1e9).toFixed(0)} GFLOP/s, OpenBLAS ${tp ? (peakFlops / tp / 1e9).toFixed(0) : 'n/a'} GFLOP/s`);
+    const gf = (s: number) => (flops / s / 1e9).toFixed(0);
+    rows.push(`| rxquant (onnxruntime) | ${threads} | ${rxS.toFixed(3)} | ${(T / rxS).toFixed(0)} | ${tl ? (tl / rxS).toFixed(2) + 'x' : 'n/a'} | ${(median(share) * 100).toFixed(0)}% | ${gf(rxS)} | ${((flops / rxS / peak) * 100).toFixed(0)}% |`);
+    if (tl && tg) rows.push(`| PyTorch 1.13 (Debian, OpenBLAS) | ${threads} | ${tl.toFixed(3)} | ${(T / tl).toFixed(0)} | 1.00x | ${((tg / tl) * 100).toFixed(0)}% | ${gf(tl)} | ${((flops / tl / peak) * 100).toFixed(0)}% |`);
   }
-  for (const r of results) {
-    rows.push(`| rxquant (onnxruntime: GEMMs and attention) | ${r.threads} | ${r.rx.toFixed(3)} | ${(T / r.rx).toFixed(0)} | ${r.torch ? (r.torch / r.rx).toFixed(2) + 'x' : 'n/a'} |`);
-    if (r.torch) rows.push(`| PyTorch ${'1.13 (Debian, OpenBLAS)'} | ${r.threads} | ${r.torch.toFixed(3)} | ${(T / r.torch).toFixed(0)} | 1.00x |`);
-  }
+  rows.push('', `GEMM peak ([512, 4096] x [4096, 14336], f32): ${peaks.join('; ')}. Layer work: ${(flops / 1e9).toFixed(1)} GFLOP.`);
+  // marginal throughput through the CLI, 2 threads as calibrate runs on this machine
+  await synthesize(join(dataDir, 'llama8b-4'), 4);
+  const one = cliLayerSeconds(dataDir, 1), two = cliLayerSeconds(dataDir, 2);
+  const marginal = two.map((s, i) => T / (s - one[i]!));
+  rows.push(
+    '',
+    `rxquant calibrate, 4-layer 8B-shaped checkpoint, layers 1-3: 1 x 512 tokens ${one.map((s) => s.toFixed(2)).join(' / ')} s, 2 x 512 tokens ${two.map((s) => s.toFixed(2)).join(' / ')} s; ` +
+      `marginal ${marginal.map((v) => v.toFixed(0)).join(' / ')} tokens/s per layer (median ${median(marginal).toFixed(0)}) against the bench's ${(T / rx2).toFixed(0)} on ${twoThreads} threads: ${((median(marginal) / (T / rx2) - 1) * 100).toFixed(0)}%.`,
+  );
   return rows;
 }

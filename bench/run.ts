@@ -26,7 +26,7 @@ const SECTIONS: Record<string, () => Promise<string[]>> = {
   read: () => benchRead(DATA),
   kernels: () => benchKernels(),
   export: () => benchExport(DATA, 5, undefined, 5),
-  calibration: () => benchCalibration(),
+  calibration: () => benchCalibration(DATA),
   // AWQ-lite search time per 8B-shaped layer against the same layer's max calibration
   awq: () => benchAwq(),
   // perplexity with and without the AWQ search (a few minutes): run it by name

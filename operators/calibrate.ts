@@ -87,11 +87,14 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
             const { cos, sin } = ropeTables(cfg.rope, cfg.headDim, maxT);
             const cache: AwqInputCache | undefined = options.awq && layerInputCache(layout, options.awq);
             const searched = new Set(layout.linears);
+            const moduleOf = (role: string) => layout.observed?.[role] ?? layout.linears[layout.roles.indexOf(role)]!;
             const hooks = {
-              linearInput: (name: string, x: Float32Array, T: number, K: number) => {
-                const module = layout.observed?.[name] ?? layout.linears[layout.roles.indexOf(name)]!;
-                collector.observe(module, x, T, K);
-                if (searched.has(module)) cache?.observe(module, x, T, K);
+              linearInput: (role: string, x: Float32Array, T: number, K: number) => hooks.linearInputs([role], x, T, K),
+              // q/k/v (gate/up) share one input: its statistics are taken once for all of them
+              linearInputs: (roles: readonly string[], x: Float32Array, T: number, K: number) => {
+                const modules = roles.map(moduleOf);
+                collector.observeShared(modules, x, T, K);
+                for (const module of modules) if (searched.has(module)) cache?.observe(module, x, T, K);
               },
               keysValues: (k: Float32Array, v: Float32Array) => collector.observeKV(layout.attention, k, v),
             };

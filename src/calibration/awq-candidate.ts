@@ -28,15 +28,15 @@ export function candidateAmax(w: Float32Array, K: number, n0: number, n1: number
 }
 
 /**
- * Rows [n0, n1) of the candidate fq(dtype(W · diag(sw))) · diag(p), written transposed into columns
- * [off + n0, off + n1) of wt [K, Nt], so that x · C^T = (x · p) · fq(W s)^T. `amax`: max |dtype(W sw)|
+ * Rows [n0, n1) of the candidate C = fq(dtype(W · diag(sw))) · diag(p), written into rows
+ * [off + n0, off + n1) of out [Nt, K], so that x · C^T = (x · p) · fq(W s)^T. `amax`: max |dtype(W sw)|
  * over the whole weight (= dtype(max |W sw|): rounding is monotonic). `scratch`: a [64, K] buffer.
  */
 export function candidateRowsInto(
-  wt: Float32Array, Nt: number, off: number, w: Float32Array, K: number, n0: number, n1: number,
+  out: Float32Array, off: number, w: Float32Array, K: number, n0: number, n1: number,
   sw: Float32Array, p: Float32Array, amax: number, fqInPlace: FakeQuantizeInPlace, dtype: FloatDType, scratch: Float32Array, clip = 1,
 ): void {
-  // 64 rows at a time, in a scratch that stays in cache: W s, rounded, fake-quantized, written transposed times p
+  // 64 rows at a time, in a scratch that stays in cache: W s, rounded, fake-quantized, written times p
   for (let b0 = n0; b0 < n1; b0 += CANDIDATE_ROWS) {
     const rows = Math.min(CANDIDATE_ROWS, n1 - b0);
     const block = scratch.subarray(0, rows * K);
@@ -46,10 +46,9 @@ export function candidateRowsInto(
     }
     roundArrayToDType(block, dtype);
     fqInPlace(block, rows, K, amax, clip);
-    for (let k = 0; k < K; k++) {
-      const base = k * Nt + off + b0;
-      const pk = p[k]!;
-      for (let r = 0; r < rows; r++) wt[base + r] = block[r * K + k]! * pk;
+    for (let r = 0; r < rows; r++) {
+      const o = (off + b0 + r) * K;
+      for (let k = 0; k < K; k++) out[o + k] = block[r * K + k]! * p[k]!;
     }
   }
 }
@@ -71,14 +70,14 @@ export function roundArrayToDType(a: Float32Array, dtype: FloatDType): void {
   for (let i = 0; i < a.length; i++) a[i] = roundToDType(a[i]!, dtype);
 }
 
-/** Writes rows [n0, n1) of m [N, K] (times p[k] per column, when given) transposed into columns [off + n0, off + n1) of wt [K, Nt]. */
-export function transposeRowsScaled(wt: Float32Array, Nt: number, off: number, m: Float32Array, K: number, n0: number, n1: number, p?: Float32Array): void {
-  for (let b0 = n0; b0 < n1; b0 += 64) {
-    const b1 = Math.min(n1, b0 + 64);
-    for (let k = 0; k < K; k++) {
-      const base = k * Nt + off;
-      const pk = p ? p[k]! : 1;
-      for (let n = b0; n < b1; n++) wt[base + n] = m[n * K + k]! * pk;
-    }
+/** Writes rows [n0, n1) of m [N, K] (times p[k] per column, when given) into rows [off + n0, off + n1) of out [Nt, K]. */
+export function rowsScaledInto(out: Float32Array, off: number, m: Float32Array, K: number, n0: number, n1: number, p?: Float32Array): void {
+  if (!p) {
+    out.set(m.subarray(n0 * K, n1 * K), (off + n0) * K);
+    return;
+  }
+  for (let n = n0; n < n1; n++) {
+    const o = (off + n) * K, r = n * K;
+    for (let k = 0; k < K; k++) out[o + k] = m[r + k]! * p[k]!;
   }
 }

@@ -1,8 +1,8 @@
 /**
  * Worker thread of the AWQ search (a Piscina task): one band of rows of the search's candidates, in
  * two phases. 'amax': each candidate's max |W · dtype(s)| over the band (the caller takes the max of
- * the bands); 'build': each candidate's band written transposed into the shared output, whose
- * columns [off, off + N) hold that candidate. `w` and `out` live in SharedArrayBuffers.
+ * the bands); 'build': each candidate's band written into the shared output, whose rows
+ * [off, off + N) hold that candidate. `w` and `out` live in SharedArrayBuffers.
  */
 import { formatSpec } from '../formats/registry.js';
 import type { FloatDType } from '../safetensors/dtypes.js';
@@ -18,9 +18,8 @@ export interface AwqBandTask {
   n0: number;
   n1: number;
   candidates: { s: Float32Array; clip: number; amax?: number; off?: number }[];
-  /** 'build': [K, Nt] (shared). */
+  /** 'build': [Nt, K] (shared). */
   out?: Float32Array;
-  Nt?: number;
 }
 
 let scratch = new Float32Array(0);
@@ -31,7 +30,7 @@ export default function awqBand(t: AwqBandTask): number[] {
   if (scratch.length < CANDIDATE_ROWS * t.K) scratch = new Float32Array(CANDIDATE_ROWS * t.K);
   for (const c of t.candidates) {
     const { sw, p } = castScales(c.s, t.dtype);
-    candidateRowsInto(t.out!, t.Nt!, c.off!, t.w, t.K, t.n0, t.n1, sw, p, c.amax!, fq, t.dtype, scratch, c.clip);
+    candidateRowsInto(t.out!, c.off!, t.w, t.K, t.n0, t.n1, sw, p, c.amax!, fq, t.dtype, scratch, c.clip);
   }
   return [];
 }

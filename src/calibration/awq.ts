@@ -21,11 +21,11 @@
  * computed as x · (fq(W s) · diag(p))^T, so the reference output and several candidates share one GEMM
  * over the same input (their weights side by side, within a memory budget).
  */
-import type { GemmEngine, PreparedLinear } from '../forward/gemm.js';
+import type { GemmEngine } from '../forward/gemm.js';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
-import { CANDIDATE_ROWS, candidateAmax, candidateRowsInto, castScales, transposeRowsScaled } from './awq-candidate.js';
+import { CANDIDATE_ROWS, candidateAmax, candidateRowsInto, castScales, rowsScaledInto } from './awq-candidate.js';
 import type { AwqBandTask } from './awq-worker.js';
 import type { QuantFormat } from '../formats/format.js';
 import { roundToDType } from '../codecs/float.js';
@@ -167,7 +167,7 @@ export interface AwqLiteResult {
   best: number;
   /** 1 / s_α* (ones when the linear saw no tokens), f32. */
   preQuantScale: Float32Array;
-  /** Where the time went: building the candidates (fake quantization, transposes, engine setup), running their GEMMs and losses. */
+  /** Where the time went: building the candidates (fake quantization, copies, engine setup), running their GEMMs and losses. */
   seconds: { candidates: number; gemm: number };
 }
 
@@ -264,7 +264,7 @@ export async function awqClipBlockSearch(
   if (xs.length === 0) return ratios;
   // one group column at a time: its blocks W'[:, g] fake-quantized at every ratio, the errors
   // Wq(r) − W' side by side as one linear [R·N, G] on the engine, run on each batch's x'[:, g]
-  const blk = new Float32Array(N * G), q = new Float32Array(N * G), wt = new Float32Array(G * R * N);
+  const blk = new Float32Array(N * G), q = new Float32Array(N * G), errW = new Float32Array(R * N * G);
   const xg = new Float32Array(AWQ_CLIP_TOKENS * G);
   const err = new Float64Array(R * N);
   for (let g = 0; g < ng; g++) {
@@ -272,9 +272,9 @@ export async function awqClipBlockSearch(
     for (let r = 0; r < R; r++) {
       q.set(blk);
       fq(q, N, G, 0, AWQ_CLIP_RATIOS[r]!);
-      for (let n = 0; n < N; n++) for (let j = 0; j < G; j++) wt[j * R * N + r * N + n] = q[n * G + j]! - blk[n * G + j]!;
+      for (let i = 0; i < N * G; i++) errW[r * N * G + i] = q[i]! - blk[i]!;
     }
-    const prepared = await prepareTransposed(wt, R * N, G, gemm);
+    const prepared = await gemm.prepare({ w: errW, N: R * N, K: G });
     err.fill(0);
     try {
       for (const b of xs) {
@@ -322,9 +322,9 @@ async function gridSearch(
     const set = candidates.slice(a0, a0 + perSet);
     let t0 = performance.now();
     const Nt = (set.length + 1) * N;
-    const wt = workspace.candidates(K * Nt); // [K, Nt]: the reference W, then each candidate
-    await buildSet(wt, Nt, lin, fmt.name, fqInPlace, set, workspace, scratch);
-    const prepared = await prepareTransposed(wt, Nt, K, gemm);
+    const all = workspace.candidates(Nt * K); // [Nt, K]: the reference W, then each candidate
+    await buildSet(all, lin, fmt.name, fqInPlace, set, workspace, scratch);
+    const prepared = await gemm.prepare({ w: all, N: Nt, K });
     seconds.candidates += (performance.now() - t0) / 1000;
     t0 = performance.now();
     try {
@@ -361,22 +361,22 @@ async function hasTokens(batches: AsyncIterable<AwqBatch>): Promise<boolean> {
 }
 
 /**
- * Writes the reference W and each candidate transposed side by side into wt [K, Nt]. With workers,
+ * Writes the reference W and each candidate one after the other into all [Nt, K]. With workers,
  * they build bands of rows of one candidate at a time in shared memory (amaxes first, over the
- * same bands), copied into wt while this thread transposes the reference; else all here.
+ * same bands), copied into `all` after this thread copies the reference; else all here.
  */
 async function buildSet(
-  wt: Float32Array, Nt: number, lin: AwqLinear, format: string, fq: NonNullable<QuantFormat['fakeQuantizeInPlace']>,
+  all: Float32Array, lin: AwqLinear, format: string, fq: NonNullable<QuantFormat['fakeQuantizeInPlace']>,
   set: { s: Float32Array; clip: number }[], workspace: AwqWorkspace, scratch: Float32Array,
 ): Promise<void> {
   const { w, N, K, dtype } = lin;
   const pool = workspace.pool();
   if (!pool || N < 2 * CANDIDATE_ROWS) {
-    transposeRowsScaled(wt, Nt, 0, w, K, 0, N);
+    rowsScaledInto(all, 0, w, K, 0, N);
     set.forEach((c, j) => {
       const { sw, p } = castScales(c.s, dtype);
       const amax = roundToDType(candidateAmax(w, K, 0, N, sw), dtype);
-      candidateRowsInto(wt, Nt, (j + 1) * N, w, K, 0, N, sw, p, amax, fq, dtype, scratch, c.clip);
+      candidateRowsInto(all, (j + 1) * N, w, K, 0, N, sw, p, amax, fq, dtype, scratch, c.clip);
     });
     return;
   }
@@ -387,20 +387,11 @@ async function buildSet(
   const base = { format, dtype, w: ws, K };
   const parts = await Promise.all(bands.map(([n0, n1]) => pool.run({ ...base, phase: 'amax', n0, n1, candidates: set } satisfies AwqBandTask) as Promise<number[]>));
   const amaxes = set.map((_, j) => roundToDType(Math.max(...parts.map((a) => a[j]!)), dtype));
-  const out = workspace.sharedOutput(K * N); // one candidate [K, N] at a time
-  transposeRowsScaled(wt, Nt, 0, w, K, 0, N);
+  const out = workspace.sharedOutput(N * K); // one candidate [N, K] at a time
+  rowsScaledInto(all, 0, w, K, 0, N);
   for (let j = 0; j < set.length; j++) {
     const c = { ...set[j]!, amax: amaxes[j]!, off: 0 };
-    await Promise.all(bands.map(([n0, n1]) => pool.run({ ...base, phase: 'build', n0, n1, candidates: [c], out, Nt: N } satisfies AwqBandTask)));
-    const off = (j + 1) * N;
-    for (let k = 0; k < K; k++) wt.set(out.subarray(k * N, (k + 1) * N), k * Nt + off);
+    await Promise.all(bands.map(([n0, n1]) => pool.run({ ...base, phase: 'build', n0, n1, candidates: [c], out } satisfies AwqBandTask)));
+    all.set(out, (j + 1) * N * K);
   }
-}
-
-/** wt [K, Nt] prepared on the engine (engines that take W [Nt, K] get it transposed back). */
-async function prepareTransposed(wt: Float32Array, Nt: number, K: number, gemm: GemmEngine): Promise<PreparedLinear> {
-  if (gemm.prepareTransposed) return gemm.prepareTransposed({ wt, N: Nt, K });
-  const all = new Float32Array(Nt * K);
-  for (let k = 0; k < K; k++) for (let n = 0; n < Nt; n++) all[n * K + k] = wt[k * Nt + n]!;
-  return gemm.prepare({ w: all, N: Nt, K });
 }

@@ -12,25 +12,49 @@ export class StatsCollector {
   private linears = new Map<string, LinearAcc>();
   private kv = new Map<string, { k: number; v: number }>();
 
+  // one input's per-channel sums of |x| and maxima, reused from call to call
+  private sum = new Float64Array(0);
+  private max = new Float32Array(0);
+
   /** x [T, K]: the input of `module` for T tokens. */
   observe(module: string, x: Float32Array, T: number, K: number): void {
-    let a = this.linears.get(module);
-    if (!a) {
-      a = { amax: 0, absSum: new Float64Array(K), chAmax: new Float32Array(K), tokens: 0 };
-      this.linears.set(module, a);
+    this.observeShared([module], x, T, K);
+  }
+
+  /**
+   * x [T, K]: the input of every module in `modules` (q, k and v read one input): its per-channel
+   * sums and maxima are taken once and added to each. Sums are f64 per channel, as one pass over all
+   * tokens would keep them.
+   */
+  observeShared(modules: readonly string[], x: Float32Array, T: number, K: number): void {
+    if (this.sum.length !== K) {
+      this.sum = new Float64Array(K);
+      this.max = new Float32Array(K);
     }
-    let m = a.amax;
+    const sum = this.sum.fill(0), max = this.max.fill(0);
     for (let t = 0; t < T; t++) {
       const o = t * K;
       for (let k = 0; k < K; k++) {
         const v = Math.abs(x[o + k]!);
-        a.absSum[k] = a.absSum[k]! + v;
-        if (v > a.chAmax[k]!) a.chAmax[k] = v;
-        if (v > m) m = v;
+        sum[k] = sum[k]! + v;
+        if (v > max[k]!) max[k] = v;
       }
     }
-    a.amax = m;
-    a.tokens += T;
+    let m = 0;
+    for (let k = 0; k < K; k++) if (max[k]! > m) m = max[k]!;
+    for (const module of modules) {
+      let a = this.linears.get(module);
+      if (!a) {
+        a = { amax: 0, absSum: new Float64Array(K), chAmax: new Float32Array(K), tokens: 0 };
+        this.linears.set(module, a);
+      }
+      for (let k = 0; k < K; k++) {
+        a.absSum[k] = a.absSum[k]! + sum[k]!;
+        if (max[k]! > a.chAmax[k]!) a.chAmax[k] = max[k]!;
+      }
+      if (m > a.amax) a.amax = m;
+      a.tokens += T;
+    }
   }
 
   observeKV(attention: string, k: Float32Array, v: Float32Array): void {

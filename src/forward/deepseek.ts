@@ -24,7 +24,7 @@ import type { DeepseekConfig, ModelConfig } from './config.js';
 import type { GemmEngine } from './gemm.js';
 import { rmsnorm, silu } from './ops.js';
 import { applyRope } from './rope.js';
-import { swiGluMlp, type LayerHooks, type PreparedGroup } from './layer.js';
+import { observeShared, swiGluMlp, type LayerHooks, type PreparedGroup } from './layer.js';
 import { EXPERT_GROUP_BYTES, expertInto, expertsInGroups, prepareSwiGlu, type SampleStates } from './moe.js';
 import { f32, PreparedGroups, type WeightSource } from './weights.js';
 import { CheckpointError } from '../errors.js';
@@ -364,8 +364,7 @@ export async function deepseekDenseOverSamples(
       await mlaBlock(h, T, attn, cfg, ds, cos, sin, hooks);
       await states.set(i, h);
       const x2 = rmsnorm(h, T, H, attn.postNorm, cfg.rmsNormEps);
-      hooks.linearInput?.('gate', x2, T, H);
-      hooks.linearInput?.('up', x2, T, H);
+      observeShared(hooks, ['gate', 'up'], x2, T, H);
       xs.push(x2);
     }
   } finally {
@@ -382,10 +381,13 @@ export async function deepseekDenseOverSamples(
     const part: WeightSource = { ...src, tensors: new Map([['gate#band.weight', rowRange(gateT, c0, c1)], ['up#band.weight', rowRange(upT, c0, c1)]]) };
     const bandGroups = new PreparedGroups(part, gemm);
     try {
-      const g = await bandGroups.byName(['gate#band', 'up#band'], [[c1 - c0, H], [c1 - c0, H]]);
+      const g = await bandGroups.byName(['gate#band', 'up#band'], [[c1 - c0, H], [c1 - c0, H]], { swiGlu: true });
       for (let i = 0; i < states.count; i++) {
         const T = states.tokens(i), act = acts[i]!, w = c1 - c0;
-        if (g.runFused) {
+        if (g.runSwiGlu) {
+          const a = await g.runSwiGlu(xs[i]!, T); // [T, w]
+          for (let t = 0; t < T; t++) act.set(a.subarray(t * w, (t + 1) * w), t * I + c0);
+        } else if (g.runFused) {
           const gu = await g.runFused(xs[i]!, T); // [T, 2w]: gate | up
           for (let t = 0; t < T; t++) for (let j = 0; j < w; j++) act[t * I + c0 + j] = Math.fround(silu(gu[t * 2 * w + j]!)) * gu[t * 2 * w + w + j]!;
         } else {

@@ -1,10 +1,11 @@
 /**
  * GEMM engines for the forward pass. `js` is the blocked plain-JavaScript matmul (the reference the
- * others are tested against); `onnx` runs each linear as a one-node onnxruntime session over the
- * weight transposed to [K, N], held once in f32 and passed as an input at each run.
+ * others are tested against); `onnx` runs each linear as a one-node onnxruntime Gemm (transB) over
+ * the weight as the checkpoint lays it out, [N, K] rows in f32, held once and passed as an input at
+ * each run, and a SwiGLU MLP's gate, up and silu(gate) * up as one session.
  */
-import { matmul } from './ops.js';
-import { attentionModel, matmulModel } from './onnx.js';
+import { matmul, silu } from './ops.js';
+import { attentionModel, linearModel, swiGluModel } from './onnx.js';
 import { ReusedBuffers } from './reused.js';
 
 /** One linear's weights as the forward pass takes them: W [N, K] in f32 (or a loader of W^T), bias, input transform. */
@@ -13,10 +14,11 @@ export interface LinearWeights {
   N: number;
   K: number;
   /**
-   * Instead of `w` (then empty): writes W^T into columns [off, off + N) of wt [K, nTotal], reading
-   * the source a chunk of rows at a time, so no [N, K] copy ever exists (engines working on W^T).
+   * Instead of `w` (then empty): writes W [N, K] as f32 into `into` (N·K values), reading the source
+   * a chunk of rows at a time, so the engine's own buffer (or a fused group's rows) is the only f32
+   * copy that ever exists.
    */
-  writeTransposed?: (wt: Float32Array, nTotal: number, off: number) => Promise<void>;
+  writeRows?: (into: Float32Array) => Promise<void>;
   b?: Float32Array;
   /** Applied to the input before the matmul: pre_quant_scale and activation fake-quantization of an export. */
   input?: (x: Float32Array, T: number) => Float32Array;
@@ -32,28 +34,32 @@ export interface PreparedLinear {
   release(): Promise<void>;
 }
 
-/** A linear given by its weight already transposed: wt [K, N] (column n of W^T is row n of W). */
-export interface TransposedLinear {
-  wt: Float32Array;
-  N: number;
-  K: number;
-  b?: Float32Array;
-  input?: (x: Float32Array, T: number) => Float32Array;
+/** A SwiGLU MLP's first half prepared as one unit: act [T, I] = silu(x Wg^T) * (x Wu^T). */
+export interface PreparedSwiGlu {
+  /** act [T, I] (reused by the next run, as PreparedLinear.run's output is). */
+  act(x: Float32Array, T: number): Promise<Float32Array>;
+  /** gate and up outputs [T, I] each, for callers that need them apart. */
+  run(x: Float32Array, T: number): Promise<[Float32Array, Float32Array]>;
+  release(): Promise<void>;
 }
 
 export interface GemmEngine {
   name: string;
+  /**
+   * The engine may keep reading `l.w` until release (do not change it before); a lazily loaded
+   * linear (`writeRows`) is written into a buffer of the engine's.
+   */
   prepare(l: LinearWeights): Promise<PreparedLinear>;
   /**
-   * Engines that work on W^T take it directly (the fused q|k|v and gate|up are transposed straight
-   * from their members, with no concatenated copy); prepare() is then prepareTransposed(transpose(l)),
-   * and the caller may drop its [N, K] arrays once prepared.
+   * gate and up of a SwiGLU MLP (same K, no bias or input transform) as one unit, when the engine
+   * can run the element-wise silu(g) * u next to its GEMMs (else the layer does it in JavaScript).
    */
-  prepareTransposed?(l: TransposedLinear): Promise<PreparedLinear>;
+  prepareSwiGlu?(gate: LinearWeights, up: LinearWeights): Promise<PreparedSwiGlu>;
   /**
-   * A [n] buffer, one a released linear gave back when there is one of that length: a W^T for
-   * prepareTransposed (which then owns it) or a group's outputs. Layers of one model share shapes,
-   * so each layer is written into the previous one's buffers, whenever the garbage collector comes.
+   * A [n] buffer, one a released linear gave back when there is one of that length: the rows of a
+   * fused group for prepare (which then owns it) or a group's outputs. Layers of one model share
+   * shapes, so each layer is written into the previous one's buffers, whenever the garbage
+   * collector comes.
    */
   takeBuffer?(n: number): Float32Array;
   /** Buffers for takeBuffer to hand out again (a released group's outputs). */
@@ -64,15 +70,30 @@ export interface GemmEngine {
   attention?(T: number, nH: number, nKV: number, d: number): Promise<(q: Float32Array, k: Float32Array, v: Float32Array) => Promise<Float32Array>>;
 }
 
+/** W [N, K] of a linear: its `w`, or its rows written into `into` (a new array when not given). */
+export async function rowsOf(l: LinearWeights, into?: Float32Array): Promise<Float32Array> {
+  if (!l.writeRows || l.w.length === l.N * l.K) return l.w;
+  const w = into ?? new Float32Array(l.N * l.K);
+  await l.writeRows(w);
+  return w;
+}
+
 export const jsGemm: GemmEngine = {
   name: 'js',
   async prepare(l) {
+    const w = await rowsOf(l);
     return {
-      run: async (x, T) => matmul(l.input ? l.input(x, T) : x, T, l.K, l.w, l.N, l.b),
+      run: async (x, T) => matmul(l.input ? l.input(x, T) : x, T, l.K, w, l.N, l.b),
       release: async () => undefined,
     };
   },
 };
+
+/** silu(g) * u element-wise, as the JavaScript layers compute it: silu rounded to f32, then the product. */
+export function siluMul(g: Float32Array, u: Float32Array, out: Float32Array): Float32Array {
+  for (let i = 0; i < out.length; i++) out[i] = Math.fround(silu(g[i]!)) * u[i]!;
+  return out;
+}
 
 type Ort = typeof import('onnxruntime-node');
 let ortModule: Promise<Ort | undefined> | undefined;
@@ -96,13 +117,20 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
   // tokens) instead of all eight groups' (4 x 32 MiB). Measured at 8B shapes, 512 tokens: same
   // output bits, 32-37 ms against 35-73 ms for all heads in one run; without an arena 264 ms.
   const options = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' as const };
-  // W^T and output buffers of released linears, by length (see takeBuffer): left to the garbage
-  // collector, the previous layer's measured still half there as the next one loaded
+  // weight and output buffers of released linears, by length (see takeBuffer): left to the garbage
+  // collector, the previous layer's measured still half there as the next one loaded. Only buffers
+  // this engine handed out go back to it (a caller's own `w` stays the caller's).
   const spare = new Map<number, Float32Array[]>();
-  const takeBuffer = (n: number) => spare.get(n)?.pop() ?? new Float32Array(n);
-  const giveBack = (...buffers: Float32Array[]) => {
-    for (const b of buffers) spare.get(b.length)?.push(b) ?? spare.set(b.length, [b]);
+  const ours = new WeakSet<Float32Array>();
+  const takeBuffer = (n: number) => {
+    const b = spare.get(n)?.pop() ?? new Float32Array(n);
+    ours.add(b);
+    return b;
   };
+  const giveBack = (...buffers: Float32Array[]) => {
+    for (const b of buffers) if (ours.has(b)) spare.get(b.length)?.push(b) ?? spare.set(b.length, [b]);
+  };
+  const weightRows = (l: LinearWeights) => rowsOf(l, l.writeRows && l.w.length !== l.N * l.K ? takeBuffer(l.N * l.K) : undefined);
   return {
     takeBuffer,
     giveBack,
@@ -146,14 +174,12 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
         });
     },
     async prepare(l) {
-      const wt = takeBuffer(l.K * l.N);
-      if (l.writeTransposed) await l.writeTransposed(wt, l.N, 0);
-      else transposeInto(wt, l.N, 0, l);
-      return this.prepareTransposed!({ wt, N: l.N, K: l.K, b: l.b, input: l.input });
-    },
-    async prepareTransposed({ wt, N, K, b, input }) {
-      const session = await ort.InferenceSession.create(matmulModel(K, N, b), options);
-      const w = new ort.Tensor('float32', wt, [K, N]);
+      const { N, K, b, input } = l;
+      // Gemm with transB over W as stored: measured 1.1-1.3x faster than MatMul over W^T at 8B
+      // shapes (1 and 2 threads), and no transposed copy to make
+      const w = await weightRows(l);
+      const W = new ort.Tensor('float32', w, [N, K]);
+      const session = await ort.InferenceSession.create(linearModel(K, N, b), options);
       // the output in a buffer of ours, reused from run to run: left to onnxruntime, it would come
       // from the session's arena, which keeps its peak (58 MB for gate|up at 8B) until the session
       // is released
@@ -162,13 +188,44 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
         run: (x, T) =>
           output.use(String(T), async (y) => {
             const xin = input ? input(x, T) : x;
-            await session.run({ X: new ort.Tensor('float32', xin, [T, K]), Wt: w }, { Y: new ort.Tensor('float32', y, [T, N]) });
+            await session.run({ X: new ort.Tensor('float32', xin, [T, K]), W }, { Y: new ort.Tensor('float32', y, [T, N]) });
             return y;
           }),
         release: async () => {
           await session.release();
           const y = output.takeBack();
-          giveBack(wt, ...(y ? [y] : []));
+          giveBack(w, ...(y ? [y] : []));
+        },
+      };
+    },
+    async prepareSwiGlu(gate, up) {
+      const { N: I, K } = gate;
+      if (up.N !== I || up.K !== K || gate.b || up.b || gate.input || up.input) throw new Error('prepareSwiGlu: gate and up must have one shape and no bias or input transform');
+      // gate's rows, then up's: one [I, K] f32 buffer each, written one after the other
+      const wg = await weightRows(gate);
+      const wu = await weightRows(up);
+      const Wg = new ort.Tensor('float32', wg, [I, K]), Wu = new ort.Tensor('float32', wu, [I, K]);
+      const session = await ort.InferenceSession.create(swiGluModel(K, I, 'act'), options);
+      let apart: Promise<import('onnxruntime-node').InferenceSession> | undefined; // gate and up outputs, made when asked for
+      const act = new ReusedBuffers((key) => takeBuffer(Number(key) * I));
+      const both = new ReusedBuffers((key) => [takeBuffer(Number(key) * I), takeBuffer(Number(key) * I)] as [Float32Array, Float32Array]);
+      return {
+        act: (x, T) =>
+          act.use(String(T), async (a) => {
+            await session.run({ X: new ort.Tensor('float32', x, [T, K]), Wg, Wu }, { A: new ort.Tensor('float32', a, [T, I]) });
+            return a;
+          }),
+        run: (x, T) =>
+          both.use(String(T), async (gu) => {
+            apart ??= ort.InferenceSession.create(swiGluModel(K, I, 'apart'), options);
+            await (await apart).run({ X: new ort.Tensor('float32', x, [T, K]), Wg, Wu }, { G: new ort.Tensor('float32', gu[0], [T, I]), U: new ort.Tensor('float32', gu[1], [T, I]) });
+            return gu;
+          }),
+        release: async () => {
+          await session.release();
+          if (apart) await (await apart).release();
+          const a = act.takeBack();
+          giveBack(wg, wu, ...(a ? [a] : []), ...(both.takeBack() ?? []));
         },
       };
     },
@@ -176,32 +233,14 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
 }
 
 /**
- * Writes rows [rows, K] transposed into columns [off, off + rows) of wt [K, N], as f32 bits: `src`
- * holds f32 bits (shift 0) or bf16 bits (shift 16: a bf16 is the top half of an f32, so no f32 copy
- * of the rows is made; at 8B, a layer's load otherwise leaves 2.5 GB of such copies to the garbage
- * collector, 12 MB at a time). Blocks of 64 rows: the writes of one row go N apart, the block keeps
- * them in nearby lines.
+ * Writes bf16 values (their bits) into `into` as f32: a bf16 is the top half of an f32, so each is
+ * its bits shifted up 16, with no f32 copy of the source in between (at 8B a layer's load would
+ * otherwise leave 2.5 GB of such copies to the garbage collector, 12 MB at a time).
  */
-function transposeBits(wt: Float32Array, N: number, off: number, src: Uint32Array | Uint16Array, rows: number, K: number, shift: 0 | 16): Float32Array {
-  const out = new Uint32Array(wt.buffer, wt.byteOffset, wt.length);
-  for (let n0 = 0; n0 < rows; n0 += 64) {
-    const n1 = Math.min(rows, n0 + 64);
-    for (let k = 0; k < K; k++) {
-      const base = k * N + off;
-      for (let n = n0; n < n1; n++) out[base + n] = src[n * K + k]! << shift;
-    }
-  }
-  return wt;
-}
-
-/** As transposeInto, for rows given as bf16 bits [rows, K]. */
-export function transposeBf16Into(wt: Float32Array, N: number, off: number, bits: Uint16Array, rows: number, K: number): Float32Array {
-  return transposeBits(wt, N, off, bits, rows, K, 16);
-}
-
-/** Writes W [l.N, l.K] transposed into columns [off, off + l.N) of wt [K, N]; returns wt. */
-export function transposeInto(wt: Float32Array, N: number, off: number, l: { w: Float32Array; N: number; K: number }): Float32Array {
-  return transposeBits(wt, N, off, new Uint32Array(l.w.buffer, l.w.byteOffset, l.w.length), l.N, l.K, 0);
+export function bf16RowsInto(into: Float32Array, bits: Uint16Array): Float32Array {
+  const out = new Uint32Array(into.buffer, into.byteOffset, bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = bits[i]! << 16;
+  return into;
 }
 
 /** The fastest engine available: onnxruntime when it loads, else plain JavaScript. */

@@ -6,7 +6,7 @@
 import type { ModelConfig } from './config.js';
 import { rmsnorm, silu } from './ops.js';
 import { applyRope } from './rope.js';
-import { jsGemm, transposeInto, type GemmEngine, type LinearWeights, type PreparedLinear } from './gemm.js';
+import { jsGemm, siluMul, type GemmEngine, type LinearWeights, type PreparedLinear } from './gemm.js';
 
 export type { LinearWeights };
 import { ReusedBuffers } from './reused.js';
@@ -37,10 +37,22 @@ export interface LayerHooks {
    * was routed to).
    */
   linearInput?(role: string, x: Float32Array, T: number, K: number): void;
+  /**
+   * One input read by several linears (q, k and v; gate and up), reported once for all of them, so
+   * a consumer can do its work on it once. Optional: without it, linearInput sees each role; a
+   * consumer that has it still gets linearInput for inputs of one linear.
+   */
+  linearInputs?(roles: readonly string[], x: Float32Array, T: number, K: number): void;
   /** Keys after RoPE [T, kvHeads*d] and values [T, kvHeads*d]. */
   keysValues?(k: Float32Array, v: Float32Array, T: number): void;
 }
 
+
+/** Reports an input several linears read: once through linearInputs when the hooks have it, else once per role. */
+export function observeShared(hooks: LayerHooks, roles: readonly string[], x: Float32Array, T: number, K: number): void {
+  if (hooks.linearInputs) hooks.linearInputs(roles, x, T, K);
+  else for (const r of roles) hooks.linearInput?.(r, x, T, K);
+}
 
 /** Linears that read the same input, run as one GEMM when they have no input transform of their own. */
 export interface PreparedGroup {
@@ -48,6 +60,8 @@ export interface PreparedGroup {
   run(x: Float32Array, T: number): Promise<Float32Array[]>;
   /** Fused groups: the members' outputs side by side, [T, sum of widths], without splitting them. */
   runFused?(x: Float32Array, T: number): Promise<Float32Array>;
+  /** A gate/up group prepared as SwiGLU (see GemmEngine.prepareSwiGlu): silu(gate) * up [T, I], reused by the next run. */
+  runSwiGlu?(x: Float32Array, T: number): Promise<Float32Array>;
   release(): Promise<void>;
 }
 
@@ -56,14 +70,23 @@ const buffer = (gemm: GemmEngine, n: number) => gemm.takeBuffer?.(n) ?? new Floa
 
 /**
  * Prepares one GEMM group from loaders of its members (loaded when needed, dropped once used).
- * `dims`: each member's [N, K] as the config gives it, so that an engine working on W^T can size the
- * fused matrix first and transpose the members into it one at a time.
+ * `dims`: each member's [N, K] as the config gives it, so that the fused matrix [sum of N, K] can be
+ * sized first and each member's rows written into it in turn (a lazily loaded member straight from
+ * the source), with no other copy. `swiGlu`: the group is [gate, up] of a SwiGLU MLP, prepared as
+ * one unit when the engine can (runSwiGlu).
  */
-export async function prepareGroupFrom(loads: (() => Promise<LinearWeights>)[], dims: [number, number][], gemm: GemmEngine): Promise<PreparedGroup> {
+export async function prepareGroupFrom(loads: (() => Promise<LinearWeights>)[], dims: [number, number][], gemm: GemmEngine, opts: { swiGlu?: boolean } = {}): Promise<PreparedGroup> {
   const K = dims[0]![1];
-  if (gemm.prepareTransposed && loads.length > 1 && dims.every((d) => d[1] === K)) {
+  if (opts.swiGlu && gemm.prepareSwiGlu && loads.length === 2) {
+    const gate = await loads[0]!();
+    if (!gate.input && !gate.b && gate.K === K) {
+      const up = await loads[1]!();
+      if (!up.input && !up.b && up.K === K && up.N === gate.N) return swiGluGroup(await gemm.prepareSwiGlu(gate, up));
+    }
+  }
+  if (loads.length > 1 && dims.every((d) => d[1] === K)) {
     const N = dims.reduce((a, d) => a + d[0], 0);
-    const wt = buffer(gemm, K * N);
+    const w = buffer(gemm, N * K);
     let b: Float32Array | undefined;
     let off = 0;
     let fused = true;
@@ -73,18 +96,23 @@ export async function prepareGroupFrom(loads: (() => Promise<LinearWeights>)[], 
         fused = false; // activation fake-quant of an exported checkpoint (or an odd shape): one GEMM each
         break;
       }
-      if (m.writeTransposed) await m.writeTransposed(wt, N, off);
-      else transposeInto(wt, N, off, m);
+      const rows = w.subarray(off * K, (off + m.N) * K);
+      if (m.writeRows) await m.writeRows(rows);
+      else rows.set(m.w);
       if (m.b) (b ??= new Float32Array(N)).set(m.b, off);
       off += m.N;
     }
-    if (fused) return splitOutputs(await gemm.prepareTransposed({ wt, N, K, b }), dims.map((d) => d[0]), gemm);
+    if (fused) return splitOutputs(await gemm.prepare({ w, N, K, b }), dims.map((d) => d[0]), gemm);
+    gemm.giveBack?.(w);
   }
-  if (!gemm.prepareTransposed) return prepareGroup(await Promise.all(loads.map((l) => l())), gemm);
-  // one at a time: each member's [N, K] is dropped once the engine has its W^T
+  // one at a time: each member's [N, K] is dropped once the engine has it
   const each: PreparedLinear[] = [];
   for (const l of loads) each.push(await gemm.prepare(await l()));
   return separate(each);
+}
+
+function swiGluGroup(p: import('./gemm.js').PreparedSwiGlu): PreparedGroup {
+  return { run: (x, T) => p.run(x, T), runSwiGlu: (x, T) => p.act(x, T), release: () => p.release() };
 }
 
 function separate(each: PreparedLinear[]): PreparedGroup {
@@ -94,26 +122,6 @@ function separate(each: PreparedLinear[]): PreparedGroup {
       await Promise.all(each.map((p) => p.release()));
     },
   };
-}
-
-async function prepareGroup(members: LinearWeights[], gemm: GemmEngine): Promise<PreparedGroup> {
-  const K = members[0]!.K;
-  const fusable = members.length > 1 && members.every((m) => !m.input && m.K === K);
-  if (fusable) {
-    // concatenate the weights along N: one GEMM, outputs split by column ranges
-    const N = members.reduce((a, m) => a + m.N, 0);
-    const w = new Float32Array(N * K);
-    const hasBias = members.some((m) => m.b);
-    const b = hasBias ? new Float32Array(N) : undefined;
-    let off = 0;
-    for (const m of members) {
-      w.set(m.w, off * K);
-      if (b && m.b) b.set(m.b, off);
-      off += m.N;
-    }
-    return splitOutputs(await gemm.prepare({ w, N, K, b }), members.map((m) => m.N), gemm);
-  }
-  return separate(await Promise.all(members.map((m) => gemm.prepare(m))));
 }
 
 /** A fused linear's output [T, sum of widths] split into one [T, width] per member. */
@@ -169,14 +177,15 @@ export async function prepareLayerFrom(
   norms: Pick<LayerWeights, 'inputNorm' | 'postNorm' | 'qNorm' | 'kNorm'>,
   gemm: GemmEngine = jsGemm,
 ): Promise<PreparedLayer> {
-  const group = (names: LinearName[]) =>
+  const group = (names: LinearName[], opts?: { swiGlu: boolean }) =>
     prepareGroupFrom(
       names.map((n) => () => load(n)),
       names.map(dims),
       gemm,
+      opts,
     );
   const down = await group(['down']);
-  const gateUp = await group(['gate', 'up']);
+  const gateUp = await group(['gate', 'up'], { swiGlu: true });
   const qkv = await group(['q', 'k', 'v']);
   const o = await group(['o']);
   return {
@@ -255,7 +264,7 @@ export async function attentionBlock(
   const lw = layer.norms;
   const H = cfg.hiddenSize, d = cfg.headDim, nH = cfg.numHeads, nKV = cfg.numKvHeads;
   rmsnorm(h, T, H, lw.inputNorm, cfg.rmsNormEps, x); // [T, H]
-  for (const n of ['q', 'k', 'v'] as const) hooks.linearInput?.(n, x, T, H);
+  observeShared(hooks, ['q', 'k', 'v'], x, T, H);
   const [q, k, v] = (await layer.qkv.run(x, T)) as [Float32Array, Float32Array, Float32Array]; // [T, nH*d], [T, nKV*d] x2
   if (lw.qNorm) rmsnorm(q, T * nH, d, lw.qNorm, cfg.rmsNormEps, q);
   if (lw.kNorm) rmsnorm(k, T * nKV, d, lw.kNorm, cfg.rmsNormEps, k);
@@ -286,9 +295,10 @@ export async function swiGluMlp(
   prefix = '',
   act: Float32Array = new Float32Array(T * I),
 ): Promise<Float32Array> {
-  hooks.linearInput?.(`${prefix}gate`, x, T, H);
-  hooks.linearInput?.(`${prefix}up`, x, T, H);
-  if (gateUp.runFused) {
+  observeShared(hooks, [`${prefix}gate`, `${prefix}up`], x, T, H);
+  if (gateUp.runSwiGlu) {
+    act = await gateUp.runSwiGlu(x, T); // [T, I], the engine's buffer
+  } else if (gateUp.runFused) {
     const gu = await gateUp.runFused(x, T); // [T, 2I]: gate | up, read in place
     for (let t = 0; t < T; t++) {
       const o = 2 * t * I;
@@ -296,7 +306,7 @@ export async function swiGluMlp(
     }
   } else {
     const [g, u] = (await gateUp.run(x, T)) as [Float32Array, Float32Array]; // [T, I] x2
-    for (let i = 0; i < T * I; i++) act[i] = Math.fround(silu(g[i]!)) * u[i]!;
+    siluMul(g, u, act.subarray(0, T * I));
   }
   hooks.linearInput?.(`${prefix}down`, act, T, I);
   const [dn] = (await down.run(act, T)) as [Float32Array]; // [T, H]

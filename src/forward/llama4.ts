@@ -20,7 +20,7 @@
 import type { Llama4Config, ModelConfig } from './config.js';
 import type { GemmEngine, LinearWeights } from './gemm.js';
 import { rmsnorm, silu } from './ops.js';
-import { attention, swiGluMlp, type LayerHooks, type PreparedGroup } from './layer.js';
+import { attention, observeShared, swiGluMlp, type LayerHooks, type PreparedGroup } from './layer.js';
 import { activationQuant, f32, PreparedGroups, type WeightSource } from './weights.js';
 import { EXPERT_GROUP_BYTES, expertsInGroups, prepareSwiGlu, type SampleStates } from './moe.js';
 import { formatByQuantAlgo } from '../formats/registry.js';
@@ -172,7 +172,7 @@ async function llama4Attention(
   const H = cfg.hiddenSize, d = cfg.headDim, nH = cfg.numHeads, nKV = cfg.numKvHeads;
   const i = layer.index;
   const x = rmsnorm(h, T, H, layer.inputNorm, cfg.rmsNormEps);
-  for (const n of ['q', 'k', 'v'] as const) hooks.linearInput?.(n, x, T, H);
+  observeShared(hooks, ['q', 'k', 'v'], x, T, H);
   const [q, k, v] = (await layer.qkv.run(x, T)) as [Float32Array, Float32Array, Float32Array];
   if (l4.rope[i]) {
     applyRopeInterleaved(q, T, nH, d, cos, sin);

@@ -42,7 +42,7 @@ export interface PreparedMoeLayer extends PreparedAttention {
 
 /** A SwiGLU MLP's gate|up and down as GEMM groups (an expert's, a shared expert's, a dense MLP's): [I, H] x2 and [H, I]. */
 export async function prepareSwiGlu(g: PreparedGroups, m: { gate: string; up: string; down: string }, H: number, I: number): Promise<{ gateUp: PreparedGroup; down: PreparedGroup }> {
-  return { gateUp: await g.byName([m.gate, m.up], [[I, H], [I, H]]), down: await g.byName([m.down], [[H, I]]) };
+  return { gateUp: await g.byName([m.gate, m.up], [[I, H], [I, H]], { swiGlu: true }), down: await g.byName([m.down], [[H, I]]) };
 }
 
 /** The attention part of a layer, prepared into `g`. */

@@ -146,19 +146,51 @@ function valueInfo(name: string, dims: (number | string)[]): Writer {
   return new Writer().str(1, name).msg(2, tensorType(dims));
 }
 
-/** Y[T, N] = X[T, K] @ Wt[K, N] (+ B[N]): Wt is the transposed Linear weight, a graph input. */
-export function matmulModel(K: number, N: number, bias?: Float32Array): Uint8Array {
-  // Wt [K, N] is a graph input, not an initializer: an initializer would be copied into the model
-  // bytes and again into onnxruntime (three copies of a 470 MB gate|up at 8B), an input is read in
-  // place from the caller's buffer at each run (MLAS packs it panel by panel as it multiplies).
-  const graph = new Writer();
-  const mm = new Writer().str(1, 'X').str(1, 'Wt').str(2, bias ? 'XW' : 'Y').str(3, 'mm').str(4, 'MatMul');
-  graph.msg(1, mm);
-  if (bias) graph.msg(1, new Writer().str(1, 'XW').str(1, 'B').str(2, 'Y').str(3, 'add').str(4, 'Add'));
-  graph.str(2, 'linear');
-  if (bias) graph.msg(5, new Writer().int(1, N).int(2, FLOAT).str(8, 'B').bytes(9, new Uint8Array(bias.buffer, bias.byteOffset, bias.byteLength)));
-  graph.msg(11, valueInfo('X', ['T', K]));
-  graph.msg(11, valueInfo('Wt', [K, N]));
-  graph.msg(12, valueInfo('Y', ['T', N]));
+const transB = new Writer().str(1, 'transB').int(3, 1).int(20, 2); // INT attribute transB = 1
+
+const gemm = (a: string, w: string, y: string) => node('Gemm', [a, w], y, [transB]);
+
+function model(graph: Writer): Uint8Array {
   return new Writer().int(1, 8).str(2, 'rxquant').msg(7, graph).msg(8, new Writer().str(1, '').int(2, 17)).finish();
+}
+
+/**
+ * Y[T, N] = X[T, K] W[N, K]^T (+ B[N]): one Gemm with transB over the Linear weight as stored, a
+ * graph input. Not an initializer: that would be copied into the model bytes and again into
+ * onnxruntime (three copies of a 235 MB gate at 8B); an input is read in place from the caller's
+ * buffer at each run (MLAS packs it panel by panel as it multiplies). The bias is a separate Add,
+ * after the product is complete, as torch's linear rounds it.
+ */
+export function linearModel(K: number, N: number, bias?: Float32Array): Uint8Array {
+  const graph = new Writer();
+  graph.msg(1, gemm('X', 'W', bias ? 'XW' : 'Y'));
+  if (bias) graph.msg(1, node('Add', ['XW', 'B'], 'Y'));
+  graph.str(2, 'linear');
+  if (bias) graph.msg(5, floatTensor('B', [N], bias));
+  graph.msg(11, valueInfo('X', ['T', K]));
+  graph.msg(11, valueInfo('W', [N, K]));
+  graph.msg(12, valueInfo('Y', ['T', N]));
+  return model(graph);
+}
+
+/**
+ * The first half of a SwiGLU MLP: G = X Wg^T and U = X Wu^T ([T, I] each), then (outputs 'act')
+ * A = (G * sigmoid(G)) * U, transformers' act_fn(gate_proj(x)) * up_proj(x) with SiLU, or
+ * (outputs 'apart') G and U themselves. Wg, Wu [I, K] are graph inputs, as in linearModel.
+ */
+export function swiGluModel(K: number, I: number, outputs: 'act' | 'apart'): Uint8Array {
+  const graph = new Writer();
+  graph.msg(1, gemm('X', 'Wg', 'G'));
+  graph.msg(1, gemm('X', 'Wu', 'U'));
+  if (outputs === 'act') {
+    graph.msg(1, node('Sigmoid', ['G'], 'S'));
+    graph.msg(1, node('Mul', ['G', 'S'], 'GS'));
+    graph.msg(1, node('Mul', ['GS', 'U'], 'A'));
+  }
+  graph.str(2, 'swiglu');
+  graph.msg(11, valueInfo('X', ['T', K]));
+  graph.msg(11, valueInfo('Wg', [I, K]));
+  graph.msg(11, valueInfo('Wu', [I, K]));
+  for (const y of outputs === 'act' ? ['A'] : ['G', 'U']) graph.msg(12, valueInfo(y, ['T', I]));
+  return model(graph);
 }

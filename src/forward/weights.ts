@@ -13,7 +13,7 @@ import { e2m1Encode, E2M1_VALUES } from '../codecs/e2m1.js';
 import { formatByQuantAlgo } from '../formats/registry.js';
 import type { QuantFormat } from '../formats/format.js';
 import { prepareGroupFrom, prepareLayerFrom, type LayerWeights, type LinearName, type LinearWeights, type PreparedGroup, type PreparedLayer } from './layer.js';
-import { transposeBf16Into, transposeInto, type GemmEngine } from './gemm.js';
+import { bf16RowsInto, type GemmEngine } from './gemm.js';
 
 export interface WeightSource {
   tensors: Map<string, TensorSource>;
@@ -131,8 +131,8 @@ async function loadNorms(src: WeightSource, names: DenseLayerNames): Promise<Pic
 }
 
 /**
- * An unquantized linear whose W^T is written by the engine's request, 4 MiB of source rows at a
- * time (writeTransposed); a quantized one is dequantized whole (loadLinear).
+ * An unquantized linear whose rows are written as f32 where the engine asks (writeRows), 4 MiB of
+ * source rows at a time; a quantized one is dequantized whole (loadLinear).
  */
 export async function loadLinearLazily(src: WeightSource, module: string): Promise<LinearWeights> {
   const t = src.tensors.get(`${module}.weight`);
@@ -144,14 +144,15 @@ export async function loadLinearLazily(src: WeightSource, module: string): Promi
     N,
     K,
     b,
-    async writeTransposed(wt, nTotal, off) {
+    async writeRows(into) {
       const rows = Math.max(1, Math.floor((4 * 2 ** 20) / t.rowBytes));
       const raw = new Uint8Array(rows * t.rowBytes);
       for (let r0 = 0; r0 < N; r0 += rows) {
         const r1 = Math.min(N, r0 + rows);
         const bytes = await t.readRows(r0, r1, raw); // the start of raw
-        if (t.dtype === 'BF16') transposeBf16Into(wt, nTotal, off + r0, new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length / 2), r1 - r0, K);
-        else transposeInto(wt, nTotal, off + r0, { w: decodeToFloat32(bytes, t.dtype, t.name), N: r1 - r0, K });
+        const dst = into.subarray(r0 * K, r1 * K);
+        if (t.dtype === 'BF16') bf16RowsInto(dst, new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length / 2));
+        else dst.set(decodeToFloat32(bytes, t.dtype, t.name));
       }
     },
   };
@@ -168,7 +169,7 @@ export async function loadPreparedLayer(src: WeightSource, names: DenseLayerName
   const dims: Record<LinearName, [number, number]> = { q: [q, H], k: [kv, H], v: [kv, H], o: [H, q], gate: [I, H], up: [I, H], down: [H, I] };
   const load = (n: LinearName) => {
     const m = names.linears[n];
-    return gemm.prepareTransposed ? loadLinearLazily(src, m) : loadLinear(src, m);
+    return loadLinearLazily(src, m);
   };
   return prepareLayerFrom(load, (n) => dims[n], norms, gemm);
 }
@@ -232,13 +233,17 @@ export class PreparedGroups {
   ) {}
 
   /** The linears `modules` as one GEMM group; `dims`: each one's [N, K]. */
-  byName(modules: string[], dims: [number, number][]): Promise<PreparedGroup> {
-    const load = (m: string) => () => (this.gemm.prepareTransposed ? loadLinearLazily(this.src, m) : loadLinear(this.src, m));
-    return this.add(modules.map(load), dims);
+  byName(modules: string[], dims: [number, number][], opts?: { swiGlu?: boolean }): Promise<PreparedGroup> {
+    return this.add(
+      modules.map((m) => () => loadLinearLazily(this.src, m)),
+      dims,
+      opts,
+    );
   }
 
-  async add(loads: (() => Promise<LinearWeights>)[], dims: [number, number][]): Promise<PreparedGroup> {
-    const g = await prepareGroupFrom(loads, dims, this.gemm);
+  /** `swiGlu`: [gate, up] of a SwiGLU MLP (see prepareGroupFrom). */
+  async add(loads: (() => Promise<LinearWeights>)[], dims: [number, number][], opts?: { swiGlu?: boolean }): Promise<PreparedGroup> {
+    const g = await prepareGroupFrom(loads, dims, this.gemm, opts);
     this.held.push(g);
     return g;
   }
