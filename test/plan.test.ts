@@ -4,7 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { ROOT, synthetic } from './helpers.js';
+import { ROOT, STORIES, synthetic } from './helpers.js';
+import { openModel } from '../src/model.js';
+import { jsGemm, type GemmEngine } from '../src/forward/gemm.js';
+import { calibrationSeconds, measureCalibrationRate } from '../src/calibration/rate.js';
 import { planExport } from '../src/plan-report.js';
 import { exportCheckpoint, openCheckpoint, loadStats } from '../src/index.js';
 
@@ -40,5 +43,48 @@ describe('rxquant plan', () => {
     expect(r.stdout).toMatch(/loads in SGLang/);
     expect(r.stdout).toMatch(/disk: needs .* free/);
     expect(r.stdout).toMatch(/estimated time: /);
+  });
+});
+
+describe('plan: calibration time from layer 0 measured on this machine', () => {
+  // a GEMM engine that counts what the forward pass asks of it (the plain JavaScript one underneath)
+  const counting = () => {
+    const n = { prepared: 0, runs: 0 };
+    const engine: GemmEngine = {
+      name: 'counting',
+      async prepare(l) {
+        n.prepared++;
+        const p = await jsGemm.prepare(l);
+        return { run: (x, T) => (n.runs++, p.run(x, T)), release: () => p.release() };
+      },
+    };
+    return { n, engine };
+  };
+
+  it.each(['qwen3', 'qwen3_moe'])('%s: layer 0 runs through its family forward pass (one sample timed, or two minus one)', async (family) => {
+    const model = await openModel(synthetic(family));
+    try {
+      const { n, engine } = counting();
+      const rate = await measureCalibrationRate(model, 16, engine);
+      expect(rate.seqLen).toBe(16);
+      expect(rate.sampleSeconds).toBeGreaterThan(0);
+      expect(rate.loadSeconds).toBeGreaterThanOrEqual(0);
+      expect(n.prepared).toBeGreaterThan(0);
+      // every prepared GEMM group ran at least twice (a warm run and the timed one; one and two samples)
+      expect(n.runs).toBeGreaterThanOrEqual(2 * (family === 'qwen3' ? n.prepared : 1));
+      expect(calibrationSeconds(rate, 10, 4)).toBeCloseTo(10 * (rate.loadSeconds + 4 * rate.sampleSeconds), 9);
+    } finally {
+      await model.close();
+    }
+  });
+
+  it('the plan of an export that calibrates adds the measured calibration; with statistics given, none', async () => {
+    const withCalib = await planExport(STORIES, 'fp8', { out: join(tmpdir(), 'rxq-plan-none'), calibration: { samples: 8, seqLen: 64 } });
+    expect(withCalib.calibrationSeconds).toBeGreaterThan(0);
+    expect(withCalib.estimatedSeconds).toBeGreaterThan(withCalib.calibrationSeconds!);
+    expect(withCalib.estimateBasis).toMatch(/calibration 8 x 64 tokens through 5 layers: layer 0 measured here, \d+ tokens\/s/);
+    const without = await planExport(STORIES, 'fp8', { out: join(tmpdir(), 'rxq-plan-none') });
+    expect(without.calibrationSeconds).toBeUndefined();
+    expect(without.estimateBasis).toMatch(/no calibration/);
   });
 });
