@@ -155,25 +155,39 @@ async function ortPeakSeconds(ort: NonNullable<Awaited<ReturnType<typeof loadOrt
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 /**
- * Seconds per layer of `rxquant calibrate` on a 4-layer 8B-shaped checkpoint for 1 and for 2
- * samples of 512 tokens (the --json events' per-layer seconds; layer 0 left out: it also loads the
- * calibration data), so 512 / (two - one) is the marginal tokens/s per layer.
+ * Seconds per layer of `rxquant calibrate` on a 4-layer 8B-shaped checkpoint for `samples` samples
+ * of 512 tokens (the --json events' per-layer seconds, less the layer's load_seconds; layer 0 left
+ * out: it also creates the engine's sessions), one run.
  */
-function cliLayerSeconds(dataDir: string, samples: number): number[] {
+function cliLayerSeconds(dir: string, samples: number): number[] {
+  const out = join(dirname(dir), 'calib-stats.safetensors');
+  try {
+    const r = spawnSync('node', [join(ROOT, 'bin', 'rxquant.js'), 'calibrate', dir, '--calib-samples', String(samples), '-o', out, '--json'], { encoding: 'utf8', maxBuffer: 1 << 26 });
+    if (r.status !== 0) throw new Error(`rxquant calibrate failed: ${r.stderr.slice(-1000)}`);
+    const events = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { stage: string; layer?: number; seconds?: number; load_seconds?: number });
+    return events.filter((e) => e.stage === 'calibrate' && e.layer !== undefined && e.layer > 0).map((e) => e.seconds! - (e.load_seconds ?? 0));
+  } finally {
+    rmSync(out, { force: true });
+  }
+}
+
+/** Per layer, the median over runs of 1 and of 2 samples (alternating runs, so a slow spell lands on both). */
+function cliMarginal(dataDir: string, runs = 3): { one: number[]; two: number[] } {
   const model = join(dataDir, 'llama8b-4');
   const dir = join(dataDir, 'llama8b-4-tok');
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir);
   for (const f of readdirSync(model)) symlinkSync(join(model, f), join(dir, f));
   for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) copyFileSync(join(ROOT, 'assets', 'stories260K', f), join(dir, f));
-  const out = join(dataDir, 'calib-stats.safetensors');
   try {
-    const r = spawnSync('node', [join(ROOT, 'bin', 'rxquant.js'), 'calibrate', dir, '--calib-samples', String(samples), '-o', out, '--json'], { encoding: 'utf8', maxBuffer: 1 << 26 });
-    if (r.status !== 0) throw new Error(`rxquant calibrate failed: ${r.stderr.slice(-1000)}`);
-    const events = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { stage: string; layer?: number; seconds?: number });
-    return events.filter((e) => e.stage === 'calibrate' && e.layer !== undefined && e.layer > 0).map((e) => e.seconds!);
+    const ones: number[][] = [], twos: number[][] = [];
+    for (let i = 0; i < runs; i++) {
+      ones.push(cliLayerSeconds(dir, 1));
+      twos.push(cliLayerSeconds(dir, 2));
+    }
+    const per = (all: number[][]) => all[0]!.map((_, l) => median(all.map((r) => r[l]!)));
+    return { one: per(ones), two: per(twos) };
   } finally {
-    rmSync(out, { force: true });
     rmSync(dir, { recursive: true, force: true });
   }
 }
@@ -230,11 +244,11 @@ export async function benchCalibration(dataDir: string, rounds = 5): Promise<str
   rows.push('', `GEMM peak ([512, 4096] x [4096, 14336], f32): ${peaks.join('; ')}. Layer work: ${(flops / 1e9).toFixed(1)} GFLOP.`);
   // marginal throughput through the CLI, 2 threads as calibrate runs on this machine
   await synthesize(join(dataDir, 'llama8b-4'), 4);
-  const one = cliLayerSeconds(dataDir, 1), two = cliLayerSeconds(dataDir, 2);
+  const { one, two } = cliMarginal(dataDir);
   const marginal = two.map((s, i) => T / (s - one[i]!));
   rows.push(
     '',
-    `rxquant calibrate, 4-layer 8B-shaped checkpoint, layers 1-3: 1 x 512 tokens ${one.map((s) => s.toFixed(2)).join(' / ')} s, 2 x 512 tokens ${two.map((s) => s.toFixed(2)).join(' / ')} s; ` +
+    `rxquant calibrate, 4-layer 8B-shaped checkpoint, layers 1-3 (load time left out; median of 3 alternating runs): 1 x 512 tokens ${one.map((s) => s.toFixed(2)).join(' / ')} s, 2 x 512 tokens ${two.map((s) => s.toFixed(2)).join(' / ')} s; ` +
       `marginal ${marginal.map((v) => v.toFixed(0)).join(' / ')} tokens/s per layer (median ${median(marginal).toFixed(0)}) against the bench's ${(T / rx2).toFixed(0)} on ${twoThreads} threads: ${((median(marginal) / (T / rx2) - 1) * 100).toFixed(0)}%.`,
   );
   return rows;

@@ -19,6 +19,8 @@ export interface CalibrateProgress {
   seconds: number;
   /** Of `seconds`, the time the AWQ search took (when it ran). */
   awqSeconds?: number;
+  /** Of `seconds`, loading the layer's weights for the engine (families that load a layer whole). */
+  loadSeconds?: number;
 }
 
 /**
@@ -79,6 +81,7 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
           const collector = new StatsCollector();
           let awqStats: Map<string, Float32Array> | undefined;
           let awqSeconds: number | undefined;
+          let loadSeconds: number | undefined;
           if (unit.kind === 'layer') {
             if (unit.layer !== next) throw new Error(`calibrate needs layers in order: got layer ${unit.layer}, expected ${next}`);
             next++;
@@ -105,7 +108,9 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
                 const h = hidden;
                 await forward.overSamples(src, layout, cfg, gemm, { count: samples.length, tokens: (i) => samples[i]!.length, get: (i) => h.get(i), set: (i, x) => h.set(i, x) }, cos, sin, hooks);
               } else {
+                const t0 = Date.now();
                 const layer = await forward.load(src, layout, cfg, gemm);
+                loadSeconds = (Date.now() - t0) / 1000;
                 for (let i = 0; i < samples.length; i++) await hidden.set(i, await forward.run(await hidden.get(i), samples[i]!.length, layer, cfg, cos, sin, hooks));
                 await layer.release();
               }
@@ -129,7 +134,7 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
             hidden = undefined;
             gemm.dropSpareBuffers?.(); // nor the last layer's weight buffers
           }
-          onProgress?.({ layer: unit.layer, tokens, seconds: (Date.now() - started) / 1000, awqSeconds });
+          onProgress?.({ layer: unit.layer, tokens, seconds: (Date.now() - started) / 1000, awqSeconds, loadSeconds });
           const stats = collector.result();
           for (const [k, v] of awqStats ?? []) stats.set(k, v);
           return { ...unit, stats: unit.stats ? new Map([...unit.stats, ...stats]) : stats };

@@ -15,7 +15,7 @@ import { matmul, matmulRef, rmsnorm } from '../src/forward/ops.js';
 import { perplexity } from '../src/eval.js';
 import { exportCheckpoint } from '../src/export-checkpoint.js';
 import { CalibrationDataError } from '../src/errors.js';
-import { DATA, REF, STORIES, synthetic, DENSE_MODELS } from './helpers.js';
+import { DATA, REF, ROOT, STORIES, synthetic, DENSE_MODELS } from './helpers.js';
 import { cat, expectStatsMatchReference, inputIds, relErr } from './reference-forward.js';
 
 let tmp: string;
@@ -214,4 +214,33 @@ describe('ReusedBuffers (forward-pass intermediates kept from call to call)', ()
     expect(reuse.takeBack()).toBe(other);
     expect(reuse.takeBack()).toBeUndefined();
   });
+});
+
+describe('rxquant calibrate --json: progress per layer', () => {
+  it('one calibrate event per layer and for the rest, with tokens/s, load time within the layer time, and the statistics of calibrateModel', async () => {
+    const { execFile } = await import('node:child_process');
+    const { promisify } = await import('node:util');
+    const tmp = await mkdtemp(join(tmpdir(), 'rxq-calib-json-'));
+    try {
+      const ids = (await inputIds(join(REF, 'stories260K', 'calib16x256.safetensors'))).slice(0, 2).map((a) => a.slice(0, 64));
+      await writeFile(join(tmp, 'ids.json'), JSON.stringify(ids));
+      const out = join(tmp, 'stats.safetensors');
+      const { stdout } = await promisify(execFile)('node', [join(ROOT, 'bin', 'rxquant.js'), 'calibrate', STORIES, '--calib', join(tmp, 'ids.json'), '-o', out, '--json']);
+      const events = stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, number | string>);
+      const cal = events.filter((e) => e.stage === 'calibrate');
+      const layers = (await openModel(STORIES)).layers.length;
+      expect(cal.map((e) => e.layer)).toEqual([...Array.from({ length: layers }, (_, i) => i), -1]);
+      for (const e of cal) {
+        expect(e.tokens).toBe(128);
+        expect(e.tokens_per_s).toBeCloseTo((e.tokens as number) / (e.seconds as number), 6);
+        if (e.layer !== -1) expect(e.load_seconds as number).toBeLessThanOrEqual(e.seconds as number);
+      }
+      const written = await loadStats(out);
+      const direct = await calibrateModel(STORIES, ids);
+      expect([...written.keys()].sort()).toEqual([...direct.keys()].sort());
+      for (const [k, v] of direct) expect(Array.from(written.get(k)!)).toEqual(Array.from(v));
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }, 60_000);
 });

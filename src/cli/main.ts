@@ -17,6 +17,7 @@ import { DTYPE_SIZES } from '../safetensors/dtypes.js';
 import { outputMode, Reporter } from './progress.js';
 import { loadCalibration, loadModeloptDefaultMix, DEFAULT_CALIB_SAMPLES, DEFAULT_CALIB_SEQ_LEN } from '../calibration/data.js';
 import { calibrateModel, writeStats } from '../calibrate-checkpoint.js';
+import type { CalibrateProgress } from '../../operators/calibrate.js';
 import { perplexity } from '../eval.js';
 import { qualityReport, reportHtml, reportSummary, writeAtomically } from '../report.js';
 import { openModel } from '../model.js';
@@ -81,6 +82,19 @@ function awqChoice(format: FormatSpec, given: AwqAlgorithm | undefined): AwqAlgo
 
 /** A `--calib` value as the loaders take it: a Hub dataset as given, a file resolved. */
 const calibArg = (c: string) => (c.startsWith('hf://') ? c : resolve(c));
+
+/** One calibrated unit (a layer, or layer -1: the final norm and lm_head's statistics): its `calibrate` event, and the bar with that unit's tokens/s. */
+function reportCalibrated(rep: Reporter, p: CalibrateProgress): void {
+  rep.event('calibrate', {
+    layer: p.layer,
+    tokens: p.tokens,
+    seconds: p.seconds,
+    tokens_per_s: p.tokens / p.seconds,
+    ...(p.loadSeconds !== undefined ? { load_seconds: p.loadSeconds } : {}),
+    ...(p.awqSeconds !== undefined ? { awq_seconds: p.awqSeconds } : {}),
+  });
+  rep.update('calibrate', undefined, `${(p.tokens / p.seconds).toFixed(0)} tokens/s`);
+}
 
 /**
  * The calibration samples of a command: `--calib` when given; for the bundled model its bundled
@@ -221,10 +235,7 @@ export function buildProgram(): Command {
           rep.info(`resuming an interrupted export: ${n} unit(s) already on disk are kept`);
           rep.event('resume', { units_done: n });
         },
-        onCalibrate: (p) => {
-          rep.event('calibrate', { layer: p.layer, tokens: p.tokens, seconds: p.seconds, tokens_per_s: p.tokens / p.seconds, ...(p.awqSeconds !== undefined ? { awq_seconds: p.awqSeconds } : {}) });
-          rep.update('calibrate');
-        },
+        onCalibrate: (p) => reportCalibrated(rep, p),
         onPlan: (plan) => {
           for (const w of plan.warnings) rep.warn(w);
           const total = plan.outputs.length;
@@ -310,14 +321,18 @@ export function buildProgram(): Command {
       if (!o.calib) guarded.push({ what: 'the bundled calibration text', path: DEFAULT_CALIB_TEXT });
       else if (!o.calib.startsWith('hf://')) guarded.push({ what: 'the --calib file', path: resolve(o.calib) });
       await refuseDestructiveOutput(o.out, guarded, '-o');
-      await (await openModel(dir)).close();
+      const opened = await openModel(dir);
+      const layers = opened.layers.length;
+      await opened.close();
       const { samples } = await calibrationData(o, dir, rep);
       const tokens = samples.reduce((a, s) => a + s.length, 0);
       const started = Date.now();
+      rep.startBar('calibrate', layers + 1, 'items');
       const stats = await calibrateModel(dir, samples, {
-        onProgress: (p) => rep.event('calibrate', { layer: p.layer, tokens: p.tokens, seconds: p.seconds, ...(p.awqSeconds !== undefined ? { awq_seconds: p.awqSeconds } : {}) }),
+        onProgress: (p) => reportCalibrated(rep, p),
         awq: format && awq !== 'none' ? { format, algorithm: awq } : undefined,
       });
+      rep.stopBars();
       await writeStats(resolve(o.out), stats);
       const secs = (Date.now() - started) / 1000;
       rep.event('done', { out: resolve(o.out), samples: samples.length, tokens, seconds: secs, tokens_per_s: tokens / secs });

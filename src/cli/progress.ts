@@ -52,13 +52,13 @@ export class Reporter {
     this.bars.set(stage, { bar, unit, started: Date.now(), value: 0 });
   }
 
-  /** Sets a stage's progress (or advances it by one item with no value). */
-  update(stage: string, value?: number): void {
+  /** Sets a stage's progress (or advances it by one item with no value); `rate` replaces the computed rate's label. */
+  update(stage: string, value?: number, rateLabel?: string): void {
     const b = this.bars.get(stage);
     if (!b) return;
     b.value = value ?? b.value + 1;
     const secs = (Date.now() - b.started) / 1000;
-    const rate = secs <= 0 ? '' : b.unit === 'bytes' ? `${formatBytes(b.value / secs)}/s` : `${(b.value / secs).toFixed(2)}/s`;
+    const rate = rateLabel ?? (secs <= 0 ? '' : b.unit === 'bytes' ? `${formatBytes(b.value / secs)}/s` : `${(b.value / secs).toFixed(2)}/s`);
     b.bar.update(b.value, { done: b.unit === 'bytes' ? formatBytes(b.value) : String(b.value), rate });
   }
 

@@ -64,7 +64,7 @@ export interface GemmEngine {
   takeBuffer?(n: number): Float32Array;
   /** Buffers for takeBuffer to hand out again (a released group's outputs). */
   giveBack?(...buffers: Float32Array[]): void;
-  /** Lets go of the buffers kept for reuse (after the last layer). */
+  /** Lets go of the buffers (and engine state, such as sessions no linear uses) kept for reuse (after the last layer). */
   dropSpareBuffers?(): void;
   /** Causal GQA attention for T tokens, if the engine has it (else the JavaScript one is used); its output may be reused as a run's is. */
   attention?(T: number, nH: number, nKV: number, d: number): Promise<(q: Float32Array, k: Float32Array, v: Float32Array) => Promise<Float32Array>>;
@@ -111,12 +111,28 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
   const attention = new Map<string, Promise<import('onnxruntime-node').InferenceSession>>();
   const attentionBuffers = new Map<string, ReusedBuffers<Record<'y' | 'qj' | 'kj' | 'vj' | 'yj', Float32Array>>>();
   // onnxruntime's CPU arena keeps a session's peak buffers for as long as the session lives; without
-  // it calibration measured 23% slower. The GEMM sessions live one layer and their outputs go to
-  // buffers of ours. The attention session lives the whole run and runs one KV head (and its query
-  // heads) at a time, so what its arena keeps is one head group's scores (4 x 4 MiB at 8B and 512
-  // tokens) instead of all eight groups' (4 x 32 MiB). Measured at 8B shapes, 512 tokens: same
-  // output bits, 32-37 ms against 35-73 ms for all heads in one run; without an arena 264 ms.
+  // it calibration measured 23% slower. The GEMM outputs go to buffers of ours. The attention
+  // session lives the whole run and runs one KV head (and its query heads) at a time, so what its
+  // arena keeps is one head group's scores (4 x 4 MiB at 8B and 512 tokens) instead of all eight
+  // groups' (4 x 32 MiB). Measured at 8B shapes, 512 tokens: same output bits, 32-37 ms against
+  // 35-73 ms for all heads in one run; without an arena 264 ms.
   const options = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' as const };
+  // GEMM sessions by graph (weights are inputs, so a graph is its shapes): every layer of a model,
+  // and every expert of a layer, runs on the same few sessions. A fresh session's first two runs
+  // are slower (onnxruntime plans its memory on the first; measured 525-567 ms against 350-430 for a
+  // SwiGLU at 8B shapes), and creating one per expert costs more than its GEMMs at small shapes.
+  // An entry counts the prepared linears using it; dropSpareBuffers releases the unused ones.
+  const sessions = new Map<string, { session: Promise<import('onnxruntime-node').InferenceSession>; users: number }>();
+  const useSession = (key: string, model: () => Uint8Array) => {
+    let e = sessions.get(key);
+    if (!e) {
+      e = { session: ort.InferenceSession.create(model(), options), users: 0 };
+      sessions.set(key, e);
+    }
+    e.users++;
+    const entry = e;
+    return { session: entry.session, done: () => void entry.users-- };
+  };
   // weight and output buffers of released linears, by length (see takeBuffer): left to the garbage
   // collector, the previous layer's measured still half there as the next one loaded. Only buffers
   // this engine handed out go back to it (a caller's own `w` stays the caller's).
@@ -134,7 +150,14 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
   return {
     takeBuffer,
     giveBack,
-    dropSpareBuffers: () => spare.clear(),
+    dropSpareBuffers: () => {
+      spare.clear();
+      for (const [key, e] of sessions) {
+        if (e.users > 0) continue;
+        sessions.delete(key);
+        void e.session.then((s) => s.release());
+      }
+    },
     name: `onnxruntime (${threads} thread${threads > 1 ? 's' : ''})`,
     async attention(T, nH, nKV, d) {
       const g = nH / nKV; // query heads per KV head
@@ -179,7 +202,9 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
       // shapes (1 and 2 threads), and no transposed copy to make
       const w = await weightRows(l);
       const W = new ort.Tensor('float32', w, [N, K]);
-      const session = await ort.InferenceSession.create(linearModel(K, N, b), options);
+      // a biased linear's graph holds its bias: a session of its own
+      const use = b ? { session: ort.InferenceSession.create(linearModel(K, N, b), options), done: () => undefined } : useSession(`linear ${K} ${N}`, () => linearModel(K, N));
+      const session = await use.session;
       // the output in a buffer of ours, reused from run to run: left to onnxruntime, it would come
       // from the session's arena, which keeps its peak (58 MB for gate|up at 8B) until the session
       // is released
@@ -192,7 +217,8 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
             return y;
           }),
         release: async () => {
-          await session.release();
+          if (b) await session.release();
+          else use.done();
           const y = output.takeBack();
           giveBack(w, ...(y ? [y] : []));
         },
@@ -205,8 +231,9 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
       const wg = await weightRows(gate);
       const wu = await weightRows(up);
       const Wg = new ort.Tensor('float32', wg, [I, K]), Wu = new ort.Tensor('float32', wu, [I, K]);
-      const session = await ort.InferenceSession.create(swiGluModel(K, I, 'act'), options);
-      let apart: Promise<import('onnxruntime-node').InferenceSession> | undefined; // gate and up outputs, made when asked for
+      const use = useSession(`swiglu ${K} ${I}`, () => swiGluModel(K, I, 'act'));
+      const session = await use.session;
+      let apart: { session: Promise<import('onnxruntime-node').InferenceSession>; done: () => void } | undefined; // gate and up outputs, made when asked for
       const act = new ReusedBuffers((key) => takeBuffer(Number(key) * I));
       const both = new ReusedBuffers((key) => [takeBuffer(Number(key) * I), takeBuffer(Number(key) * I)] as [Float32Array, Float32Array]);
       return {
@@ -217,13 +244,13 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
           }),
         run: (x, T) =>
           both.use(String(T), async (gu) => {
-            apart ??= ort.InferenceSession.create(swiGluModel(K, I, 'apart'), options);
-            await (await apart).run({ X: new ort.Tensor('float32', x, [T, K]), Wg, Wu }, { G: new ort.Tensor('float32', gu[0], [T, I]), U: new ort.Tensor('float32', gu[1], [T, I]) });
+            apart ??= useSession(`swiglu-apart ${K} ${I}`, () => swiGluModel(K, I, 'apart'));
+            await (await apart.session).run({ X: new ort.Tensor('float32', x, [T, K]), Wg, Wu }, { G: new ort.Tensor('float32', gu[0], [T, I]), U: new ort.Tensor('float32', gu[1], [T, I]) });
             return gu;
           }),
         release: async () => {
-          await session.release();
-          if (apart) await (await apart).release();
+          use.done();
+          apart?.done();
           const a = act.takeBack();
           giveBack(wg, wu, ...(a ? [a] : []), ...(both.takeBack() ?? []));
         },
