@@ -116,7 +116,11 @@ export function onnxGemm(ort: Ort, threads: number): GemmEngine {
   // arena keeps is one head group's scores (4 x 4 MiB at 8B and 512 tokens) instead of all eight
   // groups' (4 x 32 MiB). Measured at 8B shapes, 512 tokens: same output bits, 32-37 ms against
   // 35-73 ms for all heads in one run; without an arena 264 ms.
-  const options = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' as const };
+  // Each session has its own pool of intra-op threads, which by default spin for a while after a
+  // run: a layer runs five sessions one after another, so on 2 cores the previous session's
+  // spinning thread took CPU from the next one's. Without spinning, 8B layer at 2 threads: 756-758
+  // ms against 827-846 (same machine, alternating runs).
+  const options = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all' as const, extra: { session: { intra_op: { allow_spinning: '0' } } } };
   // GEMM sessions by graph (weights are inputs, so a graph is its shapes): every layer of a model,
   // and every expert of a layer, runs on the same few sessions. A fresh session's first two runs
   // are slower (onnxruntime plans its memory on the first; measured 525-567 ms against 350-430 for a
