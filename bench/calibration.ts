@@ -220,9 +220,9 @@ export async function benchCalibration(dataDir: string, rounds = 5): Promise<str
     const gemm = timedGemms(layer);
     // decoderLayer writes its result over its input: each run gets a copy of the same h
     await decoderLayer(h.slice(), T, layer, CFG, cos, sin);
-    // two rounds of (rxquant, PyTorch): a slow spell of the machine lands on both
+    // three rounds of (rxquant, PyTorch): a slow spell of the machine lands on both
     const rx: number[] = [], share: number[] = [], torch: TorchTimes[] = [];
-    for (let round = 0; round < 2; round++) {
+    for (let round = 0; round < 3; round++) {
       for (let i = 0; i < rounds; i++) {
         const x = h.slice();
         gemm.reset();
