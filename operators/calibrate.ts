@@ -8,6 +8,7 @@ import { finalize } from 'rxjs';
 import { embed, loadFinalNorm, weightSource } from '../src/forward/weights.js';
 import { ropeTables } from '../src/forward/rope.js';
 import { rmsnorm } from '../src/forward/ops.js';
+import { loadMedusa } from '../src/models/medusa.js';
 import { CalibrationDataError } from '../src/errors.js';
 import { awqFormat, awqSearchLayer, layerInputCache, type AwqSearchOptions } from '../src/calibration/awq-layer.js';
 import type { AwqInputCache } from '../src/calibration/input-cache.js';
@@ -124,11 +125,24 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
               await cache?.close();
             }
           } else {
-            // lm_head sees the final norm's output; it stays unquantized, but its statistics are reported too
+            // lm_head sees the final norm's output; it stays unquantized, but its statistics are reported
+            // too. Medusa heads read the same state: their linears' inputs are gathered through them.
             const norm = await loadFinalNorm(src, model.arch.names);
-            for (let i = 0; i < samples.length; i++) {
-              const T = samples[i]!.length;
-              collector.observe(model.arch.names.lmHead, rmsnorm(await hidden.get(i), T, cfg.hiddenSize, norm, cfg.rmsNormEps), T, cfg.hiddenSize);
+            const heads = model.medusa && (await loadMedusa(src, model.medusa.config, cfg.hiddenSize, gemm));
+            const layout = model.medusa?.layout;
+            const modulesOf = (roles: readonly string[]) => roles.map((r) => layout!.linears[layout!.roles.indexOf(r)]!);
+            try {
+              for (let i = 0; i < samples.length; i++) {
+                const T = samples[i]!.length;
+                const x = rmsnorm(await hidden.get(i), T, cfg.hiddenSize, norm, cfg.rmsNormEps);
+                collector.observe(model.arch.names.lmHead, x, T, cfg.hiddenSize);
+                await heads?.run(x, T, {
+                  linearInput: (role, y, n, K) => collector.observeShared(modulesOf([role]), y, n, K),
+                  linearInputs: (roles, y, n, K) => collector.observeShared(modulesOf(roles), y, n, K),
+                });
+              }
+            } finally {
+              await heads?.release();
             }
             await hidden.close(); // the rest comes last: no layer needs the hidden states any more
             hidden = undefined;

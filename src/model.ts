@@ -1,4 +1,5 @@
 /** Opening a source model: config.json, architecture, shard headers, and a check that the layout is as expected. */
+import { checkMedusaTensors, medusaLayout, parseMedusa, type MedusaConfig } from './models/medusa.js';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckpointError } from './errors.js';
@@ -24,6 +25,11 @@ export interface SourceModel {
   /** The source was stored in FP8 with 128x128 block scales (DeepSeek's published layout). */
   fp8BlockSource: boolean;
   layers: LayerLayout[];
+  /**
+   * Medusa heads stored with the base model (config.json's `medusa` block, families.md §7.1): their
+   * settings and their linears as one layout (index -1), quantized and calibrated with the base.
+   */
+  medusa?: { config: MedusaConfig; layout: LayerLayout };
   close(): Promise<void>;
 }
 
@@ -111,7 +117,17 @@ export async function openModel(dir: string): Promise<SourceModel> {
       return m && Number(m[1]) >= config.numLayers && !extraLayers.has(Number(m[1]));
     });
     if (extra) throw new CheckpointError(dir, `tensor "${extra}" belongs to a layer beyond num_hidden_layers=${config.numLayers}`);
-    return { dir, configRaw: raw, config, arch, checkpoint, tensors, fp8BlockSource, layers, close: () => checkpoint.close() };
+    const medusaConfig = parseMedusa(plain, cfgPath);
+    let medusa: SourceModel['medusa'];
+    if (medusaConfig) {
+      const vocab = tensors.get(`${arch.names.embed}.weight`)?.shape[0] ?? config.vocabSize;
+      checkMedusaTensors(tensors, medusaConfig, config.hiddenSize, vocab, dir);
+      medusa = { config: medusaConfig, layout: medusaLayout(medusaConfig) };
+    } else {
+      const stray = [...tensors.keys()].find((n) => n.startsWith('medusa_heads.'));
+      if (stray) throw new CheckpointError(dir, `tensor "${stray}" is a Medusa head, but config.json has no "medusa" block ({"num_medusa_heads": N, "num_medusa_layers": L})`);
+    }
+    return { dir, configRaw: raw, config, arch, checkpoint, tensors, fp8BlockSource, layers, ...(medusa ? { medusa } : {}), close: () => checkpoint.close() };
   } catch (e) {
     await checkpoint.close();
     throw e;

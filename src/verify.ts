@@ -8,6 +8,7 @@ import { openCheckpoint } from './safetensors/checkpoint.js';
 import { decodeToFloat32 } from './codecs/float.js';
 import { E4M3_VALUES } from './codecs/e4m3.js';
 import { architectureFor } from './models/index.js';
+import { medusaLayout, parseMedusa } from './models/medusa.js';
 import { matchesPattern } from './export/exclude.js';
 import { toQuantizationConfig, type HfQuantConfig } from './export/quant-config.js';
 import { FORMATS, engineSupport, formatByQuantAlgo } from './formats/registry.js';
@@ -22,6 +23,8 @@ export interface VerifyReport {
   notes: string[];
   engines: EngineSupport[];
   quantizedModules: number;
+  /** Medusa heads (config.json's "medusa" block): heads, ResBlocks per head, head linears and how many are quantized. */
+  medusa?: { heads: number; resBlocks: number; linears: number; quantized: number };
 }
 
 async function readJson(path: string): Promise<any> {
@@ -78,6 +81,7 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
   // tensors
   const ck = await openCheckpoint(dir);
   let quantizedModules = 0;
+  let medusaReport: VerifyReport['medusa'];
   let linearShapes: LinearShape[] = [];
   try {
     const t = ck.tensors;
@@ -137,8 +141,18 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
     if (arch) {
       const cfg = arch.parseConfig(config, join(dir, 'config.json'));
       const linears = [...arch.alwaysExcluded];
-      for (let i = 0; i < cfg.numLayers; i++) {
-        const layout = arch.layer(i, cfg);
+      // the decoder layers, then the Medusa heads (config.json's "medusa" block), checked alike
+      const medusa = parseMedusa(config, join(dir, 'config.json'));
+      const layouts = Array.from({ length: cfg.numLayers }, (_, i) => arch!.layer(i, cfg));
+      if (medusa) {
+        const layout = medusaLayout(medusa);
+        layouts.push(layout);
+        const q = layout.linears.filter((m) => quantized.has(m)).length;
+        medusaReport = { heads: medusa.numHeads, resBlocks: medusa.numLayers, linears: layout.linears.length, quantized: q };
+        const missing = layout.linears.find((m) => !t.has(`${m}.weight`));
+        if (missing) fail(`${missing}.weight is missing (config.json's "medusa" block says ${medusa.numHeads} heads of ${medusa.numLayers} ResBlocks)`);
+      }
+      for (const layout of layouts) {
         linears.push(...layout.linears, ...(layout.excluded ?? []));
         for (const r of layout.excluded ?? []) if (quantized.has(r)) fail(`${r} is quantized, but routers stay unquantized (engines load them as plain linears)`);
         // fused 3-D expert parameters (Llama 4): named without .weight, one scale set each (families.md §4.3)
@@ -217,5 +231,5 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
   } finally {
     await ck.close();
   }
-  return { dir, quantAlgo: algo, failures: [...new Set(failures)], notes, engines: algo ? engineSupport(algo, linearShapes) : [], quantizedModules };
+  return { dir, quantAlgo: algo, failures: [...new Set(failures)], notes, engines: algo ? engineSupport(algo, linearShapes) : [], quantizedModules, ...(medusaReport ? { medusa: medusaReport } : {}) };
 }

@@ -101,9 +101,13 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
   if (kvCache === 'fp8' && model.arch.kvScalesUnsupported) {
     throw new QuantizationError(`--kv-cache fp8 is not available for ${model.arch.family}: ${model.arch.kvScalesUnsupported}; use fp8_cast (the default) or none`);
   }
+  if (format.awq && model.medusa) {
+    throw new QuantizationError(`format ${format.name} is not available for a model with Medusa heads yet (ModelOpt's Medusa recipe is FP8); use fp8, fp8_pb_wo or nvfp4`);
+  }
   const warnings: string[] = [];
   const decisions = new Map<string, LinearDecision>();
-  for (const layout of model.layers) {
+  // the decoder layers, then the Medusa heads (layout index -1), quantized by the same rules
+  for (const layout of [...model.layers, ...(model.medusa ? [model.medusa.layout] : [])]) {
     for (const m of layout.linears) {
       const t = model.tensors.get(`${m}.weight`)!;
       const [N, K] = t.shape as [number, number];

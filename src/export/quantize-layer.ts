@@ -54,8 +54,9 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
   const replaced = new Map<string, Uint8Array>();
   const kvScales = new Map<string, number>();
   const result: QuantizedUnit = { ...unit, plan, linears: [], replaced, kvScales };
-  if (unit.kind !== 'layer') return result;
-  const layout = plan.model.layers[unit.layer]!;
+  // the rest unit holds the Medusa heads, when the model has them: quantized as a layer is
+  const layout = unit.kind === 'layer' ? plan.model.layers[unit.layer]! : plan.model.medusa?.layout;
+  if (!layout) return result;
   const fmt = plan.format;
   const byName = new Map(unit.tensors.map((t) => [t.name, t]));
   const tensor = (name: string) => {
@@ -225,7 +226,7 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
     return q;
   });
 
-  if (plan.kvCache === 'fp8') {
+  if (plan.kvCache === 'fp8' && unit.kind === 'layer') {
     for (const kv of ['k', 'v'] as const) {
       const a = scalarStat(stats, `${layout.attention}.${kv}_amax`);
       if (a === undefined) throw new QuantizationError(`--kv-cache fp8 needs "${layout.attention}.${kv}_amax" in the statistics`);
