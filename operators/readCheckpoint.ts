@@ -10,6 +10,8 @@ export interface ReadCheckpointOptions {
    * `writeShards` must call `unit.release()` when done with a unit.
    */
   layersInFlight?: number;
+  /** The source is a Megatron-Core torch_dist checkpoint read with this HF model folder's config.json (see openModel). */
+  hfConfig?: string;
 }
 
 /**
@@ -36,7 +38,7 @@ export function readCheckpoint(dirOrModel: string | SourceModel, options: ReadCh
     const budget = new LayerBudget(options.layersInFlight ?? 2);
     const opened: { model?: SourceModel } = {};
     let completed = false;
-    const sub = from(units(dirOrModel, budget, opened)).subscribe({
+    const sub = from(units(dirOrModel, budget, opened, options.hfConfig)).subscribe({
       next: (u) => subscriber.next(u),
       error: (e) => subscriber.error(e),
       complete: () => {
@@ -53,8 +55,8 @@ export function readCheckpoint(dirOrModel: string | SourceModel, options: ReadCh
   });
 }
 
-async function* units(dirOrModel: string | SourceModel, budget: LayerBudget, opened: { model?: SourceModel }): AsyncGenerator<ModelUnit> {
-  const model = typeof dirOrModel === 'string' ? await openModel(dirOrModel) : dirOrModel;
+async function* units(dirOrModel: string | SourceModel, budget: LayerBudget, opened: { model?: SourceModel }, hfConfig?: string): AsyncGenerator<ModelUnit> {
+  const model = typeof dirOrModel === 'string' ? await openModel(dirOrModel, { hfConfig }) : dirOrModel;
   opened.model = model;
   const claimed = new Set<string>();
   const unit = (kind: 'layer' | 'rest', layer: number, names: string[]): ModelUnit => {

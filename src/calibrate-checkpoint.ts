@@ -7,9 +7,10 @@ import { planShards, ShardWriter } from './safetensors/writer.js';
 import { dirname, basename, join } from 'node:path';
 import { rename, rm } from 'node:fs/promises';
 
-export async function calibrateModel(modelDir: string, samples: number[][], options: CalibrateOptions = {}): Promise<Stats> {
+/** `options.hfConfig`: `modelDir` is a Megatron-Core torch_dist checkpoint read with that HF folder's config.json. */
+export async function calibrateModel(modelDir: string, samples: number[][], options: CalibrateOptions & { hfConfig?: string } = {}): Promise<Stats> {
   return lastValueFrom(
-    readCheckpoint(modelDir, { layersInFlight: 1 }).pipe(
+    readCheckpoint(modelDir, { layersInFlight: 1, hfConfig: options.hfConfig }).pipe(
       calibrate(samples, options),
       tap((u) => u.release()),
       reduce((all, u) => {

@@ -7,7 +7,9 @@ import { writeShards, type WriteEvent } from '../operators/writeShards.js';
 import { calibrate, type CalibrateProgress } from '../operators/calibrate.js';
 import { identity } from 'rxjs';
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { resolveTorchDist } from './sources/dcp.js';
 import { openCheckpoint } from './safetensors/checkpoint.js';
 import type { GemmEngine } from './forward/gemm.js';
 import type { FormatName } from './export/formats.js';
@@ -25,6 +27,8 @@ export function awqSearchFor(o: Pick<ExportCheckpointOptions, 'format' | 'calibr
 
 export interface ExportCheckpointOptions extends ExportOptions {
   model: string;
+  /** `model` is a Megatron-Core torch_dist checkpoint; config.json and the side files come from this HF model folder. */
+  hfConfig?: string;
   format: FormatName;
   out: string;
   maxShardSize?: string | number;
@@ -66,14 +70,22 @@ export async function exportFingerprint(o: ExportCheckpointOptions): Promise<str
   const h = createHash('sha256');
   const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8').catch(() => readFile(new URL('../package.json', import.meta.url), 'utf8')));
   h.update(JSON.stringify({ v: pkg.version, format: o.format, awq: awqSearchFor(o)?.algorithm ?? 'none', kv: o.kvCache ?? 'fp8_cast', exclude: o.exclude ?? [], shard: String(o.maxShardSize ?? '10GB') }));
-  const ck = await openCheckpoint(o.model);
-  try {
-    for (const f of ck.files) {
-      h.update(`${f.name}:${f.size}:`);
-      for (const t of f.header.tensors) h.update(`${t.name}|${t.dtype}|${t.shape.join(',')}|${t.dataOffsets.join(',')};`);
+  if (o.hfConfig) {
+    // a Megatron checkpoint: its .metadata (every chunk's file and byte range), its files' sizes, and the HF config
+    const dir = await resolveTorchDist(o.model);
+    h.update(await readFile(join(dir, '.metadata')));
+    for (const f of (await readdir(dir)).filter((n) => n.endsWith('.distcp')).sort()) h.update(`${f}:${(await stat(join(dir, f))).size};`);
+    h.update(await readFile(join(o.hfConfig, 'config.json')));
+  } else {
+    const ck = await openCheckpoint(o.model);
+    try {
+      for (const f of ck.files) {
+        h.update(`${f.name}:${f.size}:`);
+        for (const t of f.header.tensors) h.update(`${t.name}|${t.dtype}|${t.shape.join(',')}|${t.dataOffsets.join(',')};`);
+      }
+    } finally {
+      await ck.close();
     }
-  } finally {
-    await ck.close();
   }
   for (const [k, v] of [...(o.stats ?? new Map())].sort(([a], [b]) => (a < b ? -1 : 1))) h.update(k).update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
   for (const s of o.calibration ?? []) h.update(Int32Array.from(s));
@@ -90,7 +102,7 @@ const CALIBRATION_CHUNK_BYTES = 2 * 2 ** 20;
 export async function exportCheckpoint(o: ExportCheckpointOptions): Promise<Extract<WriteEvent, { type: 'done' }>> {
   const fingerprint = o.resumable ? await exportFingerprint(o) : undefined;
   const last = await lastValueFrom(
-    readCheckpoint(o.model, { layersInFlight: o.layersInFlight }).pipe(
+    readCheckpoint(o.model, { layersInFlight: o.layersInFlight, hfConfig: o.hfConfig }).pipe(
       o.calibration ? calibrate(o.calibration, { onProgress: o.onCalibrate, gemm: o.gemm, awq: awqSearchFor(o) }) : identity,
       quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, chunkBytes: o.chunkBytes ?? (o.calibration ? CALIBRATION_CHUNK_BYTES : undefined), onPlan: o.onPlan }),
       pack(),

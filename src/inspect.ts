@@ -1,5 +1,6 @@
 /** `rxquant inspect`: what a checkpoint holds. */
-import { readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { openDcp, resolveTorchDist } from './sources/dcp.js';
 import { join, dirname } from 'node:path';
 import { openCheckpoint } from './safetensors/checkpoint.js';
 import { formatBytes } from './safetensors/size.js';
@@ -11,9 +12,38 @@ export interface InspectReport {
   shards: number;
   architecture?: { modelType: unknown; architectures: unknown; layers: unknown; hidden: unknown; medusa?: unknown };
   quantization?: unknown;
+  /** A Megatron-Core torch_dist checkpoint: its tensors are the stored keys (global shapes), plus bytes items. */
+  torchDist?: { bytesItems: number };
+}
+
+/** A Megatron-Core torch_dist folder (save folder, iter_* folder or NeMo 2 folder) rather than safetensors. */
+async function isTorchDist(path: string): Promise<boolean> {
+  const has = (p: string) => stat(join(path, p)).then(() => true, () => false);
+  if (!(await stat(path).then((s) => s.isDirectory(), () => false))) return false;
+  return (await has('latest_checkpointed_iteration.txt')) || (await has('.metadata')) || (await has('weights/.metadata'));
+}
+
+/** The keys of a torch_dist checkpoint as stored (global shapes; `--hf-config` reads them as HF tensors). */
+async function inspectTorchDist(path: string): Promise<InspectReport> {
+  const dir = await resolveTorchDist(path);
+  const dcp = await openDcp(dir);
+  try {
+    const tensors = [...dcp.tensors.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, bytes: t.byteLength, shard: 'torch_dist' }));
+    const totals: InspectReport['totals'] = {};
+    for (const t of tensors) {
+      const e = (totals[t.dtype] ??= { tensors: 0, bytes: 0 });
+      e.tensors++;
+      e.bytes += t.bytes;
+    }
+    const files = (await readdir(dir)).filter((f) => f.endsWith('.distcp')).length;
+    return { path: dir, tensors, totals, shards: files, torchDist: { bytesItems: dcp.bytesKeys.length } };
+  } finally {
+    await dcp.close();
+  }
 }
 
 export async function inspect(path: string): Promise<InspectReport> {
+  if (await isTorchDist(path)) return inspectTorchDist(path);
   const ck = await openCheckpoint(path);
   try {
     const tensors = [...ck.tensors.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, bytes: t.byteLength, shard: ck.weightMap.get(t.name)! }));
@@ -45,7 +75,7 @@ async function readJsonIfAny(p: string): Promise<any> {
 
 export function formatInspect(r: InspectReport, maxRows = Infinity): string {
   const lines: string[] = [];
-  lines.push(`${r.path}: ${r.tensors.length} tensors in ${r.shards} shard(s)`);
+  lines.push(`${r.path}: ${r.tensors.length} tensors in ${r.shards} ${r.torchDist ? `.distcp file(s) (Megatron-Core torch_dist; ${r.torchDist.bytesItems} bytes items; quantize, plan and calibrate read it with --hf-config <HF model folder>)` : 'shard(s)'}`);
   if (r.architecture) {
     const a = r.architecture;
     lines.push(`architecture: ${a.modelType} ${JSON.stringify(a.architectures)}, ${a.layers} layers, hidden ${a.hidden}${a.medusa ? `, Medusa heads ${JSON.stringify(a.medusa)}` : ''}`);

@@ -9,14 +9,25 @@ import { architectureFor, type Architecture, type LayerLayout, type ModelConfig 
 import { parsePreservingNumbers, type PyValue } from './util/pyjson.js';
 import type { TensorSource } from './sources/source.js';
 import { fp8BlockDequant } from './sources/views.js';
+import { openDcp, resolveTorchDist } from './sources/dcp.js';
+import { megatronToHf } from './models/megatron.js';
+
+/** The families whose Megatron-Core GPT layout models/megatron.ts maps (dense decoders). */
+const MEGATRON_FAMILIES = new Set(['llama', 'qwen2', 'qwen3', 'mistral']);
 
 export interface SourceModel {
+  /** The checkpoint folder (for a Megatron checkpoint, its torch_dist folder). */
   dir: string;
+  /** The folder of config.json and the side files (tokenizer, generation_config): `dir`, or a Megatron checkpoint's --hf-config. */
+  configDir: string;
+  /** What reading the source did that the user should know (a Megatron vocabulary trimmed). */
+  notes: string[];
   /** config.json as parsed, with number literals preserved for rewriting. */
   configRaw: Record<string, PyValue>;
   config: ModelConfig;
   arch: Architecture;
-  checkpoint: Checkpoint;
+  /** The source as stored (a safetensors checkpoint, or a Megatron torch_dist one read as HF tensors). */
+  checkpoint: Pick<Checkpoint, 'dir' | 'close'> & { tensors: Map<string, TensorSource> };
   /**
    * Every tensor as rxquant reads it: the checkpoint's own, except that an FP8-block source's
    * weights are BF16 views dequantized with their `weight_scale_inv` (which are left out).
@@ -83,15 +94,38 @@ function sourceTensors(ck: Checkpoint, plain: Record<string, unknown>, cfgPath: 
   return { tensors, fp8BlockSource: true };
 }
 
+export interface OpenModelOptions {
+  /**
+   * `dir` is a Megatron-Core torch_dist checkpoint (a save folder, an iter_* folder or a NeMo 2
+   * folder); this HF model folder gives config.json and the side files, as ModelOpt's Megatron
+   * export requires (spec megatron.md §9). Its tensors are read as the HF ones (models/megatron.ts).
+   */
+  hfConfig?: string;
+}
+
 /** Opens a model folder and validates that every linear rxquant will touch exists with the expected shape. */
-export async function openModel(dir: string): Promise<SourceModel> {
-  const { raw, plain } = await readConfigJson(dir);
-  const cfgPath = join(dir, 'config.json');
+export async function openModel(dir: string, options: OpenModelOptions = {}): Promise<SourceModel> {
+  const configDir = options.hfConfig ?? dir;
+  const { raw, plain } = await readConfigJson(configDir);
+  const cfgPath = join(configDir, 'config.json');
   const arch = architectureFor(plain.model_type, cfgPath);
   const config = arch.parseConfig(plain, cfgPath);
-  const checkpoint = await openCheckpoint(dir);
+  const notes: string[] = [];
+  let checkpoint: SourceModel['checkpoint'];
+  if (options.hfConfig) {
+    if (!MEGATRON_FAMILIES.has(arch.modelType)) throw new CheckpointError(cfgPath, `model_type "${arch.modelType}": Megatron checkpoints are read for ${[...MEGATRON_FAMILIES].join(', ')}`);
+    const dcp = await openDcp(await resolveTorchDist(dir));
+    try {
+      const m = megatronToHf(dcp, config, cfgPath);
+      notes.push(...m.notes);
+      checkpoint = { dir: dcp.dir, tensors: m.tensors, close: () => dcp.close() };
+    } catch (e) {
+      await dcp.close();
+      throw e;
+    }
+  } else checkpoint = await openCheckpoint(dir);
   try {
-    const { tensors, fp8BlockSource } = sourceTensors(checkpoint, plain, cfgPath);
+    const { tensors, fp8BlockSource } = options.hfConfig ? { tensors: checkpoint.tensors, fp8BlockSource: false } : sourceTensors(checkpoint as Checkpoint, plain, cfgPath);
     const layers: LayerLayout[] = [];
     for (let i = 0; i < config.numLayers; i++) {
       const layout = arch.layer(i, config);
@@ -127,7 +161,7 @@ export async function openModel(dir: string): Promise<SourceModel> {
       const stray = [...tensors.keys()].find((n) => n.startsWith('medusa_heads.'));
       if (stray) throw new CheckpointError(dir, `tensor "${stray}" is a Medusa head, but config.json has no "medusa" block ({"num_medusa_heads": N, "num_medusa_layers": L})`);
     }
-    return { dir, configRaw: raw, config, arch, checkpoint, tensors, fp8BlockSource, layers, ...(medusa ? { medusa } : {}), close: () => checkpoint.close() };
+    return { dir, configDir, notes, configRaw: raw, config, arch, checkpoint, tensors, fp8BlockSource, layers, ...(medusa ? { medusa } : {}), close: () => checkpoint.close() };
   } catch (e) {
     await checkpoint.close();
     throw e;

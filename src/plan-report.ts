@@ -43,10 +43,10 @@ export interface PlanReport {
 export async function planExport(
   modelDir: string,
   format: string,
-  o: ExportOptions & { out: string; maxShardSize?: string; workers?: number; calibration?: { samples: number; seqLen: number; awq?: boolean } },
+  o: ExportOptions & { out: string; maxShardSize?: string; workers?: number; calibration?: { samples: number; seqLen: number; awq?: boolean }; hfConfig?: string },
 ): Promise<PlanReport> {
   const spec = formatSpec(format);
-  const model = await openModel(modelDir);
+  const model = await openModel(modelDir, { hfConfig: o.hfConfig });
   try {
     const plan = createPlan(model, spec, { ...o, deferStatsCheck: true });
     const shards = planShards(plan.outputs, parseSize(o.maxShardSize ?? '10GB'));

@@ -4,7 +4,7 @@ import { refuseDestructiveOutput, hubCacheRepoOf, type GuardedInput } from '../u
 import { Command, Option, CommanderError } from 'commander';
 import { resolve, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { RxquantError, UsageError } from '../errors.js';
 import { inspect, formatInspect } from '../inspect.js';
 import { verifyExport } from '../verify.js';
@@ -55,6 +55,7 @@ function intOption(name: string) {
 function withExportOptions(cmd: Command): Command {
   return cmd
     .addOption(new Option('-f, --format <format>', 'quantization format').choices([...FORMAT_NAMES]).default('nvfp4'))
+    .option('--hf-config <dir>', 'the model is a Megatron-Core torch_dist checkpoint: read it with this Hugging Face model folder\'s config.json (its tokenizer and side files are copied)')
     .option('--revision <rev>', 'Hub revision (branch, tag or commit) when the model is a repo id', 'main')
     .addOption(new Option('--kv-cache <mode>', 'KV cache quantization').choices([...KV_CACHE_MODES]).default('fp8_cast'))
     .option('--max-shard-size <size>', 'largest shard (GB/MB decimal, GiB/MiB binary)', '10GB')
@@ -130,6 +131,14 @@ function sourceInputs(modelDir: string): GuardedInput[] {
   return inputs;
 }
 
+/** --hf-config as an absolute folder, checked to hold a config.json, or undefined. */
+function megatronConfig(o: Record<string, any>): string | undefined {
+  if (!o.hfConfig) return undefined;
+  const dir = resolve(o.hfConfig);
+  if (!existsSync(join(dir, 'config.json'))) throw new UsageError(`--hf-config ${o.hfConfig}: no config.json there (give the Hugging Face model folder the Megatron checkpoint was trained from)`);
+  return dir;
+}
+
 /** `verify --engine` names and the engines they mean. */
 const ENGINE_OPTION = { vllm: 'vLLM', sglang: 'SGLang', trtllm: 'TensorRT-LLM' } as const;
 
@@ -172,17 +181,22 @@ export function buildProgram(): Command {
     .action(async (model: string | undefined, o: Record<string, any>) => {
       const rep = new Reporter(outputMode(o.json));
       const format = formatSpec(o.format);
-      const modelDir = resolve(await resolveModel(model ?? DEFAULT_MODEL, { revision: o.revision, onFile: (f, n) => rep.info(`fetching ${f} (${formatBytes(n)})`) }));
+      const hfConfig = megatronConfig(o);
+      const modelDir = hfConfig ? resolve(model ?? '.') : resolve(await resolveModel(model ?? DEFAULT_MODEL, { revision: o.revision, onFile: (f, n) => rep.info(`fetching ${f} (${formatBytes(n)})`) }));
+      if (hfConfig && !model) throw new UsageError('--hf-config needs the Megatron checkpoint folder as the model argument');
+      if (hfConfig && o.eval) throw new UsageError('--eval runs a Hugging Face checkpoint: evaluate the export instead (rxquant eval OUT --text FILE)');
       // never write into, over or around an input, whatever --overwrite says
       const guarded: GuardedInput[] = sourceInputs(modelDir);
+      if (hfConfig) guarded.push({ what: 'the --hf-config model folder', path: hfConfig, noWritesInside: true });
       if (o.stats) guarded.push({ what: 'the --stats file', path: resolve(o.stats) }, { what: "the --stats file's folder", path: dirname(resolve(o.stats)) });
       if (o.calib && !o.calib.startsWith('hf://')) guarded.push({ what: "the --calib file's folder", path: dirname(resolve(o.calib)) });
       if (o.eval) guarded.push({ what: "the --eval text's folder", path: dirname(resolve(o.eval)) });
       await refuseDestructiveOutput(o.out, guarded);
       // validate config.json, every shard header and what the format can do with the model before
       // anything else is read or computed (calibration included)
-      const opened = await openModel(modelDir);
+      const opened = await openModel(modelDir, { hfConfig });
       try {
+        for (const n of opened.notes) rep.info(n);
         createPlan(opened, format, { kvCache: kvCacheMode(o.kvCache), exclude: o.exclude, deferStatsCheck: true });
       } finally {
         await opened.close();
@@ -197,7 +211,7 @@ export function buildProgram(): Command {
       }
       let calibration: number[][] | undefined;
       if (o.calib || (needsStats && !stats)) {
-        const data = await calibrationData(o, modelDir, rep);
+        const data = await calibrationData(o, hfConfig ?? modelDir, rep);
         calibration = data.samples;
         const toks = calibration.reduce((a, s) => a + s.length, 0);
         rep.info(`calibrating on ${calibration.length} samples (${toks} tokens) of ${data.source}`);
@@ -215,6 +229,7 @@ export function buildProgram(): Command {
       process.once('SIGINT', onSigint);
       const done = await exportCheckpoint({
         model: modelDir,
+        hfConfig,
         format: format.name,
         out: resolve(o.out),
         stats,
@@ -292,8 +307,11 @@ export function buildProgram(): Command {
     .action(async (model: string | undefined, o: Record<string, any>) => {
       const format = formatSpec(o.format);
       const needsCalib = needsActivationStats(format, kvCacheMode(o.kvCache)) || awqChoice(format, o.awq) !== 'none';
-      const r = await planExport(resolve(await resolveModel(model ?? DEFAULT_MODEL, { revision: o.revision })), format.name, {
-        out: o.out, kvCache: kvCacheMode(o.kvCache), maxShardSize: o.maxShardSize, exclude: o.exclude, workers: o.workers,
+      const hfConfig = megatronConfig(o);
+      if (hfConfig && !model) throw new UsageError('--hf-config needs the Megatron checkpoint folder as the model argument');
+      const dir = hfConfig ? resolve(model!) : resolve(await resolveModel(model ?? DEFAULT_MODEL, { revision: o.revision }));
+      const r = await planExport(dir, format.name, {
+        hfConfig, out: o.out, kvCache: kvCacheMode(o.kvCache), maxShardSize: o.maxShardSize, exclude: o.exclude, workers: o.workers,
         calibration: needsCalib && !o.stats ? { samples: o.calibSamples, seqLen: o.calibSeqLen, awq: awqChoice(format, o.awq) !== 'none' } : undefined,
       });
       process.stdout.write((o.json ? JSON.stringify(r, null, 2) : formatPlan(r)) + '\n');
@@ -310,25 +328,29 @@ export function buildProgram(): Command {
     .option('--calib-seq-len <n>', 'tokens per calibration sample', intOption('--calib-seq-len'), DEFAULT_CALIB_SEQ_LEN)
     .addOption(new Option('-f, --format <format>', 'an AWQ format: also run its AWQ search and write each linear\'s pre_quant_scale').choices([...FORMAT_NAMES]))
     .addOption(awqOption())
+    .option('--hf-config <dir>', 'the model is a Megatron-Core torch_dist checkpoint: read it with this Hugging Face model folder\'s config.json and tokenizer')
     .option('--json', 'one JSON object per line on stdout')
     .action(async (modelDir: string, o: Record<string, any>) => {
       const rep = new Reporter(outputMode(o.json));
       const format = o.format ? formatSpec(o.format) : undefined;
       if (!format && o.awq !== undefined) throw new UsageError('--awq needs --format (the AWQ format whose quantization the search uses)');
       const awq = format ? awqChoice(format, o.awq) : 'none';
-      const dir = resolve(await resolveModel(modelDir, { revision: o.revision }));
+      const hfConfig = megatronConfig(o);
+      const dir = hfConfig ? resolve(modelDir) : resolve(await resolveModel(modelDir, { revision: o.revision }));
       const guarded = sourceInputs(dir);
+      if (hfConfig) guarded.push({ what: 'the --hf-config model folder', path: hfConfig, noWritesInside: true });
       if (!o.calib) guarded.push({ what: 'the bundled calibration text', path: DEFAULT_CALIB_TEXT });
       else if (!o.calib.startsWith('hf://')) guarded.push({ what: 'the --calib file', path: resolve(o.calib) });
       await refuseDestructiveOutput(o.out, guarded, '-o');
-      const opened = await openModel(dir);
+      const opened = await openModel(dir, { hfConfig });
       const layers = opened.layers.length;
       await opened.close();
-      const { samples } = await calibrationData(o, dir, rep);
+      const { samples } = await calibrationData(o, hfConfig ?? dir, rep);
       const tokens = samples.reduce((a, s) => a + s.length, 0);
       const started = Date.now();
       rep.startBar('calibrate', layers + 1, 'items');
       const stats = await calibrateModel(dir, samples, {
+        hfConfig,
         onProgress: (p) => reportCalibrated(rep, p),
         awq: format && awq !== 'none' ? { format, algorithm: awq } : undefined,
       });

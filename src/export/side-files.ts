@@ -17,7 +17,7 @@ export interface SideFile {
 }
 
 export async function exportSideFiles(plan: ExportPlan): Promise<SideFile[]> {
-  const dir = plan.model.dir;
+  const dir = plan.model.configDir; // a Megatron checkpoint's side files come from its --hf-config
   const files: SideFile[] = [];
   const config: Record<string, PyValue> = { ...plan.model.configRaw };
   delete config.quantization_config;

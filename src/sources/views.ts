@@ -269,3 +269,34 @@ export function fp8BlockDequant(q: TensorSource, scaleInv: TensorSource, name = 
 export function fp8BlockParts(t: TensorSource): { q: TensorSource; scaleInv: TensorSource } | undefined {
   return t instanceof Fp8BlockDequantView ? { q: t.q, scaleInv: t.scaleInv } : undefined;
 }
+
+/** Rows of a base gathered from runs [start, count) in order (a fused tensor's member made of several blocks). */
+class RowRunsView extends View {
+  constructor(
+    private readonly base: TensorSource,
+    private readonly runs: readonly (readonly [number, number])[],
+    name: string,
+  ) {
+    super(name, base.dtype, [runs.reduce((a, r) => a + r[1], 0), ...base.shape.slice(1)], `${base.origin} (${base.name}, rows of ${name})`);
+  }
+
+  async readRows(start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
+    checkRowRange(this, start, end);
+    const dest = destination(this.name, (end - start) * this.rowBytes, into);
+    let row = 0; // this view's first row of the current run
+    for (const [s, n] of this.runs) {
+      const a = Math.max(start, row), b = Math.min(end, row + n);
+      if (a < b) await this.base.readRows(s + a - row, s + b - row, dest.subarray((a - start) * this.rowBytes, (b - start) * this.rowBytes));
+      row += n;
+      if (row >= end) break;
+    }
+    return dest;
+  }
+}
+
+/** The rows of `t` named by `runs` ([first row, count] each), in that order, as one tensor `name`. */
+export function rowRuns(t: TensorSource, runs: readonly (readonly [number, number])[], name: string): TensorSource {
+  if (t.shape.length < 1) throw new RangeError(`${t.name}: row runs need at least 1 dimension`);
+  for (const [s, n] of runs) checkRowRange(t, s, s + n);
+  return new RowRunsView(t, runs, name);
+}
