@@ -2,7 +2,7 @@
  * Calibration speed: tokens/s of the forward pass through one Llama-3.1-8B-shaped decoder layer
  * (hidden 4096, intermediate 14336, 32 heads, 8 KV heads, 512 tokens, f32), rxquant (onnxruntime
  * GEMMs) next to PyTorch (Debian python3-torch, OpenBLAS with the machine's CORETYPE override unset)
- * in the same run, alternating rxquant and PyTorch rounds so that a noisy neighbour slows both.
+ * in the same run, single runs of each alternating so that a noisy neighbour slows both.
  * Also: each engine's GEMM share of its layer time, the layer's GFLOP/s against the machine's
  * measured GEMM peak (the faster of onnxruntime and OpenBLAS on the layer's largest GEMM shape), and
  * the marginal throughput through the CLI (`rxquant calibrate` of a 4-layer 8B-shaped checkpoint on
@@ -10,7 +10,8 @@
  * libopenblas0-pthread` (without the latter, Debian's torch falls back to the reference BLAS and
  * runs ~30x slower).
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { copyFileSync, mkdirSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -54,7 +55,7 @@ export function llama8bLayer(round?: (x: number) => number): LayerWeights {
 
 const TORCH_SCRIPT = `
 import time, torch, sys, json
-threads = int(sys.argv[1]); rounds = int(sys.argv[2]); torch.set_num_threads(threads)
+threads = int(sys.argv[1]); torch.set_num_threads(threads)
 H, I, nH, nKV, d, T = 4096, 14336, 32, 8, 128, 512
 g = torch.Generator().manual_seed(0)
 W = {n: torch.randn(o, i, generator=g) / i**0.5 for n, o, i in [('q', nH*d, H), ('k', nKV*d, H), ('v', nKV*d, H), ('o', H, nH*d), ('g', I, H), ('u', I, H), ('dn', H, I)]}
@@ -82,30 +83,67 @@ def median(f, n):
         t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
     ts.sort(); return ts[len(ts)//2]
 h = torch.randn(T, H, generator=g); xi = torch.randn(T, I, generator=g)
+run = {'layer': lambda: layer(h), 'gemms': lambda: gemms(h, xi), 'peak': lambda: h @ W['g'].T}
 with torch.no_grad():
-    layer(h); gemms(h, xi)
-    out = {'layer': median(lambda: layer(h), rounds), 'gemms': median(lambda: gemms(h, xi), rounds), 'peak': median(lambda: h @ W['g'].T, rounds)}
-print(json.dumps(out))
+    for f in run.values(): f()
+    print('ready', flush=True)
+    # one timing per command line, so the bench can interleave single runs with its own
+    for line in sys.stdin:
+        f = run[line.strip()]
+        t = time.perf_counter(); f(); print(time.perf_counter() - t, flush=True)
 `;
 
-interface TorchTimes {
-  layer: number;
-  gemms: number;
-  /** one [512, 4096] x [4096, 14336] GEMM */
-  peak: number;
+/**
+ * PyTorch kept running beside the bench, timing one thing per request ('layer', 'gemms': the
+ * layer's seven linears alone, 'peak': one [512, 4096] x [4096, 14336] GEMM), so single PyTorch and
+ * rxquant runs alternate: this VM's speed drifts by 20-30% over minutes, and a drift then lands
+ * on both alike.
+ */
+class TorchPeer {
+  private lines: string[] = [];
+  private waiting: ((l: string) => void)[] = [];
+
+  private constructor(private readonly proc: ChildProcess) {
+    createInterface({ input: proc.stdout! }).on('line', (l) => {
+      const w = this.waiting.shift();
+      if (w) w(l);
+      else this.lines.push(l);
+    });
+  }
+
+  private next(): Promise<string> {
+    const l = this.lines.shift();
+    return l !== undefined ? Promise.resolve(l) : new Promise((r) => this.waiting.push(r));
+  }
+
+  static async start(threads: number): Promise<TorchPeer | undefined> {
+    const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads) };
+    delete env.OPENBLAS_CORETYPE;
+    delete env.OPENBLAS_L2_SIZE;
+    const proc = spawn('/usr/bin/python3', ['-c', TORCH_SCRIPT, String(threads)], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let err = '';
+    proc.stderr!.on('data', (d) => (err += String(d)));
+    const peer = new TorchPeer(proc);
+    const ready = await Promise.race([peer.next(), new Promise<string>((r) => proc.on('exit', () => r('exit')))]);
+    if (ready !== 'ready') {
+      process.stderr.write(`torch peer unavailable: ${err.slice(-300)}\n`);
+      return undefined;
+    }
+    return peer;
+  }
+
+  async time(what: 'layer' | 'gemms' | 'peak'): Promise<number> {
+    this.proc.stdin!.write(`${what}\n`);
+    return Number(await this.next());
+  }
+
+  close(): void {
+    this.proc.stdin!.end();
+  }
 }
 
-function torchTimes(threads: number, rounds: number): TorchTimes | undefined {
-  const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads) };
-  delete env.OPENBLAS_CORETYPE;
-  delete env.OPENBLAS_L2_SIZE;
-  const r = spawnSync('/usr/bin/python3', ['-c', TORCH_SCRIPT, String(threads), String(rounds)], { env, encoding: 'utf8' });
-  if (r.status !== 0) {
-    process.stderr.write(`torch peer unavailable: ${r.stderr.slice(-300)}\n`);
-    return undefined;
-  }
-  return JSON.parse(r.stdout.trim()) as TorchTimes;
-}
+/** A pause between the two engines' runs: OpenBLAS's and OpenMP's threads spin a while after a call, and would take a core from the next run. */
+const settle = () => new Promise((r) => setTimeout(r, 300));
 
 /** The layer's multiply-adds x 2: seven linears on T tokens, plus causal attention's two products (half the T x T scores). */
 function layerFlops(): number {
@@ -198,7 +236,7 @@ async function cliMarginal(dataDir: string, layerSeconds: () => Promise<number>,
   }
 }
 
-export async function benchCalibration(dataDir: string, rounds = 5): Promise<string[]> {
+export async function benchCalibration(dataDir: string, rounds = 12): Promise<string[]> {
   const ort = await loadOrt();
   if (!ort) return ['| calibration | onnxruntime-node not available |'];
   const H = 4096, d = 128;
@@ -220,29 +258,41 @@ export async function benchCalibration(dataDir: string, rounds = 5): Promise<str
     const gemm = timedGemms(layer);
     // decoderLayer writes its result over its input: each run gets a copy of the same h
     await decoderLayer(h.slice(), T, layer, CFG, cos, sin);
-    // three rounds of (rxquant, PyTorch): a slow spell of the machine lands on both
-    const rx: number[] = [], share: number[] = [], torch: TorchTimes[] = [];
-    for (let round = 0; round < 3; round++) {
-      for (let i = 0; i < rounds; i++) {
-        const x = h.slice();
-        gemm.reset();
-        const t = performance.now();
-        await decoderLayer(x, T, layer, CFG, cos, sin);
-        const s = (performance.now() - t) / 1000;
-        rx.push(s);
-        share.push(gemm.seconds() / s);
+    const peer = await TorchPeer.start(threads);
+    // single runs alternating with PyTorch's: a slow spell of the machine lands on both
+    const rx: number[] = [], share: number[] = [], torch: { layer: number[]; gemms: number[]; peak: number[] } = { layer: [], gemms: [], peak: [] };
+    for (let i = 0; i < rounds; i++) {
+      const x = h.slice();
+      gemm.reset();
+      const t = performance.now();
+      await decoderLayer(x, T, layer, CFG, cos, sin);
+      const s = (performance.now() - t) / 1000;
+      rx.push(s);
+      share.push(gemm.seconds() / s);
+      await settle();
+      if (peer) {
+        torch.layer.push(await peer.time('layer'));
+        if (i % 3 === 0) torch.gemms.push(await peer.time('gemms'));
+        await settle();
       }
-      const tt = torchTimes(threads, rounds);
-      if (tt) torch.push(tt);
     }
     await layer.release();
     engine.dropSpareBuffers?.(); // its sessions too
-    const ortPeak = await ortPeakSeconds(ort, threads, rounds);
+    // the GEMM peak, onnxruntime and OpenBLAS alternating
+    const ortPeaks: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      ortPeaks.push(await ortPeakSeconds(ort, threads, 3));
+      await settle();
+      if (peer) torch.peak.push(await peer.time('peak'), await peer.time('peak'), await peer.time('peak'));
+      await settle();
+    }
+    peer?.close();
+    const ortPeak = median(ortPeaks);
     const rxS = median(rx);
     if (threads === twoThreads) rx2 = rxS;
-    const tl = torch.length ? median(torch.map((t) => t.layer)) : undefined;
-    const tg = torch.length ? median(torch.map((t) => t.gemms)) : undefined;
-    const tp = torch.length ? median(torch.map((t) => t.peak)) : undefined;
+    const tl = torch.layer.length ? median(torch.layer) : undefined;
+    const tg = torch.gemms.length ? median(torch.gemms) : undefined;
+    const tp = torch.peak.length ? median(torch.peak) : undefined;
     const peak = Math.max(peakFlops / ortPeak, tp ? peakFlops / tp : 0);
     peaks.push(`${threads} thread(s): onnxruntime ${(peakFlops / ortPeak / 1e9).toFixed(0)} GFLOP/s, OpenBLAS ${tp ? (peakFlops / tp / 1e9).toFixed(0) : 'n/a'} GFLOP/s`);
     const gf = (s: number) => (flops / s / 1e9).toFixed(0);

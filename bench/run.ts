@@ -1,7 +1,7 @@
 /**
  * `npm run bench [section...]`: measurements side by side in one run, appended to bench/RESULTS.md
  * with the date and machine. Sections: read, kernels, export, calibration, awq, calibration-memory,
- * moe, large, deepseek, perplexity, awq-quality (default: all but large (a 26 GB checkpoint),
+ * moe, megatron, large, deepseek, perplexity, awq-quality (default: all but large (a 26 GB checkpoint),
  * deepseek (~16 GB), perplexity (~20 minutes) and awq-quality (several minutes)).
  */
 import { appendFile, mkdir } from 'node:fs/promises';
@@ -17,6 +17,7 @@ import { benchMoe } from './moe.js';
 import { benchDeepseek } from './deepseek.js';
 import { benchAwq } from './awq.js';
 import { benchAwqQuality } from './awq-quality.js';
+import { benchMegatron } from './megatron.js';
 import { machine } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -32,6 +33,8 @@ const SECTIONS: Record<string, () => Promise<string[]>> = {
   // perplexity with and without the AWQ search (a few minutes): run it by name
   'awq-quality': () => benchAwqQuality(),
   'calibration-memory': () => benchCalibrationMemory(DATA),
+  // the same 8B-shaped checkpoint as a Megatron torch_dist one (TP=2) against its safetensors: time, RSS, same bytes
+  megatron: () => benchMegatron(DATA),
   // Qwen3-30B-A3B-shaped MoE: calibration memory against the number of experts, NVFP4 export vs the floor
   moe: () => benchMoe(DATA),
   // DeepSeek V3 dimensions from an FP8-block source (~16 GB): run it by name
