@@ -266,7 +266,7 @@ function evictDir(dir: string, ext: string) {
   for (const f of readdirSync(dir)) if (f.endsWith(ext)) evict(join(dir, f));
 }
 
-export async function benchMegatron(dataDir: string, layers = 5): Promise<string[]> {
+export async function benchMegatron(dataDir: string, layers = 5, formats = ['fp8_pb_wo', 'nvfp4']): Promise<string[]> {
   const model = join(dataDir, `llama8b-${layers}`);
   const { stats } = await synthesize(model, layers);
   const mg = join(dataDir, `llama8b-${layers}-torch_dist`);
@@ -274,7 +274,7 @@ export async function benchMegatron(dataDir: string, layers = 5): Promise<string
   const rows = ['| input | format | s | peak RSS MiB |', '|---|---|---|---|'];
   const outA = join(dataDir, 'out-mg-st'), outB = join(dataDir, 'out-mg-dcp');
   let same = true;
-  for (const format of ['fp8_pb_wo', 'nvfp4']) {
+  for (const format of formats) {
     evictDir(model, '.safetensors');
     const a = timeWithRss(`node ${join(ROOT, 'bin', 'rxquant.js')} quantize ${model} -f ${format} --stats ${stats} -o ${outA} --overwrite`);
     evictDir(join(mg, 'iter_0000001'), '.distcp');

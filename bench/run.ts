@@ -35,6 +35,8 @@ const SECTIONS: Record<string, () => Promise<string[]>> = {
   'calibration-memory': () => benchCalibrationMemory(DATA),
   // the same 8B-shaped checkpoint as a Megatron torch_dist one (TP=2) against its safetensors: time, RSS, same bytes
   megatron: () => benchMegatron(DATA),
+  // the same at 57 layers (~26 GB each way, larger than this machine's RAM): run it by name
+  'megatron-large': () => benchMegatron(DATA, 57, ['fp8_pb_wo']),
   // Qwen3-30B-A3B-shaped MoE: calibration memory against the number of experts, NVFP4 export vs the floor
   moe: () => benchMoe(DATA),
   // DeepSeek V3 dimensions from an FP8-block source (~16 GB): run it by name
@@ -47,7 +49,7 @@ const SECTIONS: Record<string, () => Promise<string[]>> = {
 
 async function main() {
   const wanted = process.argv.slice(2);
-  const names = wanted.length ? wanted : Object.keys(SECTIONS).filter((n) => n !== 'perplexity' && n !== 'awq-quality' && n !== 'large' && n !== 'deepseek');
+  const names = wanted.length ? wanted : Object.keys(SECTIONS).filter((n) => n !== 'perplexity' && n !== 'awq-quality' && n !== 'large' && n !== 'deepseek' && n !== 'megatron-large');
   await mkdir(DATA, { recursive: true });
   const lines = [`\n## ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC — ${machine()}\n`];
   for (const n of names) {

@@ -183,40 +183,72 @@ class ChunkedTensor implements TensorSource {
 
   async readRows(start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
     checkRowRange(this, start, end);
-    const dest = destination(this.name, (end - start) * this.rowBytes, into);
-    const nd = this.shape.length;
-    for (const c of this.chunks) {
-      const o0 = nd === 0 ? 0 : c.offsets[0]!, s0 = nd === 0 ? 1 : c.sizes[0]!;
-      const r0 = Math.max(start, o0), r1 = Math.min(end, o0 + s0);
-      if (r0 >= r1) continue;
-      const t = await this.stored(c);
-      const chunkRowBytes = s0 === 0 ? 0 : t.byteLength / s0;
-      const bytes = new Uint8Array((r1 - r0) * chunkRowBytes);
-      const fh = await this.handle(c.file);
-      const { bytesRead } = await fh.read(bytes, 0, bytes.length, t.at + (r0 - o0) * chunkRowBytes);
-      if (bytesRead !== bytes.length) throw new CheckpointError(join(this.dir, c.file), `${this.name}: the file ends early (truncated?)`);
-      // place each chunk row inside its global row: runs of the last dimension at the chunk's offsets
-      const inner = this.shape.slice(1), cInner = c.sizes.slice(1), cOff = c.offsets.slice(1);
-      for (let r = r0; r < r1; r++) {
-        const src = (r - r0) * chunkRowBytes, dst = (r - start) * this.rowBytes;
-        scatter(bytes, src, dest, dst, inner, cInner, cOff, this.size);
-      }
-    }
-    return dest;
+    return this.readBytes(start * this.rowBytes, end * this.rowBytes, into);
   }
 
   read(into?: Uint8Array): Promise<Uint8Array> {
-    return this.readRows(0, this.rows, into);
+    return this.readBytes(0, this.byteLength, into);
   }
 
+  /**
+   * Any byte range. The tensor is read as "lines" of its last dimension: a range aligned to lines
+   * (what the views ask: rows of one layer of a stacked key) reads from each chunk only the lines of
+   * it that fall in the range (a contiguous run of the chunk's own lines, as both are row-major) and
+   * places each at its global line and column; an unaligned range reads the lines that hold it.
+   */
   async readBytes(start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
     checkByteRange(this, start, end);
     const dest = destination(this.name, end - start, into);
     if (end === start) return dest;
-    const r0 = Math.floor(start / this.rowBytes), r1 = Math.ceil(end / this.rowBytes);
-    if (r0 * this.rowBytes === start && r1 * this.rowBytes === end) return this.readRows(r0, r1, dest);
-    const rows = await this.readRows(r0, r1);
-    dest.set(rows.subarray(start - r0 * this.rowBytes, end - r0 * this.rowBytes));
+    const nd = this.shape.length;
+    const lineElems = nd === 0 ? 1 : this.shape[nd - 1]!;
+    const lineBytes = lineElems * this.size;
+    const a = Math.floor(start / lineBytes), b = Math.ceil(end / lineBytes);
+    if (a * lineBytes !== start || b * lineBytes !== end) {
+      const lines = await this.readBytes(a * lineBytes, b * lineBytes);
+      dest.set(lines.subarray(start - a * lineBytes, end - a * lineBytes));
+      return dest;
+    }
+    // global line index of multi-index (i_0 .. i_{nd-2}): row-major over shape[:-1]
+    const lead = nd <= 1 ? [] : this.shape.slice(0, nd - 1);
+    const gstride = lead.map((_, d) => lead.slice(d + 1).reduce((x, y) => x * y, 1));
+    for (const c of this.chunks) {
+      const cLead = nd <= 1 ? [] : c.sizes.slice(0, nd - 1);
+      const cLines = cLead.reduce((x, y) => x * y, 1);
+      // the global line of the chunk's line j (monotonic in j)
+      const globalLine = (j: number) => {
+        let g = 0;
+        for (let d = cLead.length - 1; d >= 0; d--) {
+          const size = cLead[d]!;
+          g += (c.offsets[d]! + (j % size)) * gstride[d]!;
+          j = Math.floor(j / size);
+        }
+        return g;
+      };
+      const firstAtLeast = (v: number) => {
+        let lo = 0, hi = cLines;
+        while (lo < hi) {
+          const mid = (lo + hi) >> 1;
+          if (globalLine(mid) < v) lo = mid + 1;
+          else hi = mid;
+        }
+        return lo;
+      };
+      const j0 = firstAtLeast(a), j1 = firstAtLeast(b);
+      if (j0 >= j1) continue;
+      const t = await this.stored(c);
+      const cLineBytes = (nd === 0 ? 1 : c.sizes[nd - 1]!) * this.size;
+      const bytes = new Uint8Array((j1 - j0) * cLineBytes);
+      const fh = await this.handle(c.file);
+      const { bytesRead } = await fh.read(bytes, 0, bytes.length, t.at + j0 * cLineBytes);
+      if (bytesRead !== bytes.length) throw new CheckpointError(join(this.dir, c.file), `${this.name}: the file ends early (truncated?)`);
+      const col = (nd === 0 ? 0 : c.offsets[nd - 1]!) * this.size;
+      if (cLineBytes === lineBytes && j1 - j0 > 1 && globalLine(j1 - 1) - globalLine(j0) === j1 - 1 - j0) {
+        dest.set(bytes, (globalLine(j0) - a) * lineBytes); // whole lines, consecutive: one copy
+        continue;
+      }
+      for (let j = j0; j < j1; j++) dest.set(bytes.subarray((j - j0) * cLineBytes, (j - j0 + 1) * cLineBytes), (globalLine(j) - a) * lineBytes + col);
+    }
     return dest;
   }
 
@@ -226,36 +258,6 @@ class ChunkedTensor implements TensorSource {
 
   async toFloat32(): Promise<Float32Array> {
     return decodeToFloat32(await this.read(), this.dtype, this.name);
-  }
-}
-
-/**
- * Copies a chunk's block (extent cInner, row-major) from src[srcAt..] into a global block (extent
- * inner) at dst[dstAt..], at offsets cOff: one contiguous run per index of all dimensions but the last.
- */
-function scatter(src: Uint8Array, srcAt: number, dst: Uint8Array, dstAt: number, inner: number[], cInner: number[], cOff: number[], size: number): void {
-  const nd = inner.length;
-  if (nd === 0) {
-    dst.set(src.subarray(srcAt, srcAt + size), dstAt);
-    return;
-  }
-  const run = cInner[nd - 1]! * size;
-  // global strides (bytes) of each inner dimension
-  const stride = new Array<number>(nd);
-  stride[nd - 1] = size;
-  for (let d = nd - 2; d >= 0; d--) stride[d] = stride[d + 1]! * inner[d + 1]!;
-  const idx = new Array<number>(nd - 1).fill(0);
-  const runs = cInner.slice(0, nd - 1).reduce((a, b) => a * b, 1);
-  let s = srcAt;
-  for (let k = 0; k < runs; k++) {
-    let g = dstAt + cOff[nd - 1]! * size;
-    for (let d = 0; d < nd - 1; d++) g += (cOff[d]! + idx[d]!) * stride[d]!;
-    dst.set(src.subarray(s, s + run), g);
-    s += run;
-    for (let d = nd - 2; d >= 0; d--) {
-      if (++idx[d]! < cInner[d]!) break;
-      idx[d] = 0;
-    }
   }
 }
 
