@@ -11,8 +11,9 @@
  * a torch.save zip (data.pkl with _rebuild_tensor_v2 over a persistent BFloat16Storage, byteorder,
  * data/0 at a 64-byte boundary of the item, version, central directory and EOCD), items back to back.
  */
-import { mkdirSync, openSync, writeSync, closeSync, rmSync, writeFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, openSync, writeSync, closeSync, rmSync, writeFileSync, existsSync, readdirSync, readSync } from 'node:fs';
 import { join, dirname } from 'node:path';
+import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { openCheckpoint } from '../src/safetensors/checkpoint.js';
 import { synthesize, LLAMA_8B } from './synth.js';
@@ -262,6 +263,22 @@ export async function writeTorchDist(from: string, to: string, layers: number): 
   writeFileSync(join(dir, '.metadata'), p.finish());
 }
 
+/** Whether two files hold the same bytes (read 64 MiB at a time: shards pass 2 GiB). */
+function sameFile(a: string, b: string): boolean {
+  const fa = openSync(a, 'r'), fb = openSync(b, 'r');
+  try {
+    const ba = Buffer.alloc(64 * 2 ** 20), bb = Buffer.alloc(64 * 2 ** 20);
+    for (let at = 0; ; at += ba.length) {
+      const na = readSync(fa, ba, 0, ba.length, at), nb = readSync(fb, bb, 0, bb.length, at);
+      if (na !== nb || !ba.subarray(0, na).equals(bb.subarray(0, nb))) return false;
+      if (na === 0) return true;
+    }
+  } finally {
+    closeSync(fa);
+    closeSync(fb);
+  }
+}
+
 function evictDir(dir: string, ext: string) {
   for (const f of readdirSync(dir)) if (f.endsWith(ext)) evict(join(dir, f));
 }
@@ -279,7 +296,7 @@ export async function benchMegatron(dataDir: string, layers = 5, formats = ['fp8
     const a = timeWithRss(`node ${join(ROOT, 'bin', 'rxquant.js')} quantize ${model} -f ${format} --stats ${stats} -o ${outA} --overwrite`);
     evictDir(join(mg, 'iter_0000001'), '.distcp');
     const b = timeWithRss(`node ${join(ROOT, 'bin', 'rxquant.js')} quantize ${mg} --hf-config ${model} -f ${format} --stats ${stats} -o ${outB} --overwrite`);
-    for (const f of readdirSync(outA)) if (!readFileSync(join(outA, f)).equals(readFileSync(join(outB, f)))) same = false;
+    for (const f of readdirSync(outA)) if (!sameFile(join(outA, f), join(outB, f))) same = false;
     rows.push(`| safetensors (${layers} layers, 8B shapes) | ${format} | ${a.seconds.toFixed(1)} | ${a.rssMiB.toFixed(0)} |`);
     rows.push(`| torch_dist, TP=2 (the same weights) | ${format} | ${b.seconds.toFixed(1)} | ${b.rssMiB.toFixed(0)} |`);
     rmSync(outA, { recursive: true, force: true });
@@ -287,4 +304,65 @@ export async function benchMegatron(dataDir: string, layers = 5, formats = ['fp8
   }
   rows.push('', `outputs from the two inputs byte-identical: ${same ? 'yes' : 'NO'}; each run from a cold cache (the inputs' files evicted first)`);
   return rows;
+}
+
+/** sha256 of each file of a folder, by name (read 64 MiB at a time). */
+function hashes(dir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const buf = Buffer.alloc(64 * 2 ** 20);
+  for (const f of readdirSync(dir).sort()) {
+    const h = createHash('sha256');
+    const fd = openSync(join(dir, f), 'r');
+    try {
+      for (let at = 0; ; ) {
+        const n = readSync(fd, buf, 0, buf.length, at);
+        if (n === 0) break;
+        h.update(buf.subarray(0, n));
+        at += n;
+      }
+    } finally {
+      closeSync(fd);
+    }
+    out.set(f, h.digest('hex'));
+  }
+  return out;
+}
+
+/**
+ * The same comparison on a checkpoint larger than this machine's RAM (57 layers, ~26 GB each way),
+ * within the disk: the safetensors export runs and is hashed first, then the checkpoint is rewritten
+ * as torch_dist and its shards deleted (config.json and the statistics stay, as --hf-config), then
+ * the torch_dist export runs and is hashed. Everything made here is removed at the end.
+ */
+export async function benchMegatronLarge(dataDir: string, layers = 57, format = 'fp8_pb_wo'): Promise<string[]> {
+  const model = join(dataDir, `llama8b-${layers}`);
+  const { stats } = await synthesize(model, layers);
+  const mg = join(dataDir, `llama8b-${layers}-torch_dist`);
+  const out = join(dataDir, 'out-mg-large');
+  try {
+    evictDir(model, '.safetensors');
+    const a = timeWithRss(`node ${join(ROOT, 'bin', 'rxquant.js')} quantize ${model} -f ${format} --stats ${stats} -o ${out} --overwrite`);
+    const ha = hashes(out);
+    rmSync(out, { recursive: true, force: true });
+    await writeTorchDist(model, mg, layers);
+    for (const f of readdirSync(model)) if (f.startsWith('model') && (f.endsWith('.safetensors') || f.endsWith('.json') && f.includes('index'))) rmSync(join(model, f));
+    evictDir(join(mg, 'iter_0000001'), '.distcp');
+    const b = timeWithRss(`node ${join(ROOT, 'bin', 'rxquant.js')} quantize ${mg} --hf-config ${model} -f ${format} --stats ${stats} -o ${out} --overwrite`);
+    const hb = hashes(out);
+    const same = ha.size === hb.size && [...ha].every(([f, h]) => hb.get(f) === h);
+    return [
+      `input: Llama-3.1-8B shapes, ${layers} layers (larger than this machine's RAM); ${format}; each run from a cold cache`,
+      '',
+      '| input | s | peak RSS MiB |',
+      '|---|---|---|',
+      `| safetensors | ${a.seconds.toFixed(1)} | ${a.rssMiB.toFixed(0)} |`,
+      `| torch_dist, TP=2 (the same weights) | ${b.seconds.toFixed(1)} | ${b.rssMiB.toFixed(0)} |`,
+      '',
+      `outputs byte-identical (sha256 of every file): ${same ? 'yes' : 'NO'}`,
+    ];
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+    rmSync(mg, { recursive: true, force: true });
+    rmSync(model, { recursive: true, force: true });
+  }
 }

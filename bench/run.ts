@@ -17,7 +17,7 @@ import { benchMoe } from './moe.js';
 import { benchDeepseek } from './deepseek.js';
 import { benchAwq } from './awq.js';
 import { benchAwqQuality } from './awq-quality.js';
-import { benchMegatron } from './megatron.js';
+import { benchMegatron, benchMegatronLarge } from './megatron.js';
 import { machine } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -36,7 +36,7 @@ const SECTIONS: Record<string, () => Promise<string[]>> = {
   // the same 8B-shaped checkpoint as a Megatron torch_dist one (TP=2) against its safetensors: time, RSS, same bytes
   megatron: () => benchMegatron(DATA),
   // the same at 57 layers (~26 GB each way, larger than this machine's RAM): run it by name
-  'megatron-large': () => benchMegatron(DATA, 57, ['fp8_pb_wo']),
+  'megatron-large': () => benchMegatronLarge(DATA),
   // Qwen3-30B-A3B-shaped MoE: calibration memory against the number of experts, NVFP4 export vs the floor
   moe: () => benchMoe(DATA),
   // DeepSeek V3 dimensions from an FP8-block source (~16 GB): run it by name
