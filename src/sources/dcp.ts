@@ -238,15 +238,21 @@ class ChunkedTensor implements TensorSource {
       if (j0 >= j1) continue;
       const t = await this.stored(c);
       const cLineBytes = (nd === 0 ? 1 : c.sizes[nd - 1]!) * this.size;
-      const bytes = new Uint8Array((j1 - j0) * cLineBytes);
       const fh = await this.handle(c.file);
-      const { bytesRead } = await fh.read(bytes, 0, bytes.length, t.at + j0 * cLineBytes);
-      if (bytesRead !== bytes.length) throw new CheckpointError(join(this.dir, c.file), `${this.name}: the file ends early (truncated?)`);
-      const col = (nd === 0 ? 0 : c.offsets[nd - 1]!) * this.size;
-      if (cLineBytes === lineBytes && j1 - j0 > 1 && globalLine(j1 - 1) - globalLine(j0) === j1 - 1 - j0) {
-        dest.set(bytes, (globalLine(j0) - a) * lineBytes); // whole lines, consecutive: one copy
+      const readInto = async (buf: Uint8Array) => {
+        const { bytesRead } = await fh.read(buf, 0, buf.length, t.at + j0 * cLineBytes);
+        if (bytesRead !== buf.length) throw new CheckpointError(join(this.dir, c.file), `${this.name}: the file ends early (truncated?)`);
+      };
+      if (cLineBytes === lineBytes && globalLine(j1 - 1) - globalLine(j0) === j1 - 1 - j0) {
+        // whole lines, consecutive in the tensor too (stacked layers, row-split chunks): read in place
+        const at = (globalLine(j0) - a) * lineBytes;
+        await readInto(dest.subarray(at, at + (j1 - j0) * lineBytes));
         continue;
       }
+      // part of each line (a column-split chunk): read the run, place line by line
+      const bytes = new Uint8Array((j1 - j0) * cLineBytes);
+      await readInto(bytes);
+      const col = (nd === 0 ? 0 : c.offsets[nd - 1]!) * this.size;
       for (let j = j0; j < j1; j++) dest.set(bytes.subarray((j - j0) * cLineBytes, (j - j0 + 1) * cLineBytes), (globalLine(j) - a) * lineBytes + col);
     }
     return dest;
