@@ -11,12 +11,12 @@
  * a torch.save zip (data.pkl with _rebuild_tensor_v2 over a persistent BFloat16Storage, byteorder,
  * data/0 at a 64-byte boundary of the item, version, central directory and EOCD), items back to back.
  */
-import { mkdirSync, openSync, writeSync, closeSync, rmSync, writeFileSync, existsSync, readdirSync, readSync } from 'node:fs';
+import { mkdirSync, openSync, writeSync, closeSync, rmSync, writeFileSync, existsSync, readdirSync, readSync, readFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { openCheckpoint } from '../src/safetensors/checkpoint.js';
-import { synthesize, LLAMA_8B } from './synth.js';
+import { synthesize } from './synth.js';
 import { evict, timeWithRss } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -171,19 +171,40 @@ interface Chunk {
   length: number;
 }
 
-/** Writes the HF checkpoint `from` (Llama shapes) as a TP=2 torch_dist checkpoint in `to`. */
-export async function writeTorchDist(from: string, to: string, layers: number): Promise<void> {
-  const { hidden: H, intermediate: I, heads: nh, kvHeads: ng, headDim: hd, vocab: V } = LLAMA_8B;
+export interface TorchDistLayout {
+  /** Decoder layers stacked under `decoder.layers.` (default), or one key set per layer (`decoder.layers.{l}.`). */
+  perLayer?: boolean;
+  /** Prefix of every key (NeMo 2: `module.`). */
+  prefix?: string;
+  /** Where the checkpoint goes: a save folder with iter_0000001 (default), one whose tracker says release, or NeMo 2's weights/. */
+  folder?: 'iter' | 'release' | 'nemo2';
+}
+
+/** Writes the bf16 HF checkpoint `from` (a Llama: shapes from its config.json) as a TP=2 torch_dist checkpoint in `to`. */
+export async function writeTorchDist(from: string, to: string, layers: number, layout: TorchDistLayout = {}): Promise<void> {
+  const c = JSON.parse(readFileSync(join(from, 'config.json'), 'utf8'));
+  const H: number = c.hidden_size, I: number = c.intermediate_size, nh: number = c.num_attention_heads, ng: number = c.num_key_value_heads ?? nh, V: number = c.vocab_size;
+  const hd: number = c.head_dim ?? H / nh;
   const hpg = nh / ng, TP = 2;
-  const dir = join(to, 'iter_0000001');
+  const folder = layout.folder ?? 'iter';
+  const dir = join(to, folder === 'iter' ? 'iter_0000001' : folder === 'release' ? 'release' : 'weights');
   rmSync(to, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(to, 'latest_checkpointed_iteration.txt'), '1');
+  if (folder !== 'nemo2') writeFileSync(join(to, 'latest_checkpointed_iteration.txt'), folder === 'release' ? 'release' : '1');
   writeFileSync(join(dir, 'metadata.json'), JSON.stringify({ sharded_backend: 'torch_dist', sharded_backend_version: 1 }));
   const files = [0, 1].map((r) => ({ name: `__${r}_0.distcp`, fd: openSync(join(dir, `__${r}_0.distcp`), 'w'), at: 0 }));
   const chunks: Chunk[] = [];
   const shapes = new Map<string, number[]>();
-  const put = (rank: number, key: string, global: number[], offsets: number[], sizes: number[], data: Uint8Array) => {
+  const put = (rank: number, stackedKey: string, stackedGlobal: number[], stackedOffsets: number[], stackedSizes: number[], data: Uint8Array) => {
+    let key = stackedKey, global = stackedGlobal, offsets = stackedOffsets, sizes = stackedSizes;
+    if (layout.perLayer && key.startsWith('decoder.layers.')) {
+      // one key per layer: the layer's index in the name, no leading layer axis
+      key = `decoder.layers.${offsets[0]}.${key.slice('decoder.layers.'.length)}`;
+      global = global.slice(1);
+      offsets = offsets.slice(1);
+      sizes = sizes.slice(1);
+    }
+    key = (layout.prefix ?? '') + key;
     shapes.set(key, global);
     const item = torchSaveItem(data, sizes);
     const f = files[rank]!;

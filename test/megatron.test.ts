@@ -102,6 +102,27 @@ describe('torch_dist checkpoints read as the HF tensors', () => {
   });
 });
 
+describe('other torch_dist layouts (written here by the bench writer from the llama31 HF checkpoint)', () => {
+  it.each([
+    ['per-layer keys (decoder.layers.{l}.*, as heterogeneous stacks save them)', { perLayer: true }],
+    ["NeMo 2: weights/ folder, every key under module.", { folder: 'nemo2', prefix: 'module.' }],
+    ['a save folder whose tracker says release', { folder: 'release' }],
+  ] as const)('%s: every HF tensor byte-identical', async (_, layout) => {
+    const { writeTorchDist } = await import('../bench/megatron.js');
+    const dir = join(tmp, `layout-${Object.values(layout).join('-')}`);
+    await writeTorchDist(HF, dir, 2, layout);
+    const hf = await openCheckpoint(HF);
+    const m = await openModel(dir, { hfConfig: HF });
+    try {
+      expect([...m.tensors.keys()].sort()).toEqual([...hf.tensors.keys()].sort());
+      for (const [name, t] of hf.tensors) expect(Buffer.compare(await m.tensors.get(name)!.read(), await t.read()), name).toBe(0);
+    } finally {
+      await m.close();
+      await hf.close();
+    }
+  });
+});
+
 describe('bad torch_dist input: one clear error naming the file and the key', () => {
   it('a chunk missing from .metadata storage_data, a truncated .distcp, a config that does not match, an unknown opcode', async () => {
     // a truncated data file, a lost rank's file: refused at open, naming the file and a key in it
