@@ -44,7 +44,7 @@ function candidatesPerSet(params: number, budgetBytes: number): number {
   return Math.ceil(AWQ_ALPHAS.length / Math.ceil(AWQ_ALPHAS.length / fit));
 }
 
-/** Bytes of the search's W^T buffer for a linear of `params` weights: the reference and one set of candidates in f32. */
+/** Bytes of the search's candidates buffer for a linear of `params` weights: the reference and one set of candidates in f32. */
 export function awqCandidateBytes(params: number, budgetBytes = DEFAULT_AWQ_CANDIDATE_BYTES): number {
   return (candidatesPerSet(params, budgetBytes) + 1) * params * 4;
 }
@@ -86,7 +86,7 @@ export function awqScale(xMean: Float32Array, wMean: Float32Array, alpha: number
 /**
  * The search's large buffers, kept from one linear (and layer) to the next: fresh memory costs more
  * than the work done in it here (page faults measured at ~2.4 ms per MB against 0.6 ms per MB for
- * the W·s pass itself), so one grow-only buffer each for the [N, K] scratch and the candidates' W^T.
+ * the W·s pass itself), so one grow-only buffer each for the [N, K] scratch and the candidates' rows.
  */
 export class AwqWorkspace {
   private scratchBuf = new Float32Array(0);

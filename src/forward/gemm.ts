@@ -8,7 +8,7 @@ import { matmul, silu } from './ops.js';
 import { attentionModel, linearModel, swiGluModel } from './onnx.js';
 import { ReusedBuffers } from './reused.js';
 
-/** One linear's weights as the forward pass takes them: W [N, K] in f32 (or a loader of W^T), bias, input transform. */
+/** One linear's weights as the forward pass takes them: W [N, K] in f32 (or a loader of its rows), bias, input transform. */
 export interface LinearWeights {
   w: Float32Array;
   N: number;

@@ -149,7 +149,7 @@ function splitOutputs(fused: PreparedLinear, widths: number[], gemm: GemmEngine)
   };
 }
 
-/** A layer ready to run: GEMMs prepared (for onnxruntime: one session per group over its W^T). */
+/** A layer ready to run: GEMMs prepared (for onnxruntime: Gemm sessions over each group's W [N, K], SwiGLU as one). */
 export interface PreparedLayer {
   norms: Pick<LayerWeights, 'inputNorm' | 'postNorm' | 'qNorm' | 'kNorm'>;
   /** The engine's attention, when it has one. */
@@ -167,8 +167,8 @@ export async function prepareLayer(lw: LayerWeights, gemm: GemmEngine = jsGemm):
 
 /**
  * Prepares a layer loading its linears only as the engine needs them (`load`; `dims` gives each
- * one's [N, K] beforehand). With an engine that keeps its own W^T, the largest single linear is
- * prepared first, while nothing else is held, and fused members are transposed in one at a time:
+ * one's [N, K] beforehand). With an engine that keeps its own f32 rows, the largest single linear is
+ * prepared first, while nothing else is held, and fused members are written in one at a time:
  * the peak is about the layer's weights once in f32 (~870 MB at 8B), not two or three times.
  */
 export async function prepareLayerFrom(

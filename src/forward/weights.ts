@@ -220,7 +220,7 @@ export async function loadHead(src: WeightSource, cfg: ModelConfig, names: Outer
 
 /**
  * GEMM groups a layer (or a part of one) prepares for the engine and releases together. `byName`
- * loads linears by module name as the engine wants them (W^T written from source rows, or [N, K]);
+ * loads linears by module name, their rows written from the source where the engine asks (writeRows);
  * `add` takes other loaders (views, dequantized exports). If building a layer fails midway, `release`
  * returns what was prepared so far.
  */
