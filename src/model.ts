@@ -5,15 +5,12 @@ import { join } from 'node:path';
 import { CheckpointError } from './errors.js';
 import { openCheckpoint, type Checkpoint } from './safetensors/checkpoint.js';
 import { isFloatWeightDType } from './safetensors/dtypes.js';
-import { architectureFor, type Architecture, type LayerLayout, type ModelConfig } from './models/index.js';
+import { architectureFor, FAMILIES, type Architecture, type LayerLayout, type ModelConfig } from './models/index.js';
 import { parsePreservingNumbers, type PyValue } from './util/pyjson.js';
 import type { TensorSource } from './sources/source.js';
 import { fp8BlockDequant } from './sources/views.js';
 import { openDcp, resolveTorchDist } from './sources/dcp.js';
 import { megatronToHf } from './models/megatron.js';
-
-/** The families whose Megatron-Core GPT layout models/megatron.ts maps (dense decoders). */
-const MEGATRON_FAMILIES = new Set(['llama', 'qwen2', 'qwen3', 'mistral']);
 
 export interface SourceModel {
   /** The checkpoint folder (for a Megatron checkpoint, its torch_dist folder). */
@@ -113,7 +110,10 @@ export async function openModel(dir: string, options: OpenModelOptions = {}): Pr
   const notes: string[] = [];
   let checkpoint: SourceModel['checkpoint'];
   if (options.hfConfig) {
-    if (!MEGATRON_FAMILIES.has(arch.modelType)) throw new CheckpointError(cfgPath, `model_type "${arch.modelType}": Megatron checkpoints are read for ${[...MEGATRON_FAMILIES].join(', ')}`);
+    if (!arch.readsMegatronGpt) {
+      const readable = Object.values(FAMILIES).filter((f) => f.readsMegatronGpt).map((f) => f.modelType);
+      throw new CheckpointError(cfgPath, `model_type "${arch.modelType}": Megatron checkpoints are read for ${readable.join(', ')}`);
+    }
     const dcp = await openDcp(await resolveTorchDist(dir));
     try {
       const m = megatronToHf(dcp, config, cfgPath);

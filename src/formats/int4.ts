@@ -10,9 +10,10 @@ import { exportScale } from './common.js';
 
 export const INT4_GROUP = 128;
 
-export function int4Scales(w: Float32Array, N: number, K: number): Float32Array {
+/** max |w| of each 128-wide group of each row: [N, K/128]. */
+function groupAmaxes(w: Float32Array, N: number, K: number): Float32Array {
   const ng = K / INT4_GROUP;
-  const scales = new Float32Array(N * ng);
+  const amax = new Float32Array(N * ng);
   for (let n = 0; n < N; n++)
     for (let g = 0; g < ng; g++) {
       let m = 0;
@@ -21,9 +22,13 @@ export function int4Scales(w: Float32Array, N: number, K: number): Float32Array 
         const a = Math.abs(w[base + i]!);
         if (a > m) m = a;
       }
-      scales[n * ng + g] = exportScale(m, 7);
+      amax[n * ng + g] = m;
     }
-  return scales;
+  return amax;
+}
+
+export function int4Scales(w: Float32Array, N: number, K: number): Float32Array {
+  return groupAmaxes(w, N, K).map((m) => exportScale(m, 7));
 }
 
 /**
@@ -31,16 +36,7 @@ export function int4Scales(w: Float32Array, N: number, K: number): Float32Array 
  * int4Scales (a zero amax gives 1). `ratios` [N, K/128].
  */
 export function int4ScalesClipped(w: Float32Array, N: number, K: number, ratios: Float32Array): Float32Array {
-  const ng = K / INT4_GROUP;
-  const scales = new Float32Array(N * ng);
-  for (let n = 0; n < N; n++)
-    for (let g = 0; g < ng; g++) {
-      let m = 0;
-      const base = n * K + g * INT4_GROUP;
-      for (let i = 0; i < INT4_GROUP; i++) m = Math.max(m, Math.abs(w[base + i]!));
-      scales[n * ng + g] = exportScale(Math.fround(m * ratios[n * ng + g]!), 7);
-    }
-  return scales;
+  return groupAmaxes(w, N, K).map((m, i) => exportScale(Math.fround(m * ratios[i]!), 7));
 }
 
 /** Reference: a plain loop. Returns q [N, K] in [-8, 7]; `packInt4Rows` makes the stored layout. */

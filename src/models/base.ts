@@ -106,7 +106,13 @@ export interface ModelFamily {
   formats?: string[];
   /** Why the AWQ formats are refused for this family, if they are. */
   awqUnsupported?: string;
+  /**
+   * A Megatron-Core torch_dist checkpoint of this family is read as its HF tensors (models/megatron.ts:
+   * the GPT layout with fused qkv and fc1); families without it refuse `--hf-config`.
+   */
+  readsMegatronGpt?: boolean;
   /** Expected [out, in] shape of a linear's weight, for validation. */
+
   linearShape(module: string, cfg: ModelConfig): [number, number] | undefined;
   forward: LayerForward;
 }

@@ -50,6 +50,7 @@ export function denseFamily(o: DenseFamilyOptions): ModelFamily {
     parseConfig: o.parseConfig ?? parseModelConfig,
     names: { embed: 'model.embed_tokens', finalNorm: 'model.norm.weight', lmHead: 'lm_head' },
     alwaysExcluded: ['lm_head', 'model.embed_tokens'],
+    readsMegatronGpt: true,
 
     layer(i: number, cfg: ModelConfig): LayerLayout {
       const p = `model.layers.${i}`;

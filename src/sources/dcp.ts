@@ -11,7 +11,7 @@ import { open, readFile, stat, type FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { CheckpointError } from '../errors.js';
 import { checkedProduct, dtypeSize, type DType } from '../safetensors/dtypes.js';
-import { decodeToFloat32 } from '../codecs/float.js';
+import { View } from './views.js';
 import { attr, className, unpickle, PickleError, type PyValue } from './pickle.js';
 import { storedTensor, TorchSaveArchive, TORCH_DTYPES, type StoredTensor } from './torch-save.js';
 import { checkByteRange, checkRowRange, destination, type TensorSource } from './source.js';
@@ -145,28 +145,19 @@ export async function openDcp(dir: string): Promise<DcpCheckpoint> {
 }
 
 /** A global tensor of a DCP checkpoint, read from the chunks that tile it. */
-class ChunkedTensor implements TensorSource {
-  readonly numel: number;
-  readonly byteLength: number;
-  readonly rows: number;
-  readonly rowBytes: number;
-  readonly origin: string;
+class ChunkedTensor extends View {
   private readonly size: number;
 
   constructor(
-    readonly name: string,
-    readonly dtype: DType,
-    readonly shape: readonly number[],
+    name: string,
+    dtype: DType,
+    shape: readonly number[],
     private readonly chunks: Chunk[],
     private readonly dir: string,
     private readonly handle: (file: string) => Promise<FileHandle>,
   ) {
+    super(name, dtype, shape, `${resolve(dir)} (torch_dist key ${name})`);
     this.size = dtypeSize(dtype);
-    this.numel = checkedProduct(shape);
-    this.byteLength = this.numel * this.size;
-    this.rows = shape.length === 0 ? 1 : shape[0]!;
-    this.rowBytes = this.rows === 0 ? 0 : this.byteLength / this.rows;
-    this.origin = `${resolve(dir)} (torch_dist key ${name})`;
   }
 
   private stored(c: Chunk): Promise<StoredTensor> {
@@ -186,17 +177,13 @@ class ChunkedTensor implements TensorSource {
     return this.readBytes(start * this.rowBytes, end * this.rowBytes, into);
   }
 
-  read(into?: Uint8Array): Promise<Uint8Array> {
-    return this.readBytes(0, this.byteLength, into);
-  }
-
   /**
    * Any byte range. The tensor is read as "lines" of its last dimension: a range aligned to lines
    * (what the views ask: rows of one layer of a stacked key) reads from each chunk only the lines of
    * it that fall in the range (a contiguous run of the chunk's own lines, as both are row-major) and
    * places each at its global line and column; an unaligned range reads the lines that hold it.
    */
-  async readBytes(start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
+  override async readBytes(start: number, end: number, into?: Uint8Array): Promise<Uint8Array> {
     checkByteRange(this, start, end);
     const dest = destination(this.name, end - start, into);
     if (end === start) return dest;
@@ -256,14 +243,6 @@ class ChunkedTensor implements TensorSource {
       for (let j = j0; j < j1; j++) dest.set(bytes.subarray((j - j0) * cLineBytes, (j - j0 + 1) * cLineBytes), (globalLine(j) - a) * lineBytes + col);
     }
     return dest;
-  }
-
-  readBytesDirect(start: number, end: number, aligned: Uint8Array): Promise<Uint8Array> {
-    return this.readBytes(start, end, aligned);
-  }
-
-  async toFloat32(): Promise<Float32Array> {
-    return decodeToFloat32(await this.read(), this.dtype, this.name);
   }
 }
 

@@ -29,8 +29,12 @@ export function checkedNumel(shape: readonly number[], what: string): number {
   }
 }
 
-/** Shared bookkeeping of a view: sizes from dtype and shape, whole-tensor and byte-range reads via readRows. */
-abstract class View implements TensorSource {
+/**
+ * Shared bookkeeping of a computed source: sizes from dtype and shape, whole-tensor and byte-range
+ * reads via readRows (a subclass may read byte ranges its own way), reads without the page cache
+ * falling back to plain reads, f32 decoding.
+ */
+export abstract class View implements TensorSource {
   readonly numel: number;
   readonly byteLength: number;
   readonly rows: number;
