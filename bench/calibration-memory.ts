@@ -4,10 +4,10 @@
  * 8 samples of 512 tokens, fp8) on the 5-layer Llama-3.1-8B-shaped checkpoint, with the bundled
  * tokenizer beside it (token ids < 512 are valid in the 128,256-entry vocabulary).
  */
-import { mkdirSync, readdirSync, rmSync, symlinkSync, copyFileSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { synthesize } from './synth.js';
+import { synthesize, withBundledTokenizer } from './synth.js';
 import { timeWithRss } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -17,10 +17,7 @@ export async function benchCalibrationMemory(dataDir: string, layers = 5, sample
   const model = join(dataDir, `llama8b-${layers}`);
   await synthesize(model, layers);
   const dir = join(dataDir, `llama8b-${layers}-tok`);
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir);
-  for (const f of readdirSync(model)) symlinkSync(join(model, f), join(dir, f));
-  for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) copyFileSync(join(ROOT, 'assets', 'stories260K', f), join(dir, f));
+  withBundledTokenizer(model, dir);
   const out = join(dataDir, 'out-calib');
   const r = timeWithRss(`node ${join(ROOT, 'bin', 'rxquant.js')} quantize ${dir} -f fp8 --calib-samples ${samples} -o ${out} --overwrite --json`);
   rmSync(out, { recursive: true, force: true });

@@ -12,14 +12,14 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { copyFileSync, mkdirSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { decoderLayer, prepareLayer, type LayerWeights, type LinearWeights, type PreparedGroup, type PreparedLayer } from '../src/forward/layer.js';
 import { loadOrt, onnxGemm } from '../src/forward/gemm.js';
 import { linearModel } from '../src/forward/onnx.js';
-import { synthesize } from './synth.js';
+import { synthesize, withBundledTokenizer } from './synth.js';
 import { ropeTables } from '../src/forward/rope.js';
 import type { ModelConfig } from '../src/models/config.js';
 import { median } from './util.js';
@@ -217,10 +217,7 @@ function cliLayerSeconds(dir: string, samples: number): number[] {
 async function cliMarginal(dataDir: string, layerSeconds: () => Promise<number>, rounds = 3): Promise<{ one: number[]; two: number[]; bench: number }> {
   const model = join(dataDir, 'llama8b-4');
   const dir = join(dataDir, 'llama8b-4-tok');
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir);
-  for (const f of readdirSync(model)) symlinkSync(join(model, f), join(dir, f));
-  for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) copyFileSync(join(ROOT, 'assets', 'stories260K', f), join(dir, f));
+  withBundledTokenizer(model, dir);
   try {
     const ones: number[][] = [], twos: number[][] = [], bench: number[] = [];
     for (let i = 0; i < rounds; i++) {

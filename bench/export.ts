@@ -8,16 +8,12 @@ import { readdirSync, statSync, rmSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { synthesize } from './synth.js';
-import { evict, timeShell, timeWithRss, median, GB } from './util.js';
+import { evictDir, timeShell, timeWithRss, median, GB } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 function dirBytes(dir: string, ext = '.safetensors'): number {
   return readdirSync(dir).filter((f) => f.endsWith(ext) && f.startsWith('model')).reduce((a, f) => a + statSync(join(dir, f)).size, 0);
-}
-
-function evictDir(dir: string) {
-  for (const f of readdirSync(dir)) if (f.endsWith('.safetensors')) evict(join(dir, f));
 }
 
 export async function benchExport(dataDir: string, layers = 5, formats = ['fp8_pb_wo', 'fp8', 'nvfp4'], repeats = 3): Promise<string[]> {

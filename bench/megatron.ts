@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { openCheckpoint } from '../src/safetensors/checkpoint.js';
 import { synthesize } from './synth.js';
-import { evict, timeWithRss } from './util.js';
+import { evictDir, timeWithRss } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -298,10 +298,6 @@ function sameFile(a: string, b: string): boolean {
     closeSync(fa);
     closeSync(fb);
   }
-}
-
-function evictDir(dir: string, ext: string) {
-  for (const f of readdirSync(dir)) if (f.endsWith(ext)) evict(join(dir, f));
 }
 
 export async function benchMegatron(dataDir: string, layers = 5, formats = ['fp8_pb_wo', 'nvfp4']): Promise<string[]> {

@@ -13,7 +13,7 @@ import { planShards, ShardWriter, type TensorSpec } from '../src/safetensors/wri
 import { writeStats } from '../src/calibrate-checkpoint.js';
 import { exists } from '../src/safetensors/checkpoint.js';
 import { pattern } from './synth.js';
-import { evict, timeShell, timeWithRss, median, GB } from './util.js';
+import { evictDir, timeShell, timeWithRss, median, GB } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const QWEN3_30B_A3B = { hidden: 2048, heads: 32, kvHeads: 4, headDim: 128, expertI: 768, topK: 8, vocab: 151936 };
@@ -85,9 +85,6 @@ export async function synthesizeMoe(dir: string, layers: number, experts: number
 
 function dirBytes(dir: string): number {
   return readdirSync(dir).filter((f) => f.endsWith('.safetensors') && f.startsWith('model')).reduce((a, f) => a + statSync(join(dir, f)).size, 0);
-}
-function evictDir(dir: string) {
-  for (const f of readdirSync(dir)) if (f.endsWith('.safetensors')) evict(join(dir, f));
 }
 
 export async function benchMoe(dataDir: string, repeats = 3): Promise<string[]> {

@@ -6,10 +6,14 @@
  *
  * Usage: node dist/bench/synth.js <out-dir> <layers> [seed]
  */
-import { join } from 'node:path';
+import { copyFileSync, mkdirSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { planShards, ShardWriter, type TensorSpec } from '../src/safetensors/writer.js';
 import { writeStats } from '../src/calibrate-checkpoint.js';
 import { exists } from '../src/safetensors/checkpoint.js';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 export const LLAMA_8B = { hidden: 4096, intermediate: 14336, heads: 32, kvHeads: 8, headDim: 128, vocab: 128256 };
 
@@ -90,6 +94,19 @@ export async function synthesize(dir: string, layers: number, seed = 1): Promise
   }
   await writeStats(stats, s);
   return { dir, stats };
+}
+
+/**
+ * `dir` made anew as the synthetic model `model` with the bundled stories260K tokenizer beside it
+ * (its files linked; token ids < 512 are valid in the 128,256-entry vocabulary), for commands that
+ * tokenize calibration text.
+ */
+export function withBundledTokenizer(model: string, dir: string): string {
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir);
+  for (const f of readdirSync(model)) symlinkSync(join(model, f), join(dir, f));
+  for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) copyFileSync(join(ROOT, 'assets', 'stories260K', f), join(dir, f));
+  return dir;
 }
 
 if (process.argv[1]?.endsWith('synth.js')) {

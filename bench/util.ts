@@ -1,11 +1,17 @@
 /** Helpers for the benchmarks: timing external commands, evicting files from the page cache, machine info. */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
 
 export function evict(path: string): void {
   // POSIX_FADV_DONTNEED on this file only (no global drop_caches)
   spawnSync('dd', [`if=${path}`, 'iflag=nocache', 'count=0'], { stdio: 'ignore' });
+}
+
+/** Evicts every file of `dir` ending in `ext` from the page cache (a cold-cache run). */
+export function evictDir(dir: string, ext = '.safetensors'): void {
+  for (const f of readdirSync(dir)) if (f.endsWith(ext)) evict(join(dir, f));
 }
 
 /** Wall seconds of a shell command. */
