@@ -166,6 +166,37 @@ describe('planned shard writer', () => {
     });
   }
 
+  it('lays tensors out as the safetensors crate does: dtype rank (its Dtype enum order) descending, then name', async () => {
+    // the crate's Dtype enum, lowest first: BOOL, U8, I8, F8_E5M2, F8_E4M3, I16, U16, F16, BF16, I32,
+    // U32, F32, F64, I64, U64; its writer sorts by that rank, highest first, then by name. So an
+    // NVFP4 weight_scale (F8_E4M3) precedes every packed weight (U8), and BF16 precedes F16.
+    const plan = planShards(
+      [
+        { name: 'a.weight', dtype: 'U8', shape: [4] },
+        { name: 'a.weight_scale', dtype: 'F8_E4M3', shape: [2] },
+        { name: 'b.weight', dtype: 'U8', shape: [4] },
+        { name: 'b.weight_scale', dtype: 'F8_E4M3', shape: [2] },
+        { name: 'c', dtype: 'F16', shape: [1] },
+        { name: 'd', dtype: 'BF16', shape: [1] },
+        { name: 'e', dtype: 'I64', shape: [1] },
+        { name: 'f', dtype: 'F32', shape: [1] },
+      ],
+      1e9,
+    );
+    expect(plan.shards[0]!.tensors.map((t) => t.name)).toEqual(['e', 'f', 'd', 'c', 'a.weight_scale', 'b.weight_scale', 'a.weight', 'b.weight']);
+    // and every file the shared fixtures hold (written by torch through the crate) is planned at its own offsets
+    const files = [join(STORIES, 'model.safetensors'), ...DENSE_MODELS.map((a) => join(synthetic(a), 'model.safetensors')), join(synthetic('deepseek_v3_fp8'), 'model-00001-of-00002.safetensors'), join(synthetic('deepseek_v3_fp8'), 'model-00002-of-00002.safetensors'), join(synthetic('deepseek_v3_fp8'), 'dequant_golden.safetensors')];
+    for (const path of files) {
+      const f = await SafetensorsFile.open(path);
+      try {
+        const ours = planShards(f.header.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })), Number.MAX_SAFE_INTEGER).shards[0]!.tensors;
+        expect(ours.map((t) => [t.name, t.offset]), path).toEqual(f.header.tensors.map((t) => [t.name, t.dataOffsets[0]]));
+      } finally {
+        await f.close();
+      }
+    }
+  });
+
   it('refuses a tensor written twice or never, and leaves no output folder', async () => {
     const plan = planShards([{ name: 'a', dtype: 'U8', shape: [4] }, { name: 'b', dtype: 'U8', shape: [2] }], 1e9);
     const out = join(tmp, 'incomplete');

@@ -19,6 +19,20 @@ export const DTYPE_SIZES = {
 
 export type DType = keyof typeof DTYPE_SIZES;
 
+/**
+ * The safetensors crate's `Dtype` enum in declaration order (increasing alignment). Its writer lays
+ * a file's tensors out by this rank, highest first, then by name: so F8_E4M3 scales come before U8
+ * packed weights although both are one byte, and BF16 before F16.
+ */
+const SAFETENSORS_RANK: Record<DType, number> = {
+  BOOL: 0, U8: 1, I8: 2, F8_E5M2: 3, F8_E4M3: 4, I16: 5, U16: 6, F16: 7, BF16: 8, I32: 9, U32: 10, F32: 11, F64: 12, I64: 13, U64: 14,
+};
+
+/** Orders tensors as the safetensors writer lays them out in a file: dtype rank descending, then name (bytewise). */
+export function safetensorsLayoutOrder(a: { name: string; dtype: DType }, b: { name: string; dtype: DType }): number {
+  return SAFETENSORS_RANK[b.dtype] - SAFETENSORS_RANK[a.dtype] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+}
+
 export function isDType(s: unknown): s is DType {
   return typeof s === 'string' && Object.prototype.hasOwnProperty.call(DTYPE_SIZES, s);
 }

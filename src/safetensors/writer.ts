@@ -1,7 +1,7 @@
 import { mkdir, readdir, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { OutputError, RxquantError } from '../errors.js';
-import { dtypeSize, numelOf, type DType } from './dtypes.js';
+import { dtypeSize, numelOf, safetensorsLayoutOrder, type DType } from './dtypes.js';
 import { INDEX_FILE, SINGLE_FILE } from './checkpoint.js';
 import { formatBytes } from './size.js';
 import { AlignedFile, StagingPool } from './aligned-file.js';
@@ -39,8 +39,9 @@ export interface ShardPlan {
 /**
  * Plans shards as transformers' `save_pretrained` does: tensors in the given order, a new shard
  * whenever the next tensor would push the current one past `maxShardSize` (a tensor larger than
- * the limit gets a shard of its own). Inside a shard, tensors are laid out by decreasing dtype size,
- * then name, as the safetensors library does, so every tensor is aligned to its element size.
+ * the limit gets a shard of its own). Inside a shard, tensors are laid out as the safetensors library
+ * does (`safetensorsLayoutOrder`: dtype rank descending, then name), so every tensor is aligned to its
+ * element size and the bytes match a file torch's save_file writes.
  */
 export function planShards(specs: readonly TensorSpec[], maxShardSize: number): ShardPlan {
   const groups: TensorSpec[][] = [];
@@ -65,7 +66,7 @@ export function planShards(specs: readonly TensorSpec[], maxShardSize: number): 
   let totalSize = 0;
   const shards = groups.map((group, i) => {
     const file = n === 1 ? SINGLE_FILE : `model-${String(i + 1).padStart(5, '0')}-of-${String(n).padStart(5, '0')}.safetensors`;
-    const ordered = [...group].sort((a, b) => dtypeSize(b.dtype) - dtypeSize(a.dtype) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const ordered = [...group].sort(safetensorsLayoutOrder);
     let offset = 0;
     const tensors: PlannedTensor[] = ordered.map((s) => {
       const byteLength = numelOf(s.shape) * dtypeSize(s.dtype);
