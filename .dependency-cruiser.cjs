@@ -15,7 +15,7 @@ const LAYERS = [
   ['export', '^src/export/'],
   ['calibration', '^src/calibration/'],
   ['operators', '^operators/'],
-  ['commands', '^src/(eval|verify|inspect|plan-report|report|export-checkpoint|calibrate-checkpoint|index)\\.ts'],
+  ['commands', '^src/(eval|verify|inspect|plan-report|report|export-checkpoint|calibrate-checkpoint|eagle|index)\\.ts'],
   ['cli', '^(src/cli/|bin/)'],
 ];
 

@@ -101,7 +101,8 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
           const hub = hubCacheRepoOf(unit.model.dir);
           if (hub) inputs.push({ what: "the source's Hugging Face cache folder", path: hub, noWritesInside: true });
           await refuseDestructiveOutput(outDir, inputs);
-          shards = planShards(plan.outputs, maxShardSize);
+          // an EAGLE draft is one file written by safetensors' save_file, without metadata (spec families.md §7.2)
+          shards = plan.model.eagleDraft ? planShards(plan.outputs, Number.MAX_SAFE_INTEGER, { metadata: null }) : planShards(plan.outputs, maxShardSize);
           const w = await ShardWriter.create(outDir, shards, { overwrite: options.overwrite, fingerprint: options.fingerprint, restart: options.restart, directIO: options.directIO });
           if (stopped) {
             await w.abort();

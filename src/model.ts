@@ -1,5 +1,6 @@
 /** Opening a source model: config.json, architecture, shard headers, and a check that the layout is as expected. */
 import { checkMedusaTensors, medusaLayout, parseMedusa, type MedusaConfig } from './models/medusa.js';
+import { isEagleDraft } from './models/eagle.js';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CheckpointError } from './errors.js';
@@ -38,6 +39,17 @@ export interface SourceModel {
    * settings and their linears as one layout (index -1), quantized and calibrated with the base.
    */
   medusa?: { config: MedusaConfig; layout: LayerLayout };
+  /**
+   * Linears outside the decoder layers that are quantized, as one layout (index -1) handled with the
+   * rest unit: the Medusa heads, an EAGLE draft's `fc`.
+   */
+  outerLinears?: LayerLayout;
+  /**
+   * The model is an EAGLE draft (models/eagle.ts), exported as ModelOpt exports one: a single
+   * model.safetensors without metadata, this config.json (given the nested hf_quant_config) and
+   * hf_quant_config.json, no other side files.
+   */
+  eagleDraft?: { exportConfig(quant: PyValue): Record<string, PyValue> };
   close(): Promise<void>;
 }
 
@@ -105,6 +117,7 @@ export async function openModel(dir: string, options: OpenModelOptions = {}): Pr
   const configDir = options.hfConfig ?? dir;
   const { raw, plain } = await readConfigJson(configDir);
   const cfgPath = join(configDir, 'config.json');
+  if (isEagleDraft(plain)) throw new CheckpointError(cfgPath, 'an EAGLE draft: it is quantized with its target model, rxquant quantize DRAFT --base TARGET --format fp8');
   const arch = architectureFor(plain.model_type, cfgPath);
   const config = arch.parseConfig(plain, cfgPath);
   const notes: string[] = [];
@@ -161,7 +174,7 @@ export async function openModel(dir: string, options: OpenModelOptions = {}): Pr
       const stray = [...tensors.keys()].find((n) => n.startsWith('medusa_heads.'));
       if (stray) throw new CheckpointError(dir, `tensor "${stray}" is a Medusa head, but config.json has no "medusa" block ({"num_medusa_heads": N, "num_medusa_layers": L})`);
     }
-    return { dir, configDir, notes, configRaw: raw, config, arch, checkpoint, tensors, fp8BlockSource, layers, ...(medusa ? { medusa } : {}), close: () => checkpoint.close() };
+    return { dir, configDir, notes, configRaw: raw, config, arch, checkpoint, tensors, fp8BlockSource, layers, ...(medusa ? { medusa, outerLinears: medusa.layout } : {}), close: () => checkpoint.close() };
   } catch (e) {
     await checkpoint.close();
     throw e;

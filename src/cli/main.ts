@@ -24,6 +24,7 @@ import { openModel } from '../model.js';
 import { createPlan } from '../export/plan.js';
 import { planExport, formatPlan } from '../plan-report.js';
 import { resolveModel, uploadExport } from '../hub.js';
+import { exportEagleDraft, isEagleDraftDir } from '../eagle.js';
 
 /** Package root (works from src/ under tsx/vitest and from dist/src/ once built). */
 export const PACKAGE_ROOT = (() => {
@@ -131,6 +132,66 @@ function sourceInputs(modelDir: string): GuardedInput[] {
   return inputs;
 }
 
+/**
+ * `quantize DRAFT --base TARGET`: an EAGLE draft calibrated on its target's hidden states and written
+ * as ModelOpt writes drafts (src/eagle.ts).
+ */
+async function quantizeEagle(draftDir: string, o: Record<string, any>, rep: Reporter, format: FormatSpec): Promise<void> {
+  if (o.eval) throw new UsageError('--eval scores a model on its own; an EAGLE draft only runs behind its target');
+  const baseDir = resolve(await resolveModel(o.base, { revision: 'main', onFile: (f, n) => rep.info(`fetching ${f} (${formatBytes(n)})`) }));
+  const guarded: GuardedInput[] = [...sourceInputs(draftDir), ...sourceInputs(baseDir).map((g) => ({ ...g, what: g.what.replace('the source', 'the --base target') }))];
+  if (o.stats) guarded.push({ what: 'the --stats file', path: resolve(o.stats) }, { what: "the --stats file's folder", path: dirname(resolve(o.stats)) });
+  if (o.calib && !o.calib.startsWith('hf://')) guarded.push({ what: "the --calib file's folder", path: dirname(resolve(o.calib)) });
+  await refuseDestructiveOutput(o.out, guarded);
+  awqChoice(format, o.awq);
+  const kvCache = kvCacheMode(o.kvCache);
+  const stats = o.stats ? await loadStats(resolve(o.stats)) : undefined;
+  let calibration: number[][] | undefined;
+  if (o.calib || (needsActivationStats(format, kvCache) && !stats)) {
+    // token ids of the target's tokenizer: the target reads them first
+    const data = await calibrationData(o, baseDir, rep);
+    calibration = data.samples;
+    const toks = calibration.reduce((a, s) => a + s.length, 0);
+    rep.info(`calibrating on ${calibration.length} samples (${toks} tokens) of ${data.source}, through the target ${baseDir}`);
+    rep.event('calibration', { file: data.source, samples: calibration.length, tokens: toks });
+  }
+  const started = Date.now();
+  const done = await exportEagleDraft({
+    draft: draftDir,
+    base: baseDir,
+    format: format.name,
+    out: resolve(o.out),
+    stats,
+    calibration,
+    kvCache,
+    exclude: o.exclude,
+    workers: o.workers,
+    overwrite: o.overwrite,
+    directIO: o.directIo,
+    onNote: (n) => rep.info(n),
+    onCalibrate: (p) => {
+      rep.event('calibrate', { layer: p.layer, seconds: p.seconds, ...(p.layer < 0 ? { draft: true } : {}) });
+      rep.info(p.layer < 0 ? `calibrated the draft (${p.seconds.toFixed(1)} s)` : `target layer ${p.layer} (${p.seconds.toFixed(1)} s)`);
+    },
+    onPlan: (plan) => {
+      for (const w of plan.warnings) rep.warn(w);
+      rep.event('plan', { format: format.name, quant_algo: format.quantAlgo, tensors: plan.outputs.length, layers: plan.model.layers.length, eagle: true });
+    },
+    onEvent: (e) => {
+      if (e.type === 'unit') rep.event('unit', { layer: e.layer, kind: e.kind, bytes_done: e.bytesWritten, bytes_total: e.totalBytes });
+    },
+  });
+  const secs = (Date.now() - started) / 1000;
+  const q = done.plan.decisions;
+  const nq = [...q.values()].filter((d) => d.quantized).length;
+  rep.event('done', { out: done.outDir, format: format.name, quant_algo: format.quantAlgo, bytes: done.totalBytes, shards: 1, quantized_linears: nq, unquantized_linears: q.size - nq, seconds: secs, warnings: done.plan.warnings, eagle: true });
+  rep.info(`wrote ${done.outDir}: EAGLE draft, format ${format.name} (quant_algo ${format.quantAlgo}), ${nq}/${q.size} linears quantized, ${formatBytes(done.totalBytes)}, ${secs.toFixed(1)} s`);
+  if (o.upload) {
+    await uploadExport(done.outDir, o.upload);
+    rep.info(`uploaded ${done.outDir} to ${o.upload}`);
+  }
+}
+
 /** --hf-config as an absolute folder, checked to hold a config.json, or undefined. */
 function megatronConfig(o: Record<string, any>): string | undefined {
   if (!o.hfConfig) return undefined;
@@ -178,11 +239,16 @@ export function buildProgram(): Command {
     .option('--checkpoint-every <size>', 'record finished layers for resume after this many bytes written (each record waits for the disk)', '2GB')
     .option('--upload <repo>', 'push the finished export to this Hugging Face model repo (needs HF_TOKEN)')
     .option('--json', 'one JSON object per line on stdout (progress, warnings, summary)')
+    .option('--base <target>', 'the model is an EAGLE draft: the target model it drafts for (folder or repo id), whose hidden states calibrate it')
     .action(async (model: string | undefined, o: Record<string, any>) => {
       const rep = new Reporter(outputMode(o.json));
       const format = formatSpec(o.format);
       const hfConfig = megatronConfig(o);
       const modelDir = hfConfig ? resolve(model ?? '.') : resolve(await resolveModel(model ?? DEFAULT_MODEL, { revision: o.revision, onFile: (f, n) => rep.info(`fetching ${f} (${formatBytes(n)})`) }));
+      const eagle = !hfConfig && (await isEagleDraftDir(modelDir).catch(() => false));
+      if (o.base && !eagle) throw new UsageError(`--base is for EAGLE drafts, and ${modelDir}/config.json describes none (no "eagle_config")`);
+      if (eagle && !o.base) throw new UsageError(`${modelDir} is an EAGLE draft: name the model it drafts for with --base TARGET (its hidden states calibrate the draft)`);
+      if (eagle) return quantizeEagle(modelDir, o, rep, format);
       if (hfConfig && !model) throw new UsageError('--hf-config needs the Megatron checkpoint folder as the model argument');
       if (hfConfig && o.eval) throw new UsageError('--eval runs a Hugging Face checkpoint: evaluate the export instead (rxquant eval OUT --text FILE)');
       // never write into, over or around an input, whatever --overwrite says

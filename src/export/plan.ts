@@ -106,8 +106,8 @@ export function createPlan(model: SourceModel, format: FormatSpec, options: Expo
   }
   const warnings: string[] = [];
   const decisions = new Map<string, LinearDecision>();
-  // the decoder layers, then the Medusa heads (layout index -1), quantized by the same rules
-  for (const layout of [...model.layers, ...(model.medusa ? [model.medusa.layout] : [])]) {
+  // the decoder layers, then the linears outside them (Medusa heads, an EAGLE draft's fc: layout index -1), quantized by the same rules
+  for (const layout of [...model.layers, ...(model.outerLinears ? [model.outerLinears] : [])]) {
     for (const m of layout.linears) {
       const t = model.tensors.get(`${m}.weight`)!;
       const [N, K] = t.shape as [number, number];
@@ -219,7 +219,7 @@ function planOutputs(plan: ExportPlan): TensorSpec[] {
   const quantizedWeights = new Map<string, LinearDecision>();
   for (const d of decisions.values()) if (d.quantized) quantizedWeights.set(d.fused ? d.module : `${d.module}.weight`, d);
   const layerOf = new Map(model.layers.map((l) => [`${l.prefix}.`, l.index]));
-  const layerPrefix = /^(.*\.layers\.\d+\.)/;
+  const layerPrefix = /^((?:.*\.)?layers\.\d+\.)/; // model.layers.3. (an EAGLE draft: layers.0.)
   for (const t of model.tensors.values()) {
     const lm = layerPrefix.exec(t.name);
     const li = lm ? layerOf.get(lm[1]!) : undefined;

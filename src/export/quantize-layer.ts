@@ -54,8 +54,8 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
   const replaced = new Map<string, Uint8Array>();
   const kvScales = new Map<string, number>();
   const result: QuantizedUnit = { ...unit, plan, linears: [], replaced, kvScales };
-  // the rest unit holds the Medusa heads, when the model has them: quantized as a layer is
-  const layout = unit.kind === 'layer' ? plan.model.layers[unit.layer]! : plan.model.medusa?.layout;
+  // the rest unit holds the linears outside the layers (Medusa heads, an EAGLE draft's fc): quantized as a layer is
+  const layout = unit.kind === 'layer' ? plan.model.layers[unit.layer]! : plan.model.outerLinears;
   if (!layout) return result;
   const fmt = plan.format;
   const byName = new Map(unit.tensors.map((t) => [t.name, t]));

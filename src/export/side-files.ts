@@ -19,6 +19,14 @@ export interface SideFile {
 export async function exportSideFiles(plan: ExportPlan): Promise<SideFile[]> {
   const dir = plan.model.configDir; // a Megatron checkpoint's side files come from its --hf-config
   const files: SideFile[] = [];
+  if (plan.model.eagleDraft) {
+    // ModelOpt's EAGLE exporter: its config template with the nested hf_quant_config, and that file; nothing else
+    const quant = plan.hfQuantConfig as unknown as PyValue;
+    return [
+      { name: 'config.json', content: pyDumps(plan.model.eagleDraft.exportConfig(quant), 4) },
+      { name: 'hf_quant_config.json', content: pyDumps(quant, 4) },
+    ];
+  }
   const config: Record<string, PyValue> = { ...plan.model.configRaw };
   delete config.quantization_config;
   config.quantization_config = plan.quantizationConfig;

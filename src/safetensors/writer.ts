@@ -43,7 +43,7 @@ export interface ShardPlan {
  * does (`safetensorsLayoutOrder`: dtype rank descending, then name), so every tensor is aligned to its
  * element size and the bytes match a file torch's save_file writes.
  */
-export function planShards(specs: readonly TensorSpec[], maxShardSize: number): ShardPlan {
+export function planShards(specs: readonly TensorSpec[], maxShardSize: number, options: { metadata?: Record<string, string> | null } = {}): ShardPlan {
   const groups: TensorSpec[][] = [];
   let current: TensorSpec[] = [];
   let currentSize = 0;
@@ -76,14 +76,17 @@ export function planShards(specs: readonly TensorSpec[], maxShardSize: number): 
       return t;
     });
     totalSize += offset;
-    return { file, tensors, header: encodeHeader(tensors), dataLength: offset };
+    return { file, tensors, header: encodeHeader(tensors, options.metadata === undefined ? undefined : options.metadata), dataLength: offset };
   });
   return { shards, totalSize, weightMap };
 }
 
-/** Serializes a safetensors header with `__metadata__: {"format": "pt"}` like transformers. */
-export function encodeHeader(tensors: readonly PlannedTensor[], metadata: Record<string, string> = { format: 'pt' }): Uint8Array {
-  const obj: Record<string, unknown> = { __metadata__: metadata };
+/**
+ * Serializes a safetensors header with `__metadata__: {"format": "pt"}` like transformers; `null`:
+ * no `__metadata__` at all, as safetensors' save_file without metadata writes it.
+ */
+export function encodeHeader(tensors: readonly PlannedTensor[], metadata: Record<string, string> | null = { format: 'pt' }): Uint8Array {
+  const obj: Record<string, unknown> = metadata ? { __metadata__: metadata } : {};
   for (const t of tensors) obj[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [t.offset, t.offset + t.byteLength] };
   let json = JSON.stringify(obj);
   const len = Buffer.byteLength(json);
