@@ -9,6 +9,7 @@ import { decodeToFloat32 } from './codecs/float.js';
 import { E4M3_VALUES } from './codecs/e4m3.js';
 import { architectureFor } from './models/index.js';
 import { medusaLayout, parseMedusa } from './models/medusa.js';
+import { eagleFamily, eagleOuterLayout, isEagleDraft, parseEagle, type EagleConfig } from './models/eagle.js';
 import { matchesPattern } from './export/exclude.js';
 import { toQuantizationConfig, type HfQuantConfig } from './export/quant-config.js';
 import { FORMATS, engineSupport, formatByQuantAlgo } from './formats/registry.js';
@@ -25,6 +26,8 @@ export interface VerifyReport {
   quantizedModules: number;
   /** Medusa heads (config.json's "medusa" block): heads, ResBlocks per head, head linears and how many are quantized. */
   medusa?: { heads: number; resBlocks: number; linears: number; quantized: number };
+  /** An EAGLE draft (config.json's "eagle_config"): its layers, linears (fc included) and how many are quantized, the target layers it reads. */
+  eagle?: { layers: number; linears: number; quantized: number; aux: number[] };
 }
 
 async function readJson(path: string): Promise<any> {
@@ -66,7 +69,11 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
   if (algo !== undefined && !fmt) fail(`quant_algo "${algo}" is not one rxquant knows (${Object.values(FORMATS).map((f) => f.quantAlgo).join(', ')})`);
   if (q && fmt?.groupSize !== undefined && q.group_size !== fmt.groupSize) fail(`hf_quant_config.json: group_size must be ${fmt.groupSize} for ${algo}`);
   if (q && !(q.kv_cache_quant_algo === null || q.kv_cache_quant_algo === 'FP8')) fail(`kv_cache_quant_algo must be null or "FP8", got ${JSON.stringify(q.kv_cache_quant_algo)}`);
-  if (hf && q && qc) {
+  const eagleDraft = isEagleDraft(config);
+  if (eagleDraft && hf && qc) {
+    // ModelOpt's EAGLE exporter puts the hf_quant_config object itself in config.json (families.md §7.2)
+    if (!same(qc, hf)) fail('config.json quantization_config of an EAGLE draft must be hf_quant_config.json\'s object as it is (the nested form ModelOpt writes)');
+  } else if (hf && q && qc) {
     const expected = toQuantizationConfig(hf);
     if (qc.quant_method !== 'modelopt') fail('config.json: quantization_config.quant_method must be "modelopt"');
     if (!same(qc, JSON.parse(JSON.stringify(expected)))) {
@@ -82,6 +89,7 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
   const ck = await openCheckpoint(dir);
   let quantizedModules = 0;
   let medusaReport: VerifyReport['medusa'];
+  let eagleReport: VerifyReport['eagle'];
   let linearShapes: LinearShape[] = [];
   try {
     const t = ck.tensors;
@@ -132,10 +140,15 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
     }
     // 9: fused groups share scalars; 11: unquantized linears are excluded and carry no scales
     let arch;
+    let eagle: EagleConfig | undefined;
     try {
-      arch = architectureFor(config.model_type, join(dir, 'config.json'));
-    } catch {
-      notes.push(`model_type ${JSON.stringify(config.model_type)}: fused-group and exclusion checks skipped`);
+      if (eagleDraft) {
+        eagle = parseEagle(config, join(dir, 'config.json'));
+        arch = eagleFamily(eagle);
+      } else arch = architectureFor(config.model_type, join(dir, 'config.json'));
+    } catch (e) {
+      if (eagleDraft) fail((e as Error).message);
+      else notes.push(`model_type ${JSON.stringify(config.model_type)}: fused-group and exclusion checks skipped`);
     }
     const fusedMembers = new Set<string>();
     if (arch) {
@@ -144,6 +157,14 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
       // the decoder layers, then the Medusa heads (config.json's "medusa" block), checked alike
       const medusa = parseMedusa(config, join(dir, 'config.json'));
       const layouts = Array.from({ length: cfg.numLayers }, (_, i) => arch!.layer(i, cfg));
+      const outer = eagle && eagleOuterLayout(eagle);
+      if (eagle) {
+        if (outer) layouts.push(outer);
+        const all = layouts.flatMap((l) => l.linears);
+        eagleReport = { layers: cfg.numLayers, linears: all.length, quantized: all.filter((m) => quantized.has(m)).length, aux: eagle.auxLayerIds };
+        const missing = all.find((m) => !t.has(`${m}.weight`));
+        if (missing) fail(`${missing}.weight is missing (config.json describes an EAGLE draft of ${cfg.numLayers} layer(s))`);
+      }
       if (medusa) {
         const layout = medusaLayout(medusa);
         layouts.push(layout);
@@ -231,5 +252,5 @@ export async function verifyExport(dir: string): Promise<VerifyReport> {
   } finally {
     await ck.close();
   }
-  return { dir, quantAlgo: algo, failures: [...new Set(failures)], notes, engines: algo ? engineSupport(algo, linearShapes) : [], quantizedModules, ...(medusaReport ? { medusa: medusaReport } : {}) };
+  return { dir, quantAlgo: algo, failures: [...new Set(failures)], notes, engines: algo ? engineSupport(algo, linearShapes) : [], quantizedModules, ...(medusaReport ? { medusa: medusaReport } : {}), ...(eagleReport ? { eagle: eagleReport } : {}) };
 }

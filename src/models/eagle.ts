@@ -63,8 +63,12 @@ export function defaultAuxLayerIds(L: number): number[] {
   return [...new Set([1, Math.max(0, Math.floor(L / 2) - 1), Math.max(0, L - 4)])].sort((a, b) => a - b);
 }
 
-/** The draft's config.json, validated against its target (same hidden size and vocabulary; aux layers inside the target). */
-export function parseEagle(plain: Record<string, unknown>, path: string, target: ModelConfig): EagleConfig {
+/**
+ * The draft's config.json, validated against its target when given (same hidden size and
+ * vocabulary; aux layers inside the target). Without the target (checking an export), the aux
+ * layers must be listed.
+ */
+export function parseEagle(plain: Record<string, unknown>, path: string, target?: ModelConfig): EagleConfig {
   if (plain.model_type !== undefined && plain.model_type !== 'llama') {
     throw new CheckpointError(path, `an EAGLE draft of model_type ${JSON.stringify(plain.model_type)} is not supported; rxquant reads Llama-style drafts (model_type "llama", ModelOpt's eagle_decoder_type "llama")`);
   }
@@ -72,14 +76,15 @@ export function parseEagle(plain: Record<string, unknown>, path: string, target:
   const ec = (typeof plain.eagle_config === 'object' && plain.eagle_config !== null ? plain.eagle_config : {}) as Record<string, unknown>;
   const useAux = (ec.use_aux_hidden_state ?? plain.use_aux_hidden_state) === true;
   let ids = ec.eagle_aux_hidden_state_layer_ids ?? plain.eagle_aux_hidden_state_layer_ids;
-  if (useAux && (ids == null || (Array.isArray(ids) && ids.length === 0))) ids = defaultAuxLayerIds(target.numLayers);
-  if (useAux && (!Array.isArray(ids) || ids.some((i) => !Number.isSafeInteger(i) || i < 0 || i >= target.numLayers) || new Set(ids).size !== ids.length)) {
-    throw new CheckpointError(path, `eagle_config.eagle_aux_hidden_state_layer_ids must be distinct target layers 0..${target.numLayers - 1}, got ${JSON.stringify(ids)}`);
+  if (useAux && target && (ids == null || (Array.isArray(ids) && ids.length === 0))) ids = defaultAuxLayerIds(target.numLayers);
+  const L = target?.numLayers ?? Infinity;
+  if (useAux && (!Array.isArray(ids) || ids.length === 0 || ids.some((i) => !Number.isSafeInteger(i) || i < 0 || i >= L) || new Set(ids).size !== ids.length)) {
+    throw new CheckpointError(path, `eagle_config.eagle_aux_hidden_state_layer_ids must be distinct target layers${target ? ` 0..${L - 1}` : ''}, got ${JSON.stringify(ids)}`);
   }
-  if (config.hiddenSize !== target.hiddenSize) {
+  if (target && config.hiddenSize !== target.hiddenSize) {
     throw new CheckpointError(path, `the draft's hidden_size ${config.hiddenSize} differs from its target's ${target.hiddenSize} (an EAGLE draft reads the target's hidden states)`);
   }
-  if (config.vocabSize !== target.vocabSize) {
+  if (target && config.vocabSize !== target.vocabSize) {
     throw new CheckpointError(path, `the draft's vocab_size ${config.vocabSize} differs from its target's ${target.vocabSize}: is --base the model this draft was trained for?`);
   }
   const dv = plain.draft_vocab_size ?? config.vocabSize;
