@@ -10,7 +10,7 @@ export interface InspectReport {
   tensors: { name: string; dtype: string; shape: readonly number[]; bytes: number; shard: string }[];
   totals: Record<string, { tensors: number; bytes: number }>;
   shards: number;
-  architecture?: { modelType: unknown; architectures: unknown; layers: unknown; hidden: unknown; medusa?: unknown };
+  architecture?: { modelType: unknown; architectures: unknown; layers: unknown; hidden: unknown; medusa?: unknown; eagle?: unknown };
   quantization?: unknown;
   /** A Megatron-Core torch_dist checkpoint: its tensors are the stored keys (global shapes), plus bytes items. */
   torchDist?: { bytesItems: number };
@@ -56,7 +56,7 @@ export async function inspect(path: string): Promise<InspectReport> {
     const dir = (await stat(path)).isDirectory() ? path : dirname(path);
     const report: InspectReport = { path, tensors, totals, shards: ck.files.length };
     const cfg = await readJsonIfAny(join(dir, 'config.json'));
-    if (cfg) report.architecture = { modelType: cfg.model_type, architectures: cfg.architectures, layers: cfg.num_hidden_layers, hidden: cfg.hidden_size, ...(cfg.medusa ? { medusa: cfg.medusa } : {}) };
+    if (cfg) report.architecture = { modelType: cfg.model_type, architectures: cfg.architectures, layers: cfg.num_hidden_layers, hidden: cfg.hidden_size, ...(cfg.medusa ? { medusa: cfg.medusa } : {}), ...(cfg.eagle_config ? { eagle: cfg.eagle_config } : {}) };
     const hq = await readJsonIfAny(join(dir, 'hf_quant_config.json'));
     if (hq) report.quantization = hq.quantization;
     return report;
@@ -78,7 +78,7 @@ export function formatInspect(r: InspectReport, maxRows = Infinity): string {
   lines.push(`${r.path}: ${r.tensors.length} tensors in ${r.shards} ${r.torchDist ? `.distcp file(s) (Megatron-Core torch_dist; ${r.torchDist.bytesItems} bytes items; quantize, plan and calibrate read it with --hf-config <HF model folder>)` : 'shard(s)'}`);
   if (r.architecture) {
     const a = r.architecture;
-    lines.push(`architecture: ${a.modelType} ${JSON.stringify(a.architectures)}, ${a.layers} layers, hidden ${a.hidden}${a.medusa ? `, Medusa heads ${JSON.stringify(a.medusa)}` : ''}`);
+    lines.push(`architecture: ${a.modelType} ${JSON.stringify(a.architectures)}, ${a.layers} layers, hidden ${a.hidden}${a.medusa ? `, Medusa heads ${JSON.stringify(a.medusa)}` : ''}${a.eagle ? `, EAGLE draft ${JSON.stringify(a.eagle)} (quantize it with --base TARGET)` : ''}`);
   }
   if (r.quantization) {
     const q = r.quantization as Record<string, unknown>;

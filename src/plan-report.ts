@@ -6,6 +6,7 @@
 import { dirname, resolve } from 'node:path';
 import { cpus } from 'node:os';
 import { openModel } from './model.js';
+import { openEagleDraft } from './eagle.js';
 import { createPlan, quantizedShapes, type ExportOptions } from './export/plan.js';
 import { awqCandidateBytes } from './calibration/awq.js';
 import { DEFAULT_INPUT_CACHE_BYTES } from './calibration/input-cache.js';
@@ -43,13 +44,24 @@ export interface PlanReport {
 export async function planExport(
   modelDir: string,
   format: string,
-  o: ExportOptions & { out: string; maxShardSize?: string; workers?: number; calibration?: { samples: number; seqLen: number; awq?: boolean }; hfConfig?: string },
+  o: ExportOptions & { out: string; maxShardSize?: string; workers?: number; calibration?: { samples: number; seqLen: number; awq?: boolean }; hfConfig?: string; base?: string },
 ): Promise<PlanReport> {
   const spec = formatSpec(format);
-  const model = await openModel(modelDir, { hfConfig: o.hfConfig });
+  // an EAGLE draft (`base`: its target): the draft is what is written, the target what calibration runs
+  const target = o.base ? await openModel(o.base) : undefined;
+  let draft: Awaited<ReturnType<typeof openEagleDraft>> | undefined;
+  if (target) {
+    try {
+      draft = await openEagleDraft(modelDir, target); // its close() closes the target too
+    } catch (e) {
+      await target.close();
+      throw e;
+    }
+  }
+  const model = draft ? draft.model : await openModel(modelDir, { hfConfig: o.hfConfig });
   try {
     const plan = createPlan(model, spec, { ...o, deferStatsCheck: true });
-    const shards = planShards(plan.outputs, parseSize(o.maxShardSize ?? '10GB'));
+    const shards = draft ? planShards(plan.outputs, Number.MAX_SAFE_INTEGER, { metadata: null }) : planShards(plan.outputs, parseSize(o.maxShardSize ?? '10GB'));
     const inputBytes = [...model.checkpoint.tensors.values()].reduce((a, t) => a + t.byteLength, 0); // as stored (an FP8 source reads half of its BF16 size)
     const workers = o.workers ?? cpus().length;
     const slots = Math.max(2, workers) + 2;
@@ -79,11 +91,14 @@ export async function planExport(
     let calibrationS: number | undefined;
     if (o.calibration) {
       const { samples, seqLen } = o.calibration;
-      const rate = await measureCalibrationRate(model, seqLen);
-      calibrationS = calibrationSeconds(rate, model.layers.length, samples);
+      // a draft's calibration runs the target up to the last layer the draft reads (the draft itself is one or two layers more)
+      const runs = target ? target : model;
+      const layers = draft && target ? (draft.eagle.useAux ? Math.max(...draft.eagle.auxLayerIds) + 1 : target.layers.length) + draft.eagle.config.numLayers : model.layers.length;
+      const rate = await measureCalibrationRate(runs, seqLen);
+      calibrationS = calibrationSeconds(rate, layers, samples);
       seconds += calibrationS;
       basis +=
-        `; calibration ${samples} x ${seqLen} tokens through ${model.layers.length} layers: layer 0 measured here, ` +
+        `; calibration ${samples} x ${seqLen} tokens through ${layers} layers${target ? ' of the target and the draft' : ''}: layer 0${target ? ' of the target' : ''} measured here, ` +
         `${(seqLen / rate.sampleSeconds).toFixed(0)} tokens/s, ${rate.loadSeconds.toFixed(1)} s to load` +
         (o.calibration.awq ? '; the AWQ search not included (about 40x the calibration of an 8B layer)' : '');
     } else basis += '; no calibration';

@@ -348,6 +348,14 @@ describe('EAGLE drafts', () => {
     const fail = (args: string[]) => run('node', [CLI, ...args]).then(() => 'ok', (e: { code: number; stderr: string }) => `${e.code}: ${e.stderr}`);
     expect(await fail(['quantize', eagle3, '--format', 'fp8', '--out', join(tmp, 'x')])).toMatch(/^2: .*is an EAGLE draft: name the model it drafts for with --base TARGET/s);
     expect(await fail(['quantize', STORIES, '--base', STORIES, '--format', 'fp8', '--out', join(tmp, 'y')])).toMatch(/^2: .*--base is for EAGLE drafts/s);
+    // plan: the draft as it will be written (one file), calibration timed on the target; inspect names the draft
+    const plan = await run('node', [CLI, 'plan', eagle3, '--base', STORIES, '--format', 'fp8', '--calib-samples', '4', '--out', join(tmp, 'p')]);
+    expect(plan.stdout).toMatch(/linears: 8 quantized, 0 kept/);
+    expect(plan.stdout).toMatch(/in 1 shard\(s\):\n {2}model\.safetensors {2}30 tensors/);
+    expect(plan.stdout).toMatch(/through 5 layers of the target and the draft/);
+    expect(await fail(['plan', eagle3, '--format', 'fp8'])).toMatch(/^2: .*is an EAGLE draft/s);
+    const ins = await run('node', [CLI, 'inspect', eagle3]);
+    expect(ins.stdout).toMatch(/EAGLE draft \{"eagle_aux_hidden_state_layer_ids":\[0,2,3\].*--base TARGET/);
     // the output may be neither the draft nor the target
     expect(await fail(['quantize', eagle3, '--base', STORIES, '--format', 'fp8', '--out', eagle3])).toMatch(/^1: .*is the source model.*refusing to write there/s);
     expect(await fail(['quantize', eagle3, '--base', STORIES, '--format', 'fp8', '--out', join(STORIES, 'sub')])).toMatch(/^1: .*the --base target model.*refusing to write there/s);

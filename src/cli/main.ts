@@ -58,6 +58,7 @@ function withExportOptions(cmd: Command): Command {
     .addOption(new Option('-f, --format <format>', 'quantization format').choices([...FORMAT_NAMES]).default('nvfp4'))
     .option('--hf-config <dir>', 'the model is a Megatron-Core torch_dist checkpoint: read it with this Hugging Face model folder\'s config.json (its tokenizer and side files are copied)')
     .option('--revision <rev>', 'Hub revision (branch, tag or commit) when the model is a repo id', 'main')
+    .option('--base <target>', 'the model is an EAGLE draft: the target model it drafts for (folder or repo id), whose hidden states calibrate it')
     .addOption(new Option('--kv-cache <mode>', 'KV cache quantization').choices([...KV_CACHE_MODES]).default('fp8_cast'))
     .option('--max-shard-size <size>', 'largest shard (GB/MB decimal, GiB/MiB binary)', '10GB')
     .option('--exclude <pattern...>', 'extra module patterns to keep unquantized (fnmatch, * matches dots)')
@@ -239,7 +240,6 @@ export function buildProgram(): Command {
     .option('--checkpoint-every <size>', 'record finished layers for resume after this many bytes written (each record waits for the disk)', '2GB')
     .option('--upload <repo>', 'push the finished export to this Hugging Face model repo (needs HF_TOKEN)')
     .option('--json', 'one JSON object per line on stdout (progress, warnings, summary)')
-    .option('--base <target>', 'the model is an EAGLE draft: the target model it drafts for (folder or repo id), whose hidden states calibrate it')
     .action(async (model: string | undefined, o: Record<string, any>) => {
       const rep = new Reporter(outputMode(o.json));
       const format = formatSpec(o.format);
@@ -376,8 +376,10 @@ export function buildProgram(): Command {
       const hfConfig = megatronConfig(o);
       if (hfConfig && !model) throw new UsageError('--hf-config needs the Megatron checkpoint folder as the model argument');
       const dir = hfConfig ? resolve(model!) : resolve(await resolveModel(model ?? DEFAULT_MODEL, { revision: o.revision }));
+      const base = o.base ? resolve(await resolveModel(o.base, { revision: 'main' })) : undefined;
+      if (!base && !hfConfig && (await isEagleDraftDir(dir).catch(() => false))) throw new UsageError(`${dir} is an EAGLE draft: name the model it drafts for with --base TARGET`);
       const r = await planExport(dir, format.name, {
-        hfConfig, out: o.out, kvCache: kvCacheMode(o.kvCache), maxShardSize: o.maxShardSize, exclude: o.exclude, workers: o.workers,
+        base, hfConfig, out: o.out, kvCache: kvCacheMode(o.kvCache), maxShardSize: o.maxShardSize, exclude: o.exclude, workers: o.workers,
         calibration: needsCalib && !o.stats ? { samples: o.calibSamples, seqLen: o.calibSeqLen, awq: awqChoice(format, o.awq) !== 'none' } : undefined,
       });
       process.stdout.write((o.json ? JSON.stringify(r, null, 2) : formatPlan(r)) + '\n');
