@@ -16,6 +16,7 @@ const LAYERS = [
   ['calibration', '^src/calibration/'],
   ['operators', '^operators/'],
   ['commands', '^src/(eval|verify|inspect|plan-report|report|export-checkpoint|calibrate-checkpoint|eagle|index)\\.ts'],
+  ['distributed', '^src/distributed/'],
   ['cli', '^(src/cli/|bin/)'],
 ];
 

@@ -34,6 +34,11 @@ export interface WriteShardsOptions {
   onResume?: (doneUnits: number) => void;
   /** Told after each output tensor is completely written. */
   onTensor?: (name: string, bytes: number) => void;
+  /**
+   * Write only this file of the planned shard layout (a distributed export's shard task): the other
+   * shards' tensors are dropped as they arrive, and no index or side files are written.
+   */
+  only?: string;
 }
 
 export type WriteEvent =
@@ -103,6 +108,11 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
           await refuseDestructiveOutput(outDir, inputs);
           // an EAGLE draft is one file written by safetensors' save_file, without metadata (spec families.md §7.2)
           shards = plan.model.eagleDraft ? planShards(plan.outputs, Number.MAX_SAFE_INTEGER, { metadata: null }) : planShards(plan.outputs, maxShardSize);
+          if (options.only !== undefined) {
+            const s = shards.shards.find((f) => f.file === options.only);
+            if (!s) throw new RxquantError(`writeShards: no shard "${options.only}" in the planned layout (${shards.shards.map((f) => f.file).join(', ')})`);
+            shards = { shards: [s], totalSize: s.dataLength, weightMap: new Map(s.tensors.map((t) => [t.name, s.file])) };
+          }
           const w = await ShardWriter.create(outDir, shards, { overwrite: options.overwrite, fingerprint: options.fingerprint, restart: options.restart, directIO: options.directIO });
           if (stopped) {
             await w.abort();
@@ -114,7 +124,8 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
         }
         const id = unit.kind === 'layer' ? `layer ${unit.layer}` : 'rest';
         const before = written;
-        const names = [...unit.streams.flatMap((s) => s.tensors.map((t) => t.name)), ...unit.outputs.map((o) => o.name)];
+        const mine = (name: string) => shards!.weightMap.has(name); // all of them, unless `only`
+        const names = [...unit.streams.flatMap((s) => s.tensors.map((t) => t.name)), ...unit.outputs.map((o) => o.name)].filter(mine);
         if (alreadyDone.has(id)) {
           // on disk from the interrupted run: identical bytes, nothing to do
           for (const n of names) written += writer.tensor(n).byteLength;
@@ -122,7 +133,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
         }
         // quantized weights: chunks packed into shared slots, written, slots returned
         for (const s of unit.streams) {
-          s.tensors.forEach(check);
+          s.tensors.filter((t) => mine(t.name)).forEach(check);
           for await (const part of s.parts()) {
             if (stopped) {
               part.release();
@@ -130,6 +141,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
             }
             try {
               for (const w of part.writes) {
+                if (!mine(w.name)) continue;
                 await writer.write(w.name, w.data, w.offset);
                 written += w.data.length;
               }
@@ -137,10 +149,11 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
               part.release();
             }
           }
-          for (const t of s.tensors) options.onTensor?.(t.name, writer.tensor(t.name).byteLength);
+          for (const t of s.tensors) if (mine(t.name)) options.onTensor?.(t.name, writer.tensor(t.name).byteLength);
         }
         // scales, norms, embeddings: in memory, or copied through one reused buffer
         for (const o of unit.outputs) {
+          if (!mine(o.name)) continue;
           check(o);
           if ('data' in o) {
             await writer.write(o.name, o.data);
@@ -182,7 +195,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
 
       const done: Observable<WriteEvent> = defer(async () => {
         if (!writer || !plan || !shards) throw new RxquantError('writeShards: no units arrived');
-        for (const f of await exportSideFiles(plan)) await writer.writeSideFile(f.name, f.content);
+        if (options.only === undefined) for (const f of await exportSideFiles(plan)) await writer.writeSideFile(f.name, f.content);
         await writer.finish();
         finished = true;
         await plan.model.close();

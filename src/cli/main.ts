@@ -25,6 +25,7 @@ import { createPlan } from '../export/plan.js';
 import { planExport, formatPlan } from '../plan-report.js';
 import { resolveModel, uploadExport } from '../hub.js';
 import { exportEagleDraft, isEagleDraftDir } from '../eagle.js';
+import { addDistributedCommands, printWorkPlan, StderrReporter } from './distributed.js';
 
 /** Package root (works from src/ under tsx/vitest and from dist/src/ once built). */
 export const PACKAGE_ROOT = (() => {
@@ -370,8 +371,26 @@ export function buildProgram(): Command {
     .option('-o, --out <dir>', 'output folder (for the free-space check)', 'rxquant-out')
     .option('--stats <file>', 'statistics will be given (no calibration in the memory estimate)')
     .option('--json', 'print the report as JSON')
+    .option('--tasks', 'print the export as a work plan instead (JSON: calibration groups, merge, one task per shard, assemble) for `rxquant task` or `rxquant submit`; the same input and options give the same bytes')
+    .option('--work <dir>', 'with --tasks: the shared folder task results go to (default: .<out>.rxquant-work beside --out)')
+    .option('--calib <file>', 'with --tasks: the calibration data (as quantize reads it); its token ids go into the plan')
+    .option('--calib-per-task <n>', 'with --tasks: calibration samples per task (AWQ formats: all in one)', intOption('--calib-per-task'), 32)
     .action(async (model: string | undefined, o: Record<string, any>) => {
       const format = formatSpec(o.format);
+      if (o.tasks) {
+        if (o.base) throw new UsageError('--tasks plans a model export; an EAGLE draft is quantized in one process (rxquant quantize DRAFT --base TARGET)');
+        const rep = new StderrReporter(); // stdout holds the plan
+        const hfConfig = megatronConfig(o);
+        const dir = hfConfig ? resolve(model!) : resolve(await resolveModel(model ?? DEFAULT_MODEL, { revision: o.revision }));
+        const awq = awqChoice(format, o.awq);
+        const needs = needsActivationStats(format, kvCacheMode(o.kvCache)) || awq !== 'none';
+        const samples = o.calib || (needs && !o.stats) ? (await calibrationData(o, hfConfig ?? dir, rep)).samples : undefined;
+        await printWorkPlan({
+          model: dir, hfConfig, format: format.name, out: o.out, work: o.work, kvCache: kvCacheMode(o.kvCache), exclude: o.exclude,
+          maxShardSize: o.maxShardSize, awq, stats: o.stats, samples, samplesPerTask: o.calibPerTask,
+        });
+        return;
+      }
       const needsCalib = needsActivationStats(format, kvCacheMode(o.kvCache)) || awqChoice(format, o.awq) !== 'none';
       const hfConfig = megatronConfig(o);
       if (hfConfig && !model) throw new UsageError('--hf-config needs the Megatron checkpoint folder as the model argument');
@@ -494,6 +513,7 @@ export function buildProgram(): Command {
       if (r.failures.length > 0 || (o.engine && engines.some((e) => !e.loads))) process.exitCode = 1;
     });
 
+  addDistributedCommands(program, calibrationData);
   return program;
 }
 
