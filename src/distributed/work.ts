@@ -258,6 +258,7 @@ export async function runTask(p: WorkPlan, id: string, o: { workers?: number } =
   if (fault && fault.split(',').includes(id)) {
     // fault injection for the tests: this task throws the first time it runs in this work folder
     const marker = join(p.work, p.fingerprint, `.failed-once-${id}`);
+    await mkdir(dirname(marker), { recursive: true });
     const first = await writeFile(marker, '', { flag: 'wx' }).then(() => true, () => false);
     if (first) throw new RxquantError(`injected failure of ${id} (RXQUANT_TEST_FAIL_ONCE)`);
   }
