@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { openCheckpoint } from '../src/safetensors/checkpoint.js';
 import { synthesize } from './synth.js';
-import { evictDir, timeWithRss } from './util.js';
+import { evictDir, sameFile, timeWithRss } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -285,20 +285,6 @@ export async function writeTorchDist(from: string, to: string, layers: number, l
 }
 
 /** Whether two files hold the same bytes (read 64 MiB at a time: shards pass 2 GiB). */
-function sameFile(a: string, b: string): boolean {
-  const fa = openSync(a, 'r'), fb = openSync(b, 'r');
-  try {
-    const ba = Buffer.alloc(64 * 2 ** 20), bb = Buffer.alloc(64 * 2 ** 20);
-    for (let at = 0; ; at += ba.length) {
-      const na = readSync(fa, ba, 0, ba.length, at), nb = readSync(fb, bb, 0, bb.length, at);
-      if (na !== nb || !ba.subarray(0, na).equals(bb.subarray(0, nb))) return false;
-      if (na === 0) return true;
-    }
-  } finally {
-    closeSync(fa);
-    closeSync(fb);
-  }
-}
 
 export async function benchMegatron(dataDir: string, layers = 5, formats = ['fp8_pb_wo', 'nvfp4']): Promise<string[]> {
   const model = join(dataDir, `llama8b-${layers}`);

@@ -1,7 +1,7 @@
 /**
  * `npm run bench [section...]`: measurements side by side in one run, appended to bench/RESULTS.md
  * with the date and machine. Sections: read, kernels, export, calibration, awq, calibration-memory,
- * moe, megatron, large, deepseek, perplexity, awq-quality (default: all but large (a 26 GB checkpoint),
+ * moe, megatron, distributed, large, deepseek, perplexity, awq-quality (default: all but large (a 26 GB checkpoint),
  * deepseek (~16 GB), perplexity (~20 minutes) and awq-quality (several minutes)).
  */
 import { appendFile, mkdir } from 'node:fs/promises';
@@ -18,6 +18,7 @@ import { benchDeepseek } from './deepseek.js';
 import { benchAwq } from './awq.js';
 import { benchAwqQuality } from './awq-quality.js';
 import { benchMegatron, benchMegatronLarge } from './megatron.js';
+import { benchDistributed } from './distributed.js';
 import { machine } from './util.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -37,6 +38,8 @@ const SECTIONS: Record<string, () => Promise<string[]>> = {
   megatron: () => benchMegatron(DATA),
   // the same at 57 layers (~26 GB each way, larger than this machine's RAM): run it by name
   'megatron-large': () => benchMegatronLarge(DATA),
+  // the 8B-shaped export by 1 and 2 worker processes over Redis against one process; calibration groups in sequence and two at a time
+  distributed: () => benchDistributed(DATA),
   // Qwen3-30B-A3B-shaped MoE: calibration memory against the number of experts, NVFP4 export vs the floor
   moe: () => benchMoe(DATA),
   // DeepSeek V3 dimensions from an FP8-block source (~16 GB): run it by name

@@ -1,7 +1,7 @@
 /** Helpers for the benchmarks: timing external commands, evicting files from the page cache, machine info. */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
-import { readFileSync, readdirSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 
 export function evict(path: string): void {
@@ -55,3 +55,19 @@ export function median(xs: number[]): number {
 }
 
 export const GB = 1e9;
+
+/** Two files byte for byte (64 MiB at a time). */
+export function sameFile(a: string, b: string): boolean {
+  const fa = openSync(a, 'r'), fb = openSync(b, 'r');
+  try {
+    const ba = Buffer.alloc(64 * 2 ** 20), bb = Buffer.alloc(64 * 2 ** 20);
+    for (let at = 0; ; at += ba.length) {
+      const na = readSync(fa, ba, 0, ba.length, at), nb = readSync(fb, bb, 0, bb.length, at);
+      if (na !== nb || !ba.subarray(0, na).equals(bb.subarray(0, nb))) return false;
+      if (na === 0) return true;
+    }
+  } finally {
+    closeSync(fa);
+    closeSync(fb);
+  }
+}
