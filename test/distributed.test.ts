@@ -164,6 +164,24 @@ describe('work plans', () => {
     expect(second.stdout.trim().split('\n').every((l) => l.endsWith('already done'))).toBe(true);
   });
 
+  it('batch: jobs checked and planned first, then run here one after another (no Redis), each byte-identical', async () => {
+    const jobs = join(tmp, 'jobs.json');
+    const outs = [join(tmp, 'batch-nvfp4'), join(tmp, 'batch-awq')];
+    await writeFile(jobs, JSON.stringify([
+      { model: MODEL, format: 'nvfp4', out: outs[0], calib: ids, max_shard_size: SHARD },
+      { model: MODEL, format: 'int4_awq', out: outs[1], calib: ids, max_shard_size: SHARD },
+    ]));
+    const { stdout } = await run('node', [CLI, 'batch', jobs]);
+    expect(stdout).toMatch(/job 1: .* \(int4_awq, 5 tasks; plan /);
+    await expectSameFolder(outs[0]!, references.get('nvfp4')!);
+    await expectSameFolder(outs[1]!, references.get('int4_awq')!);
+    // a typo in a later job stops the batch before the first one runs
+    await writeFile(jobs, JSON.stringify([{ model: MODEL, format: 'nvfp4', out: join(tmp, 'never'), calib: ids }, { model: MODEL, format: 'nvfp4', out: join(tmp, 'never2'), calibb: ids }]));
+    const bad = await run('node', [CLI, 'batch', jobs]).then(() => 'ok', (e: { code: number; stderr: string }) => `${e.code}: ${e.stderr}`);
+    expect(bad).toMatch(/^2: .*job 1: unknown field "calibb"/s);
+    expect((await readdir(tmp)).filter((n) => n.includes('never'))).toEqual([]);
+  });
+
   it('refuse what cannot work, before any task runs', async () => {
     const fail = (args: string[]) => run('node', [CLI, ...args]).then(() => 'ok', (e: { code: number; stderr: string }) => `${e.code}: ${e.stderr}`);
     const plan = await workPlan('nvfp4', 'refusals');

@@ -157,9 +157,14 @@ export function addDistributedCommands(program: Command, samplesFor: SamplesLoad
       // every job checked and planned before any runs
       const plans: { path: string; plan: WorkPlan }[] = [];
       for (const [i, j] of jobs.entries()) {
+        if (!j || typeof j !== 'object' || Array.isArray(j)) throw new UsageError(`${jobsFile}: job ${i} is not an object`);
         const bad = Object.keys(j).find((k) => !known.has(k));
         if (bad) throw new UsageError(`${jobsFile}: job ${i}: unknown field "${bad}" (known: ${[...known].join(', ')})`);
         for (const k of ['model', 'format', 'out']) if (typeof j[k] !== 'string') throw new UsageError(`${jobsFile}: job ${i}: "${k}" is required`);
+        formatSpec(j.format);
+        kvCacheMode(j.kv_cache ?? 'fp8_cast');
+      }
+      for (const [i, j] of jobs.entries()) {
         const format = formatSpec(j.format);
         const kvCache = kvCacheMode(j.kv_cache ?? 'fp8_cast');
         const needs = format.inputScaleDivisor !== undefined || kvCache === 'fp8' || (format.awq && j.awq !== 'none');
