@@ -183,3 +183,43 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
     expect(bf16ToF32(0x7fc0)).toBeNaN();
   });
 });
+
+describe('FP8-block source expansion (fp8_block_expand) against expandFp8Block', () => {
+  it('gives the same bf16 bits for every code, across tile rows and columns, with normal, tiny, huge, zero, negative and NaN scales, any row phase', async () => {
+    const { expandFp8Block } = await import('../src/kernels/tasks.js');
+    const Kx = 384, BK = 3;
+    const scaleSet = [1, 0.0123, 3.5e-3, 1e-38, 7e-45, 3e37, 0, -0.25, NaN, Infinity, 448 / 3, 2 ** -20];
+    for (const [phase, rows] of [[0, 256], [5, 300], [127, 2], [64, 129]] as const) {
+      const tileRows = Math.floor((phase + rows - 1) / 128) + 1;
+      const scales = Float32Array.from({ length: tileRows * BK }, (_, i) => scaleSet[(i * 5 + phase) % scaleSet.length]!);
+      const codes = Uint8Array.from({ length: rows * Kx }, (_, i) => (i * 37 + (i >> 8)) & 0xff); // every code in every tile
+      const a = new Uint8Array(mem.buffer, WASM_RESERVED, rows * Kx * 2);
+      a.set(codes);
+      const lut = new Uint8Array(mem.buffer, WASM_RESERVED + 16 * 2 ** 20, 65536);
+      new Float32Array(lut.buffer, lut.byteOffset, scales.length).set(scales);
+      k.fp8_block_expand(a.byteOffset, rows, Kx, lut.byteOffset, BK, phase);
+      const ref = new Uint8Array(rows * Kx * 2);
+      ref.set(codes);
+      expandFp8Block({ src: ref, dtype: 'BF16', row0: 128 * 7 + phase, rows, K: Kx, ops: [], fp8Source: { scales, BK } });
+      const got = new Uint16Array(a.buffer, a.byteOffset, rows * Kx), want = new Uint16Array(ref.buffer, 0, rows * Kx);
+      const bad = want.findIndex((w, i) => w !== got[i]);
+      expect(bad, `phase ${phase}: element ${bad}: code ${codes[bad]}, want ${want[bad]?.toString(16)} got ${got[bad]?.toString(16)}`).toBe(-1);
+    }
+  });
+
+  it('runKernel takes the SIMD path for a chunk in the shared memory and gives the JavaScript path\'s codes', () => {
+    const rows = 256, Kx = 384;
+    const scales = Float32Array.from({ length: 2 * 3 }, (_, i) => 0.001 * (i + 1));
+    const mk = (base: number) => {
+      const src = new Uint8Array(mem.buffer, base, rows * Kx * 2);
+      for (let i = 0; i < rows * Kx; i++) src[i] = (i * 101) & 0x7e; // no NaN codes
+      return src;
+    };
+    const a = mk(WASM_RESERVED), b = mk(WASM_RESERVED + 16 * 2 ** 20);
+    const lutA = new Uint8Array(mem.buffer, WASM_RESERVED + 8 * 2 ** 20, 65536), lutB = new Uint8Array(mem.buffer, WASM_RESERVED + 24 * 2 ** 20, 65536);
+    const ra = runKernel({ kind: 'scan', src: a, dtype: 'BF16', row0: 0, rows, K: Kx, ops: [], wasm: true, lut: lutA, fp8Source: { scales, BK: 3 } } as KernelTask, k);
+    const rb = runKernel({ kind: 'scan', src: b, dtype: 'BF16', row0: 0, rows, K: Kx, ops: [], wasm: false, lut: lutB, fp8Source: { scales, BK: 3 } } as KernelTask);
+    expect(ra).toEqual(rb);
+    expect(Buffer.compare(a, b)).toBe(0);
+  });
+});

@@ -40,6 +40,12 @@ const CONST_VALUES: Record<string, string> = {
   $kHalf: 'f32x4 0.5 0.5 0.5 0.5',
   $k7c00: 'i32x4 0x7c00 0x7c00 0x7c00 0x7c00',
   $k8000lo: 'i32x4 0x8000 0x8000 0x8000 0x8000',
+  $k7F: 'i32x4 0x7f 0x7f 0x7f 0x7f',
+  $kE120: 'i32x4 0x3c000000 0x3c000000 0x3c000000 0x3c000000',
+  $k7i: 'i32x4 7 7 7 7',
+  $k8i: 'i32x4 8 8 8 8',
+  $k2m9: 'f32x4 0.001953125 0.001953125 0.001953125 0.001953125',
+  $k7fc0: 'i32x4 0x7fc0 0x7fc0 0x7fc0 0x7fc0',
 };
 const CONST_NAMES = Object.keys(CONST_VALUES);
 /** Byte address of the constant table: after the 256-entry e4m3 decode table. */
@@ -414,6 +420,72 @@ const FP8_BLOCK_FN = (name: string, dtype: Dtype16) => `  ;; FP8 128x128 tiles o
       (local.set $band (i32.add (local.get $band) (i32.const 1)))
       (br $lb))))`;
 
+/**
+ * Four e4m3 codes (i32x4 lanes 0..255) -> the bf16 bits of f32(e4m3) * $s, as expandFp8Block's table
+ * gives them: e4m3 as f32 (exponent e > 0: the magnitude's 7 bits shifted to f32's exponent and
+ * mantissa, exponent rebiased by 120; e = 0: m * 2^-9), the sign, one f32 multiply (the exact
+ * product rounded once, as Math.fround of the double product), then round-to-nearest-even to bf16;
+ * NaN (the codes 0x7f / 0xff, or a NaN product) as 0x7fc0.
+ */
+const E4M3_TO_BF16 = (x: string) => `(local.set $c4 ${x})
+        (local.set $m4 (v128.and (local.get $c4) (local.get $k7F)))
+        (local.set $f4 (f32x4.mul
+          (v128.or
+            (v128.bitselect
+              (f32x4.mul (f32x4.convert_i32x4_s (v128.and (local.get $c4) (local.get $k7i))) (local.get $k2m9))
+              (i32x4.add (i32x4.shl (local.get $m4) (i32.const 20)) (local.get $kE120))
+              (i32x4.lt_s (local.get $m4) (local.get $k8i)))
+            (i32x4.shl (v128.and (local.get $c4) (local.get $k80)) (i32.const 24)))
+          (local.get $s)))
+        (v128.bitselect
+          (local.get $k7fc0)
+          (i32x4.shr_u (i32x4.add (i32x4.add (local.get $f4) (local.get $k7fff32)) (v128.and (i32x4.shr_u (local.get $f4) (i32.const 16)) (local.get $kOne))) (i32.const 16))
+          (v128.or (f32x4.ne (local.get $f4) (local.get $f4)) (i32x4.eq (local.get $m4) (local.get $k7F))))`;
+
+const FP8_EXPAND_CONSTS = CONSTS('$k7F', '$kE120', '$k7i', '$k8i', '$k2m9', '$k7fc0', '$k80', '$k7fff32', '$kOne');
+
+/**
+ * FP8-block codes [rows, K] (K % 128 == 0) at the start of $src expanded in place to bf16: each
+ * code times the scale of its 128x128 tile (row r's tile row is ($phase + r) / 128; scales at
+ * $scales + 4 * (tileRow * $BK + tile column)). Backwards, 16 codes at a time, every vector loaded
+ * before its 32 output bytes are stored: output byte 2i is never below code i, so no code is
+ * overwritten before it is read (as expandFp8Block walks).
+ */
+const FP8_EXPAND_FN = `  (func (export "fp8_block_expand") (param $src i32) (param $rows i32) (param $K i32) (param $scales i32) (param $BK i32) (param $phase i32)
+    (local $r i32) (local $tc i32) (local $c i32) (local $col i32) (local $rowIn i32) (local $rowOut i32)
+    (local $s v128) (local $b v128) (local $w v128) (local $c4 v128) (local $m4 v128) (local $f4 v128) (local $v0 v128)
+    ${FP8_EXPAND_CONSTS.locals}
+    ${FP8_EXPAND_CONSTS.init}
+    (local.set $r (local.get $rows))
+    (block $done (loop $lr
+      (br_if $done (i32.eqz (local.get $r)))
+      (local.set $r (i32.sub (local.get $r) (i32.const 1)))
+      (local.set $rowIn (i32.add (local.get $src) (i32.mul (local.get $r) (local.get $K))))
+      (local.set $rowOut (i32.add (local.get $src) (i32.shl (i32.mul (local.get $r) (local.get $K)) (i32.const 1))))
+      (local.set $tc (local.get $BK))
+      (block $d2 (loop $lt
+        (br_if $d2 (i32.eqz (local.get $tc)))
+        (local.set $tc (i32.sub (local.get $tc) (i32.const 1)))
+        (local.set $s (f32x4.splat (f32.load (i32.add (local.get $scales)
+          (i32.shl (i32.add (i32.mul (i32.shr_u (i32.add (local.get $phase) (local.get $r)) (i32.const 7)) (local.get $BK)) (local.get $tc)) (i32.const 2))))))
+        (local.set $c (i32.const 128))
+        (block $d3 (loop $lc
+          (br_if $d3 (i32.eqz (local.get $c)))
+          (local.set $c (i32.sub (local.get $c) (i32.const 16)))
+          (local.set $col (i32.add (i32.shl (local.get $tc) (i32.const 7)) (local.get $c)))
+          (local.set $b (v128.load (i32.add (local.get $rowIn) (local.get $col))))
+          (local.set $w (i16x8.extend_high_i8x16_u (local.get $b)))
+          (local.set $v0 ${E4M3_TO_BF16('(i32x4.extend_low_i16x8_u (local.get $w))')})
+          (v128.store offset=16 (i32.add (local.get $rowOut) (i32.shl (local.get $col) (i32.const 1)))
+            (i16x8.narrow_i32x4_u (local.get $v0) ${E4M3_TO_BF16('(i32x4.extend_high_i16x8_u (local.get $w))')}))
+          (local.set $w (i16x8.extend_low_i8x16_u (local.get $b)))
+          (local.set $v0 ${E4M3_TO_BF16('(i32x4.extend_low_i16x8_u (local.get $w))')})
+          (v128.store (i32.add (local.get $rowOut) (i32.shl (local.get $col) (i32.const 1)))
+            (i16x8.narrow_i32x4_u (local.get $v0) ${E4M3_TO_BF16('(i32x4.extend_high_i16x8_u (local.get $w))')}))
+          (br $lc)))
+        (br $lt)))
+      (br $lr))))`;
+
 export const KERNELS_WAT = `
 (module
   (import "env" "mem" (memory 1 65536 shared))
@@ -467,6 +539,8 @@ export const KERNELS_WAT = `
 
   ${FP8_BLOCK_FN('fp8_block', 'BF16')}
   ${FP8_BLOCK_FN('fp8_block_f16', 'F16')}
+
+${FP8_EXPAND_FN}
 )
 `;
 

@@ -104,7 +104,7 @@ function nonFinite(w: Float32Array): KernelResult['nonFinite'] {
  */
 export function runKernel(task: KernelTask, k?: WasmKernels): KernelResult {
   if (task.fp8Source) {
-    expandFp8Block(task);
+    if (!(k && task.wasm && expandFp8BlockWasm(task, k))) expandFp8Block(task);
     task = { ...task, fp8Source: undefined };
   }
   if (k && task.wasm && (task.dtype === 'BF16' || task.dtype === 'F16')) {
@@ -150,6 +150,19 @@ export function expandFp8Block(task: ChunkInput): void {
       for (let c = Math.min(K, c0 + 128) - 1; c >= c0; c--) out[o + c] = tbl[bytes[o + c]!]!;
     }
   }
+}
+
+/**
+ * expandFp8Block with the SIMD kernel (the same bytes), the chunk's tile scales copied into the
+ * task's scratch first (the quantizing kernel fills it with its tables only afterwards). False,
+ * having changed nothing, when it does not apply (a row width not a multiple of 128, no scratch).
+ */
+function expandFp8BlockWasm(task: KernelTask, k: WasmKernels): boolean {
+  const { scales, BK } = task.fp8Source!;
+  if (task.K % 128 !== 0 || !task.lut || task.lut.byteLength < scales.byteLength || task.src.byteOffset % 16 !== 0) return false;
+  new Float32Array(task.lut.buffer, task.lut.byteOffset, scales.length).set(scales);
+  k.fp8_block_expand(task.src.byteOffset, task.rows, task.K, task.lut.byteOffset, BK, task.row0 % 128);
+  return true;
 }
 
 /**

@@ -26,6 +26,8 @@ export interface WasmKernels {
   fp8_block_f16(src: number, rows: number, K: number, codes: number, scales: number): void;
   pack_int4_rows(q: number, rows: number, K: number, dst: number): void;
   fp8_block(src: number, rows: number, K: number, codes: number, scales: number): void;
+  /** FP8-block codes expanded in place to bf16 (K % 128 == 0; the tile scales at `scales`, row r in tile row (phase + r) / 128). */
+  fp8_block_expand(src: number, rows: number, K: number, scales: number, BK: number, phase: number): void;
 }
 
 /** The compiled kernels, and the table-lookup kernel's bytes with the offsets of its table address to patch (structured-cloneable, for workers). */
