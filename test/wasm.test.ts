@@ -217,9 +217,40 @@ describe('FP8-block source expansion (fp8_block_expand) against expandFp8Block',
     };
     const a = mk(WASM_RESERVED), b = mk(WASM_RESERVED + 16 * 2 ** 20);
     const lutA = new Uint8Array(mem.buffer, WASM_RESERVED + 8 * 2 ** 20, 65536), lutB = new Uint8Array(mem.buffer, WASM_RESERVED + 24 * 2 ** 20, 65536);
-    const ra = runKernel({ kind: 'scan', src: a, dtype: 'BF16', row0: 0, rows, K: Kx, ops: [], wasm: true, lut: lutA, fp8Source: { scales, BK: 3 } } as KernelTask, k);
-    const rb = runKernel({ kind: 'scan', src: b, dtype: 'BF16', row0: 0, rows, K: Kx, ops: [], wasm: false, lut: lutB, fp8Source: { scales, BK: 3 } } as KernelTask);
+    // the FP8 128x128 quantization of the expanded chunk: its codes and scales by both paths
+    const out = (base: number) => ({ codes: new Uint8Array(mem.buffer, base, rows * Kx), scales: new Float32Array(mem.buffer, base + rows * Kx, 2 * 3) });
+    const oa = out(WASM_RESERVED + 12 * 2 ** 20), ob = out(WASM_RESERVED + 28 * 2 ** 20);
+    const ra = runKernel({ kind: 'fp8_block', src: a, dtype: 'BF16', row0: 0, rows, K: Kx, ops: [], wasm: true, lut: lutA, fp8Source: { scales, BK: 3 }, ...oa } as KernelTask, k);
+    const rb = runKernel({ kind: 'fp8_block', src: b, dtype: 'BF16', row0: 0, rows, K: Kx, ops: [], wasm: false, lut: lutB, fp8Source: { scales, BK: 3 }, ...ob } as KernelTask);
     expect(ra).toEqual(rb);
-    expect(Buffer.compare(a, b)).toBe(0);
+    expect(Buffer.compare(a, b)).toBe(0); // the expanded bf16
+    expect(Buffer.compare(oa.codes, ob.codes)).toBe(0);
+    expect(Array.from(oa.scales)).toEqual(Array.from(ob.scales));
+  });
+});
+
+describe('FP8-block scan from the codes (fp8_tile_max)', () => {
+  it("gives the amax the scan of the expanded bf16 gives, for every phase and scale kind; a NaN code or a non-finite tile goes the exact way", () => {
+    const Kx = 384, BK = 3;
+    const scaleSet = [1, 0.0123, 3.5e-3, 1e-38, 7e-45, 0, -0.25, 448 / 3, 2 ** -20, 1e30];
+    for (const [phase, rows, nan, inf, negMax] of [[0, 256, false, false, false], [5, 300, false, false, false], [127, 2, false, false, false], [64, 129, true, false, false], [3, 200, false, true, false], [9, 140, false, false, true]] as const) {
+      const tileRows = Math.floor((phase + rows - 1) / 128) + 1;
+      // negMax: the largest magnitude comes from a tile with a negative scale
+      const scales = Float32Array.from({ length: tileRows * BK }, (_, i) => (inf && i === 1 ? Infinity : negMax ? (i === 2 ? -3 : 0.01) : scaleSet[(i * 3 + phase) % scaleSet.length]!));
+      const mk = (base: number) => {
+        const src = new Uint8Array(mem.buffer, base, rows * Kx * 2);
+        for (let i = 0; i < rows * Kx; i++) src[i] = ((i * 29 + (i >> 9)) & 0xff) % (nan ? 256 : 0x7f) | (i & 0x80); // every magnitude, both signs
+        if (!nan) for (let i = 0; i < rows * Kx; i++) if ((src[i]! & 0x7f) === 0x7f) src[i] = 0x7e;
+        return src;
+      };
+      const a = mk(WASM_RESERVED), b = mk(WASM_RESERVED + 16 * 2 ** 20);
+      const lutA = new Uint8Array(mem.buffer, WASM_RESERVED + 8 * 2 ** 20, 65536), lutB = new Uint8Array(mem.buffer, WASM_RESERVED + 24 * 2 ** 20, 65536);
+      const task = (src: Uint8Array, lut: Uint8Array, wasm: boolean) => ({ kind: 'scan', src, dtype: 'BF16', row0: 128 * 3 + phase, rows, K: Kx, ops: [], wasm, lut, fp8Source: { scales, BK } }) as KernelTask;
+      const fast = runKernel(task(a, lutA, true), k);
+      const exact = runKernel(task(b, lutB, false));
+      expect(fast, `phase ${phase}`).toEqual(exact);
+      if (nan || inf) expect(exact.nonFinite).toBeDefined();
+      else expect(exact.amax).toBeGreaterThan(0);
+    }
   });
 });

@@ -46,6 +46,7 @@ const CONST_VALUES: Record<string, string> = {
   $k8i: 'i32x4 8 8 8 8',
   $k2m9: 'f32x4 0.001953125 0.001953125 0.001953125 0.001953125',
   $k7fc0: 'i32x4 0x7fc0 0x7fc0 0x7fc0 0x7fc0',
+  $k7Fb: 'i32x4 0x7f7f7f7f 0x7f7f7f7f 0x7f7f7f7f 0x7f7f7f7f',
 };
 const CONST_NAMES = Object.keys(CONST_VALUES);
 /** Byte address of the constant table: after the 256-entry e4m3 decode table. */
@@ -486,6 +487,40 @@ const FP8_EXPAND_FN = `  (func (export "fp8_block_expand") (param $src i32) (par
         (br $lt)))
       (br $lr))))`;
 
+const TILE_MAX_CONSTS = CONSTS('$k7Fb');
+
+/**
+ * The largest code magnitude (code & 0x7f: e4m3's magnitudes are ordered as these bytes, 0x7f being
+ * NaN) of every 128x128 tile of FP8-block codes [rows, K] (K % 128 == 0) at $src: byte-wise maxima
+ * kept in a v128 per tile at $acc + 16 * (tileRow * $BK + tile column), row r in tile row
+ * ($phase + r) / 128; the caller zeroes them first and takes each one's horizontal max.
+ */
+const FP8_TILE_MAX_FN = `  (func (export "fp8_tile_max") (param $src i32) (param $rows i32) (param $K i32) (param $BK i32) (param $phase i32) (param $acc i32)
+    (local $r i32) (local $tc i32) (local $p i32) (local $a i32) (local $v v128)
+    ${TILE_MAX_CONSTS.locals}
+    ${TILE_MAX_CONSTS.init}
+    (block $done (loop $lr
+      (br_if $done (i32.ge_u (local.get $r) (local.get $rows)))
+      (local.set $p (i32.add (local.get $src) (i32.mul (local.get $r) (local.get $K))))
+      (local.set $a (i32.add (local.get $acc) (i32.shl (i32.mul (i32.shr_u (i32.add (local.get $phase) (local.get $r)) (i32.const 7)) (local.get $BK)) (i32.const 4))))
+      (local.set $tc (i32.const 0))
+      (block $d2 (loop $lt
+        (br_if $d2 (i32.ge_u (local.get $tc) (local.get $BK)))
+        (local.set $v (i8x16.max_u
+          (i8x16.max_u
+            (i8x16.max_u (v128.load (local.get $p)) (v128.load offset=16 (local.get $p)))
+            (i8x16.max_u (v128.load offset=32 (local.get $p)) (v128.load offset=48 (local.get $p))))
+          (i8x16.max_u
+            (i8x16.max_u (v128.load offset=64 (local.get $p)) (v128.load offset=80 (local.get $p)))
+            (i8x16.max_u (v128.load offset=96 (local.get $p)) (v128.load offset=112 (local.get $p))))))
+        (v128.store (local.get $a) (i8x16.max_u (v128.load (local.get $a)) (v128.and (local.get $v) (local.get $k7Fb))))
+        (local.set $p (i32.add (local.get $p) (i32.const 128)))
+        (local.set $a (i32.add (local.get $a) (i32.const 16)))
+        (local.set $tc (i32.add (local.get $tc) (i32.const 1)))
+        (br $lt)))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $lr))))`;
+
 export const KERNELS_WAT = `
 (module
   (import "env" "mem" (memory 1 65536 shared))
@@ -541,6 +576,8 @@ export const KERNELS_WAT = `
   ${FP8_BLOCK_FN('fp8_block_f16', 'F16')}
 
 ${FP8_EXPAND_FN}
+
+${FP8_TILE_MAX_FN}
 )
 `;
 

@@ -15,7 +15,7 @@ import type { FloatDType } from '../safetensors/dtypes.js';
 import { applyWeightOps, type WeightOp } from './weight-ops.js';
 import { firstNonFinite } from '../formats/common.js';
 import type { WasmKernels } from './wasm.js';
-import { f32FromBits, f16ToF32, f32ToBf16 } from '../codecs/float.js';
+import { bf16ToF32, f32FromBits, f16ToF32, f32ToBf16 } from '../codecs/float.js';
 import { E4M3_VALUES } from '../codecs/e4m3.js';
 
 export interface ChunkInput {
@@ -103,6 +103,10 @@ function nonFinite(w: Float32Array): KernelResult['nonFinite'] {
  * a SIMD kernel is located by the JavaScript path.
  */
 export function runKernel(task: KernelTask, k?: WasmKernels): KernelResult {
+  if (task.fp8Source && task.kind === 'scan' && task.ops.length === 0 && k && task.wasm) {
+    const r = scanFp8BlockWasm(task, k);
+    if (r) return r;
+  }
   if (task.fp8Source) {
     if (!(k && task.wasm && expandFp8BlockWasm(task, k))) expandFp8Block(task);
     task = { ...task, fp8Source: undefined };
@@ -150,6 +154,33 @@ export function expandFp8Block(task: ChunkInput): void {
       for (let c = Math.min(K, c0 + 128) - 1; c >= c0; c--) out[o + c] = tbl[bytes[o + c]!]!;
     }
   }
+}
+
+/**
+ * The scan of an FP8-block chunk without expanding it: a dequantized element is
+ * bf16(f32(e4m3) x s), whose magnitude grows with the code's (both roundings are monotonic and
+ * symmetric), so each tile's largest magnitude is that of its largest code magnitude times |s|,
+ * and the chunk's amax is the largest of those: the same value the scan of the expanded bf16
+ * gives. Undefined (the exact path then runs and says where) for a NaN code, a non-finite result,
+ * or a shape the kernel does not take.
+ */
+function scanFp8BlockWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
+  const { scales, BK } = task.fp8Source!;
+  const phase = task.row0 % 128;
+  const tiles = (((phase + task.rows - 1) >> 7) + 1) * BK;
+  if (task.K % 128 !== 0 || !task.lut || task.lut.byteLength < 16 * tiles || tiles > scales.length) return undefined;
+  const acc = new Uint8Array(task.lut.buffer, task.lut.byteOffset, 16 * tiles).fill(0);
+  k.fp8_tile_max(task.src.byteOffset, task.rows, task.K, BK, phase, acc.byteOffset);
+  let amax = 0;
+  for (let t = 0; t < tiles; t++) {
+    let m = 0;
+    for (let j = 0; j < 16; j++) if (acc[16 * t + j]! > m) m = acc[16 * t + j]!;
+    if (m === 0x7f) return undefined; // a NaN code
+    const v = bf16ToF32(f32ToBf16(Math.fround(E4M3_VALUES[m]! * Math.abs(scales[t]!))));
+    if (!Number.isFinite(v)) return undefined;
+    if (v > amax) amax = v;
+  }
+  return { amax };
 }
 
 /**

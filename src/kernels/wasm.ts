@@ -28,6 +28,8 @@ export interface WasmKernels {
   fp8_block(src: number, rows: number, K: number, codes: number, scales: number): void;
   /** FP8-block codes expanded in place to bf16 (K % 128 == 0; the tile scales at `scales`, row r in tile row (phase + r) / 128). */
   fp8_block_expand(src: number, rows: number, K: number, scales: number, BK: number, phase: number): void;
+  /** Per 128x128 tile of FP8-block codes, byte-wise maxima of (code & 0x7f) into a v128 each at `acc` (zeroed by the caller). */
+  fp8_tile_max(src: number, rows: number, K: number, BK: number, phase: number, acc: number): void;
 }
 
 /** The compiled kernels, and the table-lookup kernel's bytes with the offsets of its table address to patch (structured-cloneable, for workers). */
