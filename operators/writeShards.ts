@@ -7,6 +7,7 @@ import { exportSideFiles } from '../src/export/side-files.js';
 import type { ExportPlan } from '../src/export/plan.js';
 import type { PackedUnit } from '../src/export/units.js';
 import { RxquantError } from '../src/errors.js';
+import { span as traced } from '../src/util/trace.js';
 
 export interface WriteShardsOptions {
   /** Largest shard, "10GB" by default like ModelOpt (GB/MB decimal, GiB/MiB binary). */
@@ -134,20 +135,34 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
         // quantized weights: chunks packed into shared slots, written, slots returned
         for (const s of unit.streams) {
           s.tensors.filter((t) => mine(t.name)).forEach(check);
-          for await (const part of s.parts()) {
-            if (stopped) {
-              part.release();
-              throw stoppedError();
-            }
-            try {
-              for (const w of part.writes) {
-                if (!mine(w.name)) continue;
-                await writer.write(w.name, w.data, w.offset);
-                written += w.data.length;
+          // iterated by hand to time the wait for each part; return() on an early exit, as for-await does,
+          // so the stream gives back the slots of the chunks still in flight
+          const it = s.parts()[Symbol.asyncIterator]();
+          let drained = false;
+          try {
+            for (;;) {
+              const next = await traced('chunk-wait', 0, s.tensors[0]?.name ?? '', () => it.next());
+              if (next.done) {
+                drained = true;
+                break;
               }
-            } finally {
-              part.release();
+              const part = next.value;
+              if (stopped) {
+                part.release();
+                throw stoppedError();
+              }
+              try {
+                for (const w of part.writes) {
+                  if (!mine(w.name)) continue;
+                  await traced('write', w.data.length, w.name, () => writer!.write(w.name, w.data, w.offset));
+                  written += w.data.length;
+                }
+              } finally {
+                part.release();
+              }
             }
+          } finally {
+            if (!drained) await it.return?.();
           }
           for (const t of s.tensors) if (mine(t.name)) options.onTensor?.(t.name, writer.tensor(t.name).byteLength);
         }
@@ -168,7 +183,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
               if (next >= src.byteLength) return;
               const end = Math.min(src.byteLength, next + copyBytes);
               const buf = buffers[i++ % 3]!;
-              const data = options.directIO === false ? src.readBytes(next, end, buf) : src.readBytesDirect(next, end, buf);
+              const data = traced('copy-read', end - next, o.name, () => (options.directIO === false ? src.readBytes(next, end, buf) : src.readBytesDirect(next, end, buf)));
               data.catch(() => undefined); // surfaced when awaited
               reads.push({ at: next, data });
               next += copyBytes;
@@ -177,7 +192,8 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
             launch();
             while (reads.length > 0) {
               const r = reads.shift()!;
-              await writer.write(o.name, await r.data, r.at);
+              const bytes = await r.data;
+              await traced('copy-write', bytes.length, o.name, () => writer!.write(o.name, bytes, r.at));
               launch();
             }
             written += src.byteLength;
@@ -187,7 +203,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
         pending.push({ id, tensors: names });
         pendingBytes += written - before;
         if (pendingBytes >= checkpointEvery) {
-          await writer.commitUnits(pending.splice(0));
+          await traced('commit', 0, id, () => writer!.commitUnits(pending.splice(0)));
           pendingBytes = 0;
         }
         return { type: 'unit', kind: unit.kind, layer: unit.layer, bytesWritten: written, totalBytes: shards!.totalSize };

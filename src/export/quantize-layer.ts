@@ -9,6 +9,7 @@
  *   3. the codes, streamed: `QuantizedLinear.chunks()` reads, edits and quantizes a few row chunks
  *      ahead of its consumer.
  */
+import { span } from '../util/trace.js';
 import { QuantizationError } from '../errors.js';
 import { decodeToFloat32, encodeFromFloat32, roundToDType } from '../codecs/float.js';
 import type { KernelPool, Slot } from '../kernels/pool.js';
@@ -271,9 +272,9 @@ function chunkStarts(N: number, rows: number): number[] {
 }
 
 async function readChunk(e: Work, pool: KernelPool, row0: number, rows: number): Promise<{ slot: Slot; src: Uint8Array; fp8Source?: ChunkInput['fp8Source'] }> {
-  const slot = await pool.acquire(rows * e.tensor.rowBytes);
+  const slot = await span('slot-wait', 0, e.module, () => pool.acquire(rows * e.tensor.rowBytes));
   try {
-    return { slot, ...(await readRowsInto(e.tensor, row0, rows, slot)) };
+    return { slot, ...(await span('scan-read', rows * e.tensor.rowBytes, e.module, () => readRowsInto(e.tensor, row0, rows, slot))) };
   } catch (err) {
     pool.release(slot);
     throw err;
@@ -309,7 +310,7 @@ async function scanAmax(e: Work, pool: KernelPool): Promise<number> {
       const n = Math.min(rows, e.N - row0);
       const { slot, src, fp8Source } = await readChunk(e, pool, row0, n);
       try {
-        const r = await pool.run({ kind: 'scan', src, dtype: e.dtype, row0, rows: n, K: e.K, ops: e.ops, wasm: slot.wasm, lut: slot.lut, fp8Source });
+        const r = await span('scan-kernel', src.length, e.module, () => pool.run({ kind: 'scan', src, dtype: e.dtype, row0, rows: n, K: e.K, ops: e.ops, wasm: slot.wasm, lut: slot.lut, fp8Source }));
         if (r.nonFinite) throw nonFiniteError(e, row0, r.nonFinite.index, r.nonFinite.value);
         return r.amax!;
       } finally {
@@ -412,10 +413,11 @@ async function* streamChunks(st: Stream, fmt: FormatSpec, pool: KernelPool): Asy
 
 async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool, spec: ChunkSpec): Promise<QuantizedChunk> {
   const { row0, rows, K } = spec;
-  const slot = await pool.acquire(rows * K * (e.tensor.rowBytes / e.K));
+  const bytes = rows * K * (e.tensor.rowBytes / e.K);
+  const slot = await span('slot-wait', 0, e.module, () => pool.acquire(bytes));
   let read: { src: Uint8Array; fp8Source?: ChunkInput['fp8Source'] };
   try {
-    read = await readRowsInto(spec.source, row0, rows, slot);
+    read = await span('read', bytes, e.module, () => readRowsInto(spec.source, row0, rows, slot));
   } catch (err) {
     pool.release(slot);
     throw err;
@@ -432,7 +434,7 @@ async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool:
     }
   };
   try {
-    const r = await pool.run(task);
+    const r = await span('kernel', bytes, e.module, () => pool.run(task));
     if (r.nonFinite) {
       if (spec.band) throw new QuantizationError(`${e.tensor.origin}: tensor "${e.module}" has ${r.nonFinite.value} in expert ${spec.band.expert}; refusing to quantize`);
       throw nonFiniteError(e, row0, r.nonFinite.index, r.nonFinite.value);
