@@ -171,7 +171,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
           if (!mine(o.name)) continue;
           check(o);
           if ('data' in o) {
-            await writer.write(o.name, o.data);
+            await traced('write', o.data.length, o.name, () => writer!.write(o.name, o.data));
             written += o.data.length;
           } else {
             // read once: O_DIRECT, two chunks ahead of the one being handed to the writer
