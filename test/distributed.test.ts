@@ -224,6 +224,18 @@ describe.skipIf(!HAS_REDIS)('BullMQ on Redis', () => {
     }
   }
 
+  it('a task that fails on its last attempt ends submit --wait with exit 1 and the reason', async () => {
+    const plan = await workPlan('nvfp4', 'fails');
+    workers.start(1, redis.url, { RXQUANT_TEST_FAIL_ONCE: 'shard-00001' });
+    try {
+      const r = await run('node', [CLI, 'submit', plan, '--redis', redis.url, '--wait', '--attempts', '1']).then(() => 'ok', (e: { code: number; stderr: string }) => `${e.code}: ${e.stderr}`);
+      expect(r).toMatch(/^1: .*task shard-00001 failed after 1 attempt\(s\): injected failure of shard-00001/s);
+    } finally {
+      await workers.stop();
+    }
+    expect(await readdir(tmp)).not.toContain('fails');
+  }, 60_000);
+
   it('faults: a task that throws once, a worker SIGKILLed mid-task, Redis restarted mid-run, the plan submitted twice; the export is still byte-identical', async () => {
     const plan = await workPlan('nvfp4', 'faults');
     // every task takes at least 1.5 s here, so there is time to kill a worker in one

@@ -92,17 +92,21 @@ export interface TaskState {
   failedReason?: string;
 }
 
+async function statesOf(p: WorkPlan, queue: Queue): Promise<TaskState[]> {
+  const out: TaskState[] = [];
+  for (const t of p.tasks) {
+    const j = await Job.fromId(queue, jobId(p, t.id));
+    if (!j) out.push({ task: t.id, state: 'not queued', attemptsMade: 0 });
+    else out.push({ task: t.id, state: await j.getState(), attemptsMade: j.attemptsMade, ...(j.failedReason ? { failedReason: j.failedReason } : {}) });
+  }
+  return out;
+}
+
 export async function planStatus(planFile: string, url: string): Promise<TaskState[]> {
   const p = await loadWorkPlan(resolve(planFile));
   const queue = new Queue(QUEUE, { connection: redisConnection(url) });
   try {
-    const out: TaskState[] = [];
-    for (const t of p.tasks) {
-      const j = await Job.fromId(queue, jobId(p, t.id));
-      if (!j) out.push({ task: t.id, state: 'not queued', attemptsMade: 0 });
-      else out.push({ task: t.id, state: await j.getState(), attemptsMade: j.attemptsMade, ...(j.failedReason ? { failedReason: j.failedReason } : {}) });
-    }
-    return out;
+    return await statesOf(p, queue);
   } finally {
     await queue.close();
   }
@@ -110,16 +114,22 @@ export async function planStatus(planFile: string, url: string): Promise<TaskSta
 
 /**
  * Waits until the plan's export is complete (resolves) or a task has failed for good (rejects with
- * its reason), polling the tasks' states.
+ * its reason), polling the tasks' states over one connection.
  */
 export async function waitForPlan(planFile: string, url: string, onState?: (s: TaskState[]) => void, pollMs = 500): Promise<void> {
-  for (;;) {
-    const states = await planStatus(planFile, url);
-    onState?.(states);
-    const failed = states.find((s) => s.state === 'failed');
-    if (failed) throw new RxquantError(`task ${failed.task} failed after ${failed.attemptsMade} attempt(s): ${failed.failedReason ?? 'no reason given'}`);
-    if (states.find((s) => s.task === 'assemble')?.state === 'completed') return;
-    await new Promise((r) => setTimeout(r, pollMs));
+  const p = await loadWorkPlan(resolve(planFile));
+  const queue = new Queue(QUEUE, { connection: redisConnection(url) });
+  try {
+    for (;;) {
+      const states = await statesOf(p, queue);
+      onState?.(states);
+      const failed = states.find((s) => s.state === 'failed');
+      if (failed) throw new RxquantError(`task ${failed.task} failed after ${failed.attemptsMade} attempt(s): ${failed.failedReason ?? 'no reason given'}`);
+      if (states.find((s) => s.task === 'assemble')?.state === 'completed') return;
+      await new Promise((r) => setTimeout(r, pollMs));
+    }
+  } finally {
+    await queue.close();
   }
 }
 
