@@ -8,10 +8,15 @@ import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { UsageError } from '../errors.js';
 import { createWorkPlan, loadWorkPlan, runAll, runTask, workPlanJson, type WorkPlan, type WorkPlanOptions } from '../distributed/work.js';
-import { planStatus, startWorker, submit, waitForPlan } from '../distributed/queue.js';
 import { formatSpec, kvCacheMode } from '../export/formats.js';
 import type { AwqAlgorithm } from '../calibration/awq-layer.js';
 import { outputMode, Reporter } from './progress.js';
+
+/**
+ * BullMQ and ioredis, loaded only by the commands that talk to Redis: importing them costs every
+ * other command ~30 MB of memory and ~0.2 s of start-up.
+ */
+const queue = () => import('../distributed/queue.js');
 
 /** Loads the calibration samples a plan or batch job asks for (main.ts's loader: --calib, or the defaults). */
 export type SamplesLoader = (o: Record<string, any>, modelDir: string, rep: Reporter) => Promise<{ samples: number[][]; source: string }>;
@@ -76,6 +81,7 @@ export function addDistributedCommands(program: Command, samplesFor: SamplesLoad
     .option('--json', 'one JSON object per line on stdout')
     .action(async (planFile: string, o: { redis: string; wait?: boolean; attempts: number; json?: boolean }) => {
       const rep = new Reporter(outputMode(o.json));
+      const { submit, waitForPlan } = await queue();
       const p = await submit(planFile, o.redis, { attempts: o.attempts });
       rep.info(`submitted ${p.tasks.length} tasks for ${p.out}`);
       rep.event('submitted', { tasks: p.tasks.length, out: p.out });
@@ -103,6 +109,7 @@ export function addDistributedCommands(program: Command, samplesFor: SamplesLoad
     .option('--workers <n>', 'kernel worker threads per task', intArg('--workers'))
     .action(async (o: { redis: string; concurrency: number; lockMs: number; workers?: number }) => {
       const log = (s: string) => process.stdout.write(`${new Date().toISOString()} ${s}\n`);
+      const { startWorker } = await queue();
       const worker = startWorker(o.redis, {
         concurrency: o.concurrency,
         lockMs: o.lockMs,
@@ -128,7 +135,7 @@ export function addDistributedCommands(program: Command, samplesFor: SamplesLoad
     .requiredOption('--redis <url>', 'redis://HOST:PORT[/DB]')
     .option('--json', 'print the states as JSON')
     .action(async (planFile: string, o: { redis: string; json?: boolean }) => {
-      const states = await planStatus(planFile, o.redis);
+      const states = await (await queue()).planStatus(planFile, o.redis);
       if (o.json) process.stdout.write(JSON.stringify(states, null, 2) + '\n');
       else {
         const doneCount = states.filter((s) => s.state === 'completed').length;
@@ -189,6 +196,7 @@ export function addDistributedCommands(program: Command, samplesFor: SamplesLoad
         rep.event('planned', { job: i, plan: path, tasks: plan.tasks.length, out: plan.out });
       }
       if (o.redis) {
+        const { submit, waitForPlan } = await queue();
         for (const { path } of plans) await submit(path, o.redis);
         rep.info(`submitted ${plans.length} plan(s)`);
         if (o.wait) for (const { path, plan } of plans) {
