@@ -12,6 +12,7 @@ import { extname, join } from 'node:path';
 import { openCheckpoint } from './safetensors/checkpoint.js';
 import { readConfigJson } from './model.js';
 import { architectureFor } from './models/index.js';
+import { isEagleDraft } from './models/eagle.js';
 import type { LoadedLayer } from './models/index.js';
 import { defaultGemm, type GemmEngine, type PreparedLinear } from './forward/gemm.js';
 import { cpus } from 'node:os';
@@ -19,7 +20,7 @@ import { embed, loadHead, weightSource } from './forward/weights.js';
 import { ropeTables } from './forward/rope.js';
 import { rmsnorm } from './forward/ops.js';
 import { encodePrefix, encodeText, loadTokenizer, readTokenIdArrays } from './calibration/data.js';
-import { CalibrationDataError, CheckpointError } from './errors.js';
+import { CalibrationDataError, CheckpointError, UsageError } from './errors.js';
 import type { ModelConfig } from './forward/config.js';
 
 export interface PerplexityOptions {
@@ -51,6 +52,7 @@ export interface TextWindow {
 /** The protocol's windows of a text (or a .json of token-id arrays) for a model's tokenizer and BOS. */
 export async function textWindows(modelDir: string, textPath: string, opts: Pick<PerplexityOptions, 'window' | 'maxWindows'> = {}): Promise<TextWindow[]> {
   const { plain } = await readConfigJson(modelDir);
+  refuseEagleDraft(plain, modelDir);
   const arch = architectureFor(plain.model_type, join(modelDir, 'config.json'));
   const cfg = arch.parseConfig(plain, join(modelDir, 'config.json'));
   if (extname(textPath).toLowerCase() === '.json') {
@@ -97,8 +99,16 @@ export interface ModelRunner {
   close(): Promise<void>;
 }
 
+/** An EAGLE draft (source or export) predicts from its target's hidden states: it has no perplexity of its own. */
+function refuseEagleDraft(plain: Record<string, unknown>, modelDir: string): void {
+  if (isEagleDraft(plain)) {
+    throw new UsageError(`${modelDir} is an EAGLE draft: it drafts tokens from its target model's hidden states and has no perplexity of its own; evaluate the target, and serve the pair with an engine's speculative decoding`);
+  }
+}
+
 export async function openRunner(modelDir: string, gemm?: GemmEngine): Promise<ModelRunner> {
   const { plain } = await readConfigJson(modelDir);
+  refuseEagleDraft(plain, modelDir);
   const arch = architectureFor(plain.model_type, join(modelDir, 'config.json'));
   const cfg = arch.parseConfig(plain, join(modelDir, 'config.json'));
   const quantAlgo = (plain.quantization_config as { quant_algo?: string } | undefined)?.quant_algo;

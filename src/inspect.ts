@@ -78,7 +78,7 @@ export function formatInspect(r: InspectReport, maxRows = Infinity): string {
   lines.push(`${r.path}: ${r.tensors.length} tensors in ${r.shards} ${r.torchDist ? `.distcp file(s) (Megatron-Core torch_dist; ${r.torchDist.bytesItems} bytes items; quantize, plan and calibrate read it with --hf-config <HF model folder>)` : 'shard(s)'}`);
   if (r.architecture) {
     const a = r.architecture;
-    lines.push(`architecture: ${a.modelType} ${JSON.stringify(a.architectures)}, ${a.layers} layers, hidden ${a.hidden}${a.medusa ? `, Medusa heads ${JSON.stringify(a.medusa)}` : ''}${a.eagle ? `, EAGLE draft ${JSON.stringify(a.eagle)} (quantize it with --base TARGET)` : ''}`);
+    lines.push(`architecture: ${a.modelType} ${JSON.stringify(a.architectures)}, ${a.layers} layers, hidden ${a.hidden}${a.medusa ? `, Medusa heads ${JSON.stringify(a.medusa)}` : ''}${a.eagle ? `, EAGLE draft ${JSON.stringify(a.eagle)}${r.quantization ? '' : ' (quantize it with --base TARGET)'}` : ''}`);
   }
   if (r.quantization) {
     const q = r.quantization as Record<string, unknown>;

@@ -348,6 +348,10 @@ describe('EAGLE drafts', () => {
     const fail = (args: string[]) => run('node', [CLI, ...args]).then(() => 'ok', (e: { code: number; stderr: string }) => `${e.code}: ${e.stderr}`);
     expect(await fail(['quantize', eagle3, '--format', 'fp8', '--out', join(tmp, 'x')])).toMatch(/^2: .*is an EAGLE draft: name the model it drafts for with --base TARGET/s);
     expect(await fail(['quantize', STORIES, '--base', STORIES, '--format', 'fp8', '--out', join(tmp, 'y')])).toMatch(/^2: .*--base is for EAGLE drafts/s);
+    // verify says what the draft is; eval refuses a draft (it has no perplexity without its target)
+    const ver = await run('node', [CLI, 'verify', out]);
+    expect(ver.stdout).toMatch(/EAGLE draft: 1 layer\(s\), 8 of 8 linears quantized, reads target layers 0, 2, 3/);
+    expect(await fail(['eval', out, '--text', calib])).toMatch(/^2: .*is an EAGLE draft: .* no perplexity of its own/s);
     // plan: the draft as it will be written (one file), calibration timed on the target; inspect names the draft
     const plan = await run('node', [CLI, 'plan', eagle3, '--base', STORIES, '--format', 'fp8', '--calib-samples', '4', '--out', join(tmp, 'p')]);
     expect(plan.stdout).toMatch(/linears: 8 quantized, 0 kept/);

@@ -498,7 +498,7 @@ export function buildProgram(): Command {
       const engines = o.engine ? r.engines.filter((e) => e.engine === ENGINE_OPTION[o.engine!]) : r.engines;
       if (o.json) process.stdout.write(JSON.stringify({ ...r, engines }, null, 2) + '\n');
       else {
-        process.stdout.write(`${r.dir}: quant_algo ${r.quantAlgo ?? '(none)'}, ${r.quantizedModules} quantized linears${r.medusa ? `, Medusa: ${r.medusa.heads} heads of ${r.medusa.resBlocks} ResBlocks, ${r.medusa.quantized} of ${r.medusa.linears} head linears quantized` : ''}\n`);
+        process.stdout.write(`${r.dir}: quant_algo ${r.quantAlgo ?? '(none)'}, ${r.quantizedModules} quantized linears${r.medusa ? `, Medusa: ${r.medusa.heads} heads of ${r.medusa.resBlocks} ResBlocks, ${r.medusa.quantized} of ${r.medusa.linears} head linears quantized` : ''}${r.eagle ? `, EAGLE draft: ${r.eagle.layers} layer(s), ${r.eagle.quantized} of ${r.eagle.linears} linears quantized${r.eagle.aux.length ? `, reads target layers ${r.eagle.aux.join(', ')}` : ''}` : ''}\n`);
         for (const n of r.notes) process.stdout.write(`note: ${n}\n`);
         for (const e of engines) {
           process.stdout.write(`${e.loads ? 'loads' : 'does not load'} in ${e.engine}: ${e.note}\n`);
