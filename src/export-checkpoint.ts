@@ -69,7 +69,9 @@ export interface ExportCheckpointOptions extends ExportOptions {
 export async function exportFingerprint(o: ExportCheckpointOptions): Promise<string> {
   const h = createHash('sha256');
   const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8').catch(() => readFile(new URL('../package.json', import.meta.url), 'utf8')));
-  h.update(JSON.stringify({ v: pkg.version, format: o.format, awq: awqSearchFor(o)?.algorithm ?? 'none', kv: o.kvCache ?? 'fp8_cast', exclude: o.exclude ?? [], shard: String(o.maxShardSize ?? '10GB') }));
+  // layout 2: tensors in a shard ordered by the safetensors crate's dtype rank (an export interrupted under
+  // the earlier order must not be resumed into this one)
+  h.update(JSON.stringify({ v: pkg.version, layout: 2, format: o.format, awq: awqSearchFor(o)?.algorithm ?? 'none', kv: o.kvCache ?? 'fp8_cast', exclude: o.exclude ?? [], shard: String(o.maxShardSize ?? '10GB') }));
   if (o.hfConfig) {
     // a Megatron checkpoint: its .metadata (every chunk's file and byte range), its files' sizes, and the HF config
     const dir = await resolveTorchDist(o.model);
