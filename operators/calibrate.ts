@@ -3,7 +3,7 @@ import type { ModelUnit } from '../src/export/units.js';
 import { StatsCollector } from '../src/calibration/collector.js';
 import { defaultGemm, type GemmEngine } from '../src/forward/gemm.js';
 import { cpus } from 'node:os';
-import { hiddenStore, type HiddenStore } from '../src/calibration/hidden-store.js';
+import { hiddenStore, layerOverSamples, type HiddenStore } from '../src/calibration/hidden-store.js';
 import { finalize } from 'rxjs';
 import { embed, loadFinalNorm, weightSource } from '../src/forward/weights.js';
 import { ropeTables } from '../src/forward/rope.js';
@@ -102,19 +102,8 @@ export function calibrate(samples: number[][], options: CalibrateOptions = {}): 
               },
               keysValues: (k: Float32Array, v: Float32Array) => collector.observeKV(layout.attention, k, v),
             };
-            const forward = model.arch.forward;
             try {
-              if (forward.overSamples) {
-                // weights a part at a time (attention, then groups of experts)
-                const h = hidden;
-                await forward.overSamples(src, layout, cfg, gemm, { count: samples.length, tokens: (i) => samples[i]!.length, get: (i) => h.get(i), set: (i, x) => h.set(i, x) }, cos, sin, hooks);
-              } else {
-                const t0 = Date.now();
-                const layer = await forward.load(src, layout, cfg, gemm);
-                loadSeconds = (Date.now() - t0) / 1000;
-                for (let i = 0; i < samples.length; i++) await hidden.set(i, await forward.run(await hidden.get(i), samples[i]!.length, layer, cfg, cos, sin, hooks));
-                await layer.release();
-              }
+              loadSeconds = await layerOverSamples(model.arch.forward, src, layout, cfg, gemm, hidden, samples.map((s) => s.length), cos, sin, hooks);
               if (cache) {
                 // the search reads the inputs kept above; the hidden states have moved on unquantized
                 const t0 = Date.now();

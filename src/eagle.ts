@@ -18,7 +18,7 @@ import { reshaped } from './sources/views.js';
 import type { TensorSource } from './sources/source.js';
 import { checkEagleTensors, eagleExportConfig, eagleFamily, eagleOuterLayout, isEagleDraft, loadEagleDraft, parseEagle, type EagleConfig } from './models/eagle.js';
 import { StatsCollector } from './calibration/collector.js';
-import { hiddenStore, type HiddenStore } from './calibration/hidden-store.js';
+import { hiddenStore, layerOverSamples, type HiddenStore } from './calibration/hidden-store.js';
 import { defaultGemm, type GemmEngine } from './forward/gemm.js';
 import { embed, loadFinalNorm, weightSource } from './forward/weights.js';
 import { ropeTables } from './forward/rope.js';
@@ -130,20 +130,9 @@ export async function calibrateEagle(draft: EagleDraft, target: SourceModel, sam
     for (let i = 0; i < samples.length; i++) await hidden.set(i, await embed(tsrc, samples[i]!, H, target.arch.names));
     const last = eagle.useAux ? Math.max(...eagle.auxLayerIds) : tcfg.numLayers - 1;
     const { cos, sin } = ropeTables(tcfg.rope, tcfg.headDim, maxT);
-    const forward = target.arch.forward;
     for (let l = 0; l <= last; l++) {
       const t0 = Date.now();
-      const layout = target.layers[l]!;
-      if (forward.overSamples) {
-        await forward.overSamples(tsrc, layout, tcfg, gemm, { count: samples.length, tokens: (i) => lengths[i]!, get: (i) => hidden.get(i), set: (i, x) => hidden.set(i, x) }, cos, sin, {});
-      } else {
-        const layer = await forward.load(tsrc, layout, tcfg, gemm);
-        try {
-          for (let i = 0; i < samples.length; i++) await hidden.set(i, await forward.run(await hidden.get(i), lengths[i]!, layer, tcfg, cos, sin, {}));
-        } finally {
-          await layer.release();
-        }
-      }
+      await layerOverSamples(target.arch.forward, tsrc, target.layers[l]!, tcfg, gemm, hidden, lengths, cos, sin, {});
       const slot = eagle.auxLayerIds.indexOf(l);
       if (aux && slot >= 0) {
         for (let i = 0; i < samples.length; i++) {

@@ -6,6 +6,11 @@
 import { open, rm, mkdtemp, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { ModelConfig } from '../forward/config.js';
+import type { GemmEngine } from '../forward/gemm.js';
+import type { LayerHooks } from '../forward/layer.js';
+import type { WeightSource } from '../forward/weights.js';
+import type { LayerForward, LayerLayout } from '../models/base.js';
 
 export interface HiddenStore {
   get(i: number): Promise<Float32Array>;
@@ -45,4 +50,37 @@ export async function hiddenStore(lengths: number[], H: number, budgetBytes = DE
       await rm(folder, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * One decoder layer over every sample's hidden state in `hidden`, in place: with the family's
+ * `overSamples` (weights a part at a time: attention, then groups of experts) where it has one,
+ * else the layer loaded whole and run on each sample in turn. Returns the seconds the whole layer's
+ * weights took to load (undefined with `overSamples`, which loads as it goes).
+ */
+export async function layerOverSamples(
+  forward: LayerForward,
+  src: WeightSource,
+  layout: LayerLayout,
+  cfg: ModelConfig,
+  gemm: GemmEngine,
+  hidden: HiddenStore,
+  lengths: readonly number[],
+  cos: Float32Array,
+  sin: Float32Array,
+  hooks: LayerHooks,
+): Promise<number | undefined> {
+  if (forward.overSamples) {
+    await forward.overSamples(src, layout, cfg, gemm, { count: lengths.length, tokens: (i) => lengths[i]!, get: (i) => hidden.get(i), set: (i, x) => hidden.set(i, x) }, cos, sin, hooks);
+    return undefined;
+  }
+  const t0 = Date.now();
+  const layer = await forward.load(src, layout, cfg, gemm);
+  const loadSeconds = (Date.now() - t0) / 1000;
+  try {
+    for (let i = 0; i < lengths.length; i++) await hidden.set(i, await forward.run(await hidden.get(i), lengths[i]!, layer, cfg, cos, sin, hooks));
+  } finally {
+    await layer.release();
+  }
+  return loadSeconds;
 }
