@@ -5,7 +5,7 @@ import { directReadSpan } from '../src/safetensors/file.js';
 import { parseSize } from '../src/safetensors/size.js';
 import { exportSideFiles } from '../src/export/side-files.js';
 import type { ExportPlan } from '../src/export/plan.js';
-import type { PackedUnit } from '../src/export/units.js';
+import { unitId, type PackedUnit } from '../src/export/units.js';
 import { RxquantError } from '../src/errors.js';
 import { span as traced } from '../src/util/trace.js';
 
@@ -123,7 +123,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
           alreadyDone = writer.doneUnits();
           if (alreadyDone.size > 0) options.onResume?.(alreadyDone.size);
         }
-        const id = unit.kind === 'layer' ? `layer ${unit.layer}` : 'rest';
+        const id = unitId(unit);
         const before = written;
         const mine = (name: string) => shards!.weightMap.has(name); // all of them, unless `only`
         const names = [...unit.streams.flatMap((s) => s.tensors.map((t) => t.name)), ...unit.outputs.map((o) => o.name)].filter(mine);

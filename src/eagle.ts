@@ -70,7 +70,8 @@ export async function openEagleDraft(dir: string, target: SourceModel): Promise<
       notes.push(`the draft has no lm_head: the target's (${head.name}) is exported as lm_head.weight, as ModelOpt does`);
     }
     checkEagleTensors(tensors, eagle, dir);
-    const layers = Array.from({ length: eagle.config.numLayers }, (_, i) => eagleFamily(eagle).layer(i, eagle.config));
+    const arch = eagleFamily(eagle);
+    const layers = Array.from({ length: eagle.config.numLayers }, (_, i) => arch.layer(i, eagle.config));
     const outer = eagleOuterLayout(eagle);
     const model: SourceModel = {
       dir,
@@ -78,7 +79,7 @@ export async function openEagleDraft(dir: string, target: SourceModel): Promise<
       notes,
       configRaw: raw,
       config: eagle.config,
-      arch: eagleFamily(eagle),
+      arch,
       checkpoint: ck,
       tensors,
       fp8BlockSource: false,
@@ -93,6 +94,17 @@ export async function openEagleDraft(dir: string, target: SourceModel): Promise<
     return { model, eagle };
   } catch (e) {
     await ck.close();
+    throw e;
+  }
+}
+
+/** Opens the target model, then the draft with it; the target is closed again if the draft is refused. */
+export async function openEagleWithTarget(draftDir: string, targetDir: string): Promise<EagleDraft & { target: SourceModel }> {
+  const target = await openModel(targetDir);
+  try {
+    return { ...(await openEagleDraft(draftDir, target)), target };
+  } catch (e) {
+    await target.close();
     throw e;
   }
 }
@@ -202,14 +214,8 @@ export interface EagleExportOptions extends ExportOptions {
  * `quantization_config`, hf_quant_config.json; exclude_modules in the draft's own names.
  */
 export async function exportEagleDraft(o: EagleExportOptions): Promise<Extract<WriteEvent, { type: 'done' }>> {
-  const target = await openModel(o.base);
-  let draft: EagleDraft;
-  try {
-    draft = await openEagleDraft(o.draft, target);
-  } catch (e) {
-    await target.close();
-    throw e;
-  }
+  const draft = await openEagleWithTarget(o.draft, o.base);
+  const target = draft.target;
   let stats = o.stats;
   try {
     for (const n of draft.model.notes) o.onNote?.(n);

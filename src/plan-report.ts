@@ -6,7 +6,7 @@
 import { dirname, resolve } from 'node:path';
 import { cpus } from 'node:os';
 import { openModel } from './model.js';
-import { openEagleDraft } from './eagle.js';
+import { openEagleWithTarget } from './eagle.js';
 import { createPlan, quantizedShapes, type ExportOptions } from './export/plan.js';
 import { awqCandidateBytes } from './calibration/awq.js';
 import { DEFAULT_INPUT_CACHE_BYTES } from './calibration/input-cache.js';
@@ -48,16 +48,8 @@ export async function planExport(
 ): Promise<PlanReport> {
   const spec = formatSpec(format);
   // an EAGLE draft (`base`: its target): the draft is what is written, the target what calibration runs
-  const target = o.base ? await openModel(o.base) : undefined;
-  let draft: Awaited<ReturnType<typeof openEagleDraft>> | undefined;
-  if (target) {
-    try {
-      draft = await openEagleDraft(modelDir, target); // its close() closes the target too
-    } catch (e) {
-      await target.close();
-      throw e;
-    }
-  }
+  const draft = o.base ? await openEagleWithTarget(modelDir, o.base) : undefined; // its close() closes the target too
+  const target = draft?.target;
   const model = draft ? draft.model : await openModel(modelDir, { hfConfig: o.hfConfig });
   try {
     const plan = createPlan(model, spec, { ...o, deferStatsCheck: true });

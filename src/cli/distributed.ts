@@ -4,7 +4,8 @@
  * The plan itself comes from `rxquant plan ... --tasks` (main.ts).
  */
 import { Command } from 'commander';
-import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
+import { writeAtomically } from '../report.js';
 import { dirname, join, resolve } from 'node:path';
 import { UsageError } from '../errors.js';
 import { createWorkPlan, loadWorkPlan, runAll, runTask, workPlanJson, type WorkPlan, type WorkPlanOptions } from '../distributed/work.js';
@@ -46,8 +47,7 @@ export class StderrReporter extends Reporter {
 /** Writes a work plan where every worker can read it, atomically. */
 async function savePlan(p: WorkPlan, path: string): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
-  await writeFile(`${path}.tmp`, workPlanJson(p));
-  await rename(`${path}.tmp`, path);
+  await writeAtomically(path, workPlanJson(p));
 }
 
 export function addDistributedCommands(program: Command, samplesFor: SamplesLoader): void {

@@ -35,6 +35,7 @@ import { createPlan, type ExportPlan } from '../export/plan.js';
 import { formatSpec, type FormatName, type KvCacheMode } from '../export/formats.js';
 import { loadStats, type Stats } from '../export/stats.js';
 import { exportSideFiles } from '../export/side-files.js';
+import { unitId } from '../export/units.js';
 import { indexJson, planShards, type ShardPlan } from '../safetensors/writer.js';
 import { parseSize } from '../safetensors/size.js';
 import { calibrateModel, writeStats } from '../calibrate-checkpoint.js';
@@ -92,8 +93,8 @@ const pad = (n: number, w: number) => String(n).padStart(w, '0');
 
 /** Which unit of the operator chain writes each output tensor: `layer N` by the layer's name prefix, else `rest` (as readCheckpoint groups them). */
 function unitOfOutput(model: SourceModel): (name: string) => string {
-  const prefixes = model.layers.map((l) => [`${l.prefix}.`, `layer ${l.index}`] as const);
-  return (name) => prefixes.find(([p]) => name.startsWith(p))?.[1] ?? 'rest';
+  const prefixes = model.layers.map((l) => [`${l.prefix}.`, unitId({ kind: 'layer', layer: l.index })] as const);
+  return (name) => prefixes.find(([p]) => name.startsWith(p))?.[1] ?? unitId({ kind: 'rest', layer: -1 });
 }
 
 /** The export plan and shard layout a work plan's tasks share (from config.json and the headers; no weights read). */
@@ -337,7 +338,7 @@ async function writeShard(p: WorkPlan, task: Extract<WorkTask, { kind: 'shard' }
     readCheckpoint(p.model, { hfConfig: p.hfConfig ?? undefined }).pipe(
       // a unit with no tensor in this shard is not read at all
       filter((u) => {
-        const keep = units.has(u.kind === 'layer' ? `layer ${u.layer}` : 'rest');
+        const keep = units.has(unitId(u));
         if (!keep) u.release();
         return keep;
       }),

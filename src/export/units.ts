@@ -20,6 +20,14 @@ export interface ModelUnit {
   release(): void;
 }
 
+/**
+ * A unit's id, "layer 7" or "rest": what the resume journal records finished units by, and what a
+ * distributed work plan lists a shard task's units by.
+ */
+export function unitId(u: Pick<ModelUnit, 'kind' | 'layer'>): string {
+  return u.kind === 'layer' ? `layer ${u.layer}` : 'rest';
+}
+
 /** A row range of a quantized linear: codes (one per element) and the scales of those rows. */
 export interface QuantizedChunk {
   row0: number;
