@@ -9,7 +9,7 @@ import { writeAtomically } from '../report.js';
 import { dirname, join, resolve } from 'node:path';
 import { UsageError } from '../errors.js';
 import { createWorkPlan, loadWorkPlan, runAll, runTask, workPlanJson, type WorkPlan, type WorkPlanOptions } from '../distributed/work.js';
-import { formatSpec, kvCacheMode } from '../export/formats.js';
+import { formatSpec, kvCacheMode, needsActivationStats } from '../export/formats.js';
 import type { AwqAlgorithm } from '../calibration/awq-layer.js';
 import { outputMode, Reporter } from './progress.js';
 
@@ -174,7 +174,7 @@ export function addDistributedCommands(program: Command, samplesFor: SamplesLoad
       for (const [i, j] of jobs.entries()) {
         const format = formatSpec(j.format);
         const kvCache = kvCacheMode(j.kv_cache ?? 'fp8_cast');
-        const needs = format.inputScaleDivisor !== undefined || kvCache === 'fp8' || (format.awq && j.awq !== 'none');
+        const needs = needsActivationStats(format, kvCache) || (format.awq && j.awq !== 'none');
         const samples = j.calib || (needs && !j.stats) ? (await samplesFor({ calib: j.calib, calibSamples: j.calib_samples ?? 128, calibSeqLen: j.calib_seq_len ?? 512 }, resolve(j.model), rep)).samples : undefined;
         const opts: WorkPlanOptions = {
           model: resolve(j.model),

@@ -32,7 +32,7 @@ import { pack } from '../../operators/pack.js';
 import { writeShards } from '../../operators/writeShards.js';
 import { openModel, type SourceModel } from '../model.js';
 import { createPlan, type ExportPlan } from '../export/plan.js';
-import { formatSpec, type FormatName, type KvCacheMode } from '../export/formats.js';
+import { formatSpec, needsActivationStats, type FormatName, type KvCacheMode } from '../export/formats.js';
 import { loadStats, type Stats } from '../export/stats.js';
 import { exportSideFiles } from '../export/side-files.js';
 import { unitId } from '../export/units.js';
@@ -138,7 +138,7 @@ export async function createWorkPlan(o: WorkPlanOptions): Promise<WorkPlan> {
   try {
     const unitOf = unitOfOutput(opened);
     unitsOf = new Map(shards.shards.map((s) => [s.file, [...new Set(s.tensors.map((t) => unitOf(t.name)))]]));
-    if (!o.samples && (format.inputScaleDivisor !== undefined || base.kvCache === 'fp8') && !stats) {
+    if (!o.samples && needsActivationStats(format, base.kvCache) && !stats) {
       throw new UsageError(`format ${format.name}${base.kvCache === 'fp8' ? ' with --kv-cache fp8' : ''} needs activation statistics: give --calib or --stats`);
     }
   } finally {
