@@ -8,7 +8,9 @@
 import { stat, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { homedir } from 'node:os';
-import { downloadFileToCacheDir, listFiles } from '@huggingface/hub';
+import type { downloadFileToCacheDir } from '@huggingface/hub';
+// @huggingface/hub is imported where it is used (~55 ms to load): a local model never needs it
+const hubLibrary = () => import('@huggingface/hub');
 import { CheckpointError } from './errors.js';
 
 export interface HubOptions {
@@ -46,7 +48,7 @@ export async function quietDownload(params: Parameters<typeof downloadFileToCach
   const debug = console.debug;
   console.debug = () => undefined;
   try {
-    return await downloadFileToCacheDir(params);
+    return await (await hubLibrary()).downloadFileToCacheDir(params);
   } finally {
     console.debug = debug;
   }
@@ -62,6 +64,7 @@ export async function downloadModel(repo: string, o: HubOptions = {}): Promise<s
   const cacheDir = o.cacheDir ?? hubCacheDir();
   const files: { path: string; size: number }[] = [];
   try {
+    const { listFiles } = await hubLibrary();
     for await (const f of listFiles({ ...common, recursive: false })) if (f.type === 'file') files.push({ path: f.path, size: f.size });
   } catch (e) {
     throw new CheckpointError(repo, `cannot list the repo on the Hub (${(e as Error).message}); private or gated repos need HF_TOKEN`);

@@ -1,6 +1,7 @@
 /** The WebAssembly SIMD kernels give exactly the bytes of the plain JavaScript kernels. */
 import { beforeAll, describe, expect, it } from 'vitest';
-import { compileKernels, createSharedMemory, instantiate, WASM_RESERVED, type WasmKernels } from '../src/kernels/wasm.js';
+import { assembleKernels, compileKernels, createSharedMemory, instantiate, watDigest, WASM_RESERVED, type WasmKernels } from '../src/kernels/wasm.js';
+import { PREBUILT_KERNELS, PREBUILT_LUT16, PREBUILT_WAT_SHA256 } from '../src/kernels/kernels.wasm.js';
 import { runKernel, type KernelTask } from '../src/kernels/tasks.js';
 import type { WeightOp } from '../src/kernels/weight-ops.js';
 import { f32ToBf16, bf16ToF32 } from '../src/codecs/float.js';
@@ -10,6 +11,19 @@ let mem: WebAssembly.Memory;
 beforeAll(async () => {
   mem = createSharedMemory(64 * 2 ** 20);
   k = instantiate(await compileKernels(), mem);
+});
+
+describe('prebuilt binaries', () => {
+  it('are what wabt assembles from the WAT text, which they were made from (else: npm run gen:wasm)', async () => {
+    const fresh = await assembleKernels();
+    expect(PREBUILT_WAT_SHA256, 'kernels.wasm.ts is stale: run npm run gen:wasm').toBe(watDigest());
+    expect(Buffer.from(PREBUILT_KERNELS, 'base64').equals(Buffer.from(fresh.kernels))).toBe(true);
+    expect(Buffer.from(PREBUILT_LUT16, 'base64').equals(Buffer.from(fresh.lut16))).toBe(true);
+    // and the binary compileKernels hands out is the prebuilt one (its exports are the kernels')
+    const code = await compileKernels();
+    expect(WebAssembly.Module.exports(code.module).map((e) => e.name)).toEqual(WebAssembly.Module.exports(new WebAssembly.Module(fresh.kernels as unknown as BufferSource)).map((e) => e.name));
+    expect(Buffer.from(code.lutTemplate).equals(Buffer.from(fresh.lut16))).toBe(true);
+  });
 });
 
 const N = 256, K = 384; // 3 tiles of 128 along K, 2 bands of 128 rows

@@ -10,7 +10,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { extname, join } from 'node:path';
-import { Tokenizer } from '@huggingface/tokenizers';
+import type { Tokenizer } from '@huggingface/tokenizers';
 import { CalibrationDataError, CheckpointError } from '../errors.js';
 import { hubDatasetTexts, modeloptDefaultMix, parseHubDataset, type HubDatasetOptions } from './hub-dataset.js';
 
@@ -38,7 +38,9 @@ export async function loadTokenizer(modelDir: string): Promise<Tokenizer> {
   } catch {
     /* optional */
   }
-  return new Tokenizer(json, config);
+  // loaded here, not at start-up (~25 ms): only runs that tokenize text need it
+  const { Tokenizer: TokenizerClass } = await import('@huggingface/tokenizers');
+  return new TokenizerClass(json, config);
 }
 
 /** A `.json` file holding an array of token-id arrays (empty arrays dropped), validated. */

@@ -10,7 +10,8 @@
  * (chat datasets: the turns' `content` joined by "\n", without a chat template, as ModelOpt's
  * dataset_utils joins Nemotron's). HF_HUB_OFFLINE=1 refuses before any request.
  */
-import { listFiles } from '@huggingface/hub';
+// loaded on use (~55 ms): only a calibration set from the Hub needs it
+const hubLibrary = () => import('@huggingface/hub');
 import { CalibrationDataError } from '../errors.js';
 import { hubCacheDir, quietDownload } from '../hub.js';
 
@@ -71,6 +72,7 @@ export async function hubDatasetTexts(ref: HubDatasetRef, max: number, o: HubDat
   };
   const files: { path: string; size: number }[] = [];
   try {
+    const { listFiles } = await hubLibrary();
     for await (const f of listFiles({ ...common, recursive: true })) if (f.type === 'file' && f.path.endsWith('.parquet')) files.push({ path: f.path, size: f.size });
   } catch (e) {
     throw new CalibrationDataError(`${name}: cannot list the dataset on the Hub (${(e as Error).message}); private or gated datasets need HF_TOKEN`);

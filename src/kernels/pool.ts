@@ -18,6 +18,7 @@ import { runKernel, type KernelTask, type KernelResult } from './tasks.js';
 import { PAGE } from '../safetensors/aligned-file.js';
 import { compileKernels, createSharedMemory, instantiate, WASM_RESERVED, type KernelCode, type WasmKernels } from './wasm.js';
 import { Mailbox, mailboxControl, type ServeArgs } from './mailbox.js';
+import type { WorkerServeArgs } from './worker.js';
 
 /** The compiled worker: beside this file in dist/, or dist/ mirrored when running from TypeScript sources. */
 function workerPath(): string {
@@ -120,7 +121,6 @@ export class KernelPool {
         minThreads: this.workers,
         maxThreads: this.workers,
         idleTimeout: 1000,
-        workerData: { code, memory },
       });
       // a late answer after destroy() is reported as an 'error' event; with no listener it would
       // end the process (close() waits for answers, so this is a last resort)
@@ -128,7 +128,7 @@ export class KernelPool {
       const ctl = mailboxControl(this.workers);
       const piscina = this.piscina;
       // each mailbox's serve call takes an idle worker (Piscina runs one task per worker)
-      const launch = (args: ServeArgs, transferList: MessagePort[]) => piscina.run(args, { name: 'serve', transferList });
+      const launch = (args: ServeArgs, transferList: MessagePort[]) => piscina.run({ ...args, code, memory } satisfies WorkerServeArgs, { name: 'serve', transferList });
       for (let index = 0; index < this.workers; index++) this.mailboxes.push(new Mailbox(ctl, index, launch));
     }
   }
