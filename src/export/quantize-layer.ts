@@ -414,7 +414,7 @@ async function* streamChunks(st: Stream, fmt: FormatSpec, pool: KernelPool): Asy
 async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool, spec: ChunkSpec): Promise<QuantizedChunk> {
   const { row0, rows, K } = spec;
   const bytes = rows * K * (e.tensor.rowBytes / e.K);
-  const slot = await span('slot-wait', 0, e.module, () => pool.acquire(bytes));
+  const slot = await span('slot-wait', 0, e.module, () => pool.acquire(bytes, true));
   let read: { src: Uint8Array; fp8Source?: ChunkInput['fp8Source'] };
   try {
     read = await span('read', bytes, e.module, () => readRowsInto(spec.source, row0, rows, slot));
