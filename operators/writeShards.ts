@@ -212,7 +212,8 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
       const done: Observable<WriteEvent> = defer(async () => {
         if (!writer || !plan || !shards) throw new RxquantError('writeShards: no units arrived');
         if (options.only === undefined) for (const f of await exportSideFiles(plan)) await writer.writeSideFile(f.name, f.content);
-        await writer.finish();
+        // the shards' last pages, their flush to the device, the index, the rename into place
+        await traced('finish', 0, outDir, () => writer!.finish());
         finished = true;
         await plan.model.close();
         return { type: 'done' as const, outDir, plan, shards, totalBytes: shards.totalSize };

@@ -8,7 +8,7 @@
 import { writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 
-export type SpanKind = 'slot-wait' | 'read' | 'scan-read' | 'kernel' | 'scan-kernel' | 'chunk-wait' | 'write' | 'copy-read' | 'copy-write' | 'commit';
+export type SpanKind = 'slot-wait' | 'read' | 'scan-read' | 'kernel' | 'scan-kernel' | 'chunk-wait' | 'write' | 'copy-read' | 'copy-write' | 'commit' | 'finish';
 
 const file = process.env.RXQUANT_TRACE;
 const lines: string[] = [];
