@@ -1,7 +1,7 @@
-import { Observable, mergeMap, type OperatorFunction } from 'rxjs';
+import { Observable, from, mergeMap, type OperatorFunction } from 'rxjs';
 import { createPlan, type ExportOptions, type ExportPlan } from '../src/export/plan.js';
 import { formatSpec, type FormatName, type FormatSpec } from '../src/export/formats.js';
-import { quantizeLayer } from '../src/export/quantize-layer.js';
+import { quantizeLayerParts } from '../src/export/quantize-layer.js';
 import { KernelPool, defaultWorkers } from '../src/kernels/pool.js';
 import type { ModelUnit, QuantizedUnit } from '../src/export/units.js';
 import type { Stats } from '../src/export/stats.js';
@@ -13,6 +13,12 @@ export interface QuantizeOptions extends ExportOptions {
   pool?: KernelPool;
   /** Source bytes per chunk the kernels work on (default 8 MiB); memory per chunk in flight. */
   chunkBytes?: number;
+  /**
+   * A decoder layer is emitted in parts of at least this many bytes of source weights (default 128
+   * MiB), each part's scan pass run when the one before it has been emitted; see LayerParts in
+   * src/export/quantize-layer.ts.
+   */
+  partBytes?: number;
   /** Units quantized concurrently (default 2). */
   concurrency?: number;
   /** Called once with the plan, before the first unit is quantized. */
@@ -23,7 +29,9 @@ export interface QuantizeOptions extends ExportOptions {
  * Computes scales and codes for every quantizable linear of each unit (ModelOpt's math, spec §6/§8),
  * with the kernels in Piscina worker threads. Statistics come from `options.stats` and/or from
  * `calibrate` upstream (unit.stats). Emits QuantizedUnit: codes not yet packed, so an operator of
- * your own can inspect or alter them before `pack()`.
+ * your own can inspect or alter them before `pack()`. A large decoder layer (an MoE layer's experts)
+ * comes out as several units, `part` set on each: its linears a group at a time, so one group's codes
+ * are written while the next is scanned.
  *
  * @example
  * ```ts
@@ -51,21 +59,32 @@ export function quantize(format: FormatName | FormatSpec, options: QuantizeOptio
       let plan: ExportPlan | undefined;
       const sub = source
         .pipe(
-          mergeMap(async (unit) => {
+          mergeMap((unit) => {
             if (!plan) {
               plan = createPlan(unit.model, spec, { ...options, deferStatsCheck: unit.stats !== undefined });
               options.onPlan?.(plan);
             }
-            const q = await quantizeLayer(unit, plan, mergeStats(options.stats, unit.stats), pool);
-            outstanding++;
-            let released = false;
-            q.release = () => {
-              if (released) return;
-              released = true;
-              unit.release();
-              if (--outstanding === 0 && sourceDone) close();
-            };
-            return q;
+            const p = plan;
+            // a layer may come out in parts (quantize-layer.ts, LayerParts); the source unit is released
+            // with its last part
+            let left = 0;
+            return from(
+              (async function* () {
+                const { count, parts } = await quantizeLayerParts(unit, p, mergeStats(options.stats, unit.stats), pool, options.partBytes);
+                left = count;
+                for await (const q of parts) {
+                  outstanding++;
+                  let released = false;
+                  q.release = () => {
+                    if (released) return;
+                    released = true;
+                    if (--left === 0) unit.release();
+                    if (--outstanding === 0 && sourceDone) close();
+                  };
+                  yield q;
+                }
+              })(),
+            );
           }, options.concurrency ?? 2),
         )
         .subscribe({

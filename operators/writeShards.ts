@@ -47,7 +47,7 @@ export interface WriteShardsOptions {
 }
 
 export type WriteEvent =
-  | { type: 'unit'; kind: 'layer' | 'rest'; layer: number; bytesWritten: number; totalBytes: number; resumed?: boolean }
+  | { type: 'unit'; kind: 'layer' | 'rest'; layer: number; part?: { index: number; count: number }; bytesWritten: number; totalBytes: number; resumed?: boolean }
   | { type: 'done'; outDir: string; plan: ExportPlan; shards: ShardPlan; totalBytes: number };
 
 /**
@@ -134,7 +134,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
         if (alreadyDone.has(id)) {
           // on disk from the interrupted run: identical bytes, nothing to do
           for (const n of names) written += writer.tensor(n).byteLength;
-          return { type: 'unit', kind: unit.kind, layer: unit.layer, bytesWritten: written, totalBytes: shards!.totalSize, resumed: true };
+          return { type: 'unit', kind: unit.kind, layer: unit.layer, part: unit.part, bytesWritten: written, totalBytes: shards!.totalSize, resumed: true };
         }
         // quantized weights: chunks packed into shared slots, written, slots returned
         for (const s of unit.streams) {
@@ -210,7 +210,7 @@ export function writeShards(outDir: string, options: WriteShardsOptions = {}): O
           await traced('commit', 0, id, () => writer!.commitUnits(pending.splice(0)));
           pendingBytes = 0;
         }
-        return { type: 'unit', kind: unit.kind, layer: unit.layer, bytesWritten: written, totalBytes: shards!.totalSize };
+        return { type: 'unit', kind: unit.kind, layer: unit.layer, part: unit.part, bytesWritten: written, totalBytes: shards!.totalSize };
       };
 
       const done: Observable<WriteEvent> = defer(async () => {

@@ -35,6 +35,8 @@ export interface ExportCheckpointOptions extends ExportOptions {
   workers?: number;
   /** Source bytes per kernel chunk (default 8 MiB). */
   chunkBytes?: number;
+  /** Source weight bytes per part of a layer (quantize's partBytes, default 128 MiB). */
+  partBytes?: number;
   overwrite?: boolean;
   /** O_DIRECT for the output and for tensors copied through (default true); false: the page cache. */
   directIO?: boolean;
@@ -70,8 +72,9 @@ export async function exportFingerprint(o: ExportCheckpointOptions): Promise<str
   const h = createHash('sha256');
   const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8').catch(() => readFile(new URL('../package.json', import.meta.url), 'utf8')));
   // layout 2: tensors in a shard ordered by the safetensors crate's dtype rank (an export interrupted under
-  // the earlier order must not be resumed into this one)
-  h.update(JSON.stringify({ v: pkg.version, layout: 2, format: o.format, awq: awqSearchFor(o)?.algorithm ?? 'none', kv: o.kvCache ?? 'fp8_cast', exclude: o.exclude ?? [], shard: String(o.maxShardSize ?? '10GB') }));
+  // the earlier order must not be resumed into this one); units 2: the journal records layers in parts
+  // ("layer 7 part 2/5"), which a journal of whole layers must not be read as
+  h.update(JSON.stringify({ v: pkg.version, layout: 2, units: 2, format: o.format, awq: awqSearchFor(o)?.algorithm ?? 'none', kv: o.kvCache ?? 'fp8_cast', exclude: o.exclude ?? [], shard: String(o.maxShardSize ?? '10GB') }));
   if (o.hfConfig) {
     // a Megatron checkpoint: its .metadata (every chunk's file and byte range), its files' sizes, and the HF config
     const dir = await resolveTorchDist(o.model);
@@ -106,7 +109,7 @@ export async function exportCheckpoint(o: ExportCheckpointOptions): Promise<Extr
   const last = await lastValueFrom(
     readCheckpoint(o.model, { layersInFlight: o.layersInFlight, hfConfig: o.hfConfig }).pipe(
       o.calibration ? calibrate(o.calibration, { onProgress: o.onCalibrate, gemm: o.gemm, awq: awqSearchFor(o) }) : identity,
-      quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, chunkBytes: o.chunkBytes ?? (o.calibration ? CALIBRATION_CHUNK_BYTES : undefined), onPlan: o.onPlan }),
+      quantize(o.format, { stats: o.stats, kvCache: o.kvCache, exclude: o.exclude, workers: o.workers, chunkBytes: o.chunkBytes ?? (o.calibration ? CALIBRATION_CHUNK_BYTES : undefined), partBytes: o.partBytes, onPlan: o.onPlan }),
       pack(),
       writeShards(o.out, { maxShardSize: o.maxShardSize, overwrite: o.overwrite, fingerprint, restart: o.restart, onResume: o.onResume, onTensor: o.onTensor, checkpointEvery: o.checkpointEvery, directIO: o.directIO }),
       tap((e) => o.onEvent?.(e)),

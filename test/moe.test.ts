@@ -140,6 +140,22 @@ for (const [family, f] of Object.entries(FAMILIES)) {
       });
     }
 
+    it('a layer in parts (every amax component a part of its own) writes the same bytes as whole layers, fp8, nvfp4 and int4_awq', async () => {
+      for (const format of ['fp8', 'nvfp4', 'int4_awq'] as const) {
+        const whole = join(tmp, `${family}-${format}-whole`), parted = join(tmp, `${family}-${format}-parts`);
+        const seen: string[] = [];
+        await exportCheckpoint({ model: dir, format, out: whole, stats, workers: 0, partBytes: Number.MAX_SAFE_INTEGER });
+        await exportCheckpoint({ model: dir, format, out: parted, stats, workers: 2, partBytes: 1, onEvent: (e) => e.type === 'unit' && seen.push(`${e.layer}:${e.part ? `${e.part.index}/${e.part.count}` : '-'}`) });
+        // each layer in as many parts as it has amax components (an expert's gate and up are one), in order
+        const parts = seen.filter((s) => s.startsWith('0:'));
+        expect(parts.length, format).toBeGreaterThan(2 * f.experts);
+        expect(parts).toEqual(parts.map((_, i) => `0:${i}/${parts.length}`));
+        for (const file of (await readdir(whole)).filter((n) => n.endsWith('.safetensors'))) {
+          expect(Buffer.compare(await readFile(join(whole, file)), await readFile(join(parted, file))), `${format} ${file}`).toBe(0);
+        }
+      }
+    });
+
     it('verify fails broken copies: an expert input_scale unlike its siblings, a quantized router, a missing exclude entry', async () => {
       const good = join(tmp, `${family}-nvfp4`);
       const copy = async (name: string) => {

@@ -1,5 +1,5 @@
 /**
- * Quantizes one decoder layer, following ModelOpt's export order (spec §1 step 3-5):
+ * Quantizes one decoder layer (in parts, see LayerParts), following ModelOpt's export order (spec §1 step 3-5):
  *   1. AWQ formats: smoothing by each pre_quant_scale, the o_proj/down_proj scales folded into
  *      v_proj/up_proj rows (NVFP4_AWQ, Llama/Qwen3), fused siblings re-smoothed to their mean scale,
  *      which is folded into the norm that feeds them (§8.2-8.3). These are recorded as element-wise
@@ -36,6 +36,8 @@ interface Work {
   pqs?: Float32Array;
   inputAmax?: number;
   weightAmax?: number;
+  /** AWQ-clip's per-tensor amax ratio (NVFP4), applied to the scanned amax. */
+  clipRatio?: number;
   /** AWQ-clip's ratio per (row, group) [N, K/G] (INT4), when it reaches the export. */
   clip?: Float32Array;
   /** A fused 3-D expert parameter [E, A, B]: `tensor` is its [E*A, B] rows; `source` the 3-D tensor. */
@@ -51,13 +53,39 @@ interface ChunkSpec {
   band?: BandOf;
 }
 
-export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: Stats, pool: KernelPool): Promise<QuantizedUnit> {
+/**
+ * A unit's quantization, as the parts it is emitted in. A decoder layer is cut into parts of at least
+ * PART_BYTES of source weights, each a whole number of amax components (linears that share a weight
+ * amax: fused siblings, an expert's gate and up): a part's scan pass needs only its own weights, so
+ * its codes are written while the next part is scanned, instead of the whole layer's scan (an MoE
+ * layer's hundreds of experts) finishing first. The first part also carries the unit's other tensors
+ * and the KV-cache scales. A unit with less than PART_BYTES of quantized weights, and the rest unit,
+ * are one part.
+ */
+export interface LayerParts {
+  count: number;
+  /** The parts in order; each one's scan runs when it is pulled. */
+  parts: AsyncGenerator<QuantizedUnit>;
+}
+
+export async function quantizeLayerParts(unit: ModelUnit, plan: ExportPlan, stats: Stats, pool: KernelPool, partBytes = PART_BYTES): Promise<LayerParts> {
   const replaced = new Map<string, Uint8Array>();
   const kvScales = new Map<string, number>();
-  const result: QuantizedUnit = { ...unit, plan, linears: [], replaced, kvScales };
   // the rest unit holds the linears outside the layers (Medusa heads, an EAGLE draft's fc): quantized as a layer is
   const layout = unit.kind === 'layer' ? plan.model.layers[unit.layer]! : plan.model.outerLinears;
-  if (!layout) return result;
+  if (!layout) {
+    const whole = async function* (): AsyncGenerator<QuantizedUnit> {
+      yield { ...unit, plan, linears: [], replaced, kvScales };
+    };
+    return { count: 1, parts: whole() };
+  }
+  if (plan.kvCache === 'fp8' && unit.kind === 'layer') {
+    for (const kv of ['k', 'v'] as const) {
+      const a = scalarStat(stats, `${layout.attention}.${kv}_amax`);
+      if (a === undefined) throw new QuantizationError(`--kv-cache fp8 needs "${layout.attention}.${kv}_amax" in the statistics`);
+      kvScales.set(`${layout.attention}.${kv}_proj.${kv}_scale`, Math.fround(a / 448));
+    }
+  }
   const fmt = plan.format;
   const byName = new Map(unit.tensors.map((t) => [t.name, t]));
   const tensor = (name: string) => {
@@ -172,80 +200,128 @@ export async function quantizeLayer(unit: ModelUnit, plan: ExportPlan, stats: St
     }
   }
 
-  // -- 2. per-tensor amax where the format has a per-tensor weight scale, shared across fused siblings
-  // Every format scans, even those without a per-tensor scale: a NaN/Inf is then reported before any
-  // byte of the layer is written, and the codes pass reads from the page cache. Measured on the
-  // 8B-shaped bench, fp8_pb_wo ran ~15% faster this way than in one pass reading with O_DIRECT.
+  // -- 2. input scales (statistics only): one per fused group, one per projection type of a layer's experts
+  // (MoE, spec families.md §1.3: an expert that saw no token, amax 0, takes its siblings' maximum)
+  if (fmt.inputScaleDivisor !== undefined) {
+    if (fmt.unifyGroups) for (const g of layout.groups) unifyMax(work, g.members, 'inputAmax');
+    for (const g of layout.sharedInputScale ?? []) unifyMax(work, g, 'inputAmax');
+  }
+  awqClipRatios(work, fmt, stats);
+
+  // -- 3. the weight amax, by a scan pass, and the codes, streamed; in parts (see LayerParts)
   const needsAmax = fmt.needsWeightAmax;
-  await Promise.all(
-    [...work.values()].map(async (e) => {
-      const amax = await scanAmax(e, pool);
-      if (needsAmax) e.weightAmax = amax;
-    }),
-  );
-  applyAwqClip(work, fmt, stats);
-  if (fmt.unifyGroups) {
-    for (const g of layout.groups) {
-      const members = g.members.map((m) => work.get(m)).filter((e): e is Work => e !== undefined);
-      if (members.length < 2) continue;
+  // linears whose weight amax is shared (fused siblings: weight_scale_2 of q/k/v; an expert's gate and
+  // up in every format, spec families.md §1.3) are scanned together: the components of that relation
+  const components = needsAmax ? amaxComponents(work, [...(fmt.unifyGroups ? layout.groups.map((g) => g.members) : []), ...(layout.sharedWeightScale ?? [])]) : [...work.values()].map((e) => [e]);
+  const partsOf = unit.kind === 'layer' ? partition(components, partBytes) : [components.flat()];
+  const count = partsOf.length;
+  const weightName = (e: Work) => (e.fused ? e.module : `${e.module}.weight`);
+  const laterWeights = new Set(partsOf.slice(1).flat().map(weightName));
+
+  async function* parts(): AsyncGenerator<QuantizedUnit> {
+    for (let i = 0; i < count; i++) {
+      const members = partsOf[i]!;
+      // Every format scans, even those without a per-tensor scale: a NaN/Inf is then reported before any
+      // byte of the part is written, and the codes pass reads from the page cache. Measured on the
+      // 8B-shaped bench, fp8_pb_wo ran ~15% faster this way than in one pass reading with O_DIRECT.
+      await Promise.all(
+        members.map(async (e) => {
+          const amax = await scanAmax(e, pool);
+          if (needsAmax) e.weightAmax = e.clipRatio === undefined ? amax : Math.fround(amax * e.clipRatio);
+        }),
+      );
       if (needsAmax) {
-        const wmax = Math.max(...members.map((e) => e.weightAmax!));
-        for (const e of members) e.weightAmax = wmax;
+        if (fmt.unifyGroups) for (const g of layout!.groups) unifyMax(work, g.members, 'weightAmax');
+        for (const g of layout!.sharedWeightScale ?? []) unifyMax(work, g, 'weightAmax');
       }
-      if (fmt.inputScaleDivisor !== undefined) {
-        const imax = Math.max(...members.map((e) => e.inputAmax!));
-        for (const e of members) e.inputAmax = imax;
-      }
+      // scales now, codes streamed on demand
+      const shared = { primed: 0 };
+      let previous: Stream | undefined;
+      const linears = members.map((e): QuantizedLinear => {
+        const inputScale = e.inputAmax === undefined ? undefined : e.inputAmax === 0 ? 1 : Math.fround(e.inputAmax / fmt.inputScaleDivisor!);
+        const q: QuantizedLinear = { module: e.module, N: e.N, K: e.K, dtype: e.dtype, inputScale, preQuantScale: e.pqs, chunks: () => streamChunks(st, fmt, pool) };
+        const st: Stream = { e, q, specs: undefined, launched: 0, primed: [], started: false, shared };
+        if (previous) previous.next = st;
+        previous = st;
+        if (e.fused) q.fused = { E: e.fused.E, A: e.fused.A, B: e.fused.B };
+        if (needsAmax) Object.assign(q, fmt.tensorScales(e.weightAmax!));
+        return q;
+      });
+      const mine = new Set(members.map(weightName));
+      yield {
+        ...unit,
+        part: count > 1 ? { index: i, count } : undefined,
+        plan,
+        // the first part carries everything but the later parts' weights (norms, routers, biases, excluded linears)
+        tensors: unit.tensors.filter((t) => (i === 0 ? !laterWeights.has(t.name) : mine.has(t.name))),
+        linears,
+        replaced: i === 0 ? replaced : new Map(),
+        kvScales: i === 0 ? kvScales : new Map(),
+      };
     }
   }
-  // MoE (spec families.md §1.3): gate and up of one expert share the weight amax in every format;
-  // each projection type shares one input amax across the experts of the layer (an expert that saw
-  // no token, amax 0, takes its siblings' maximum)
-  const unify = (groups: string[][] | undefined, key: 'weightAmax' | 'inputAmax') => {
-    for (const g of groups ?? []) {
-      const members = g.map((m) => work.get(m)).filter((e): e is Work => e !== undefined && e[key] !== undefined);
-      if (members.length < 2) continue;
-      const max = Math.max(...members.map((e) => e[key]!));
-      for (const e of members) e[key] = max;
-    }
-  };
-  if (needsAmax) unify(layout.sharedWeightScale, 'weightAmax');
-
-  if (fmt.inputScaleDivisor !== undefined) unify(layout.sharedInputScale, 'inputAmax');
-
-  // -- 3. scales now, codes streamed on demand
-  const shared = { primed: 0 };
-  let previous: Stream | undefined;
-  result.linears = [...work.values()].map((e): QuantizedLinear => {
-    const inputScale = e.inputAmax === undefined ? undefined : e.inputAmax === 0 ? 1 : Math.fround(e.inputAmax / fmt.inputScaleDivisor!);
-    const q: QuantizedLinear = { module: e.module, N: e.N, K: e.K, dtype: e.dtype, inputScale, preQuantScale: e.pqs, chunks: () => streamChunks(st, fmt, pool) };
-    const st: Stream = { e, q, specs: undefined, launched: 0, primed: [], started: false, shared };
-    if (previous) previous.next = st;
-    previous = st;
-    if (e.fused) q.fused = { E: e.fused.E, A: e.fused.A, B: e.fused.B };
-    if (fmt.needsWeightAmax) Object.assign(q, fmt.tensorScales(e.weightAmax!));
-    return q;
-  });
-
-  if (plan.kvCache === 'fp8' && unit.kind === 'layer') {
-    for (const kv of ['k', 'v'] as const) {
-      const a = scalarStat(stats, `${layout.attention}.${kv}_amax`);
-      if (a === undefined) throw new QuantizationError(`--kv-cache fp8 needs "${layout.attention}.${kv}_amax" in the statistics`);
-      kvScales.set(`${layout.attention}.${kv}_proj.${kv}_scale`, Math.fround(a / 448));
-    }
-  }
-  return result;
+  return { count, parts: parts() };
 }
 
+/** Source bytes a part of a layer holds at least, its last part excepted (see LayerParts). */
+export const PART_BYTES = 128 * 2 ** 20;
+
+/** Groups of linears joined by any shared-amax relation (union of overlapping groups), in the order of `work`. */
+function amaxComponents(work: Map<string, Work>, relations: readonly (readonly string[])[]): Work[][] {
+  const root = new Map<string, string>([...work.keys()].map((m) => [m, m]));
+  const find = (m: string): string => {
+    let r = m;
+    while (root.get(r) !== r) r = root.get(r)!;
+    root.set(m, r);
+    return r;
+  };
+  for (const g of relations) {
+    const present = g.filter((m) => work.has(m));
+    for (const m of present.slice(1)) root.set(find(m), find(present[0]!));
+  }
+  const comps = new Map<string, Work[]>();
+  for (const [m, e] of work) {
+    const r = find(m);
+    comps.set(r, [...(comps.get(r) ?? []), e]);
+  }
+  return [...comps.values()];
+}
+
+/** Consecutive components gathered into parts of at least `bytes` of source weights (the last part may hold less). */
+function partition(components: Work[][], bytes: number): Work[][] {
+  const out: Work[][] = [];
+  let cur: Work[] = [];
+  let size = 0;
+  for (const c of components) {
+    cur.push(...c);
+    size += c.reduce((a, e) => a + e.N * e.tensor.rowBytes, 0);
+    if (size >= bytes) {
+      out.push(cur);
+      cur = [];
+      size = 0;
+    }
+  }
+  if (cur.length > 0 || out.length === 0) out.push(cur);
+  return out;
+}
+
+/** Sets `key` of every present member of `group` to their maximum. */
+function unifyMax(work: Map<string, Work>, group: readonly string[], key: 'weightAmax' | 'inputAmax'): void {
+  const members = group.map((m) => work.get(m)).filter((e): e is Work => e !== undefined && e[key] !== undefined);
+  if (members.length < 2) return;
+  const max = Math.max(...members.map((e) => e[key]!));
+  for (const e of members) e[key] = max;
+}
 
 /**
  * AWQ-clip's results (`<module>.awq_clip_ratio`, a per-tensor amax ratio for NVFP4;
  * `<module>.awq_clip_ratios` [N, K/G] per block for INT4), on the linears whose weight the export
  * changes no further than its own smoothing: ModelOpt re-calibrates by max the weight amax of a
  * linear re-smoothed to its siblings' mean scale or given a following linear's scale in its rows,
- * which discards the clip (spec §8.2-8.3). Formats without awqClip ignore them.
+ * which discards the clip (spec §8.2-8.3). Formats without awqClip ignore them. Checked here, before
+ * any scan; the per-tensor ratio multiplies the amax once its scan is done.
  */
-function applyAwqClip(work: Map<string, Work>, fmt: FormatSpec, stats: Stats): void {
+function awqClipRatios(work: Map<string, Work>, fmt: FormatSpec, stats: Stats): void {
   if (!fmt.awqClip) return;
   for (const e of work.values()) {
     if (e.ops.some((op) => op.kind !== 'divCol') || e.fused) continue;
@@ -253,7 +329,7 @@ function applyAwqClip(work: Map<string, Work>, fmt: FormatSpec, stats: Stats): v
       const r = scalarStat(stats, `${e.module}.awq_clip_ratio`);
       if (r === undefined) continue;
       if (!(r > 0 && r <= 1)) throw new QuantizationError(`statistic "${e.module}.awq_clip_ratio" is ${r}; expected a ratio in (0, 1]`);
-      e.weightAmax = Math.fround(e.weightAmax! * r);
+      e.clipRatio = r;
     } else {
       const r = stats.get(`${e.module}.awq_clip_ratios`);
       if (!r) continue;

@@ -13,6 +13,11 @@ export interface ModelUnit {
   kind: 'layer' | 'rest';
   /** Layer index; -1 for the rest. */
   layer: number;
+  /**
+   * Set by `quantize` on a layer it emits in several parts (its linears in groups, the first part with
+   * the layer's other tensors): part `index` of `count`. Absent on a whole unit.
+   */
+  part?: { index: number; count: number };
   tensors: TensorSource[];
   /** Activation statistics for this unit's modules, attached by `calibrate`. */
   stats?: Stats;
@@ -21,11 +26,12 @@ export interface ModelUnit {
 }
 
 /**
- * A unit's id, "layer 7" or "rest": what the resume journal records finished units by, and what a
- * distributed work plan lists a shard task's units by.
+ * A unit's id, "layer 7", "layer 7 part 2/5" or "rest": what the resume journal records finished
+ * units by, and what a distributed work plan lists a shard task's (whole, source) units by.
  */
-export function unitId(u: Pick<ModelUnit, 'kind' | 'layer'>): string {
-  return u.kind === 'layer' ? `layer ${u.layer}` : 'rest';
+export function unitId(u: Pick<ModelUnit, 'kind' | 'layer' | 'part'>): string {
+  const base = u.kind === 'layer' ? `layer ${u.layer}` : 'rest';
+  return u.part ? `${base} part ${u.part.index + 1}/${u.part.count}` : base;
 }
 
 /** A row range of a quantized linear: codes (one per element) and the scales of those rows. */
