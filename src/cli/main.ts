@@ -180,7 +180,7 @@ async function quantizeEagle(draftDir: string, o: Record<string, any>, rep: Repo
       rep.event('plan', { format: format.name, quant_algo: format.quantAlgo, tensors: plan.outputs.length, layers: plan.model.layers.length, eagle: true });
     },
     onEvent: (e) => {
-      if (e.type === 'unit') rep.event('unit', { layer: e.layer, kind: e.kind, bytes_done: e.bytesWritten, bytes_total: e.totalBytes });
+      if (e.type === 'unit') rep.event('unit', { layer: e.layer, kind: e.kind, ...(e.part ? { part: e.part.index + 1, parts: e.part.count } : {}), bytes_done: e.bytesWritten, bytes_total: e.totalBytes });
     },
   });
   const secs = (Date.now() - started) / 1000;
@@ -330,7 +330,7 @@ export function buildProgram(): Command {
             // crash-safety tests: die hard after N units, as a power loss would
             if (process.env.RXQUANT_TEST_KILL_AFTER_UNITS && ++unitsSeen >= Number(process.env.RXQUANT_TEST_KILL_AFTER_UNITS)) process.kill(process.pid, 'SIGKILL');
             const secs = (Date.now() - started) / 1000;
-            rep.event('unit', { layer: e.layer, kind: e.kind, resumed: e.resumed ?? false, bytes_done: e.bytesWritten, bytes_total: e.totalBytes, bytes_per_s: e.bytesWritten / secs });
+            rep.event('unit', { layer: e.layer, kind: e.kind, ...(e.part ? { part: e.part.index + 1, parts: e.part.count } : {}), resumed: e.resumed ?? false, bytes_done: e.bytesWritten, bytes_total: e.totalBytes, bytes_per_s: e.bytesWritten / secs });
             rep.update('write', e.bytesWritten);
           }
         },
