@@ -14,8 +14,8 @@ export interface QuantizeOptions extends ExportOptions {
   /** Source bytes per chunk the kernels work on (default 8 MiB); memory per chunk in flight. */
   chunkBytes?: number;
   /**
-   * A decoder layer is emitted in parts of at least this many bytes of source weights (default 128
-   * MiB), each part's scan pass run when the one before it has been emitted; see LayerParts in
+   * A decoder layer with more than this many bytes of quantized source weights is emitted in parts
+   * of at least that size (default: half the machine's memory); see LayerParts in
    * src/export/quantize-layer.ts.
    */
   partBytes?: number;
@@ -29,9 +29,9 @@ export interface QuantizeOptions extends ExportOptions {
  * Computes scales and codes for every quantizable linear of each unit (ModelOpt's math, spec §6/§8),
  * with the kernels in Piscina worker threads. Statistics come from `options.stats` and/or from
  * `calibrate` upstream (unit.stats). Emits QuantizedUnit: codes not yet packed, so an operator of
- * your own can inspect or alter them before `pack()`. A large decoder layer (an MoE layer's experts)
- * comes out as several units, `part` set on each: its linears a group at a time, so one group's codes
- * are written while the next is scanned.
+ * your own can inspect or alter them before `pack()`. Units come out in source order. A decoder layer
+ * larger than `partBytes` comes out as several units, `part` set on each: its linears a group at a
+ * time, so that each group's codes pass finds its weights still in the page cache.
  *
  * @example
  * ```ts
@@ -57,6 +57,7 @@ export function quantize(format: FormatName | FormatSpec, options: QuantizeOptio
         }
       };
       let plan: ExportPlan | undefined;
+      let previous: Promise<void> = Promise.resolve();
       const sub = source
         .pipe(
           mergeMap((unit) => {
@@ -65,23 +66,38 @@ export function quantize(format: FormatName | FormatSpec, options: QuantizeOptio
               options.onPlan?.(plan);
             }
             const p = plan;
+            // Units come out in source order, parts in order: a unit's parts are computed ahead (their
+            // scan passes) while the unit before it is still coming out, but emitted only after it.
+            // Out of order, the rest unit (a copy of embeddings and lm_head, gigabytes) overtook an MoE
+            // layer's later parts and held the writer while their codes waited.
+            const turn = previous;
+            let ended!: () => void;
+            previous = new Promise<void>((r) => (ended = r));
             // a layer may come out in parts (quantize-layer.ts, LayerParts); the source unit is released
             // with its last part
             let left = 0;
             return from(
               (async function* () {
-                const { count, parts } = await quantizeLayerParts(unit, p, mergeStats(options.stats, unit.stats), pool, options.partBytes);
-                left = count;
-                for await (const q of parts) {
-                  outstanding++;
-                  let released = false;
-                  q.release = () => {
-                    if (released) return;
-                    released = true;
-                    if (--left === 0) unit.release();
-                    if (--outstanding === 0 && sourceDone) close();
-                  };
-                  yield q;
+                try {
+                  const { count, parts } = await quantizeLayerParts(unit, p, mergeStats(options.stats, unit.stats), pool, options.partBytes);
+                  left = count;
+                  // released parts are counted from when they are computed (see aheadOf)
+                  async function* tracked(): AsyncGenerator<QuantizedUnit> {
+                    for await (const q of parts) {
+                      outstanding++;
+                      let released = false;
+                      q.release = () => {
+                        if (released) return;
+                        released = true;
+                        if (--left === 0) unit.release();
+                        if (--outstanding === 0 && sourceDone) close();
+                      };
+                      yield q;
+                    }
+                  }
+                  yield* aheadOf(tracked(), turn);
+                } finally {
+                  ended();
                 }
               })(),
             );
@@ -109,4 +125,37 @@ function mergeStats(a: Stats | undefined, b: Stats | undefined): Stats {
   if (!a) return b ?? new Map();
   if (!b) return a;
   return new Map([...a, ...b]);
+}
+
+/**
+ * Yields what `items` yields, pulling it eagerly from the start but yielding nothing before `turn`
+ * resolves: the items already pulled are held (a layer part is its scales and lazy tensor
+ * references, small). An error of `items` is thrown when it is reached.
+ */
+async function* aheadOf<T>(items: AsyncIterable<T>, turn: Promise<void>): AsyncGenerator<T> {
+  const held: T[] = [];
+  let finished = false;
+  let failure: { error: unknown } | undefined;
+  let wake: (() => void) | undefined;
+  const pump = (async () => {
+    try {
+      for await (const x of items) {
+        held.push(x);
+        wake?.();
+      }
+    } catch (error) {
+      failure = { error };
+    }
+    finished = true;
+    wake?.();
+  })();
+  await turn;
+  for (;;) {
+    while (held.length > 0) yield held.shift()!;
+    if (failure) throw failure.error;
+    if (finished) break;
+    await new Promise<void>((r) => (wake = r));
+    wake = undefined;
+  }
+  await pump;
 }

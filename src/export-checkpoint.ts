@@ -35,7 +35,7 @@ export interface ExportCheckpointOptions extends ExportOptions {
   workers?: number;
   /** Source bytes per kernel chunk (default 8 MiB). */
   chunkBytes?: number;
-  /** Source weight bytes per part of a layer (quantize's partBytes, default 128 MiB). */
+  /** A layer with more source weight bytes than this is exported in parts (quantize's partBytes, default half the memory). */
   partBytes?: number;
   overwrite?: boolean;
   /** O_DIRECT for the output and for tensors copied through (default true); false: the page cache. */

@@ -150,6 +150,10 @@ for (const [family, f] of Object.entries(FAMILIES)) {
         const parts = seen.filter((s) => s.startsWith('0:'));
         expect(parts.length, format).toBeGreaterThan(2 * f.experts);
         expect(parts).toEqual(parts.map((_, i) => `0:${i}/${parts.length}`));
+        // units come out in source order: every part of a layer before the next layer's, the rest last
+        const order = seen.map((s) => Number(s.split(':')[0]));
+        expect(order.at(-1), format).toBe(-1);
+        expect(order.slice(0, -1), format).toEqual([...order.slice(0, -1)].sort((a, b) => a - b));
         for (const file of (await readdir(whole)).filter((n) => n.endsWith('.safetensors'))) {
           expect(Buffer.compare(await readFile(join(whole, file)), await readFile(join(parted, file))), `${format} ${file}`).toBe(0);
         }

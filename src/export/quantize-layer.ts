@@ -9,6 +9,7 @@
  *   3. the codes, streamed: `QuantizedLinear.chunks()` reads, edits and quantizes a few row chunks
  *      ahead of its consumer.
  */
+import { totalmem } from 'node:os';
 import { span } from '../util/trace.js';
 import { QuantizationError } from '../errors.js';
 import { decodeToFloat32, encodeFromFloat32, roundToDType } from '../codecs/float.js';
@@ -54,13 +55,13 @@ interface ChunkSpec {
 }
 
 /**
- * A unit's quantization, as the parts it is emitted in. A decoder layer is cut into parts of at least
- * PART_BYTES of source weights, each a whole number of amax components (linears that share a weight
- * amax: fused siblings, an expert's gate and up): a part's scan pass needs only its own weights, so
- * its codes are written while the next part is scanned, instead of the whole layer's scan (an MoE
- * layer's hundreds of experts) finishing first. The first part also carries the unit's other tensors
- * and the KV-cache scales. A unit with less than PART_BYTES of quantized weights, and the rest unit,
- * are one part.
+ * A unit's quantization, as the parts it is emitted in. A decoder layer whose quantized weights
+ * exceed `partBytes` (by default half the machine's memory, see defaultPartBytes) is cut into parts
+ * of at least that many source bytes, each a whole number of amax components (linears that share a
+ * weight amax: fused siblings, an expert's gate and up): a part's scan pass needs only its own
+ * weights, and its codes pass reads them back while they are still in the page cache. The first
+ * part also carries the unit's other tensors and the KV-cache scales. A smaller layer, and the rest
+ * unit, are one part.
  */
 export interface LayerParts {
   count: number;
@@ -68,7 +69,7 @@ export interface LayerParts {
   parts: AsyncGenerator<QuantizedUnit>;
 }
 
-export async function quantizeLayerParts(unit: ModelUnit, plan: ExportPlan, stats: Stats, pool: KernelPool, partBytes = PART_BYTES): Promise<LayerParts> {
+export async function quantizeLayerParts(unit: ModelUnit, plan: ExportPlan, stats: Stats, pool: KernelPool, partBytes = defaultPartBytes()): Promise<LayerParts> {
   const replaced = new Map<string, Uint8Array>();
   const kvScales = new Map<string, number>();
   // the rest unit holds the linears outside the layers (Medusa heads, an EAGLE draft's fc): quantized as a layer is
@@ -263,8 +264,19 @@ export async function quantizeLayerParts(unit: ModelUnit, plan: ExportPlan, stat
   return { count, parts: parts() };
 }
 
-/** Source bytes a part of a layer holds at least, its last part excepted (see LayerParts). */
-export const PART_BYTES = 128 * 2 ** 20;
+/**
+ * Source bytes a part of a layer holds at least, its last part excepted (see LayerParts): half the
+ * machine's memory, at least 128 MiB. A layer that fits is not cut at all: its scan pass, then its
+ * codes pass from the page cache. Smaller parts interleave one part's codes with the next one's scan,
+ * which on 2 cores was slower, the two competing for the cores: the DeepSeek-shaped NVFP4 export
+ * (an 11 GB MoE layer) took 23.5-25.7 s whole and 29-34 s in 128 MiB or 1 GiB parts, whether
+ * the parts overlapped or ran one after the other (2026-12-07, 2 x AMD EPYC). A layer larger than
+ * half the memory (Llama 4 Maverick's 32 GB MoE layers on a 24 GiB machine) is cut, so that its
+ * codes pass does not read from the disk again what its scan pass read.
+ */
+export function defaultPartBytes(): number {
+  return Math.max(128 * 2 ** 20, Math.floor(totalmem() / 2));
+}
 
 /** Groups of linears joined by any shared-amax relation (union of overlapping groups), in the order of `work`. */
 function amaxComponents(work: Map<string, Work>, relations: readonly (readonly string[])[]): Work[][] {
@@ -490,7 +502,7 @@ async function* streamChunks(st: Stream, fmt: FormatSpec, pool: KernelPool): Asy
 async function quantizeChunk(e: Work, fmt: FormatSpec, q: QuantizedLinear, pool: KernelPool, spec: ChunkSpec): Promise<QuantizedChunk> {
   const { row0, rows, K } = spec;
   const bytes = rows * K * (e.tensor.rowBytes / e.K);
-  const slot = await span('slot-wait', 0, e.module, () => pool.acquire(bytes, true));
+  const slot = await span('slot-wait', 0, e.module, () => pool.acquire(bytes));
   let read: { src: Uint8Array; fp8Source?: ChunkInput['fp8Source'] };
   try {
     read = await span('read', bytes, e.module, () => readRowsInto(spec.source, row0, rows, slot));

@@ -83,8 +83,6 @@ export class KernelPool {
   private kernels: WasmKernels | undefined;
   private free: Slot[] = [];
   private waiting: ((s: Slot) => void)[] = [];
-  /** Waiters served before `waiting` (see acquire's `first`). */
-  private waitingFirst: ((s: Slot) => void)[] = [];
   private ready: Promise<void>;
   private closed = false;
   /** Tasks sent to the workers and not yet answered: close() waits for them. */
@@ -141,13 +139,8 @@ export class KernelPool {
     return Math.max(multiple, rows - (rows % multiple));
   }
 
-  /**
-   * A slot with room for `srcBytes` of source; waits for one to come back when all are in use.
-   * Waiters are served in order, those asking `first` before the others: the export gives its
-   * codes pass (whose chunks the writer is waiting for) precedence over the scan pass of the layers
-   * behind it, which would otherwise queue all their reads ahead of it.
-   */
-  async acquire(srcBytes: number, first = false): Promise<Slot> {
+  /** A slot with room for `srcBytes` of source; waits for one to come back when all are in use. */
+  async acquire(srcBytes: number): Promise<Slot> {
     await this.ready;
     if (srcBytes > this.chunkBytes) {
       // a row range larger than a chunk (very wide rows): a one-off buffer, JavaScript kernels
@@ -155,12 +148,12 @@ export class KernelPool {
     }
     const s = this.free.pop();
     if (s) return s;
-    return new Promise<Slot>((resolve) => (first ? this.waitingFirst : this.waiting).push(resolve));
+    return new Promise<Slot>((resolve) => this.waiting.push(resolve));
   }
 
   release(slot: Slot): void {
     if (slot.src.length > this.chunkBytes) return; // one-off: garbage
-    const next = this.waitingFirst.shift() ?? this.waiting.shift();
+    const next = this.waiting.shift();
     if (next) next(slot);
     else this.free.push(slot);
   }
