@@ -79,7 +79,8 @@ export async function benchKernels(): Promise<string[]> {
     slots.push(s);
   }
   for (const kind of KINDS) {
-    const one = await timeIt(() => runKernel(task(kind, slot), k));
+    // 8 warm-ups: V8 optimizes each kernel, and the FP8 kernel times its two methods on its first chunks (tasks.ts)
+    const one = await timeIt(() => runKernel(task(kind, slot), k), 5, 8);
     // TASKS tasks per timing, 4 in flight at all times (each slot sends its next task as soon as its
     // last one returns: no barrier between rounds), after warm-ups that let V8 finish optimizing
     // the wasm in each worker
@@ -98,6 +99,14 @@ export async function benchKernels(): Promise<string[]> {
     rows.push(`| ${kind} | ${g(one)} | ${(CHUNK / one / GB / memGBs).toFixed(3)} | ${g(median(t1), TASKS * CHUNK)} | ${g(median(t2), TASKS * CHUNK)} | ${median(ratios).toFixed(2)}x (${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)}) |`);
   }
   for (const p of pools) await p.close();
+  // the two exact FP8 per-tensor kernels on this core; the rows above use the one each thread picked
+  // after timing both on its first chunks (src/kernels/tasks.ts)
+  for (const method of ['table', 'arith'] as const) {
+    process.env.RXQUANT_FP8_KERNEL = method;
+    const t = await timeIt(() => runKernel(task('fp8', slot), k), 9);
+    rows.push(`| fp8 by ${method === 'table' ? '64K table (lut16)' : 'arithmetic (fp8_scaled)'}, 1 core | ${(CHUNK / t / GB).toFixed(2)} | ${(CHUNK / t / GB / memGBs).toFixed(3)} | | | |`);
+  }
+  delete process.env.RXQUANT_FP8_KERNEL;
   return rows;
 }
 

@@ -5,6 +5,7 @@ import { PREBUILT_KERNELS, PREBUILT_LUT16, PREBUILT_WAT_SHA256 } from '../src/ke
 import { runKernel, type KernelTask } from '../src/kernels/tasks.js';
 import type { WeightOp } from '../src/kernels/weight-ops.js';
 import { f32ToBf16, bf16ToF32 } from '../src/codecs/float.js';
+import fc from 'fast-check';
 
 let k: WasmKernels;
 let mem: WebAssembly.Memory;
@@ -195,6 +196,43 @@ describe('SIMD kernels = JavaScript kernels, byte for byte', () => {
     const r = runKernel({ src: v.src, dtype: 'BF16', row0: 0, rows: N, K, ops: [], wasm: true, kind: 'scan' }, k);
     expect(r.nonFinite?.index).toBe(K + 5);
     expect(bf16ToF32(0x7fc0)).toBeNaN();
+  });
+});
+
+describe('FP8 per-tensor by arithmetic (fp8_scaled), the alternative to the table chosen per CPU', () => {
+  it('equals the plain JavaScript formula at every finite bf16 value, at chosen and random scales', () => {
+    const a = views(WASM_RESERVED), b = views(WASM_RESERVED + 16 * 2 ** 20);
+    everyBf16(new Uint16Array(a.src.buffer, a.src.byteOffset, N * K));
+    b.src.set(a.src);
+    const check = (scale: number) => {
+      a.codes.fill(0xab);
+      k.fp8_scaled(a.src.byteOffset, N * K, scale, a.codes.byteOffset);
+      runKernel({ src: b.src, dtype: 'BF16', row0: 0, rows: N, K, ops: [], wasm: false, kind: 'fp8', scale, codes: b.codes });
+      expect(Buffer.compare(a.codes, b.codes), `scale ${scale}`).toBe(0);
+    };
+    for (const s of [3.1 / 448, 1, 2 ** -9, 1e-30, 1e30, 448, 1 / 448]) check(Math.fround(s));
+    fc.assert(fc.property(fc.float({ min: Math.fround(1e-30), max: Math.fround(1e30), noNaN: true, noDefaultInfinity: true }), (s) => check(s)), { numRuns: 25 });
+  });
+  it('runKernel gives the same codes with the table, the arithmetic and the choice it times itself', () => {
+    const ref = views(WASM_RESERVED + 32 * 2 ** 20);
+    fill(new Uint16Array(ref.src.buffer, ref.src.byteOffset, N * K), 5);
+    const scale = Math.fround(0.07 / 448);
+    runKernel({ src: ref.src, dtype: 'BF16', row0: 0, rows: N, K, ops: [], wasm: false, kind: 'fp8', scale, codes: ref.codes });
+    const before = process.env.RXQUANT_FP8_KERNEL;
+    try {
+      for (const mode of ['table', 'arith', undefined, undefined, undefined, undefined, undefined, undefined, undefined]) {
+        if (mode) process.env.RXQUANT_FP8_KERNEL = mode;
+        else delete process.env.RXQUANT_FP8_KERNEL;
+        const a = views(WASM_RESERVED);
+        a.src.set(ref.src);
+        a.codes.fill(0xab);
+        runKernel({ src: a.src, dtype: 'BF16', row0: 0, rows: N, K, ops: [], wasm: true, lut: a.lut, kind: 'fp8', scale, codes: a.codes }, k);
+        expect(Buffer.compare(a.codes, ref.codes), String(mode)).toBe(0);
+      }
+    } finally {
+      if (before === undefined) delete process.env.RXQUANT_FP8_KERNEL;
+      else process.env.RXQUANT_FP8_KERNEL = before;
+    }
   });
 });
 

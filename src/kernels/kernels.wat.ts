@@ -47,6 +47,7 @@ const CONST_VALUES: Record<string, string> = {
   $k2m9: 'f32x4 0.001953125 0.001953125 0.001953125 0.001953125',
   $k7fc0: 'i32x4 0x7fc0 0x7fc0 0x7fc0 0x7fc0',
   $k7Fb: 'i32x4 0x7f7f7f7f 0x7f7f7f7f 0x7f7f7f7f 0x7f7f7f7f',
+  $kHi16: 'i32x4 0xffff0000 0xffff0000 0xffff0000 0xffff0000',
 };
 const CONST_NAMES = Object.keys(CONST_VALUES);
 /** Byte address of the constant table: after the 256-entry e4m3 decode table. */
@@ -422,6 +423,43 @@ const FP8_BLOCK_FN = (name: string, dtype: Dtype16) => `  ;; FP8 128x128 tiles o
       (br $lb))))`;
 
 /**
+ * f32x4 lanes rounded to bf16 (nearest-even; finite values, as the scan pass guarantees), kept as
+ * f32 bits: add 0x7fff plus the lowest kept bit, clear the low 16 bits.
+ */
+const RNE_BF16 = (q: string) =>
+  `(v128.and (i32x4.add (i32x4.add (local.tee $b ${q}) (local.get $k7fff32)) (v128.and (i32x4.shr_u (local.get $b) (i32.const 16)) (local.get $kOne))) (local.get $kHi16))`;
+
+/**
+ * FP8 per-tensor codes of n bf16 weights (n % 16 == 0) by arithmetic instead of the 64K-entry
+ * table: dst[i] = e4m3(bf16(f32(w[i]) / scale)), the quotient rounded to bf16 first as torch keeps
+ * a bf16 tensor's dtype, then to e4m3 (nearest-even, clamped to 448). The same bytes as lut16 with
+ * fp8LutForBf16(scale) for finite weights; which of the two is faster depends on the CPU (a gather
+ * per element against ~30 vector operations per 4), so the pool times both at start-up.
+ */
+const FP8_SCALED_FN = `  (func (export "fp8_scaled") (param $src i32) (param $n i32) (param $scale f32) (param $dst i32)
+    (local $p i32) (local $d i32) (local $end i32) (local $sv v128) (local $v v128) (local $w v128) (local $b v128) (local $qq v128) (local $a v128)
+    ${CONSTS(...E4M3_CONSTS, '$k7fff32', '$kHi16').locals}
+    ${CONSTS(...E4M3_CONSTS, '$k7fff32', '$kHi16').init}
+    (local.set $sv (f32x4.splat (local.get $scale)))
+    (local.set $p (local.get $src))
+    (local.set $d (local.get $dst))
+    (local.set $end (i32.add (local.get $dst) (local.get $n)))
+    (block $done (loop $l
+      (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+      (local.set $v (v128.load (local.get $p)))
+      (local.set $w (v128.load offset=16 (local.get $p)))
+      (v128.store (local.get $d)
+        ${NARROW_U8(
+          E4M3(RNE_BF16(`(f32x4.div ${WIDEN_LO.BF16('(local.get $v)')} (local.get $sv))`)),
+          E4M3(RNE_BF16(`(f32x4.div ${WIDEN_HI.BF16('(local.get $v)')} (local.get $sv))`)),
+          E4M3(RNE_BF16(`(f32x4.div ${WIDEN_LO.BF16('(local.get $w)')} (local.get $sv))`)),
+          E4M3(RNE_BF16(`(f32x4.div ${WIDEN_HI.BF16('(local.get $w)')} (local.get $sv))`)),
+        )})
+      (local.set $p (i32.add (local.get $p) (i32.const 32)))
+      (local.set $d (i32.add (local.get $d) (i32.const 16)))
+      (br $l))))`;
+
+/**
  * Four e4m3 codes (i32x4 lanes 0..255) -> the bf16 bits of f32(e4m3) * $s, as expandFp8Block's table
  * gives them: e4m3 as f32 (exponent e > 0: the magnitude's 7 bits shifted to f32's exponent and
  * mantissa, exponent rebiased by 120; e = 0: m * 2^-9), the sign, one f32 multiply (the exact
@@ -578,6 +616,8 @@ export const KERNELS_WAT = `
 ${FP8_EXPAND_FN}
 
 ${FP8_TILE_MAX_FN}
+
+${FP8_SCALED_FN}
 )
 `;
 

@@ -82,6 +82,32 @@ class TableCache {
 /** Tables over bf16 or f16 bit patterns (the table kernels read only the 16 bits of each weight). */
 const fp8Tables = { BF16: new TableCache(fp8LutForBf16), F16: new TableCache(fp8LutForF16) };
 const nvfp4Tables = { BF16: new TableCache(nvfp4TablesForBf16), F16: new TableCache(nvfp4TablesForF16) };
+/**
+ * FP8 per-tensor codes of bf16 weights come from one of two exact SIMD kernels: lut16 (a 64K-entry
+ * table of fp8LutForBf16, one byte load per element, the table built once per scale) or fp8_scaled
+ * (the division and both roundings in vectors). Which is faster depends on the CPU: on AMD EPYC
+ * (2026-12-07) the table ran at 8.9-9.4 GB/s of bf16 per core and the arithmetic at 2.3-2.6; on an
+ * Intel Xeon the table had measured 3.1 GB/s. So each thread runs its first chunks of at least
+ * FP8_TRIAL_ELEMENTS by the two in turn and keeps the one with the lower best time per element,
+ * after FP8_TRIALS of each (best, not total: a kernel's first calls run before V8 has optimized it,
+ * and the first table of a scale is built in them). RXQUANT_FP8_KERNEL=table or =arith fixes the
+ * choice (tests, benchmarks).
+ */
+const FP8_TRIALS = 3;
+const FP8_TRIAL_ELEMENTS = 1 << 16;
+const fp8Trial = { best: { table: Infinity, arith: Infinity }, runs: { table: 0, arith: 0 }, pick: undefined as 'table' | 'arith' | undefined };
+function fp8Kernel(): 'table' | 'arith' {
+  const forced = process.env.RXQUANT_FP8_KERNEL;
+  if (forced === 'table' || forced === 'arith') return forced;
+  return fp8Trial.pick ?? (fp8Trial.runs.table <= fp8Trial.runs.arith ? 'table' : 'arith');
+}
+function fp8Timed(method: 'table' | 'arith', elements: number, ms: number): void {
+  if (fp8Trial.pick || process.env.RXQUANT_FP8_KERNEL || elements < FP8_TRIAL_ELEMENTS) return;
+  fp8Trial.best[method] = Math.min(fp8Trial.best[method], ms / elements);
+  fp8Trial.runs[method]++;
+  if (fp8Trial.runs.table >= FP8_TRIALS && fp8Trial.runs.arith >= FP8_TRIALS) fp8Trial.pick = fp8Trial.best.arith < fp8Trial.best.table ? 'arith' : 'table';
+}
+
 /** bits & 0x7fff at or above this: NaN or infinity. */
 const NON_FINITE = { BF16: 0x7f80, F16: 0x7c00 };
 
@@ -247,8 +273,15 @@ function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
     }
     case 'fp8': {
       if (!task.lut) return undefined;
-      task.lut.set(fp8Tables[dtype].get(task.scale));
-      k.lut16(src, n, task.lut.byteOffset, task.codes.byteOffset);
+      const method = dtype === 'BF16' && n % 16 === 0 ? fp8Kernel() : 'table';
+      const t0 = performance.now();
+      if (method === 'arith') {
+        k.fp8_scaled(src, n, task.scale, task.codes.byteOffset);
+      } else {
+        task.lut.set(fp8Tables[dtype].get(task.scale));
+        k.lut16(src, n, task.lut.byteOffset, task.codes.byteOffset);
+      }
+      if (dtype === 'BF16' && n % 16 === 0) fp8Timed(method, n, performance.now() - t0);
       return {};
     }
     case 'fp8_block':

@@ -28,6 +28,8 @@ export interface WasmKernels {
   fp8_block_f16(src: number, rows: number, K: number, codes: number, scales: number): void;
   pack_int4_rows(q: number, rows: number, K: number, dst: number): void;
   fp8_block(src: number, rows: number, K: number, codes: number, scales: number): void;
+  /** FP8 per-tensor codes of n bf16 weights (n % 16 == 0) by arithmetic: the same bytes as lut16 with fp8LutForBf16(scale). */
+  fp8_scaled(src: number, n: number, scale: number, dst: number): void;
   /** FP8-block codes expanded in place to bf16 (K % 128 == 0; the tile scales at `scales`, row r in tile row (phase + r) / 128). */
   fp8_block_expand(src: number, rows: number, K: number, scales: number, BK: number, phase: number): void;
   /** Per 128x128 tile of FP8-block codes, byte-wise maxima of (code & 0x7f) into a v128 each at `acc` (zeroed by the caller). */
