@@ -45,7 +45,7 @@ const SECTIONS: Record<string, () => Promise<string[]>> = {
   // DeepSeek V3 dimensions from an FP8-block source (~16 GB): run it by name
   deepseek: () => benchDeepseek(DATA),
   // a checkpoint larger than this machine's 24 GiB of RAM (~26 GB): run it by name
-  large: () => benchExport(DATA, 57, ['fp8_pb_wo'], 1),
+  large: () => benchExport(DATA, 57, ['fp8_pb_wo', 'nvfp4'], 1),
   // long (about 20 minutes): run it by name
   perplexity: () => benchPerplexity(join(ROOT, '..', 'shared', 'data', 'text', 'tinystories_valid_excerpt.txt')),
 };
