@@ -101,12 +101,14 @@ export async function benchKernels(): Promise<string[]> {
   for (const p of pools) await p.close();
   // the two exact FP8 per-tensor kernels on this core; the rows above use the one each thread picked
   // after timing both on its first chunks (src/kernels/tasks.ts)
+  const given = process.env.RXQUANT_FP8_KERNEL;
   for (const method of ['table', 'arith'] as const) {
     process.env.RXQUANT_FP8_KERNEL = method;
     const t = await timeIt(() => runKernel(task('fp8', slot), k), 9);
     rows.push(`| fp8 by ${method === 'table' ? '64K table (lut16)' : 'arithmetic (fp8_scaled)'}, 1 core | ${(CHUNK / t / GB).toFixed(2)} | ${(CHUNK / t / GB / memGBs).toFixed(3)} | | | |`);
   }
-  delete process.env.RXQUANT_FP8_KERNEL;
+  if (given === undefined) delete process.env.RXQUANT_FP8_KERNEL;
+  else process.env.RXQUANT_FP8_KERNEL = given;
   return rows;
 }
 

@@ -134,6 +134,11 @@ function sourceInputs(modelDir: string): GuardedInput[] {
   return inputs;
 }
 
+/** The `part` (1-based) and `parts` fields of a --json unit event, for a layer written in parts. */
+function partFields(e: { part?: { index: number; count: number } }): { part?: number; parts?: number } {
+  return e.part ? { part: e.part.index + 1, parts: e.part.count } : {};
+}
+
 /**
  * `quantize DRAFT --base TARGET`: an EAGLE draft calibrated on its target's hidden states and written
  * as ModelOpt writes drafts (src/eagle.ts).
@@ -180,7 +185,7 @@ async function quantizeEagle(draftDir: string, o: Record<string, any>, rep: Repo
       rep.event('plan', { format: format.name, quant_algo: format.quantAlgo, tensors: plan.outputs.length, layers: plan.model.layers.length, eagle: true });
     },
     onEvent: (e) => {
-      if (e.type === 'unit') rep.event('unit', { layer: e.layer, kind: e.kind, ...(e.part ? { part: e.part.index + 1, parts: e.part.count } : {}), bytes_done: e.bytesWritten, bytes_total: e.totalBytes });
+      if (e.type === 'unit') rep.event('unit', { layer: e.layer, kind: e.kind, ...partFields(e), bytes_done: e.bytesWritten, bytes_total: e.totalBytes });
     },
   });
   const secs = (Date.now() - started) / 1000;
@@ -330,7 +335,7 @@ export function buildProgram(): Command {
             // crash-safety tests: die hard after N units, as a power loss would
             if (process.env.RXQUANT_TEST_KILL_AFTER_UNITS && ++unitsSeen >= Number(process.env.RXQUANT_TEST_KILL_AFTER_UNITS)) process.kill(process.pid, 'SIGKILL');
             const secs = (Date.now() - started) / 1000;
-            rep.event('unit', { layer: e.layer, kind: e.kind, ...(e.part ? { part: e.part.index + 1, parts: e.part.count } : {}), resumed: e.resumed ?? false, bytes_done: e.bytesWritten, bytes_total: e.totalBytes, bytes_per_s: e.bytesWritten / secs });
+            rep.event('unit', { layer: e.layer, kind: e.kind, ...partFields(e), resumed: e.resumed ?? false, bytes_done: e.bytesWritten, bytes_total: e.totalBytes, bytes_per_s: e.bytesWritten / secs });
             rep.update('write', e.bytesWritten);
           }
         },

@@ -226,13 +226,19 @@ const NVFP4_TABLE_FN = (name: string, codes: boolean) => `  (func (export "${nam
       (br $l1))))`;
 
 /**
+ * The f32 lanes of q (held in the v128 local `tmp` as well) plus the bf16 rounding increment, 0x7fff
+ * and the lowest bit kept: the high 16 bits of each lane are then q rounded to bf16, nearest-even.
+ */
+const BF16_ROUND_SUM = (q: string, tmp: string) =>
+  `(i32x4.add (i32x4.add (local.tee ${tmp} ${q}) (local.get $k7fff32)) (v128.and (i32x4.shr_u (local.get ${tmp}) (i32.const 16)) (local.get $kOne)))`;
+
+/**
  * bf16 bits (in the low half of each i32 lane) of the f32 lanes of q, rounded to nearest even as
  * torch (and f32ToBf16) rounds: add 0x7fff plus the lowest kept bit, keep the high half. Exact for
  * every finite value and infinities; a NaN stays a NaN (its sign and payload may differ from JS's
  * 0x7fc0, and a NaN only reaches here on the way to an error).
  */
-const F32_TO_BF16 = (q: string) =>
-  `(i32x4.shr_u (i32x4.add (i32x4.add (local.tee $q ${q}) (local.get $k7fff32)) (v128.and (i32x4.shr_u (local.get $q) (i32.const 16)) (local.get $kOne))) (i32.const 16))`;
+const F32_TO_BF16 = (q: string) => `(i32x4.shr_u ${BF16_ROUND_SUM(q, '$q')} (i32.const 16))`;
 
 /**
  * f16 bits (low half of each i32 lane) of the f32 lanes of q, round-to-nearest-even as f32ToF16:
@@ -422,19 +428,16 @@ const FP8_BLOCK_FN = (name: string, dtype: Dtype16) => `  ;; FP8 128x128 tiles o
       (local.set $band (i32.add (local.get $band) (i32.const 1)))
       (br $lb))))`;
 
-/**
- * f32x4 lanes rounded to bf16 (nearest-even; finite values, as the scan pass guarantees), kept as
- * f32 bits: add 0x7fff plus the lowest kept bit, clear the low 16 bits.
- */
-const RNE_BF16 = (q: string) =>
-  `(v128.and (i32x4.add (i32x4.add (local.tee $b ${q}) (local.get $k7fff32)) (v128.and (i32x4.shr_u (local.get $b) (i32.const 16)) (local.get $kOne))) (local.get $kHi16))`;
+/** f32x4 lanes rounded to bf16 (nearest-even; finite values, as the scan pass guarantees), kept as f32: the low 16 bits of BF16_ROUND_SUM cleared. */
+const RNE_BF16 = (q: string) => `(v128.and ${BF16_ROUND_SUM(q, '$b')} (local.get $kHi16))`;
 
 /**
  * FP8 per-tensor codes of n bf16 weights (n % 16 == 0) by arithmetic instead of the 64K-entry
  * table: dst[i] = e4m3(bf16(f32(w[i]) / scale)), the quotient rounded to bf16 first as torch keeps
  * a bf16 tensor's dtype, then to e4m3 (nearest-even, clamped to 448). The same bytes as lut16 with
- * fp8LutForBf16(scale) for finite weights; which of the two is faster depends on the CPU (a gather
- * per element against ~30 vector operations per 4), so the pool times both at start-up.
+ * fp8LutForBf16(scale) for finite weights; which of the two is faster depends on the CPU (a byte
+ * load per element against ~30 vector operations per 4), so each kernel thread times both on its
+ * first chunks (src/kernels/tasks.ts).
  */
 const FP8_SCALED_FN = `  (func (export "fp8_scaled") (param $src i32) (param $n i32) (param $scale f32) (param $dst i32)
     (local $p i32) (local $d i32) (local $end i32) (local $sv v128) (local $v v128) (local $w v128) (local $b v128) (local $qq v128) (local $a v128)
@@ -478,7 +481,7 @@ const E4M3_TO_BF16 = (x: string) => `(local.set $c4 ${x})
           (local.get $s)))
         (v128.bitselect
           (local.get $k7fc0)
-          (i32x4.shr_u (i32x4.add (i32x4.add (local.get $f4) (local.get $k7fff32)) (v128.and (i32x4.shr_u (local.get $f4) (i32.const 16)) (local.get $kOne))) (i32.const 16))
+          (i32x4.shr_u ${BF16_ROUND_SUM('(local.get $f4)', '$f4')} (i32.const 16))
           (v128.or (f32x4.ne (local.get $f4) (local.get $f4)) (i32x4.eq (local.get $m4) (local.get $k7F))))`;
 
 const FP8_EXPAND_CONSTS = CONSTS('$k7F', '$kE120', '$k7i', '$k8i', '$k2m9', '$k7fc0', '$k80', '$k7fff32', '$kOne');

@@ -273,7 +273,8 @@ function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
     }
     case 'fp8': {
       if (!task.lut) return undefined;
-      const method = dtype === 'BF16' && n % 16 === 0 ? fp8Kernel() : 'table';
+      const choice = dtype === 'BF16' && n % 16 === 0; // fp8_scaled's domain: bf16, whole vectors
+      const method = choice ? fp8Kernel() : 'table';
       const t0 = performance.now();
       if (method === 'arith') {
         k.fp8_scaled(src, n, task.scale, task.codes.byteOffset);
@@ -281,7 +282,7 @@ function runWasm(task: KernelTask, k: WasmKernels): KernelResult | undefined {
         task.lut.set(fp8Tables[dtype].get(task.scale));
         k.lut16(src, n, task.lut.byteOffset, task.codes.byteOffset);
       }
-      if (dtype === 'BF16' && n % 16 === 0) fp8Timed(method, n, performance.now() - t0);
+      if (choice) fp8Timed(method, n, performance.now() - t0);
       return {};
     }
     case 'fp8_block':
